@@ -1,0 +1,73 @@
+"""The Python API: submit a training job from any Python program."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .runtime import get_services
+from .schemas import parse_training_request
+
+
+def handle_training_request(
+    dataset_id: str,
+    model_id: str,
+    project_name: str | None = None,
+    training_template_dir: Path | str | None = None,
+    *,
+    job_name: str | None = None,
+    hyperparameters: dict[str, Any] | None = None,
+    compute: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
+    message_id: str | None = None,
+) -> dict[str, Any]:
+    """Start a Baseten training job fine-tuning ``model_id`` on ``dataset_id``.
+
+    Validates exactly as ``POST /jobs`` does, stages the training template
+    (``training_template_dir`` or the configured one) and pushes it to
+    Baseten. With ``idempotency_key``, calling again with the same key returns
+    the original job (``idempotent_replay: True``) instead of starting another.
+
+    Returns the Job object as a JSON-ready dict (``training_project_id``,
+    ``training_job_id``, ``status``, ``dashboard_url``, ...).
+
+    Raises a :class:`finetune_api.errors.ServiceError` subclass on failure:
+    ``InvalidRequestError`` (bad argument), ``UpstreamRejectedError`` (Baseten
+    refused the job), ``UpstreamUnavailableError`` / ``SecretUnavailableError``
+    (retry later), ``UpstreamError``, ``ConfigurationError``. Each carries
+    ``.status`` and ``.body`` (the CONTRACT error JSON).
+    """
+    body: dict[str, Any] = {"dataset_id": dataset_id, "model_id": model_id}
+    optional = {
+        "project_name": project_name,
+        "job_name": job_name,
+        "hyperparameters": hyperparameters,
+        "compute": compute,
+    }
+    body.update({name: value for name, value in optional.items() if value is not None})
+    services = get_services()
+    request = parse_training_request(body, services.settings)
+    job = services.jobs.submit(
+        request,
+        idempotency_key=idempotency_key,
+        message_id=message_id,
+        template_dir=Path(training_template_dir) if training_template_dir is not None else None,
+    )
+    result: dict[str, Any] = job.model_dump(mode="json")
+    return result
+
+
+def submit_body(
+    body: Any, *, idempotency_key: str | None = None, message_id: str | None = None
+) -> dict[str, Any]:
+    """Submit a decoded JSON request body (HTTP and Pub/Sub share this path).
+
+    The body is validated first, so unknown fields and wrong types are rejected
+    exactly as in ``POST /jobs``, then handed to :func:`handle_training_request`.
+    """
+    request = parse_training_request(body, get_services().settings)
+    return handle_training_request(
+        **request.model_dump(exclude_unset=True),
+        idempotency_key=idempotency_key,
+        message_id=message_id,
+    )

@@ -1,0 +1,133 @@
+"""Structured logging: one JSON object per line on stdout, as Cloud Logging reads it.
+
+Request-scoped fields (trace, route) travel in a context variable so that log
+lines written deep in the service carry them without being passed around.
+Secret values registered with :func:`register_secret` are scrubbed from every
+line as a last line of defence; the code never logs them on purpose.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import logging
+import sys
+import threading
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+LOGGER_NAME = "finetune_api"
+TRACE_FIELD = "logging.googleapis.com/trace"
+SPAN_FIELD = "logging.googleapis.com/spanId"
+REDACTED = "[REDACTED]"
+
+_context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "finetune_api_log_context", default={}
+)
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+_configured = False
+_configure_lock = threading.Lock()
+
+_SEVERITY = {
+    logging.DEBUG: "DEBUG",
+    logging.INFO: "INFO",
+    logging.WARNING: "WARNING",
+    logging.ERROR: "ERROR",
+    logging.CRITICAL: "CRITICAL",
+}
+
+
+def register_secret(value: str | None) -> None:
+    """Never let ``value`` appear in a log line (values shorter than 6 chars are ignored)."""
+    if value and len(value) >= 6:
+        with _secrets_lock:
+            _secrets.add(value)
+
+
+def scrub(text: str) -> str:
+    with _secrets_lock:
+        secrets = tuple(_secrets)
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "severity": _SEVERITY.get(record.levelno, "DEFAULT"),
+            "message": record.getMessage(),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "logger": record.name,
+        }
+        entry.update(_context.get())
+        fields = getattr(record, "fields", None)
+        if fields:
+            entry.update(fields)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return scrub(json.dumps(entry, default=str))
+
+
+def configure() -> None:
+    """Install the JSON handler on our logger once per process."""
+    global _configured
+    if _configured:
+        return
+    with _configure_lock:
+        if _configured:
+            return
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(JsonFormatter())
+        logger = logging.getLogger(LOGGER_NAME)
+        logger.handlers[:] = [handler]
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+        _configured = True
+
+
+def get_logger(name: str) -> logging.Logger:
+    configure()
+    return logging.getLogger(f"{LOGGER_NAME}.{name}")
+
+
+def log(logger: logging.Logger, level: int, message: str, **fields: Any) -> None:
+    """Write ``message`` with extra structured ``fields``."""
+    logger.log(level, message, extra={"fields": fields})
+
+
+@contextlib.contextmanager
+def context(**fields: Any) -> Iterator[None]:
+    """Add ``fields`` to every log line written inside the block (this thread only)."""
+    token = _context.set({**_context.get(), **fields})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def trace_fields(headers: Mapping[str, str], project: str | None) -> dict[str, str]:
+    """Cloud Logging trace fields from ``X-Cloud-Trace-Context`` or W3C ``traceparent``."""
+    trace_id = span_id = None
+    cloud = headers.get("X-Cloud-Trace-Context")
+    if cloud:
+        trace_part, _, rest = cloud.partition("/")
+        trace_id = trace_part or None
+        span_id = rest.split(";", 1)[0] or None
+    else:
+        parent = headers.get("traceparent")
+        if parent:
+            parts = parent.split("-")
+            if len(parts) >= 3:
+                trace_id, span_id = parts[1], parts[2]
+    if not trace_id or not trace_id.isalnum():
+        return {}
+    trace = f"projects/{project}/traces/{trace_id}" if project else trace_id
+    fields = {TRACE_FIELD: trace}
+    if span_id and span_id.isalnum():
+        fields[SPAN_FIELD] = span_id
+    return fields

@@ -1,0 +1,190 @@
+"""OpenAPI 3.1 document of ``train_http`` and ``poll_jobs``, generated from the schemas."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from .schemas import (
+    CheckpointList,
+    ErrorBody,
+    Job,
+    JobList,
+    JobWithCheckpoints,
+    PollReport,
+    PollRequest,
+    TrainingRequest,
+)
+
+_MODELS: tuple[type[BaseModel], ...] = (
+    TrainingRequest,
+    Job,
+    JobWithCheckpoints,
+    JobList,
+    CheckpointList,
+    PollRequest,
+    PollReport,
+    ErrorBody,
+)
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {str(status): _json(ErrorBody, "error") for status in statuses}
+
+
+_PATH_IDS = [
+    {"name": "project_id", "in": "path", "required": True, "schema": {"type": "string"}},
+    {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}},
+]
+_API_KEY = [{"ApiKey": []}]
+
+
+@functools.cache
+def openapi_document() -> dict[str, Any]:
+    _, definitions = models_json_schema(
+        [(model, "serialization") for model in _MODELS], ref_template="#/components/schemas/{model}"
+    )
+    common = _errors(401, 500, 502, 503)
+    paths: dict[str, Any] = {
+        "/jobs": {
+            "post": {
+                "summary": "Submit a training job",
+                "operationId": "submitJob",
+                "security": _API_KEY,
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                        "description": "same key → same job (200, idempotent_replay: true)",
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref(TrainingRequest)}},
+                },
+                "responses": {
+                    "201": _json(Job, "job created"),
+                    "200": _json(Job, "idempotent replay: the original job"),
+                    **_errors(400, 413, 415, 422),
+                    **common,
+                },
+            },
+            "get": {
+                "summary": "List a project's jobs, newest first",
+                "operationId": "listJobs",
+                "security": _API_KEY,
+                "parameters": [
+                    {"name": "project_id", "in": "query", "required": True, "schema": {"type": "string"}},
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "required": False,
+                        "explode": True,
+                        "schema": {"type": "array", "items": {"type": "string"}},
+                        "description": "short (running) or full (TRAINING_JOB_RUNNING) form; repeatable",
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                    },
+                ],
+                "responses": {"200": _json(JobList, "jobs"), **_errors(400, 404), **common},
+            },
+        },
+        "/jobs/{project_id}/{job_id}": {
+            "get": {
+                "summary": "Read a job with its checkpoints",
+                "operationId": "getJob",
+                "security": _API_KEY,
+                "parameters": _PATH_IDS,
+                "responses": {"200": _json(JobWithCheckpoints, "job"), **_errors(404), **common},
+            }
+        },
+        "/jobs/{project_id}/{job_id}/checkpoints": {
+            "get": {
+                "summary": "List a job's checkpoints",
+                "operationId": "listCheckpoints",
+                "security": _API_KEY,
+                "parameters": _PATH_IDS,
+                "responses": {"200": _json(CheckpointList, "checkpoints"), **_errors(404), **common},
+            }
+        },
+        "/jobs/{project_id}/{job_id}/stop": {
+            "post": {
+                "summary": "Stop a job",
+                "operationId": "stopJob",
+                "security": _API_KEY,
+                "parameters": _PATH_IDS,
+                "responses": {"200": _json(Job, "job after stopping"), **_errors(404, 422), **common},
+            }
+        },
+        "/healthz": {
+            "get": {
+                "summary": "Liveness; contacts nothing",
+                "operationId": "healthz",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "ok",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {"status": {"type": "string", "const": "ok"}},
+                                }
+                            }
+                        },
+                    }
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "operationId": "openapi",
+                "security": _API_KEY,
+                "responses": {"200": {"description": "OpenAPI 3.1 document"}},
+            }
+        },
+    }
+    poll = {
+        "summary": "poll_jobs function: report status changes and new checkpoints",
+        "description": "Served by the separate poll_jobs function at its root URL.",
+        "operationId": "pollJobs",
+        "security": _API_KEY,
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": _ref(PollRequest)}},
+        },
+        "responses": {"200": _json(PollReport, "poll report"), **_errors(400), **common},
+    }
+    paths["/poll"] = {"post": poll, "get": {**poll, "operationId": "pollJobsGet", "requestBody": None}}
+    del paths["/poll"]["get"]["requestBody"]
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Baseten fine-tuning functions",
+            "version": "1.0.0",
+            "description": "Start, read, list and stop Baseten training jobs.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": definitions["$defs"],
+            "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"}},
+        },
+    }

@@ -1,0 +1,96 @@
+"""Pub/Sub submissions: decode the message, submit, decide ack or retry.
+
+Permanent failures (bad payload, Baseten rejects the job) are logged at ERROR
+and acknowledged, or Pub/Sub would redeliver them for a day; transient ones
+(Baseten or Secret Manager unavailable) are raised so a ``--retry`` trigger
+redelivers the message.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from . import logs
+from .api import submit_body
+from .errors import InvalidRequestError, ServiceError
+from .runtime import get_services
+
+_logger = logs.get_logger("pubsub")
+
+
+class PubsubMessage:
+    """What we need of a delivered message, whichever envelope carried it."""
+
+    def __init__(self, event_attributes: Mapping[str, Any], data: Any) -> None:
+        message = data.get("message") if isinstance(data, dict) else None
+        self.valid_envelope = isinstance(message, dict)
+        message = message if isinstance(message, dict) else {}
+        self.message_id = str(
+            message.get("messageId") or message.get("message_id") or event_attributes.get("id") or ""
+        )
+        self.attributes: dict[str, str] = dict(message.get("attributes") or {})
+        self.publish_time = (
+            message.get("publishTime") or message.get("publish_time") or event_attributes.get("time")
+        )
+        self.data = message.get("data")
+
+    def age_seconds(self, now: datetime) -> float | None:
+        if not self.publish_time:
+            return None
+        try:
+            published = datetime.fromisoformat(str(self.publish_time).replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if published.tzinfo is None:
+            published = published.replace(tzinfo=UTC)
+        return (now - published).total_seconds()
+
+    def body(self) -> Any:
+        if not self.valid_envelope:
+            raise InvalidRequestError("event carries no Pub/Sub message")
+        if not isinstance(self.data, str) or not self.data:
+            raise InvalidRequestError("message has no data")
+        try:
+            raw = base64.b64decode(self.data, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidRequestError("message data is not valid base64") from None
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise InvalidRequestError("message data is not UTF-8") from None
+        except ValueError as error:
+            raise InvalidRequestError(f"message data is not valid JSON: {error}") from None
+
+
+def handle_pubsub(event_attributes: Mapping[str, Any], data: Any) -> dict[str, Any] | None:
+    """Submit the job a message asks for; raise only when a redelivery may succeed."""
+    message = PubsubMessage(event_attributes, data)
+    with logs.context(message_id=message.message_id):
+        try:
+            max_age = get_services().settings.pubsub_max_event_age_seconds
+            age = message.age_seconds(datetime.now(UTC))
+            if age is not None and age > max_age:
+                logs.log(
+                    _logger,
+                    40,
+                    "dropped a Pub/Sub message older than PUBSUB_MAX_EVENT_AGE_SECONDS",
+                    age_seconds=round(age),
+                    max_age_seconds=max_age,
+                )
+                return None
+            key = message.attributes.get("idempotency_key") or message.message_id or None
+            return submit_body(message.body(), idempotency_key=key, message_id=message.message_id)
+        except ServiceError as error:
+            fields = {"error_type": error.type, "reason": error.message}
+            if error.details:
+                fields["details"] = error.details  # type: ignore[assignment]
+            if error.transient:
+                logs.log(_logger, 30, "transient failure; raising so Pub/Sub redelivers", **fields)
+                raise
+            logs.log(_logger, 40, "permanently rejected Pub/Sub message (acknowledged)", **fields)
+            return None

@@ -1,0 +1,115 @@
+"""The handlers behind each route of ``train_http`` and ``poll_jobs``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Request, Response
+
+from .api import submit_body
+from .auth import HEADER, require_api_key
+from .errors import InvalidRequestError
+from .http_app import POLL_ROUTES, TRAIN_ROUTES, json_response, read_json_body, serve
+from .runtime import get_services
+
+
+def _authorize(request: Request) -> None:
+    require_api_key(request.headers.get(HEADER), get_services().secrets)
+
+
+def _project() -> str | None:
+    from .settings import get_settings
+
+    try:
+        return get_settings().google_cloud_project
+    except Exception:  # noqa: BLE001 - a settings error is reported by the handler
+        return None
+
+
+def healthz(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+def openapi(request: Request) -> Response:
+    from .openapi import openapi_document
+
+    return json_response(openapi_document())
+
+
+def submit(request: Request) -> Response:
+    services = get_services()
+    body = read_json_body(request, services.settings.max_body_bytes)
+    key = request.headers.get("Idempotency-Key")
+    job = submit_body(body, idempotency_key=key)
+    return json_response(job, 200 if job["idempotent_replay"] else 201)
+
+
+def list_jobs(request: Request) -> Response:
+    services = get_services()
+    args = request.args
+    unknown = sorted(set(args) - {"project_id", "status", "limit"})
+    if unknown:
+        raise InvalidRequestError(
+            "unknown query parameter(s): " + ", ".join(unknown),
+            details=[{"location": f"query.{name}", "reason": "not allowed"} for name in unknown],
+        )
+    project_id = args.get("project_id", "")
+    if not project_id:
+        raise InvalidRequestError(
+            "project_id is required",
+            details=[{"location": "query.project_id", "reason": "required"}],
+        )
+    raw_limit = args.get("limit", "20")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
+        raise InvalidRequestError(
+            "limit must be an integer from 1 to 100",
+            details=[{"location": "query.limit", "reason": "must be an integer from 1 to 100"}],
+        )
+    statuses = [part for value in args.getlist("status") for part in value.split(",") if part]
+    jobs = services.jobs.list(project_id, statuses, int(raw_limit))
+    return json_response({"data": [job.model_dump(mode="json") for job in jobs]})
+
+
+def get_job(request: Request, project_id: str, job_id: str) -> Response:
+    job = get_services().jobs.get(project_id, job_id)
+    return json_response(job.model_dump(mode="json"))
+
+
+def checkpoints(request: Request, project_id: str, job_id: str) -> Response:
+    items = get_services().jobs.checkpoints(project_id, job_id)
+    return json_response({"data": [item.model_dump(mode="json") for item in items]})
+
+
+def stop(request: Request, project_id: str, job_id: str) -> Response:
+    job = get_services().jobs.stop(project_id, job_id)
+    return json_response(job.model_dump(mode="json"))
+
+
+def poll(request: Request) -> Response:
+    from .poller import parse_since, poll as run_poll
+
+    services = get_services()
+    body = read_json_body(request, services.settings.max_body_bytes, required=False)
+    since = parse_since(body)
+    report = run_poll(services.settings, services.client, services.events, since)
+    return json_response(report.model_dump(mode="json"))
+
+
+TRAIN_HANDLERS: dict[str, Any] = {
+    "healthz": healthz,
+    "openapi": openapi,
+    "submit": submit,
+    "list_jobs": list_jobs,
+    "get_job": get_job,
+    "checkpoints": checkpoints,
+    "stop": stop,
+}
+POLL_HANDLERS: dict[str, Any] = {"healthz": healthz, "poll": poll}
+
+
+def handle_train_http(request: Request) -> Response:
+    return serve(request, TRAIN_ROUTES, TRAIN_HANDLERS, authorize=_authorize, project=_project())
+
+
+def handle_poll(request: Request) -> Response:
+    return serve(request, POLL_ROUTES, POLL_HANDLERS, authorize=_authorize, project=_project())

@@ -1,0 +1,69 @@
+"""Process-wide objects, built lazily on first use and shared by every request.
+
+Cloud Functions gen2 serves concurrent requests from one process, so each of
+these is thread-safe; building them is cheap and imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from .settings import Settings, get_settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    secrets: Any
+    client: Any
+    jobs: Any
+    events: Any
+
+
+_services: Services | None = None
+_lock = threading.Lock()
+
+
+def build_services(settings: Settings) -> Services:
+    from .baseten_client import BasetenClient
+    from .baseten_push import push_training_job
+    from .events import EventSink, submitted_event
+    from .jobs import JobService
+    from .secrets import SecretStore
+
+    secrets = SecretStore(settings)
+
+    def api_key() -> str:
+        value = secrets.get("baseten_api_key")
+        assert value is not None
+        return value
+
+    def push(config: Path) -> dict[str, Any]:
+        return push_training_job(settings, api_key(), config)
+
+    client = BasetenClient(settings, api_key)
+    events = EventSink(settings, secrets)
+
+    def announce(job: Any, key: str | None, message_id: str | None) -> None:
+        events.emit(submitted_event(job, idempotency_key=key, message_id=message_id))
+
+    jobs = JobService(settings, client, push, announce)
+    return Services(settings=settings, secrets=secrets, client=client, jobs=jobs, events=events)
+
+
+def get_services() -> Services:
+    """The shared services (settings errors surface here as ConfigurationError)."""
+    global _services
+    if _services is not None:
+        return _services
+    with _lock:
+        if _services is None:
+            _services = build_services(get_settings())
+        return _services
+
+
+__all__ = ["Services", "build_services", "get_services", "partial"]

@@ -1,0 +1,32 @@
+"""Cloud Run functions entry points (deploy each with ``--entry-point NAME``)."""
+
+from __future__ import annotations
+
+import functions_framework
+from cloudevents.http import CloudEvent
+from flask import Request, Response
+
+from finetune_api.pubsub import handle_pubsub
+from finetune_api.routes import handle_poll, handle_train_http
+
+
+@functions_framework.http
+def train_http(request: Request) -> Response:
+    """HTTPS: submit (POST /jobs), read, list and stop training jobs; returns JSON."""
+    return handle_train_http(request)
+
+
+@functions_framework.cloud_event
+def train_pubsub(cloud_event: CloudEvent) -> None:
+    """Pub/Sub message: submit the training job its data describes.
+
+    Returns normally for a bad message (logged, acknowledged); raises on a
+    transient failure so a trigger deployed with --retry redelivers it.
+    """
+    handle_pubsub(cloud_event.get_attributes(), cloud_event.get_data())
+
+
+@functions_framework.http
+def poll_jobs(request: Request) -> Response:
+    """HTTPS, called by Cloud Scheduler: report status changes and new checkpoints."""
+    return handle_poll(request)
