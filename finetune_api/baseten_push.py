@@ -63,7 +63,11 @@ def _prepare_truss() -> None:
 def _configure_remote(settings: Settings, api_key: str) -> None:
     """Point truss's env-configured remote at our Baseten (idempotent, cheap)."""
     from truss.remote.baseten import api as truss_api
+    from truss.remote.baseten import rest_client
 
+    # truss waits up to 60 s per read; callers of a function deserve our own budget.
+    timeout = settings.baseten_timeout_seconds
+    rest_client._DEFAULT_TIMEOUT_SEC = (min(10.0, timeout), timeout)  # type: ignore[assignment]
     remote_url = settings.baseten_remote_url
     if truss_api.API_URL_MAPPING.get(remote_url) != settings.resolved_api_url:
         truss_api.API_URL_MAPPING[remote_url] = settings.resolved_api_url

@@ -188,6 +188,9 @@ class PollReport(BaseModel):
     webhooks_delivered: int
     webhooks_failed: int
     duration_ms: int
+    # Jobs whose checkpoints could not be read (each logged at ERROR); the others
+    # are still reported, and the next overlapping window retries these.
+    jobs_failed: int = 0
 
 
 class ErrorDetail(BaseModel):

@@ -72,7 +72,7 @@ class S3Gateway:
             pass
         except client.exceptions.BucketAlreadyExists:
             pass
-        except Exception as exc:  # noqa: BLE001 - any S3 failure is "unavailable"
+        except Exception as exc:
             raise SandboxApiError(
                 503, "UNAVAILABLE", f"sandbox could not reach S3: {type(exc).__name__}"
             ) from exc
@@ -89,7 +89,7 @@ class S3Gateway:
         client = self._get_client()
         try:
             client.head_object(Bucket=bucket, Key=key)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
             if status in (403, 404):
                 return False

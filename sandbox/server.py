@@ -1,24 +1,33 @@
-"""HTTP front of the sandbox: Baseten's REST routes under ``v1/``, control under ``_sandbox/``.
+"""HTTP front of the sandbox: Baseten's REST routes under ``/v1/``, control under ``/_sandbox/``.
 
-Built on the standard library's ``ThreadingHTTPServer`` (one thread per
-connection, HTTP/1.1 keep-alive), bound to 127.0.0.1 only. All state lives in
-:class:`sandbox.state.SandboxState`, which locks around every operation; slow
-things (``latency_ms``, ``create_delay_ms``, fault hangs, S3 calls) happen
-outside that lock, so one slow request never blocks the others.
+A werkzeug WSGI app served by werkzeug's threaded server on 127.0.0.1 only
+(one thread per request; the dev server closes every connection after its
+response). All state lives in :class:`sandbox.state.SandboxState`, which locks
+around each operation; slow things (``latency_ms``, ``create_delay_ms``, fault
+hangs, S3 calls) happen outside that lock, so one slow request never blocks
+the others.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 import secrets
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import unquote
+
+from werkzeug.exceptions import (
+    HTTPException,
+    MethodNotAllowed,
+    NotFound,
+    RequestEntityTooLarge,
+)
+from werkzeug.routing import Map, MapAdapter, Rule
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.wrappers import Request, Response
 
 from sandbox.errors import SandboxApiError
 from sandbox.s3 import S3Gateway
@@ -29,72 +38,75 @@ HOST = "127.0.0.1"
 DEFAULT_BUCKET = "baseten-sandbox-training"
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
+_JOB = "/v1/training_projects/<project_id>/jobs/<job_id>"
+
+API_ROUTES = Map(
+    [
+        Rule("/v1/training_projects", methods=["POST"], endpoint="upsert_project"),
+        Rule("/v1/training_projects", methods=["GET"], endpoint="list_projects"),
+        Rule("/v1/teams/<team_id>/training_projects", methods=["POST"], endpoint="upsert_project"),
+        Rule("/v1/blobs/credentials/<blob_type>", methods=["GET"], endpoint="blob_credentials"),
+        Rule("/v1/training_projects/<project_id>/jobs", methods=["POST"], endpoint="create_job"),
+        Rule("/v1/training_projects/<project_id>/jobs", methods=["GET"], endpoint="list_jobs"),
+        Rule(_JOB, methods=["GET"], endpoint="get_job"),
+        Rule(f"{_JOB}/stop", methods=["POST"], endpoint="stop_job"),
+        Rule(f"{_JOB}/checkpoints", methods=["GET"], endpoint="checkpoints"),
+        Rule("/v1/training_jobs/search", methods=["POST"], endpoint="search"),
+    ]
+)
+
+CONTROL_ROUTES = Map(
+    [
+        Rule("/_sandbox/health", methods=["GET"], endpoint="health"),
+        Rule("/_sandbox/reset", methods=["POST"], endpoint="reset"),
+        Rule("/_sandbox/config", methods=["GET"], endpoint="get_config"),
+        Rule("/_sandbox/config", methods=["POST"], endpoint="update_config"),
+        Rule("/_sandbox/faults", methods=["GET"], endpoint="list_faults"),
+        Rule("/_sandbox/faults", methods=["POST"], endpoint="add_fault"),
+        Rule("/_sandbox/faults", methods=["DELETE"], endpoint="clear_faults"),
+        Rule("/_sandbox/jobs", methods=["GET"], endpoint="jobs"),
+        Rule("/_sandbox/jobs/<job_id>/status", methods=["POST"], endpoint="force_status"),
+        Rule("/_sandbox/jobs/<job_id>/checkpoints", methods=["POST"], endpoint="add_checkpoint"),
+        Rule("/_sandbox/jobs/<job_id>/advance", methods=["POST"], endpoint="advance_job"),
+        Rule("/_sandbox/advance", methods=["POST"], endpoint="advance_all"),
+        Rule("/_sandbox/seed", methods=["POST"], endpoint="seed"),
+        Rule("/_sandbox/stats", methods=["GET"], endpoint="stats"),
+    ]
+)
+
 
 @dataclass
-class Request:
-    method: str
-    path: str
-    params: dict[str, str]
-    raw_body: bytes
-    headers: dict[str, str] = field(default_factory=dict)
+class Reply:
+    """What a handler answers: a status, a JSON-able body (a ``str`` is sent as text)."""
 
-    def json(self) -> Any:
-        """The parsed body; ``None`` when empty. Bad JSON is a 400."""
-        if not self.raw_body.strip():
-            return None
-        try:
-            return json.loads(self.raw_body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise SandboxApiError(
-                400, "VALIDATION_ERROR", "request body is not valid JSON"
-            ) from exc
-
-
-@dataclass
-class Response:
     status: int
     body: Any
     headers: dict[str, str] = field(default_factory=dict)
 
 
-Handler = Callable[[Request], Response]
+Handler = Callable[[Request, dict[str, str]], Reply]
 
 
-@dataclass(frozen=True)
-class Route:
-    method: str
-    template: str
-    pattern: re.Pattern[str]
-    handler: Handler
-
-    @property
-    def label(self) -> str:
-        return f"{self.method} {self.template}"
+class _DropConnection(ConnectionResetError):
+    """Raised to make the server close the socket without answering."""
 
 
-def _route(method: str, template: str, handler: Handler) -> Route:
-    regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template)
-    return Route(method, template, re.compile(regex), handler)
+def _json_body(request: Request) -> Any:
+    """The parsed body; ``None`` when empty. Bad JSON is a 400."""
+    try:
+        raw = request.get_data(cache=True)
+    except RequestEntityTooLarge as exc:
+        raise SandboxApiError(413, "PAYLOAD_TOO_LARGE", "request body is too large") from exc
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SandboxApiError(400, "VALIDATION_ERROR", "request body is not valid JSON") from exc
 
 
-def _match(routes: list[Route], method: str, path: str) -> tuple[Route | None, dict[str, str]]:
-    """The route for ``method path``; a route of another method means 405."""
-    path_matched: Route | None = None
-    for route in routes:
-        found = route.pattern.fullmatch(path)
-        if found is None:
-            continue
-        if route.method == method:
-            return route, {k: unquote(v) for k, v in found.groupdict().items()}
-        path_matched = route
-    if path_matched is not None:
-        raise SandboxApiError(
-            405, "METHOD_NOT_ALLOWED", f"method {method} is not allowed on {path}"
-        )
-    return None, {}
-
-
-def _bearer_or_api_key(header: str | None) -> str | None:
+def _presented_key(header: str | None) -> str | None:
+    """The key of ``Api-Key <key>`` or ``Bearer <key>``."""
     if not header:
         return None
     scheme, _, value = header.strip().partition(" ")
@@ -103,129 +115,158 @@ def _bearer_or_api_key(header: str | None) -> str | None:
     return None
 
 
+def _to_response(reply: Reply) -> Response:
+    if isinstance(reply.body, str):
+        response = Response(reply.body, reply.status, content_type="text/plain; charset=utf-8")
+    else:
+        response = Response(json.dumps(reply.body), reply.status, content_type="application/json")
+    for name, value in reply.headers.items():
+        response.headers[name] = value
+    return response
+
+
+def _error_reply(exc: SandboxApiError) -> Reply:
+    return Reply(exc.status, exc.body(), exc.headers)
+
+
+def _routing_error(exc: HTTPException, method: str, path: str) -> SandboxApiError:
+    if isinstance(exc, MethodNotAllowed):
+        return SandboxApiError(
+            405, "METHOD_NOT_ALLOWED", f"method {method} is not allowed on {path}"
+        )
+    return SandboxApiError(404, "NOT_FOUND", f"no route {method} {path}")
+
+
 class SandboxApp:
-    """Routing and request handling, independent of the socket server."""
+    """The WSGI application: routing, auth, faults, limits, handlers."""
 
     def __init__(self, state: SandboxState, stop_event: threading.Event) -> None:
         self.state = state
         self.stop_event = stop_event
-        self.api_routes = [
-            _route("POST", "v1/training_projects", self._upsert_project),
-            _route("GET", "v1/training_projects", self._list_projects),
-            _route("POST", "v1/teams/{team_id}/training_projects", self._upsert_project),
-            _route("GET", "v1/blobs/credentials/{blob_type}", self._blob_credentials),
-            _route("POST", "v1/training_projects/{project_id}/jobs", self._create_job),
-            _route("GET", "v1/training_projects/{project_id}/jobs", self._list_jobs),
-            _route("GET", "v1/training_projects/{project_id}/jobs/{job_id}", self._get_job),
-            _route("POST", "v1/training_projects/{project_id}/jobs/{job_id}/stop", self._stop),
-            _route(
-                "GET",
-                "v1/training_projects/{project_id}/jobs/{job_id}/checkpoints",
-                self._checkpoints,
+        s = state
+        self._api: dict[str, Handler] = {
+            "upsert_project": lambda r, p: Reply(
+                200, s.upsert_project(_json_body(r), p.get("team_id"))
             ),
-            _route("POST", "v1/training_jobs/search", self._search),
-        ]
-        s = self.state
-        self.control_routes = [
-            _route("GET", "_sandbox/health", lambda r: Response(200, {"status": "ok"})),
-            _route("POST", "_sandbox/reset", self._reset),
-            _route("GET", "_sandbox/config", lambda r: Response(200, s.get_config())),
-            _route("POST", "_sandbox/config", lambda r: Response(200, s.update_config(r.json()))),
-            _route("GET", "_sandbox/faults", lambda r: Response(200, {"faults": s.list_faults()})),
-            _route(
-                "POST", "_sandbox/faults", lambda r: Response(201, {"fault": s.add_fault(r.json())})
+            "list_projects": lambda r, p: Reply(200, s.list_projects()),
+            "blob_credentials": self._blob_credentials,
+            "create_job": self._create_job,
+            "list_jobs": lambda r, p: Reply(200, s.list_jobs(p["project_id"])),
+            "get_job": lambda r, p: Reply(200, s.get_job(p["project_id"], p["job_id"])),
+            "stop_job": self._stop_job,
+            "checkpoints": lambda r, p: Reply(200, s.checkpoints(p["project_id"], p["job_id"])),
+            "search": lambda r, p: Reply(200, s.search(_json_body(r))),
+        }
+        self._control: dict[str, Handler] = {
+            "health": lambda r, p: Reply(200, {"status": "ok"}),
+            "reset": self._reset,
+            "get_config": lambda r, p: Reply(200, s.get_config()),
+            "update_config": lambda r, p: Reply(200, s.update_config(_json_body(r))),
+            "list_faults": lambda r, p: Reply(200, {"faults": s.list_faults()}),
+            "add_fault": lambda r, p: Reply(201, {"fault": s.add_fault(_json_body(r))}),
+            "clear_faults": self._clear_faults,
+            "jobs": lambda r, p: Reply(200, s.all_jobs()),
+            "force_status": lambda r, p: Reply(200, s.force_status(p["job_id"], _json_body(r))),
+            "add_checkpoint": lambda r, p: Reply(
+                201, {"checkpoint": s.add_checkpoint(p["job_id"], _json_body(r))}
             ),
-            _route("DELETE", "_sandbox/faults", self._clear_faults),
-            _route("GET", "_sandbox/jobs", lambda r: Response(200, s.all_jobs())),
-            _route(
-                "POST",
-                "_sandbox/jobs/{job_id}/status",
-                lambda r: Response(200, s.force_status(r.params["job_id"], r.json())),
-            ),
-            _route(
-                "POST",
-                "_sandbox/jobs/{job_id}/checkpoints",
-                lambda r: Response(
-                    201, {"checkpoint": s.add_checkpoint(r.params["job_id"], r.json())}
-                ),
-            ),
-            _route(
-                "POST",
-                "_sandbox/jobs/{job_id}/advance",
-                lambda r: Response(200, s.advance(r.params["job_id"], r.json())),
-            ),
-            _route("POST", "_sandbox/advance", lambda r: Response(200, s.advance(None, r.json()))),
-            _route("POST", "_sandbox/seed", lambda r: Response(201, s.seed(r.json()))),
-            _route("GET", "_sandbox/stats", lambda r: Response(200, s.stats())),
-        ]
+            "advance_job": lambda r, p: Reply(200, s.advance(p["job_id"], _json_body(r))),
+            "advance_all": lambda r, p: Reply(200, s.advance(None, _json_body(r))),
+            "seed": lambda r, p: Reply(201, s.seed(_json_body(r))),
+            "stats": lambda r, p: Reply(200, s.stats()),
+        }
 
-    # ------------------------------------------------------------------ entry
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        request = Request(environ)
+        request.max_content_length = MAX_BODY_BYTES
+        path = request.path
+        if path == "/_sandbox" or path.startswith("/_sandbox/"):
+            reply = self._dispatch(CONTROL_ROUTES.bind_to_environ(environ), self._control, request)
+        else:
+            reply = self._api_request(request, API_ROUTES.bind_to_environ(environ))
+        response: Iterable[bytes] = _to_response(reply)(environ, start_response)
+        return response
 
     def sleep(self, seconds: float) -> None:
         """Sleep, but wake up early when the server stops."""
         if seconds > 0:
             self.stop_event.wait(seconds)
 
-    def handle_control(self, method: str, path: str, raw_body: bytes) -> Response:
+    # ---------------------------------------------------------------- dispatch
+
+    def _dispatch(
+        self, adapter: MapAdapter, handlers: dict[str, Handler], request: Request
+    ) -> Reply:
         try:
-            route, params = _match(self.control_routes, method, path)
-            if route is None:
-                raise SandboxApiError(404, "NOT_FOUND", f"no control endpoint /{path}")
-            return route.handler(Request(method, path, params, raw_body))
+            try:
+                endpoint, params = adapter.match()
+            except HTTPException as exc:
+                raise _routing_error(exc, request.method, request.path) from exc
+            return handlers[str(endpoint)](request, {k: str(v) for k, v in params.items()})
         except SandboxApiError as exc:
-            return Response(exc.status, exc.body(), exc.headers)
+            return _error_reply(exc)
 
-    def route_label(self, method: str, path: str) -> str:
-        for route in self.api_routes:
-            if route.method == method and route.pattern.fullmatch(path):
-                return route.label
-        return f"{method} <unmatched>"
-
-    def take_fault(self, method: str, path: str) -> Fault | None:
-        return self.state.take_fault(method, path)
-
-    def handle_api(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> Response:
-        """Everything after latency and faults: auth, rate limit, routing, the handler."""
+    def _api_request(self, request: Request, adapter: MapAdapter) -> Reply:
+        """Stats, latency, faults, then auth, rate limit and the handler."""
+        method, path = request.method, request.path
         try:
-            presented = _bearer_or_api_key(headers.get("authorization"))
-            if not self.state.check_api_key(presented):
+            rule, _ = adapter.match(return_rule=True)
+            label = f"{method} {rule.rule}"
+        except (NotFound, MethodNotAllowed):
+            label = f"{method} <unmatched>"
+        self.state.record_request(label)
+        self.sleep(self.state.get_config()["latency_ms"] / 1000)
+        # Faults match the path without its leading slash, e.g. "v1/training_jobs/search".
+        fault = self.state.take_fault(method, path.lstrip("/"))
+        if fault is not None and not fault.after_handling:
+            return self._fault_reply(fault)
+        try:
+            if not self.state.check_api_key(_presented_key(request.headers.get("Authorization"))):
                 raise SandboxApiError(
                     401,
                     "UNAUTHENTICATED",
                     "missing or invalid API key; send 'Authorization: Api-Key <key>'",
                 )
             self.state.check_rate_limit()
-            route, params = _match(self.api_routes, method, path)
-            if route is None:
-                raise SandboxApiError(404, "NOT_FOUND", f"no route {method} /{path}")
-            return route.handler(Request(method, path, params, raw, headers))
+            reply = self._dispatch(adapter, self._api, request)
         except SandboxApiError as exc:
-            return Response(exc.status, exc.body(), exc.headers)
+            reply = _error_reply(exc)
+        if fault is not None:
+            # The request took effect; the client only sees the fault.
+            return self._fault_reply(fault)
+        self.state.record_response(reply.status)
+        return reply
 
-    # --------------------------------------------------------------- v1 API
+    def _fault_reply(self, fault: Fault) -> Reply:
+        self.sleep(fault.hang_seconds)
+        if fault.close:
+            self.state.record_response(0)
+            raise _DropConnection("sandbox fault: connection closed without a response")
+        headers: dict[str, str] = {}
+        if fault.retry_after is not None:
+            headers["Retry-After"] = str(math.ceil(fault.retry_after))
+        self.state.record_response(fault.status)
+        return Reply(fault.status, fault.body, headers)
 
-    def _upsert_project(self, req: Request) -> Response:
-        return Response(200, self.state.upsert_project(req.json(), req.params.get("team_id")))
+    # --------------------------------------------------------------- handlers
 
-    def _list_projects(self, req: Request) -> Response:
-        return Response(200, self.state.list_projects())
-
-    def _blob_credentials(self, req: Request) -> Response:
-        blob_type = req.params["blob_type"]
-        if blob_type != "train":
+    def _blob_credentials(self, request: Request, params: dict[str, str]) -> Reply:
+        if params["blob_type"] != "train":
             raise SandboxApiError(
-                400, "VALIDATION_ERROR", f"unsupported blob type {blob_type!r} (only 'train')"
+                400,
+                "VALIDATION_ERROR",
+                f"unsupported blob type {params['blob_type']!r} (only 'train')",
             )
         s3 = self.state.s3
         creds = s3.credentials()
         s3.ensure_bucket()
         key = f"training/{self.state.now_us()}-{secrets.token_hex(8)}.tgz"
-        return Response(200, {"s3_bucket": s3.bucket, "s3_key": key, "creds": creds})
+        return Reply(200, {"s3_bucket": s3.bucket, "s3_key": key, "creds": creds})
 
-    def _create_job(self, req: Request) -> Response:
-        project_id = req.params["project_id"]
+    def _create_job(self, request: Request, params: dict[str, str]) -> Reply:
+        project_id = params["project_id"]
         self.state.require_project(project_id)
-        training_job = validate_create_job_body(req.json())
+        training_job = validate_create_job_body(_json_body(request))
         for index, (bucket, key) in enumerate(artifacts_of(training_job)):
             if not self.state.s3.object_exists(bucket, key):
                 raise SandboxApiError(
@@ -235,150 +276,32 @@ class SandboxApp:
                 )
         # After validation, before recording: concurrent creates overlap here.
         self.sleep(self.state.get_config()["create_delay_ms"] / 1000)
-        return Response(200, self.state.record_job(project_id, training_job))
+        return Reply(200, self.state.record_job(project_id, training_job))
 
-    def _list_jobs(self, req: Request) -> Response:
-        return Response(200, self.state.list_jobs(req.params["project_id"]))
+    def _stop_job(self, request: Request, params: dict[str, str]) -> Reply:
+        _json_body(request)  # a malformed body is still a 400
+        return Reply(200, self.state.stop_job(params["project_id"], params["job_id"]))
 
-    def _get_job(self, req: Request) -> Response:
-        return Response(200, self.state.get_job(req.params["project_id"], req.params["job_id"]))
-
-    def _stop(self, req: Request) -> Response:
-        req.json()  # a malformed body is still a 400
-        return Response(200, self.state.stop_job(req.params["project_id"], req.params["job_id"]))
-
-    def _checkpoints(self, req: Request) -> Response:
-        return Response(200, self.state.checkpoints(req.params["project_id"], req.params["job_id"]))
-
-    def _search(self, req: Request) -> Response:
-        return Response(200, self.state.search(req.json()))
-
-    # ---------------------------------------------------------------- control
-
-    def _reset(self, req: Request) -> Response:
+    def _reset(self, request: Request, params: dict[str, str]) -> Reply:
         self.state.reset()
-        return Response(200, {"reset": True})
+        return Reply(200, {"reset": True})
 
-    def _clear_faults(self, req: Request) -> Response:
+    def _clear_faults(self, request: Request, params: dict[str, str]) -> Reply:
         self.state.clear_faults()
-        return Response(200, {"faults": []})
+        return Reply(200, {"faults": []})
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
+class _RequestHandler(WSGIRequestHandler):
+    """Quiet unless verbose; a dropped connection (a ``close`` fault) closes the socket."""
 
-    def __init__(self, port: int, app: SandboxApp, verbose: bool) -> None:
-        self.app = app
-        self.verbose = verbose
-        super().__init__((HOST, port), _RequestHandler)
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        if getattr(self.server, "sandbox_verbose", False):
+            super().log_request(code, size)
 
-
-class _RequestHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "BasetenSandbox/1.0"
-    server: _HTTPServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        if self.server.verbose:
-            super().log_message(format, *args)
-
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    def do_POST(self) -> None:
-        self._dispatch()
-
-    def do_DELETE(self) -> None:
-        self._dispatch()
-
-    def do_PATCH(self) -> None:
-        self._dispatch()
-
-    def do_PUT(self) -> None:
-        self._dispatch()
-
-    def _read_body(self) -> bytes | None:
-        length_header = self.headers.get("Content-Length")
-        if not length_header:
-            return b""
-        try:
-            length = int(length_header)
-        except ValueError:
-            return None
-        if length < 0 or length > MAX_BODY_BYTES:
-            return None
-        return self.rfile.read(length)
-
-    def _dispatch(self) -> None:
-        try:
-            self._dispatch_inner()
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
-            # The client gave up (typically on a hang fault); nothing to answer.
-            self.close_connection = True
-
-    def _dispatch_inner(self) -> None:
-        app = self.server.app
-        method = self.command.upper()
-        path = self.path.split("?", 1)[0].lstrip("/")
-        if path.endswith("/") and path != "":
-            path = path.rstrip("/")
-        raw = self._read_body()
-        if raw is None:
-            self.close_connection = True
-            self._send(Response(413, {"code": "PAYLOAD_TOO_LARGE", "message": "bad body"}))
-            return
-        if path == "_sandbox" or path.startswith("_sandbox/"):
-            self._send(app.handle_control(method, path, raw))
-            return
-
-        state = app.state
-        state.record_request(app.route_label(method, path))
-        app.sleep(state.get_config()["latency_ms"] / 1000)
-        fault = app.take_fault(method, path)
-        if fault is not None and not fault.after_handling:
-            self._answer_fault(fault)
-            return
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        response = app.handle_api(method, path, headers, raw)
-        if fault is not None:
-            self._answer_fault(fault)
-            return
-        state.record_response(response.status)
-        self._send(response)
-
-    def _answer_fault(self, fault: Fault) -> None:
-        app = self.server.app
-        app.sleep(fault.hang_seconds)
-        if fault.close:
-            app.state.record_response(0)
-            self.close_connection = True
-            return
-        headers: dict[str, str] = {}
-        if fault.retry_after is not None:
-            headers["Retry-After"] = str(math.ceil(fault.retry_after))
-        app.state.record_response(fault.status)
-        self._send(Response(fault.status, fault.body, headers))
-
-    def _send(self, response: Response) -> None:
-        if isinstance(response.body, str):
-            payload = response.body.encode()
-            content_type = "text/plain; charset=utf-8"
-        else:
-            payload = json.dumps(response.body).encode()
-            content_type = "application/json"
-        self.send_response(response.status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(payload)))
-        for name, value in response.headers.items():
-            self.send_header(name, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(payload)
-        self.wfile.flush()
+    def connection_dropped(
+        self, error: BaseException, environ: dict[str, Any] | None = None
+    ) -> None:
+        self.close_connection = True
 
 
 class Sandbox:
@@ -386,8 +309,11 @@ class Sandbox:
 
     ``Sandbox(api_key="k", s3_endpoint="http://127.0.0.1:PORT").start()`` serves on
     127.0.0.1 in a background thread (``port=0`` picks a free port; see ``url``).
-    ``state`` exposes the same operations as the ``/_sandbox/`` control API for
-    in-process callers. Also a context manager (starts on enter, stops on exit).
+    The methods below mirror the ``/_sandbox/`` control API for in-process callers;
+    ``state`` is the underlying :class:`SandboxState`. Also a context manager.
+
+    ``clock`` (nanoseconds since the epoch, default ``time.time_ns``) drives
+    timestamps and the status clock; tests may pass a fake one.
     """
 
     def __init__(
@@ -399,17 +325,19 @@ class Sandbox:
         step_seconds: float | None = None,
         s3_bucket: str = DEFAULT_BUCKET,
         verbose: bool = False,
+        clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self._stop_event = threading.Event()
         self.state = SandboxState(
             api_key=api_key,
             s3=S3Gateway(s3_endpoint, s3_bucket),
             step_seconds=step_seconds,
+            clock=clock,
         )
         self.app = SandboxApp(self.state, self._stop_event)
         self._requested_port = port
         self._verbose = verbose
-        self._server: _HTTPServer | None = None
+        self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------- lifecycle
@@ -419,9 +347,13 @@ class Sandbox:
         if self._server is not None:
             raise RuntimeError("sandbox already started")
         self._stop_event.clear()
-        self._server = _HTTPServer(self._requested_port, self.app, self._verbose)
+        server = make_server(
+            HOST, self._requested_port, self.app, threaded=True, request_handler=_RequestHandler
+        )
+        server.sandbox_verbose = self._verbose  # type: ignore[attr-defined]
+        self._server = server
         self._thread = threading.Thread(
-            target=self._server.serve_forever,
+            target=server.serve_forever,
             kwargs={"poll_interval": 0.1},
             name=f"baseten-sandbox-{self.port}",
             daemon=True,
@@ -486,9 +418,8 @@ class Sandbox:
     def set_status(
         self, job_id: str, status: str, error_message: str | None = None
     ) -> dict[str, Any]:
-        job: dict[str, Any] = self.state.force_status(
-            job_id, {"status": status, "error_message": error_message}
-        )["training_job"]
+        reply = self.state.force_status(job_id, {"status": status, "error_message": error_message})
+        job: dict[str, Any] = reply["training_job"]
         return job
 
     def add_checkpoint(self, job_id: str, **overrides: Any) -> dict[str, Any]:

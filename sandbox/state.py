@@ -28,6 +28,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 from sandbox.errors import SandboxApiError
@@ -771,7 +772,7 @@ class SandboxState:
                 jobs = [j for j in jobs if j.status in wanted]
             for item in reversed(order_by):
                 attr = "created_us" if item["field"] == "created_at" else "updated_us"
-                jobs.sort(key=lambda j, a=attr: getattr(j, a), reverse=item["order"] == "desc")
+                jobs.sort(key=attrgetter(attr), reverse=item["order"] == "desc")
             return {"training_jobs": [self._job_json(j) for j in jobs]}
 
     # ---------------------------------------------------------- checkpoints

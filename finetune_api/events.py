@@ -1,0 +1,213 @@
+"""Job events: what they look like, their stable ids, and where they go.
+
+An event is ``{"id", "type", "timestamp", "data"}``. Its id is derived from
+what happened (a job reaching a status, a checkpoint appearing, a submission),
+never from when it was seen, so the same fact polled twice or delivered again
+carries the same id and receivers can dedupe on ``webhook-id``.
+
+:class:`EventSink` writes one structured log line per event and, when
+``WEBHOOK_URL`` is set, delivers it signed (see :mod:`.webhooks`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import ConfigurationError
+from .logs import get_logger, log
+from .schemas import Checkpoint, Job
+from .settings import Settings
+from .webhooks import DeliveryResult, WebhookSender
+
+_logger = get_logger("events")
+
+STATUS_PREFIX = "training_job."
+CHECKPOINT_CREATED = "training_job.checkpoint_created"
+SUBMITTED = "training_job.submitted"
+# Events about a job that ended badly are logged at ERROR so alerting can key on severity.
+ERROR_STATUSES = frozenset({"failed", "deploy_failed"})
+
+_SAFE_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,100}\Z")
+
+
+class Event(BaseModel):
+    """One event, exactly as logged and as the webhook body."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(description="stable for the same (job, status) or (job, checkpoint); no '.'")
+    type: str = Field(description="training_job.<status>, .checkpoint_created or .submitted")
+    timestamp: str = Field(description="RFC 3339 time of what happened")
+    data: dict[str, Any] = Field(description="the Job object (plus checkpoint / submission)")
+
+    @property
+    def project_id(self) -> str | None:
+        value = self.data.get("training_project_id")
+        return str(value) if value is not None else None
+
+    @property
+    def job_id(self) -> str | None:
+        value = self.data.get("training_job_id")
+        return str(value) if value is not None else None
+
+    def body(self) -> str:
+        """The compact JSON body sent to the webhook (and signed)."""
+        return self.model_dump_json()
+
+
+def _token(value: str) -> str:
+    """``value`` if it is safe inside an event id, else a stable digest of it."""
+    if _SAFE_TOKEN.match(value):
+        return value
+    return "h" + hashlib.sha256(value.encode("utf-8")).hexdigest()[:24]
+
+
+def event_id(job_id: str, *parts: str) -> str:
+    """``evt_<job>_<part>…``: only ``A-Z a-z 0-9 _ -``, never a ``.``."""
+    return "_".join(["evt", _token(job_id), *(_token(part) for part in parts)])
+
+
+def _now() -> str:
+    return rfc3339(datetime.now(UTC))
+
+
+def rfc3339(moment: datetime) -> str:
+    """UTC, ``Z``-suffixed RFC 3339."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _job_data(job: Job | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(job, Job):
+        return job.model_dump(mode="json")
+    return dict(job)
+
+
+def status_event(job: Job) -> Event:
+    """``training_job.<status>``: the job reached ``job.status``."""
+    return Event(
+        id=event_id(job.training_job_id, job.status),
+        type=f"{STATUS_PREFIX}{job.status}",
+        timestamp=job.updated_at or _now(),
+        data=_job_data(job),
+    )
+
+
+def checkpoint_event(job: Job, checkpoint: Checkpoint) -> Event:
+    """``training_job.checkpoint_created``: the Job plus ``checkpoint``."""
+    data = _job_data(job)
+    data["checkpoint"] = checkpoint.model_dump(mode="json")
+    return Event(
+        id=event_id(job.training_job_id, "checkpoint", checkpoint.checkpoint_id),
+        type=CHECKPOINT_CREATED,
+        timestamp=checkpoint.created_at or job.updated_at or _now(),
+        data=data,
+    )
+
+
+def submitted_event(
+    job: Job | Mapping[str, Any],
+    *,
+    idempotency_key: str | None,
+    message_id: str | None = None,
+) -> Event:
+    """``training_job.submitted``: emitted by the submit path, for new jobs and replays alike."""
+    data = _job_data(job)
+    data["idempotency_key"] = idempotency_key
+    if message_id is not None:
+        data["message_id"] = message_id
+    job_id = str(data["training_job_id"])
+    return Event(
+        id=event_id(job_id, "submitted"),
+        type=SUBMITTED,
+        timestamp=data.get("created_at") or _now(),
+        data=data,
+    )
+
+
+class EventSink:
+    """Logs every event and, when ``WEBHOOK_URL`` is set, delivers it. Thread-safe.
+
+    The webhook secret is read through ``secrets`` on every delivery, so a
+    rotated secret is picked up; a secret that cannot be read fails that
+    delivery (logged), never the caller.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        secrets: Any,
+        *,
+        sender: WebhookSender | None = None,
+    ) -> None:
+        self._settings = settings
+        self._secrets = secrets
+        self._sender = sender
+        self._lock = threading.Lock()
+
+    @property
+    def webhooks_enabled(self) -> bool:
+        return self._sender is not None or bool(self._settings.webhook_url)
+
+    def _get_sender(self) -> WebhookSender | None:
+        if self._sender is not None or not self._settings.webhook_url:
+            return self._sender
+        with self._lock:
+            if self._sender is None:
+                self._sender = WebhookSender.from_settings(self._settings, self._secret)
+            return self._sender
+
+    def _secret(self) -> str:
+        value = self._secrets.get("webhook_secret", required=True)
+        if not value:
+            raise ConfigurationError("WEBHOOK_SECRET is empty")
+        return str(value)
+
+    def emit(self, event: Event) -> DeliveryResult:
+        """Log ``event`` (one line) and deliver it if a webhook is configured."""
+        status = event.type.removeprefix(STATUS_PREFIX)
+        level = logging.ERROR if status in ERROR_STATUSES else logging.INFO
+        fields: dict[str, Any] = {
+            "event_id": event.id,
+            "event_type": event.type,
+            "training_project_id": event.project_id,
+            "training_job_id": event.job_id,
+        }
+        checkpoint = event.data.get("checkpoint")
+        if isinstance(checkpoint, Mapping):
+            fields["checkpoint_id"] = checkpoint.get("checkpoint_id")
+        if status in ERROR_STATUSES:
+            fields["error_message"] = event.data.get("error_message")
+        log(_logger, level, f"event {event.type}", **fields)
+
+        sender = self._get_sender()
+        if sender is None:
+            return DeliveryResult(event.id, delivered=False, failed=False)
+        return sender.send(event.id, event.body())
+
+    def close(self) -> None:
+        if self._sender is not None:
+            self._sender.close()
+
+
+__all__ = [
+    "CHECKPOINT_CREATED",
+    "SUBMITTED",
+    "DeliveryResult",
+    "Event",
+    "EventSink",
+    "checkpoint_event",
+    "event_id",
+    "rfc3339",
+    "status_event",
+    "submitted_event",
+]

@@ -1,0 +1,288 @@
+"""The poll behind ``poll_jobs``: what changed on Baseten inside a time window.
+
+One search lists the jobs of every project. A job whose ``updated_at`` lies in
+the window ``[since, until]`` gets one ``training_job.<status>`` event. Jobs
+that are still running, or that changed since ``since``, have their
+checkpoints read, and each checkpoint created inside the window gets one
+``training_job.checkpoint_created`` event. Per-job work runs concurrently
+(``POLL_CONCURRENCY`` workers) under the client's shared rate limit; one job
+failing never stops the others. Event ids are stable, so overlapping windows
+and retried polls repeat ids rather than inventing new events.
+
+Cost: 1 search request, plus 1 checkpoints request per job that is not
+finished or changed inside the window; finished jobs outside the window cost
+nothing beyond their row in the search answer.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from .errors import InvalidRequestError, ServiceError
+from .events import Event, checkpoint_event, rfc3339, status_event
+from .logs import context, get_logger, log
+from .schemas import PollReport, PollRequest, checkpoint_from_baseten, job_from_baseten
+from .settings import Settings
+from .webhooks import DeliveryResult
+
+_logger = get_logger("poller")
+
+TERMINAL_STATUSES = frozenset(
+    {
+        "TRAINING_JOB_COMPLETED",
+        "TRAINING_JOB_FAILED",
+        "TRAINING_JOB_STOPPED",
+        "TRAINING_JOB_DEPLOY_FAILED",
+    }
+)
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})\Z"
+)
+
+
+class JobReader(Protocol):
+    """What the poll needs from the Baseten client."""
+
+    def search_jobs(self, *, newest_first: bool = True) -> list[dict[str, Any]]: ...
+    def list_checkpoints(self, project_id: str, job_id: str) -> list[dict[str, Any]]: ...
+
+
+class EventEmitter(Protocol):
+    def emit(self, event: Event) -> DeliveryResult: ...
+
+
+@dataclass
+class _JobOutcome:
+    events: int = 0
+    delivered: int = 0
+    webhook_failures: int = 0
+    failed: bool = False
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An aware UTC datetime from Baseten's ISO 8601 text; None when absent or unreadable."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def parse_since(body: Any, *, now: datetime | None = None) -> datetime | None:
+    """The ``since`` of a poll request body (decoded JSON, text or bytes); None if absent.
+
+    Bad input raises :class:`InvalidRequestError` with one detail per problem.
+    """
+    if isinstance(body, bytes | bytearray):
+        try:
+            body = bytes(body).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidRequestError("request body is not valid UTF-8") from None
+    if isinstance(body, str):
+        if not body.strip():
+            return None
+        try:
+            body = json.loads(body)
+        except ValueError:
+            raise InvalidRequestError("request body is not valid JSON") from None
+    if body is None:
+        return None
+    if not isinstance(body, Mapping):
+        raise InvalidRequestError(
+            "request body must be a JSON object",
+            details=[{"location": "body", "reason": "expected a JSON object"}],
+        )
+    try:
+        request = PollRequest.model_validate(dict(body))
+    except ValidationError as error:
+        details = [
+            {
+                "location": ".".join(str(part) for part in item["loc"]) or "body",
+                "reason": "unknown field"
+                if item["type"] == "extra_forbidden"
+                else "must be an RFC 3339 date-time string",
+            }
+            for item in error.errors(include_input=False, include_url=False)
+        ]
+        raise InvalidRequestError("invalid poll request", details=details) from None
+    if request.since is None:
+        return None
+    since = parse_time(request.since) if _RFC3339.match(request.since) else None
+    if since is None:
+        raise InvalidRequestError(
+            "since is not an RFC 3339 date-time",
+            details=[
+                {
+                    "location": "since",
+                    "reason": "must be an RFC 3339 date-time with a time zone, "
+                    "e.g. 2026-01-01T00:00:00Z",
+                }
+            ],
+        )
+    if since > (now or datetime.now(UTC)):
+        raise InvalidRequestError(
+            "since is in the future",
+            details=[{"location": "since", "reason": "must not be in the future"}],
+        )
+    return since
+
+
+def poll(
+    settings: Settings,
+    client: JobReader,
+    sink: EventEmitter,
+    since: datetime | None,
+    now: datetime | None = None,
+) -> PollReport:
+    """Emit the events of ``[since, until=now]``; a Baseten failure listing jobs raises."""
+    started = time.perf_counter()
+    until = _aware(now) if now is not None else datetime.now(UTC)
+    since = (
+        _aware(since)
+        if since is not None
+        else until - timedelta(seconds=settings.poll_lookback_seconds)
+    )
+    if since > until:
+        raise InvalidRequestError(
+            "since is after the end of the window",
+            details=[{"location": "since", "reason": "must not be in the future"}],
+        )
+
+    work: list[tuple[dict[str, Any], bool]] = []
+    for raw in client.search_jobs(newest_first=True):
+        updated = parse_time(raw.get("updated_at"))
+        created = parse_time(raw.get("created_at"))
+        if created is not None and created > until:
+            continue  # born after the window: the next poll reports it
+        finished = raw.get("current_status") in TERMINAL_STATUSES
+        changed_since = updated is None or updated >= since
+        if finished and not changed_since:
+            continue
+        status_in_window = updated is not None and since <= updated <= until
+        work.append((raw, status_in_window))
+
+    outcomes: list[_JobOutcome] = []
+    if work:
+        workers = min(settings.poll_concurrency, len(work))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="poll") as pool:
+            # Each task runs in a copy of this context so log lines keep the request's trace.
+            futures = [
+                pool.submit(
+                    contextvars.copy_context().run,
+                    _poll_job,
+                    settings,
+                    client,
+                    sink,
+                    raw,
+                    in_window,
+                    since,
+                    until,
+                )
+                for raw, in_window in work
+            ]
+            outcomes = [future.result() for future in futures]
+
+    report = PollReport(
+        since=rfc3339(since),
+        until=rfc3339(until),
+        jobs_checked=len(work),
+        events=sum(o.events for o in outcomes),
+        webhooks_delivered=sum(o.delivered for o in outcomes),
+        webhooks_failed=sum(o.webhook_failures for o in outcomes),
+        duration_ms=round((time.perf_counter() - started) * 1000),
+        jobs_failed=sum(o.failed for o in outcomes),
+    )
+    log(
+        _logger,
+        logging.ERROR if report.jobs_failed else logging.INFO,
+        "poll finished",
+        **report.model_dump(),
+    )
+    return report
+
+
+def _poll_job(
+    settings: Settings,
+    client: JobReader,
+    sink: EventEmitter,
+    raw: dict[str, Any],
+    status_in_window: bool,
+    since: datetime,
+    until: datetime,
+) -> _JobOutcome:
+    outcome = _JobOutcome()
+    try:
+        job = job_from_baseten(raw, settings.baseten_remote_url)
+    except Exception as error:  # noqa: BLE001 - one malformed job must not stop the poll
+        log(_logger, logging.ERROR, "skipped a job Baseten described oddly", error=repr(error))
+        outcome.failed = True
+        return outcome
+
+    with context(training_project_id=job.training_project_id, training_job_id=job.training_job_id):
+        timed: list[tuple[datetime, int, Event]] = []
+        if status_in_window:
+            moment = parse_time(job.updated_at) or until
+            timed.append((moment, 1, status_event(job)))
+
+        failure: str | None = None
+        try:
+            checkpoints = client.list_checkpoints(job.training_project_id, job.training_job_id)
+        except ServiceError as error:
+            failure = f"{error.type}: {error.message}"
+        except Exception as error:  # noqa: BLE001 - counted and logged, never fatal
+            failure = f"unexpected {type(error).__name__}"
+        else:
+            for item in checkpoints:
+                created = parse_time(item.get("created_at"))
+                if created is None or not since <= created <= until:
+                    continue
+                checkpoint = checkpoint_from_baseten(item)
+                # A checkpoint stamped with its job's final status comes first.
+                timed.append((created, 0, checkpoint_event(job, checkpoint)))
+
+        for _, _, event in sorted(timed, key=lambda entry: (entry[0], entry[1])):
+            outcome.events += 1
+            try:
+                result = sink.emit(event)
+            except Exception as error:  # noqa: BLE001 - the sink should not raise; be sure
+                log(_logger, logging.ERROR, "emitting an event failed", error=repr(error))
+                outcome.webhook_failures += 1
+                continue
+            if result.delivered:
+                outcome.delivered += 1
+            elif result.failed:
+                outcome.webhook_failures += 1
+
+        if failure is not None:
+            outcome.failed = True
+            log(
+                _logger,
+                logging.ERROR,
+                "could not read a job's checkpoints; its checkpoint events wait for the next poll",
+                reason=failure,
+            )
+    return outcome
+
+
+def _aware(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+__all__ = ["TERMINAL_STATUSES", "parse_since", "parse_time", "poll"]

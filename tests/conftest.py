@@ -1,0 +1,90 @@
+"""Loopback servers shared by the end-to-end tests, started once per session.
+
+* S3: moto in server mode; the sandbox hands its URL to truss as the upload target.
+* Baseten: the local sandbox (``sandbox/``), reset before each test that uses it.
+* Secret Manager: a local REST endpoint read by the real Google client.
+* ``train_http``: a real ``functions-framework`` process whose ``TMPDIR`` is a
+  folder of its own, so tests can prove every request leaves it as it was.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sandbox import Sandbox
+from tests.fake_secret_manager import FakeSecretManager
+from tests.functions import FunctionServer
+from tests.servers import LocalS3, start_sandbox
+
+API_KEY = "bt-test-" + secrets.token_hex(16)
+GCP_PROJECT = "test-project"
+SECRET_NAME = "baseten-api-key"
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[LocalS3]:
+    with LocalS3() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def sandbox_server(s3: LocalS3) -> Iterator[Sandbox]:
+    server = start_sandbox(API_KEY, s3.url)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sandbox(sandbox_server: Sandbox) -> Sandbox:
+    """The shared sandbox, emptied: no jobs, no faults, default config."""
+    sandbox_server.reset()
+    return sandbox_server
+
+
+@pytest.fixture(scope="session")
+def secret_manager() -> Iterator[FakeSecretManager]:
+    server = FakeSecretManager().start()
+    server.add(GCP_PROJECT, SECRET_NAME, API_KEY)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def function_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("function-tmp")
+
+
+def function_env(
+    sandbox: Sandbox, secret_manager: FakeSecretManager, tmp: Path, **extra: str
+) -> dict[str, str]:
+    """Settings for a function process wired to the loopback servers."""
+    return {
+        "BASETEN_API_KEY_SECRET_ID": SECRET_NAME,
+        "GOOGLE_CLOUD_PROJECT": GCP_PROJECT,
+        "SECRETMANAGER_EMULATOR_HOST": secret_manager.host,
+        "BASETEN_REMOTE_URL": sandbox.url,
+        "BASETEN_API_URL": sandbox.url,
+        "BASETEN_TIMEOUT_SECONDS": "3",
+        "TMPDIR": str(tmp),
+        **extra,
+    }
+
+
+@pytest.fixture(scope="session")
+def train_http_server(
+    sandbox_server: Sandbox, secret_manager: FakeSecretManager, function_tmp: Path
+) -> Iterator[FunctionServer]:
+    env = function_env(sandbox_server, secret_manager, function_tmp)
+    with FunctionServer("train_http", env, threads=32) as server:
+        yield server
+
+
+@pytest.fixture
+def train_http(train_http_server: FunctionServer, sandbox: Sandbox, function_tmp: Path) -> Iterator[FunctionServer]:
+    """train_http with an empty sandbox; afterwards its TMPDIR must be empty again."""
+    yield train_http_server
+    assert sorted(p.name for p in function_tmp.iterdir()) == []
