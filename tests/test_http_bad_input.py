@@ -1,0 +1,166 @@
+"""Every bad input: the CONTRACT error, no call to Baseten, nothing left in TMPDIR.
+
+The ``train_http`` fixture itself asserts the function's TMPDIR is empty after
+each test; here each case also checks the sandbox saw no request at all.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import requests
+
+from sandbox import Sandbox
+from tests.conftest import API_KEY
+from tests.functions import FunctionServer
+
+VALID = {"dataset_id": "HuggingFaceH4/Multilingual-Thinking", "model_id": "openai/gpt-oss-20b"}
+JSON = {"Content-Type": "application/json"}
+
+
+def send(server: FunctionServer, data: bytes, headers: dict[str, str] | None = None) -> requests.Response:
+    return requests.post(f"{server.url}/jobs", data=data, headers=headers or JSON, timeout=30)
+
+
+def assert_error(response: requests.Response, status: int, error_type: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    error: dict[str, Any] = response.json()["error"]
+    assert error["type"] == error_type
+    assert error["message"]
+    assert API_KEY not in response.text
+    return error
+
+
+def assert_untouched(sandbox: Sandbox) -> None:
+    assert sandbox.stats()["requests"] == 0
+    assert sandbox.jobs() == []
+
+
+@pytest.mark.parametrize(
+    ("body", "locations"),
+    [
+        ({}, {"dataset_id", "model_id"}),
+        ({"dataset_id": "a/b"}, {"model_id"}),
+        ({**VALID, "dataset_id": 12}, {"dataset_id"}),
+        ({**VALID, "hyperparameters": {"num_epochs": "2"}}, {"hyperparameters.num_epochs"}),
+        ({**VALID, "extra": True}, {"extra"}),
+        ({**VALID, "dataset_id": "../x"}, {"dataset_id"}),
+        ({**VALID, "dataset_id": "a/b/c"}, {"dataset_id"}),
+        ({**VALID, "model_id": "a b"}, {"model_id"}),
+        ({**VALID, "model_id": "a\nb"}, {"model_id"}),
+        ({**VALID, "model_id": "x" * 97}, {"model_id"}),
+        ({**VALID, "model_id": "a--b"}, {"model_id"}),
+        ({**VALID, "model_id": "-a"}, {"model_id"}),
+        ({**VALID, "model_id": ""}, {"model_id"}),
+        ({**VALID, "hyperparameters": {"learning_rate": 2}}, {"hyperparameters.learning_rate"}),
+        ({**VALID, "hyperparameters": {"lora_rank": 0}}, {"hyperparameters.lora_rank"}),
+        ({**VALID, "compute": {"accelerator": "T4"}}, {"compute.accelerator"}),
+        ({**VALID, "compute": {"gpu_count": 9}}, {"compute.gpu_count"}),
+        ({**VALID, "compute": {"node_count": 2}}, {"compute.node_count"}),
+    ],
+)
+def test_schema_violations(
+    train_http: FunctionServer, sandbox: Sandbox, body: dict[str, Any], locations: set[str]
+) -> None:
+    error = assert_error(send(train_http, json.dumps(body).encode()), 400, "invalid_request")
+    assert {detail["location"] for detail in error["details"]} == locations
+    assert all(detail["reason"] for detail in error["details"])
+    assert_untouched(sandbox)
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        (b"[1, 2]", "JSON object"),
+        (b'"text"', "JSON object"),
+        (b"null", "JSON object"),
+        (b"{not json", "not valid JSON"),
+        (b'{"dataset_id": NaN}', "not valid JSON"),
+        (b'{"dataset_id": "\xff\xfe"}', "UTF-8"),
+        (b"", "empty"),
+    ],
+)
+def test_malformed_bodies(train_http: FunctionServer, sandbox: Sandbox, data: bytes, words: str) -> None:
+    error = assert_error(send(train_http, data), 400, "invalid_request")
+    assert words in error["message"]
+    assert_untouched(sandbox)
+
+
+def test_oversized_body_is_413(train_http: FunctionServer, sandbox: Sandbox) -> None:
+    data = json.dumps({**VALID, "job_name": "x" * 70000}).encode()
+    assert_error(send(train_http, data), 413, "payload_too_large")
+    assert_untouched(sandbox)
+
+
+def test_oversized_chunked_body_is_413(train_http: FunctionServer, sandbox: Sandbox) -> None:
+    def chunks() -> Any:
+        for _ in range(70):
+            yield b" " * 1024
+
+    response = requests.post(f"{train_http.url}/jobs", data=chunks(), headers=JSON, timeout=30)
+    assert_error(response, 413, "payload_too_large")
+    assert_untouched(sandbox)
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "application/jsonx"])
+def test_wrong_content_type_is_415(train_http: FunctionServer, sandbox: Sandbox, content_type: str) -> None:
+    response = send(train_http, json.dumps(VALID).encode(), {"Content-Type": content_type})
+    assert_error(response, 415, "unsupported_media_type")
+    assert_untouched(sandbox)
+
+
+def test_json_with_charset_is_accepted(train_http: FunctionServer, sandbox: Sandbox) -> None:
+    response = send(train_http, json.dumps(VALID).encode(), {"Content-Type": "application/json; charset=utf-8"})
+    assert response.status_code == 201, response.text
+
+
+@pytest.mark.parametrize("key", ["a b", "x" * 256, "é"])
+def test_bad_idempotency_key_header(train_http: FunctionServer, sandbox: Sandbox, key: str) -> None:
+    headers = {**JSON, "Idempotency-Key": key}
+    response = requests.post(
+        f"{train_http.url}/jobs", data=json.dumps(VALID).encode(), headers={k: v.encode() for k, v in headers.items()}, timeout=30
+    )
+    error = assert_error(response, 400, "invalid_request")
+    assert "Idempotency-Key" in error["message"]
+    assert_untouched(sandbox)
+
+
+def test_unknown_route_and_method(train_http: FunctionServer, sandbox: Sandbox) -> None:
+    assert_error(requests.get(f"{train_http.url}/nope", timeout=10), 404, "not_found")
+    response = requests.delete(f"{train_http.url}/jobs", timeout=10)
+    assert_error(response, 405, "method_not_allowed")
+    assert set(response.headers["Allow"].split(", ")) >= {"GET", "POST"}
+    assert_untouched(sandbox)
+
+
+def test_healthz_contacts_nothing(train_http: FunctionServer, sandbox: Sandbox) -> None:
+    response = requests.get(f"{train_http.url}/healthz", timeout=10)
+    assert response.status_code == 200 and response.json() == {"status": "ok"}
+    assert_untouched(sandbox)
+
+
+def test_openapi_describes_every_route(train_http: FunctionServer) -> None:
+    document = requests.get(f"{train_http.url}/openapi.json", timeout=10).json()
+    assert document["openapi"].startswith("3.1")
+    assert set(document["paths"]) >= {
+        "/jobs", "/jobs/{project_id}/{job_id}", "/jobs/{project_id}/{job_id}/checkpoints",
+        "/jobs/{project_id}/{job_id}/stop", "/healthz", "/openapi.json",
+    }
+    request_schema = document["components"]["schemas"]["TrainingRequest"]
+    assert request_schema["additionalProperties"] is False
+    assert set(request_schema["required"]) == {"dataset_id", "model_id"}
+
+
+def test_request_logs_are_structured_with_trace(train_http: FunctionServer) -> None:
+    trace = "0123456789abcdef0123456789abcdef"
+    requests.get(
+        f"{train_http.url}/healthz", headers={"X-Cloud-Trace-Context": f"{trace}/42;o=1"}, timeout=10
+    )
+    lines = [json.loads(line) for line in train_http.output().splitlines() if line.startswith("{")]
+    [entry] = [line for line in lines if line.get("logging.googleapis.com/trace", "").endswith(trace)]
+    assert entry["severity"] == "INFO" and entry["route"] == "healthz" and entry["status"] == 200
+    assert entry["httpRequest"]["latency"].endswith("s")
+    assert entry["logging.googleapis.com/trace"] == f"projects/test-project/traces/{trace}"
