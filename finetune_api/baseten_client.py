@@ -32,6 +32,7 @@ from tenacity import (
 )
 
 from .errors import (
+    ConfigurationError,
     NotFoundError,
     ServiceError,
     UpstreamError,
@@ -239,7 +240,7 @@ class BasetenClient:
         self._attempts = settings.baseten_max_retries + 1
         self.limiter = limiter or shared_limiter(settings.baseten_max_requests_per_second)
         self._sleep = sleep
-        self._backoff = wait_exponential_jitter(initial=0.25, max=4.0, jitter=0.25)
+        self._backoff = wait_exponential_jitter(multiplier=0.25, max=4.0, jitter=0.25)
         if session is None:
             session = requests.Session()
             # Every poll worker may hold a connection at once.
@@ -479,6 +480,18 @@ class BasetenClient:
                 upstream_error(what, transport="could not be reached (connection failed)"),
                 retryable=True,
                 unprocessed=_never_sent(error),
+            ) from None
+        except requests.exceptions.InvalidHeader:
+            # requests quotes the offending value in its message: never repeat it.
+            raise _Failure(
+                ConfigurationError(
+                    "BASETEN_API_KEY holds characters that cannot be sent in an HTTP header"
+                ),
+                retryable=False,
+            ) from None
+        except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema):
+            raise _Failure(
+                ConfigurationError("BASETEN_API_URL is not a usable URL"), retryable=False
             ) from None
         except requests.RequestException as error:
             raise _Failure(

@@ -199,6 +199,9 @@ class JobService:
             if existing:
                 return self._as_replay(existing[0], project_id)
             created = self._create(request, f"{request.job_name}-ik-{digest}", template)
+            # The pushed job names the project authoritatively (a cached id may be stale).
+            project_id = created.training_project_id
+            self._project_ids[project_name] = project_id
             # Other instances may have raced us: the earliest job wins.
             matching = self._jobs_with_digest(project_id, digest)
             if not matching:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
+from .logs import get_logger
 from .settings import Settings, get_settings
 
 
@@ -49,7 +49,11 @@ def build_services(settings: Settings) -> Services:
     events = EventSink(settings, secrets)
 
     def announce(job: Any, key: str | None, message_id: str | None) -> None:
-        events.emit(submitted_event(job, idempotency_key=key, message_id=message_id))
+        # A notice that cannot be delivered never fails the submission itself.
+        try:
+            events.emit(submitted_event(job, idempotency_key=key, message_id=message_id))
+        except Exception:  # noqa: BLE001 - logged, the job exists either way
+            get_logger("runtime").exception("could not emit training_job.submitted")
 
     jobs = JobService(settings, client, push, announce)
     return Services(settings=settings, secrets=secrets, client=client, jobs=jobs, events=events)
@@ -66,4 +70,4 @@ def get_services() -> Services:
         return _services
 
 
-__all__ = ["Services", "build_services", "get_services", "partial"]
+__all__ = ["Services", "build_services", "get_services"]

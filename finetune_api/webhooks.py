@@ -91,7 +91,7 @@ class WebhookSender:
         self._max_attempts = max(1, max_attempts)
         self._backoff_max = backoff_max
         self._backoff = wait_exponential_jitter(
-            initial=backoff_initial, max=backoff_max, jitter=backoff_initial
+            multiplier=backoff_initial, max=backoff_max, jitter=backoff_initial
         )
         self._sleep = sleep
         if session is None:

@@ -1,0 +1,179 @@
+"""Helpers for the training template's tests (imported by conftest.py and the tests).
+
+Nothing here downloads anything: the tiny model and its tokenizer are built from a
+config and a vocabulary of test words, and the datasets are written by the tests.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATE_DIR = REPO / "training_template"
+
+TRAINING_STACK = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "tokenizers")
+
+# The tiny model's whole vocabulary; the datasets are made of these words.
+WORDS = [
+    *("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while"),
+    *("seven", "bright", "stars", "shine", "above", "quiet", "hills", "and", "rivers"),
+    *("run", "to", "wide", "sea"),
+]
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|{{ message['role'] }}|> {{ message['content'] }} </s> "
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|> {% endif %}"
+)
+SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
+
+EXAMPLE_RUNTIME_CONFIG: dict[str, Any] = {
+    "dataset_id": "HuggingFaceH4/Multilingual-Thinking",
+    "model_id": "openai/gpt-oss-20b",
+    "project_name": "ft-openai-gpt-oss-20b",
+    "job_name": "gpt-oss-20b-20261127-060000-ik-0123456789abcdef0123",
+    "hyperparameters": {
+        "learning_rate": 0.0002,
+        "num_epochs": 1,
+        "batch_size": 4,
+        "gradient_accumulation_steps": 4,
+        "max_seq_length": 2048,
+        "lora_rank": 16,
+        "lora_alpha": 32,
+        "lora_dropout": 0.05,
+        "seed": 42,
+    },
+    "compute": {"accelerator": None, "gpu_count": None, "node_count": None},
+    "hf_token_secret_name": "hf_access_token",
+}
+
+
+def sentence(i: int, length: int = 16) -> str:
+    """A deterministic sentence of `length` vocabulary words (one token each)."""
+    return " ".join(WORDS[(i * 3 + k) % len(WORDS)] for k in range(length))
+
+
+def missing_training_stack() -> list[str]:
+    return [name for name in TRAINING_STACK if importlib.util.find_spec(name) is None]
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def build_tokenizer(chat_template: str | None = CHAT_TEMPLATE) -> Any:
+    """A word-level PreTrainedTokenizerFast over WORDS, trained offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.train_from_iterator(
+        [" ".join(WORDS)], trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS)
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+    )
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def save_tiny_model(directory: Path, chat_template: str | None = CHAT_TEMPLATE) -> Path:
+    """A 2-layer, hidden-size-32 Llama with its tokenizer, saved like a hub model."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tokenizer(chat_template)
+    tokenizer.save_pretrained(directory)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(directory)
+    return directory
+
+
+class TrainRun:
+    """The outcome of one `python train.py` in a copy of the template."""
+
+    def __init__(self, proc: subprocess.CompletedProcess[str], checkpoint_dir: Path) -> None:
+        self.returncode = proc.returncode
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+        self.checkpoint_dir = checkpoint_dir
+        self.final_dir = checkpoint_dir / "final"
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        loaded: dict[str, Any] = json.loads((self.final_dir / "training_summary.json").read_text())
+        return loaded
+
+    @property
+    def progress(self) -> list[dict[str, Any]]:
+        """The JSON records of train.py's 'progress' log lines on stdout."""
+        records = []
+        for line in self.stdout.splitlines():
+            _, marker, payload = line.partition(" train: progress ")
+            if marker:
+                records.append(json.loads(payload))
+        return records
+
+    def describe(self) -> str:
+        return f"rc={self.returncode}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
+
+
+RunTrain = Callable[..., TrainRun]
+
+# Variables of the outer environment that would change what a run of train.py does.
+_JOB_VARIABLES = {
+    "HF_TOKEN",
+    "RUNTIME_CONFIG",
+    "MODEL_ID",
+    "DATASET_ID",
+    "LOCAL_RANK",
+    "RANK",
+    "WORLD_SIZE",
+}
+
+
+def job_environment(hf_home: Path, overrides: dict[str, str | None]) -> dict[str, str]:
+    """This process's environment without job variables, offline, plus `overrides`."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in _JOB_VARIABLES and not key.startswith(("BT_", "PYTEST_"))
+    }
+    env.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "HF_HOME": str(hf_home),
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+    )
+    for key, value in overrides.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
