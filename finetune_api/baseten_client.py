@@ -416,13 +416,15 @@ class BasetenClient:
             reraise=True,
         )
         url = f"{self.base_url}/{path}"
+        error: ServiceError | None = None
         try:
             for attempt in retrying:
                 with attempt:
                     return self._attempt(method, url, what, json_body)
         except _Failure as failure:
-            raise failure.error from None
-        raise AssertionError("unreachable")  # pragma: no cover
+            error = failure.error
+        # Raised outside the except block: the error carries no exception chain.
+        raise error or UpstreamError(f"Baseten request failed ({what})")
 
     def _wait(self, state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None
@@ -444,7 +446,9 @@ class BasetenClient:
             wait_seconds=round(state.upcoming_sleep, 3),
         )
 
-    def _attempt(self, method: str, url: str, what: str, json_body: Any) -> dict[str, Any]:
+    def _send(
+        self, method: str, url: str, what: str, json_body: Any
+    ) -> requests.Response | _Failure:
         headers = {
             "Authorization": f"Api-Key {self._api_key()}",
             "Accept": "application/json",
@@ -452,9 +456,9 @@ class BasetenClient:
         self.limiter.acquire()
         with self._stats_lock:
             self._requests += 1
-        seconds = self._timeout[1]
+        connect, read = self._timeout
         try:
-            response = self._session.request(
+            return self._session.request(
                 method,
                 url,
                 headers=headers,
@@ -463,42 +467,47 @@ class BasetenClient:
                 allow_redirects=False,
             )
         except requests.ConnectTimeout:
-            raise _Failure(
-                upstream_error(
-                    what, transport=f"could not be reached within {self._timeout[0]:g} s"
-                ),
+            return _Failure(
+                upstream_error(what, transport=f"could not be reached within {connect:g} s"),
                 retryable=True,
                 unprocessed=True,
-            ) from None
+            )
         except requests.Timeout:
-            raise _Failure(
-                upstream_error(what, transport=f"did not answer within {seconds:g} s"),
+            return _Failure(
+                upstream_error(what, transport=f"did not answer within {read:g} s"),
                 retryable=True,
-            ) from None
+            )
         except requests.ConnectionError as error:
-            raise _Failure(
+            return _Failure(
                 upstream_error(what, transport="could not be reached (connection failed)"),
                 retryable=True,
                 unprocessed=_never_sent(error),
-            ) from None
+            )
         except requests.exceptions.InvalidHeader:
             # requests quotes the offending value in its message: never repeat it.
-            raise _Failure(
+            return _Failure(
                 ConfigurationError(
                     "BASETEN_API_KEY holds characters that cannot be sent in an HTTP header"
                 ),
                 retryable=False,
-            ) from None
+            )
         except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema):
-            raise _Failure(
+            return _Failure(
                 ConfigurationError("BASETEN_API_URL is not a usable URL"), retryable=False
-            ) from None
+            )
         except requests.RequestException as error:
-            raise _Failure(
+            return _Failure(
                 upstream_error(what, transport=f"request failed ({type(error).__name__})"),
                 retryable=True,
-            ) from None
+            )
 
+    def _attempt(self, method: str, url: str, what: str, json_body: Any) -> dict[str, Any]:
+        sent = self._send(method, url, what, json_body)
+        # Raised here, outside any except block, so no requests exception (which
+        # may quote headers) ever hangs off the error as its __context__.
+        if isinstance(sent, _Failure):
+            raise sent
+        response = sent
         try:
             body: Any = response.json() if response.content else {}
         except ValueError:

@@ -28,6 +28,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
+from functools import lru_cache
 from operator import attrgetter
 from typing import Any
 
@@ -56,6 +57,7 @@ _ID_ALPHABET = string.ascii_lowercase + string.digits
 _US = 1_000_000
 
 
+@lru_cache(maxsize=1 << 16)
 def rfc3339(us: int) -> str:
     """``2026-11-27T06:00:00.123456Z`` for integer microseconds since the epoch."""
     seconds, micros = divmod(us, _US)

@@ -1,7 +1,8 @@
 """Fixtures and helpers for the Baseten client, webhook and poller tests.
 
-Import the fixtures into a test module (``from tests.poll_fixtures import
-baseten, receiver  # noqa: F401``); pytest then finds them there.
+Import the fixture functions into a test module (``from tests.poll_fixtures
+import baseten_fixture  # noqa: F401``); pytest then finds them there under
+their names (``baseten``, ``baseten_server``, ``receiver``).
 """
 
 from __future__ import annotations
@@ -24,22 +25,22 @@ WEBHOOK_SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 APP_URL = "https://app.baseten.co"
 
 
-@pytest.fixture(scope="module")
-def baseten_server() -> Iterator[Sandbox]:
+@pytest.fixture(scope="module", name="baseten_server")
+def baseten_server_fixture() -> Iterator[Sandbox]:
     server = start_sandbox(API_KEY, None)
     yield server
     server.stop()
 
 
-@pytest.fixture
-def baseten(baseten_server: Sandbox) -> Sandbox:
+@pytest.fixture(name="baseten")
+def baseten_fixture(baseten_server: Sandbox) -> Sandbox:
     """The module's sandbox, emptied: no jobs, no faults, default config."""
     baseten_server.reset()
     return baseten_server
 
 
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
+@pytest.fixture(name="receiver")
+def receiver_fixture() -> Iterator[WebhookReceiver]:
     with WebhookReceiver(WEBHOOK_SECRET) as server:
         yield server
 

@@ -22,6 +22,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -91,6 +92,8 @@ class LocalS3:
     def __init__(self, port: int = 0) -> None:
         self._port = port
         self._server: Any = None
+        self._client: Any = None
+        self._client_lock = threading.Lock()
         self.url = ""
 
     def start(self) -> LocalS3:
@@ -109,10 +112,14 @@ class LocalS3:
         if self._server is not None:
             self._server.stop()
             self._server = None
+            self._client = None
 
     def client(self) -> Any:
-        """A boto3 S3 client for this server."""
-        return s3_client(self.url)
+        """A boto3 S3 client for this server (created once; boto3 clients are thread-safe)."""
+        with self._client_lock:
+            if self._client is None:
+                self._client = s3_client(self.url)
+            return self._client
 
     def __enter__(self) -> LocalS3:
         return self.start()
