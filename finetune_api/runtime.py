@@ -70,4 +70,17 @@ def get_services() -> Services:
         return _services
 
 
-__all__ = ["Services", "build_services", "get_services"]
+def reset() -> None:
+    """Forget the settings and services so the next call re-reads the environment.
+
+    For tests and for programs that change their environment at run time.
+    """
+    global _services
+    from . import settings
+
+    with _lock:
+        _services = None
+        settings.reset()
+
+
+__all__ = ["Services", "build_services", "get_services", "reset"]

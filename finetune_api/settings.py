@@ -140,3 +140,11 @@ def get_settings() -> Settings:
             raise _cached_error
         assert _cached is not None
         return _cached
+
+
+def reset() -> None:
+    """Forget the cached settings (see runtime.reset)."""
+    global _cached, _cached_error
+    with _lock:
+        _cached = None
+        _cached_error = None

@@ -8,6 +8,9 @@ their names (``baseten``, ``baseten_server``, ``receiver``).
 from __future__ import annotations
 
 import base64
+import io
+import json
+import logging
 import secrets
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +18,7 @@ from typing import Any
 import pytest
 
 from finetune_api.baseten_client import BasetenClient, RateLimiter
+from finetune_api.logs import LOGGER_NAME, JsonFormatter, configure
 from finetune_api.settings import Settings, load_settings
 from sandbox import Sandbox
 from tests.servers import start_sandbox
@@ -71,3 +75,31 @@ def make_client(
     if sleep is None:
         return BasetenClient(settings, lambda: api_key, limiter=limiter)
     return BasetenClient(settings, lambda: api_key, limiter=limiter, sleep=sleep)
+
+
+class LogLines:
+    """The service's log lines, formatted exactly as on stdout."""
+
+    def __init__(self) -> None:
+        self.stream = io.StringIO()
+
+    @property
+    def text(self) -> str:
+        return self.stream.getvalue()
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.text.splitlines() if line.strip()]
+
+
+@pytest.fixture(name="service_logs")
+def service_logs_fixture() -> Iterator[LogLines]:
+    configure()
+    lines = LogLines()
+    handler = logging.StreamHandler(lines.stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)

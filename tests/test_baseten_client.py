@@ -22,10 +22,12 @@ from finetune_api.errors import (
 from sandbox import COMPLETED, RUNNING, STOPPED, Sandbox
 from tests.poll_fixtures import (  # noqa: F401 - fixtures
     API_KEY,
+    LogLines,
     baseten_fixture,
     baseten_server_fixture,
     make_client,
     make_settings,
+    service_logs_fixture,
 )
 from tests.webhook_receiver import unused_url
 
@@ -269,9 +271,7 @@ def test_stop_is_not_repeated_after_a_read_timeout(baseten: Sandbox) -> None:
     assert client.get_job(project_id, job_id)["current_status"] == STOPPED
 
 
-def test_api_key_never_in_error_messages(
-    baseten: Sandbox, capfd: pytest.CaptureFixture[str]
-) -> None:
+def test_api_key_never_in_error_messages(baseten: Sandbox, service_logs: LogLines) -> None:
     project_id, job_id = _one_job(baseten)
     settings = make_settings(baseten, baseten_timeout_seconds=0.3, baseten_max_retries=1)
     errors: list[BaseException] = []
@@ -303,9 +303,8 @@ def test_api_key_never_in_error_messages(
     assert len(errors) == 6
     for error in errors:
         assert API_KEY not in _every_text(error), error
-    logged = capfd.readouterr()
-    assert "retrying a Baseten request" in logged.out
-    assert API_KEY not in logged.out + logged.err
+    assert "retrying a Baseten request" in service_logs.text
+    assert API_KEY not in service_logs.text
 
 
 # -- rate limit -------------------------------------------------------------------

@@ -28,6 +28,16 @@ from template_helpers import (
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def offline_hugging_face(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No test here reaches the hub, and caches go to a temporary HF_HOME."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setenv("HF_DATASETS_OFFLINE", "1")
+        patch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf-home")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def training_stack() -> None:
     """Skips a test that really trains when the heavy libraries are not installed."""

