@@ -10,8 +10,14 @@ SCRIPT_SRC=${BASH_SOURCE[0]}
 if [[ $SCRIPT_SRC == */* ]]; then SCRIPT_DIR=${SCRIPT_SRC%/*}; else SCRIPT_DIR=.; fi
 SCRIPT_DIR=$(cd -- "$SCRIPT_DIR" && pwd)
 
+# emit: copy stdin (a here-document) to stdout, without needing cat.
+emit() {
+	local l
+	while IFS= read -r l || [[ -n $l ]]; do printf '%s\n' "$l"; done
+}
+
 usage() {
-	cat <<EOF
+	emit <<EOF
 Usage: $SCRIPT_NAME --project PROJECT --region REGION [options]
 
 Deploys train_http, train_pubsub and poll_jobs as Cloud Run functions (gen2,
@@ -146,6 +152,13 @@ APIS=(
 	logging.googleapis.com
 )
 
+VALUE_FLAGS=" --project --region --name-prefix --http-function --pubsub-function --poll-function
+ --topic --scheduler-job --runtime-sa --scheduler-sa --schedule --time-zone --scheduler-region
+ --poll-lookback-seconds --baseten-secret --baseten-secret-version --webhook-url --webhook-secret
+ --webhook-secret-version --api-keys-secret --api-keys-secret-version --env --source
+ --build-service-account "
+VALUE_FLAGS=${VALUE_FLAGS//$'\n'/ }
+
 need_value() {
 	# $1 flag, $2 number of remaining args (including the flag)
 	[[ $2 -ge 2 ]] || die "$1 needs a value"
@@ -181,6 +194,7 @@ parse_args() {
 			shift
 			;;
 		--*)
+			[[ $VALUE_FLAGS == *" $flag "* ]] || die "unknown flag: $flag (see --help)"
 			need_value "$flag" "$#"
 			value=$2
 			shift 2
@@ -616,7 +630,7 @@ print_usage() {
 	# shellcheck disable=SC2016 # printed for the user's shell to expand
 	if [[ -n $API_KEYS_SECRET ]]; then key_header=' -H "X-Api-Key: $API_KEY"'; fi
 	if [[ $DRY_RUN -eq 1 ]]; then done='Dry run: nothing was changed.'; fi
-	cat >&2 <<EOF
+	emit >&2 <<EOF
 
 $done
 Secrets pinned: $BASETEN_SECRET:$3${4:+, $WEBHOOK_SECRET:$4}${5:+, $API_KEYS_SECRET:$5}

@@ -1,8 +1,8 @@
 """Start Baseten training jobs from Cloud Run functions or any Python program.
 
-    from finetune_api import handle_training_request
-    job = handle_training_request("HuggingFaceH4/Multilingual-Thinking", "openai/gpt-oss-20b")
-    job["training_job_id"], job["status"], job["dashboard_url"]
+from finetune_api import handle_training_request
+job = handle_training_request("HuggingFaceH4/Multilingual-Thinking", "openai/gpt-oss-20b")
+job["training_job_id"], job["status"], job["dashboard_url"]
 """
 
 from .api import handle_training_request

@@ -85,7 +85,9 @@ def push_training_job(settings: Settings, api_key: str, config_path: Path) -> di
     from truss_train import public_api
 
     try:
-        result = public_api.push(config_path, remote=ENV_REMOTE_NAME, team_id=settings.baseten_team_id)
+        result = public_api.push(
+            config_path, remote=ENV_REMOTE_NAME, team_id=settings.baseten_team_id
+        )
     except ServiceError:
         raise
     except Exception as error:  # noqa: BLE001 - mapped below, never leaked raw
@@ -138,7 +140,9 @@ def map_push_error(error: Exception) -> ServiceError:
             return NotFoundError(message or "Baseten did not find the training project")
         if 400 <= status < 500:
             return UpstreamRejectedError(message or f"Baseten rejected the training job ({status})")
-        return UpstreamError(f"Baseten failed with HTTP {status}" + (f": {message}" if message else ""))
+        return UpstreamError(
+            f"Baseten failed with HTTP {status}" + (f": {message}" if message else "")
+        )
     if isinstance(error, requests.Timeout):
         return UpstreamUnavailableError("Baseten did not answer in time")
     if isinstance(error, requests.ConnectionError):
@@ -146,6 +150,14 @@ def map_push_error(error: Exception) -> ServiceError:
     module = type(error).__module__
     if module.startswith(("botocore", "boto3", "s3transfer")):
         log(_logger, 40, "template upload failed", error_type=type(error).__name__)
-        return UpstreamUnavailableError("uploading the training template to Baseten's storage failed")
-    log(_logger, 40, "training job push failed", error_type=type(error).__name__, error=scrub(str(error))[:500])
+        return UpstreamUnavailableError(
+            "uploading the training template to Baseten's storage failed"
+        )
+    log(
+        _logger,
+        40,
+        "training job push failed",
+        error_type=type(error).__name__,
+        error=scrub(str(error))[:500],
+    )
     return InternalError(f"preparing the training job failed ({type(error).__name__})")

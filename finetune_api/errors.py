@@ -101,7 +101,9 @@ class UpstreamUnavailableError(ServiceError):
     status = 503
 
     def __init__(self, message: str, *, retry_after: int | None = None, **kwargs: Any) -> None:
-        super().__init__(message, retry_after=retry_after if retry_after is not None else 5, **kwargs)
+        super().__init__(
+            message, retry_after=retry_after if retry_after is not None else 5, **kwargs
+        )
 
 
 class SecretUnavailableError(ServiceError):
@@ -111,7 +113,9 @@ class SecretUnavailableError(ServiceError):
     status = 503
 
     def __init__(self, message: str, *, retry_after: int | None = None, **kwargs: Any) -> None:
-        super().__init__(message, retry_after=retry_after if retry_after is not None else 10, **kwargs)
+        super().__init__(
+            message, retry_after=retry_after if retry_after is not None else 10, **kwargs
+        )
 
 
 class ConfigurationError(ServiceError):

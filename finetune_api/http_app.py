@@ -108,7 +108,7 @@ def serve(
     """Route ``request``, run its handler, map every failure, log one line."""
     started = time.perf_counter()
     endpoint = "unmatched"
-    with logs.context(**logs.trace_fields(request.headers, project)):
+    with logs.context(**logs.trace_fields(dict(request.headers), project)):
         try:
             adapter = routes.bind("localhost", path_info=request.path)
             endpoint, arguments = adapter.match(method=request.method)
@@ -124,10 +124,12 @@ def serve(
             )
             response.headers["Allow"] = allowed
         except NotFound:
-            response = error_response(NotFoundError(f"no route for {request.method} {request.path}"))
+            response = error_response(
+                NotFoundError(f"no route for {request.method} {request.path}")
+            )
         except HTTPException as error:
             response = error_response(InvalidRequestError(error.description or "bad request"))
-        except Exception:  # noqa: BLE001 - the last safety net: log, answer 500
+        except Exception:
             _logger.exception("unhandled error", extra={"fields": {"route": endpoint}})
             response = error_response(InternalError("internal error"))
         latency = time.perf_counter() - started

@@ -76,7 +76,9 @@ def check_idempotency_key(key: str | None) -> str | None:
     if not 1 <= len(key) <= 255 or not all(33 <= ord(ch) <= 126 for ch in key):
         raise InvalidRequestError(
             "Idempotency-Key must be 1-255 visible ASCII characters",
-            details=[{"location": "header.Idempotency-Key", "reason": "invalid characters or length"}],
+            details=[
+                {"location": "header.Idempotency-Key", "reason": "invalid characters or length"}
+            ],
         )
     return key
 
@@ -269,8 +271,11 @@ class JobService:
     def list(self, project_id: str, statuses: Iterable[str], limit: int) -> list[Job]:
         wanted = [normalize_status(status) for status in statuses]
         # The project's job list 404s for an unknown project (search would answer []).
-        raw = [job for job in self._client.list_project_jobs(project_id)
-            if not wanted or job.get("current_status") in wanted]
+        raw = [
+            job
+            for job in self._client.list_project_jobs(project_id)
+            if not wanted or job.get("current_status") in wanted
+        ]
         raw.sort(key=_created_order, reverse=True)
         return [job_from_baseten(job, self._settings.baseten_remote_url) for job in raw[:limit]]
 

@@ -16,6 +16,7 @@ import sys
 import threading
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 LOGGER_NAME = "finetune_api"
@@ -23,8 +24,9 @@ TRACE_FIELD = "logging.googleapis.com/trace"
 SPAN_FIELD = "logging.googleapis.com/spanId"
 REDACTED = "[REDACTED]"
 
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
 _context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
-    "finetune_api_log_context", default={}
+    "finetune_api_log_context", default=_EMPTY
 )
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()

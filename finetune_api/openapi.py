@@ -47,7 +47,7 @@ _PATH_IDS = [
     {"name": "project_id", "in": "path", "required": True, "schema": {"type": "string"}},
     {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}},
 ]
-_API_KEY = [{"ApiKey": []}]
+_API_KEY: list[dict[str, list[str]]] = [{"ApiKey": []}]
 
 
 @functools.cache
@@ -87,14 +87,19 @@ def openapi_document() -> dict[str, Any]:
                 "operationId": "listJobs",
                 "security": _API_KEY,
                 "parameters": [
-                    {"name": "project_id", "in": "query", "required": True, "schema": {"type": "string"}},
+                    {
+                        "name": "project_id",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
                     {
                         "name": "status",
                         "in": "query",
                         "required": False,
                         "explode": True,
                         "schema": {"type": "array", "items": {"type": "string"}},
-                        "description": "short (running) or full (TRAINING_JOB_RUNNING) form; repeatable",
+                        "description": "running or TRAINING_JOB_RUNNING; repeatable",
                     },
                     {
                         "name": "limit",
@@ -121,7 +126,11 @@ def openapi_document() -> dict[str, Any]:
                 "operationId": "listCheckpoints",
                 "security": _API_KEY,
                 "parameters": _PATH_IDS,
-                "responses": {"200": _json(CheckpointList, "checkpoints"), **_errors(404), **common},
+                "responses": {
+                    "200": _json(CheckpointList, "checkpoints"),
+                    **_errors(404),
+                    **common,
+                },
             }
         },
         "/jobs/{project_id}/{job_id}/stop": {
@@ -130,7 +139,11 @@ def openapi_document() -> dict[str, Any]:
                 "operationId": "stopJob",
                 "security": _API_KEY,
                 "parameters": _PATH_IDS,
-                "responses": {"200": _json(Job, "job after stopping"), **_errors(404, 422), **common},
+                "responses": {
+                    "200": _json(Job, "job after stopping"),
+                    **_errors(404, 422),
+                    **common,
+                },
             }
         },
         "/healthz": {
@@ -173,7 +186,10 @@ def openapi_document() -> dict[str, Any]:
         },
         "responses": {"200": _json(PollReport, "poll report"), **_errors(400), **common},
     }
-    paths["/poll"] = {"post": poll, "get": {**poll, "operationId": "pollJobsGet", "requestBody": None}}
+    paths["/poll"] = {
+        "post": poll,
+        "get": {**poll, "operationId": "pollJobsGet", "requestBody": None},
+    }
     del paths["/poll"]["get"]["requestBody"]
     return {
         "openapi": "3.1.0",

@@ -122,7 +122,8 @@ def parse_since(body: Any, *, now: datetime | None = None) -> datetime | None:
         raise InvalidRequestError("invalid poll request", details=details) from None
     if request.since is None:
         return None
-    since = parse_time(request.since) if _RFC3339.match(request.since) else None
+    # RFC 3339 allows a lower-case t and z; fromisoformat does not.
+    since = parse_time(request.since.upper()) if _RFC3339.match(request.since) else None
     if since is None:
         raise InvalidRequestError(
             "since is not an RFC 3339 date-time",

@@ -31,11 +31,16 @@ class PubsubMessage:
         self.valid_envelope = isinstance(message, dict)
         message = message if isinstance(message, dict) else {}
         self.message_id = str(
-            message.get("messageId") or message.get("message_id") or event_attributes.get("id") or ""
+            message.get("messageId")
+            or message.get("message_id")
+            or event_attributes.get("id")
+            or ""
         )
         self.attributes: dict[str, str] = dict(message.get("attributes") or {})
         self.publish_time = (
-            message.get("publishTime") or message.get("publish_time") or event_attributes.get("time")
+            message.get("publishTime")
+            or message.get("publish_time")
+            or event_attributes.get("time")
         )
         self.data = message.get("data")
 

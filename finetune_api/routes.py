@@ -86,7 +86,8 @@ def stop(request: Request, project_id: str, job_id: str) -> Response:
 
 
 def poll(request: Request) -> Response:
-    from .poller import parse_since, poll as run_poll
+    from .poller import parse_since
+    from .poller import poll as run_poll
 
     services = get_services()
     body = read_json_body(request, services.settings.max_body_bytes, required=False)

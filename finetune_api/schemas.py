@@ -32,7 +32,6 @@ IDEMPOTENCY_SUFFIX = re.compile(r"^(?P<name>.*)-ik-(?P<digest>[0-9a-f]{20})$")
 IDEMPOTENCY_SUFFIX_LENGTH = len("-ik-") + 20
 
 
-
 def _repo_id(value: str) -> str:
     if not HF_REPO_ID.fullmatch(value):
         raise ValueError(
@@ -53,7 +52,9 @@ RepoId = Annotated[
     AfterValidator(_repo_id),
     WithJsonSchema({"type": "string", "pattern": "^[A-Za-z0-9._-]{1,96}(/[A-Za-z0-9._-]{1,96})?$"}),
 ]
-Name = Annotated[str, AfterValidator(_name), WithJsonSchema({"type": "string", "pattern": NAME.pattern})]
+Name = Annotated[
+    str, AfterValidator(_name), WithJsonSchema({"type": "string", "pattern": NAME.pattern})
+]
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 

@@ -97,7 +97,12 @@ class SecretStore:
                 value = self._access(name, setting)
             except SecretUnavailableError:
                 if cached and time.monotonic() - cached.fetched_at < ttl + STALE_GRACE_SECONDS:
-                    log(_logger, 30, "secret refresh failed; using the cached value", setting=setting)
+                    log(
+                        _logger,
+                        30,
+                        "secret refresh failed; using the cached value",
+                        setting=setting,
+                    )
                     return cached.value
                 raise
             register_secret(value)
@@ -126,7 +131,9 @@ class SecretStore:
                 request={"name": name}, retry=retry, timeout=budget
             )
         except google_exceptions.NotFound:
-            raise SecretUnavailableError(f"Secret Manager: {where} names a secret or version that does not exist") from None
+            raise SecretUnavailableError(
+                f"Secret Manager: {where} names a secret or version that does not exist"
+            ) from None
         except (
             google_exceptions.PermissionDenied,
             google_exceptions.Forbidden,
@@ -140,9 +147,13 @@ class SecretStore:
                 f"Secret Manager kept failing for {where} for {budget:g} s ({cause})"
             ) from None
         except google_exceptions.GoogleAPIError as error:
-            raise SecretUnavailableError(f"Secret Manager failed reading {where}: {type(error).__name__}") from None
+            raise SecretUnavailableError(
+                f"Secret Manager failed reading {where}: {type(error).__name__}"
+            ) from None
         except Exception as error:  # noqa: BLE001 - transport failures of any kind
-            raise SecretUnavailableError(f"Secret Manager unreachable for {where}: {type(error).__name__}") from None
+            raise SecretUnavailableError(
+                f"Secret Manager unreachable for {where}: {type(error).__name__}"
+            ) from None
         payload = response.payload
         data: bytes = payload.data
         # Google's own advice: verify the checksum the server computed.
@@ -150,7 +161,9 @@ class SecretStore:
             import google_crc32c
 
             if int(payload.data_crc32c) != google_crc32c.value(data):
-                raise SecretUnavailableError(f"Secret Manager returned a corrupted payload for {where} (CRC32C mismatch)")
+                raise SecretUnavailableError(
+                    f"Secret Manager returned a corrupted payload for {where} (CRC32C mismatch)"
+                )
         try:
             return data.decode("utf-8").strip()
         except UnicodeDecodeError:

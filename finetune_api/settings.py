@@ -85,7 +85,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _webhook_needs_secret(self) -> Settings:
         if self.webhook_url and not (self.webhook_secret or self.webhook_secret_secret_id):
-            raise ValueError("WEBHOOK_URL is set but neither WEBHOOK_SECRET nor WEBHOOK_SECRET_SECRET_ID is")
+            raise ValueError(
+                "WEBHOOK_URL is set but neither WEBHOOK_SECRET nor WEBHOOK_SECRET_SECRET_ID is"
+            )
         if not self.allowed_accelerators:
             raise ValueError("ALLOWED_ACCELERATORS must name at least one accelerator")
         for secret in (self.baseten_api_key, self.api_keys, self.webhook_secret):

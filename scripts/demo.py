@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import secrets
 import signal
@@ -55,6 +56,8 @@ def free_port() -> int:
 @contextmanager
 def webhook_receiver(secret: str) -> Iterator[tuple[str, list[dict[str, Any]]]]:
     received: list[dict[str, Any]] = []
+    seen_ids: set[str] = set()
+    lock = threading.Lock()
     verifier = Webhook(secret)
 
     class Handler(BaseHTTPRequestHandler):
@@ -70,7 +73,13 @@ def webhook_receiver(secret: str) -> Iterator[tuple[str, list[dict[str, Any]]]]:
                 self.end_headers()
                 say("  webhook REJECTED: bad signature")
                 return
-            received.append(event)
+            # Delivery is at-least-once (each poll re-reports its window):
+            # a receiver dedupes on webhook-id, as this one does.
+            webhook_id = self.headers.get("webhook-id", "")
+            with lock:
+                if webhook_id not in seen_ids:
+                    seen_ids.add(webhook_id)
+                    received.append(event)
             self.send_response(204)
             self.end_headers()
 
@@ -133,6 +142,7 @@ def show(title: str, body: Any) -> None:
 def main() -> int:
     api_key = "sandbox-" + secrets.token_hex(12)
     webhook_secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log
     with ExitStack() as stack:
         s3_port = free_port()
         s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
@@ -157,7 +167,13 @@ def main() -> int:
         poll = stack.enter_context(function("poll_jobs", env))
         say(f"train_http on {train}, poll_jobs on {poll}\n")
 
-        say("$ curl -X POST " + train + "/jobs -H 'Content-Type: application/json' -d '" + json.dumps(REQUEST) + "'")
+        say(
+            "$ curl -X POST "
+            + train
+            + "/jobs -H 'Content-Type: application/json' -d '"
+            + json.dumps(REQUEST)
+            + "'"
+        )
         started = time.monotonic()
         response = requests.post(f"{train}/jobs", json=REQUEST, timeout=60)
         show(f"→ {response.status_code} in {time.monotonic() - started:.2f} s", response.json())
@@ -175,17 +191,21 @@ def main() -> int:
             current = requests.get(path, timeout=30).json()
             if current["status"] != status:
                 status = current["status"]
-                say(f"job {current['training_job_id']}: {status} ({len(current['checkpoints'])} checkpoint(s))")
+                count = len(current["checkpoints"])
+                say(f"job {current['training_job_id']}: {status} ({count} checkpoint(s))")
             for event in received[seen:]:
                 extra = event["data"].get("checkpoint", {}).get("checkpoint_id", "")
-                say(f"  webhook (signature verified): {event['type']} {extra}".rstrip())
+                say(f"  webhook {event['id']} (verified): {event['type']} {extra}".rstrip())
             seen = len(received)
             if status in {"completed", "failed", "stopped", "deploy_failed"}:
                 break
         show("\nLast poll report:", report)
         final = requests.get(path, timeout=30).json()
         show(f"$ curl {path}", final)
-        say(f"\nDone: job {status}; {seen} signed webhook(s) verified. Everything started here is stopped now.")
+        say(
+            f"\nDone: job {status}; {seen} signed webhook(s) verified "
+            "(duplicates dropped by webhook-id). Everything started here is stopped now."
+        )
         return 0 if status == "completed" else 1
 
 

@@ -84,7 +84,9 @@ def train_http_server(
 
 
 @pytest.fixture
-def train_http(train_http_server: FunctionServer, sandbox: Sandbox, function_tmp: Path) -> Iterator[FunctionServer]:
+def train_http(
+    train_http_server: FunctionServer, sandbox: Sandbox, function_tmp: Path
+) -> Iterator[FunctionServer]:
     """train_http with an empty sandbox; afterwards its TMPDIR must be empty again."""
     yield train_http_server
     assert sorted(p.name for p in function_tmp.iterdir()) == []

@@ -71,7 +71,13 @@ class FakeSecretManager:
             def _error(self, status: int, message: str) -> None:
                 self._send(
                     status,
-                    {"error": {"code": status, "message": message, "status": _STATUS_NAMES.get(status, "UNKNOWN")}},
+                    {
+                        "error": {
+                            "code": status,
+                            "message": message,
+                            "status": _STATUS_NAMES.get(status, "UNKNOWN"),
+                        }
+                    },
                 )
 
             def _send(self, status: int, body: dict[str, object]) -> None:

@@ -20,7 +20,9 @@ VALID = {"dataset_id": "HuggingFaceH4/Multilingual-Thinking", "model_id": "opena
 JSON = {"Content-Type": "application/json"}
 
 
-def send(server: FunctionServer, data: bytes, headers: dict[str, str] | None = None) -> requests.Response:
+def send(
+    server: FunctionServer, data: bytes, headers: dict[str, str] | None = None
+) -> requests.Response:
     return requests.post(f"{server.url}/jobs", data=data, headers=headers or JSON, timeout=30)
 
 
@@ -83,7 +85,9 @@ def test_schema_violations(
         (b"", "empty"),
     ],
 )
-def test_malformed_bodies(train_http: FunctionServer, sandbox: Sandbox, data: bytes, words: str) -> None:
+def test_malformed_bodies(
+    train_http: FunctionServer, sandbox: Sandbox, data: bytes, words: str
+) -> None:
     error = assert_error(send(train_http, data), 400, "invalid_request")
     assert words in error["message"]
     assert_untouched(sandbox)
@@ -105,15 +109,21 @@ def test_oversized_chunked_body_is_413(train_http: FunctionServer, sandbox: Sand
     assert_untouched(sandbox)
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "application/jsonx"])
-def test_wrong_content_type_is_415(train_http: FunctionServer, sandbox: Sandbox, content_type: str) -> None:
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "application/jsonx"]
+)
+def test_wrong_content_type_is_415(
+    train_http: FunctionServer, sandbox: Sandbox, content_type: str
+) -> None:
     response = send(train_http, json.dumps(VALID).encode(), {"Content-Type": content_type})
     assert_error(response, 415, "unsupported_media_type")
     assert_untouched(sandbox)
 
 
 def test_json_with_charset_is_accepted(train_http: FunctionServer, sandbox: Sandbox) -> None:
-    response = send(train_http, json.dumps(VALID).encode(), {"Content-Type": "application/json; charset=utf-8"})
+    response = send(
+        train_http, json.dumps(VALID).encode(), {"Content-Type": "application/json; charset=utf-8"}
+    )
     assert response.status_code == 201, response.text
 
 
@@ -121,7 +131,10 @@ def test_json_with_charset_is_accepted(train_http: FunctionServer, sandbox: Sand
 def test_bad_idempotency_key_header(train_http: FunctionServer, sandbox: Sandbox, key: str) -> None:
     headers = {**JSON, "Idempotency-Key": key}
     response = requests.post(
-        f"{train_http.url}/jobs", data=json.dumps(VALID).encode(), headers={k: v.encode() for k, v in headers.items()}, timeout=30
+        f"{train_http.url}/jobs",
+        data=json.dumps(VALID).encode(),
+        headers={k: v.encode() for k, v in headers.items()},
+        timeout=30,
     )
     error = assert_error(response, 400, "invalid_request")
     assert "Idempotency-Key" in error["message"]
@@ -146,8 +159,12 @@ def test_openapi_describes_every_route(train_http: FunctionServer) -> None:
     document = requests.get(f"{train_http.url}/openapi.json", timeout=10).json()
     assert document["openapi"].startswith("3.1")
     assert set(document["paths"]) >= {
-        "/jobs", "/jobs/{project_id}/{job_id}", "/jobs/{project_id}/{job_id}/checkpoints",
-        "/jobs/{project_id}/{job_id}/stop", "/healthz", "/openapi.json",
+        "/jobs",
+        "/jobs/{project_id}/{job_id}",
+        "/jobs/{project_id}/{job_id}/checkpoints",
+        "/jobs/{project_id}/{job_id}/stop",
+        "/healthz",
+        "/openapi.json",
     }
     request_schema = document["components"]["schemas"]["TrainingRequest"]
     assert request_schema["additionalProperties"] is False
@@ -157,10 +174,14 @@ def test_openapi_describes_every_route(train_http: FunctionServer) -> None:
 def test_request_logs_are_structured_with_trace(train_http: FunctionServer) -> None:
     trace = "0123456789abcdef0123456789abcdef"
     requests.get(
-        f"{train_http.url}/healthz", headers={"X-Cloud-Trace-Context": f"{trace}/42;o=1"}, timeout=10
+        f"{train_http.url}/healthz",
+        headers={"X-Cloud-Trace-Context": f"{trace}/42;o=1"},
+        timeout=10,
     )
     lines = [json.loads(line) for line in train_http.output().splitlines() if line.startswith("{")]
-    [entry] = [line for line in lines if line.get("logging.googleapis.com/trace", "").endswith(trace)]
+    [entry] = [
+        line for line in lines if line.get("logging.googleapis.com/trace", "").endswith(trace)
+    ]
     assert entry["severity"] == "INFO" and entry["route"] == "healthz" and entry["status"] == 200
     assert entry["httpRequest"]["latency"].endswith("s")
     assert entry["logging.googleapis.com/trace"] == f"projects/test-project/traces/{trace}"

@@ -35,7 +35,12 @@ def test_get_job_with_checkpoints(train_http: FunctionServer, sandbox: Sandbox) 
     assert listed["checkpoint_id"] == checkpoint["checkpoint_id"]
     assert listed["base_model"] == VALID["model_id"]
     assert set(listed) == {
-        "checkpoint_id", "checkpoint_type", "base_model", "size_bytes", "created_at", "lora_adapter_config"
+        "checkpoint_id",
+        "checkpoint_type",
+        "base_model",
+        "size_bytes",
+        "created_at",
+        "lora_adapter_config",
     }
     only = requests.get(f"{path}/checkpoints", timeout=30).json()
     assert only == {"data": found["checkpoints"]}
@@ -46,7 +51,9 @@ def test_unknown_job_and_project_are_404(train_http: FunctionServer, sandbox: Sa
     for path in (f"{job['training_project_id']}/nosuchjob", "nosuchproject/nosuchjob"):
         response = requests.get(f"{train_http.url}/jobs/{path}", timeout=30)
         assert response.status_code == 404 and response.json()["error"]["type"] == "not_found"
-    response = requests.get(f"{train_http.url}/jobs", params={"project_id": "nosuchproject"}, timeout=30)
+    response = requests.get(
+        f"{train_http.url}/jobs", params={"project_id": "nosuchproject"}, timeout=30
+    )
     assert response.status_code == 404
 
 
@@ -61,7 +68,9 @@ def test_stop_moves_the_job_to_stopped(train_http: FunctionServer, sandbox: Sand
     assert again.status_code == 200 and again.json()["status"] == "stopped"
 
 
-def test_list_filters_by_status_and_honours_limit(train_http: FunctionServer, sandbox: Sandbox) -> None:
+def test_list_filters_by_status_and_honours_limit(
+    train_http: FunctionServer, sandbox: Sandbox
+) -> None:
     jobs = [submit(train_http, project_name="listing", job_name=f"run-{i}") for i in range(5)]
     project = jobs[0]["training_project_id"]
     sandbox.set_status(jobs[1]["training_job_id"], "TRAINING_JOB_RUNNING")
@@ -76,14 +85,26 @@ def test_list_filters_by_status_and_honours_limit(train_http: FunctionServer, sa
 
     params = [("project_id", project), ("status", "running"), ("status", "TRAINING_JOB_FAILED")]
     filtered = requests.get(url, params=params, timeout=30).json()["data"]
-    assert {job["job_name"]: job["status"] for job in filtered} == {"run-1": "running", "run-3": "failed"}
+    assert {job["job_name"]: job["status"] for job in filtered} == {
+        "run-1": "running",
+        "run-3": "failed",
+    }
     assert [job["error_message"] for job in filtered if job["status"] == "failed"] == ["oom"]
 
 
 @pytest.mark.parametrize(
-    "params", [{}, {"project_id": "p", "limit": "0"}, {"project_id": "p", "limit": "101"}, {"project_id": "p", "limit": "x"}, {"project_id": "p", "bogus": "1"}]
+    "params",
+    [
+        {},
+        {"project_id": "p", "limit": "0"},
+        {"project_id": "p", "limit": "101"},
+        {"project_id": "p", "limit": "x"},
+        {"project_id": "p", "bogus": "1"},
+    ],
 )
-def test_list_rejects_bad_queries(train_http: FunctionServer, sandbox: Sandbox, params: dict[str, str]) -> None:
+def test_list_rejects_bad_queries(
+    train_http: FunctionServer, sandbox: Sandbox, params: dict[str, str]
+) -> None:
     response = requests.get(f"{train_http.url}/jobs", params=params, timeout=30)
     assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request"
     assert sandbox.stats()["requests"] == 0
@@ -97,7 +118,11 @@ def test_list_rejects_bad_queries(train_http: FunctionServer, sandbox: Sandbox, 
     ],
 )
 def test_baseten_failures_on_reads(
-    train_http: FunctionServer, sandbox: Sandbox, fault: dict[str, Any], status: int, error_type: str
+    train_http: FunctionServer,
+    sandbox: Sandbox,
+    fault: dict[str, Any],
+    status: int,
+    error_type: str,
 ) -> None:
     job = submit(train_http)
     sandbox.add_fault(method="GET", path=r"v1/training_projects/.*", **fault)
@@ -111,10 +136,14 @@ def test_baseten_failures_on_reads(
 
 @pytest.fixture(scope="module")
 def protected(
-    sandbox_server: Sandbox, secret_manager: FakeSecretManager, tmp_path_factory: pytest.TempPathFactory
+    sandbox_server: Sandbox,
+    secret_manager: FakeSecretManager,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[FunctionServer]:
     tmp = tmp_path_factory.mktemp("protected")
-    env = function_env(sandbox_server, secret_manager, tmp, API_KEYS="old-key-123456,new-key-654321")
+    env = function_env(
+        sandbox_server, secret_manager, tmp, API_KEYS="old-key-123456,new-key-654321"
+    )
     with FunctionServer("train_http", env) as server:
         yield server
 
@@ -133,8 +162,12 @@ def test_api_key_missing_or_wrong_is_401(
 
 
 @pytest.mark.parametrize("key", ["old-key-123456", "new-key-654321"])
-def test_either_configured_key_is_accepted(protected: FunctionServer, sandbox: Sandbox, key: str) -> None:
-    response = requests.post(f"{protected.url}/jobs", json=VALID, headers={"X-Api-Key": key}, timeout=60)
+def test_either_configured_key_is_accepted(
+    protected: FunctionServer, sandbox: Sandbox, key: str
+) -> None:
+    response = requests.post(
+        f"{protected.url}/jobs", json=VALID, headers={"X-Api-Key": key}, timeout=60
+    )
     assert response.status_code == 201, response.text
     assert key not in protected.output()
 
@@ -150,5 +183,7 @@ def test_api_keys_from_secret_manager(
     env = function_env(sandbox, secret_manager, tmp_path, API_KEYS_SECRET_ID="api-keys")
     with FunctionServer("train_http", env) as server:
         assert requests.get(f"{server.url}/openapi.json", timeout=30).status_code == 401
-        ok = requests.get(f"{server.url}/openapi.json", headers={"X-Api-Key": "sm-key-abcdef"}, timeout=30)
+        ok = requests.get(
+            f"{server.url}/openapi.json", headers={"X-Api-Key": "sm-key-abcdef"}, timeout=30
+        )
         assert ok.status_code == 200

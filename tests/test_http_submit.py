@@ -31,7 +31,9 @@ def env_of(recorded: dict[str, Any]) -> dict[str, Any]:
     return env
 
 
-def test_submit_creates_the_requested_job(train_http: FunctionServer, sandbox: Sandbox, s3: LocalS3) -> None:
+def test_submit_creates_the_requested_job(
+    train_http: FunctionServer, sandbox: Sandbox, s3: LocalS3
+) -> None:
     body = {
         **VALID,
         "project_name": "recipe",
@@ -49,8 +51,16 @@ def test_submit_creates_the_requested_job(train_http: FunctionServer, sandbox: S
         f"{sandbox.url}/training/{job['training_project_id']}/logs/{job['training_job_id']}"
     )
     assert set(job) == {
-        "training_project_id", "training_project_name", "training_job_id", "job_name", "status",
-        "baseten_status", "error_message", "created_at", "updated_at", "dashboard_url",
+        "training_project_id",
+        "training_project_name",
+        "training_job_id",
+        "job_name",
+        "status",
+        "baseten_status",
+        "error_message",
+        "created_at",
+        "updated_at",
+        "dashboard_url",
         "idempotent_replay",
     }
 
@@ -61,8 +71,15 @@ def test_submit_creates_the_requested_job(train_http: FunctionServer, sandbox: S
     assert env["HF_TOKEN"] == {"name": "hf_access_token"}
     config = json.loads(env["RUNTIME_CONFIG"])
     assert config["hyperparameters"] == {
-        "learning_rate": 0.0001, "num_epochs": 3, "batch_size": 4, "gradient_accumulation_steps": 4,
-        "max_seq_length": 2048, "lora_rank": 64, "lora_alpha": 32, "lora_dropout": 0.05, "seed": 42,
+        "learning_rate": 0.0001,
+        "num_epochs": 3,
+        "batch_size": 4,
+        "gradient_accumulation_steps": 4,
+        "max_seq_length": 2048,
+        "lora_rank": 64,
+        "lora_alpha": 32,
+        "lora_dropout": 0.05,
+        "seed": 42,
     }
     compute = recorded["request"]["compute"]
     assert compute["accelerator"] == {"accelerator": "A100", "count": 4}
@@ -71,7 +88,9 @@ def test_submit_creates_the_requested_job(train_http: FunctionServer, sandbox: S
 
     # The uploaded archive is the staged template with this request's runtime_config.json.
     [artifact] = recorded["request"]["runtime"]["artifacts"]
-    blob = s3.client().get_object(Bucket=artifact["s3_bucket"], Key=artifact["s3_key"])["Body"].read()
+    blob = (
+        s3.client().get_object(Bucket=artifact["s3_bucket"], Key=artifact["s3_key"])["Body"].read()
+    )
     with tarfile.open(fileobj=io.BytesIO(blob)) as archive:
         names = set(archive.getnames())
         assert {"config.py", "train.py", "runtime_config.json"} <= names
@@ -92,7 +111,9 @@ def test_defaults_are_derived_and_documented(train_http: FunctionServer, sandbox
     assert compute["accelerator"] == {"accelerator": "H100", "count": 1}
 
 
-def test_twenty_concurrent_submits_get_their_own_config(train_http: FunctionServer, sandbox: Sandbox) -> None:
+def test_twenty_concurrent_submits_get_their_own_config(
+    train_http: FunctionServer, sandbox: Sandbox
+) -> None:
     def submit(index: int) -> dict[str, Any]:
         body = {**VALID, "dataset_id": f"org/data-{index}", "hyperparameters": {"seed": index}}
         response = post(train_http, body)
@@ -119,12 +140,23 @@ def test_twenty_concurrent_submits_get_their_own_config(train_http: FunctionServ
         ({"status": 500}, 502, "upstream_error"),
         ({"status": 401}, 502, "upstream_error"),
         ({"status": 429, "retry_after": 7}, 503, "upstream_unavailable"),
-        ({"status": 400, "body": {"code": "VALIDATION_ERROR", "message": "accelerator sold out"}}, 422, "upstream_rejected"),
+        (
+            {
+                "status": 400,
+                "body": {"code": "VALIDATION_ERROR", "message": "accelerator sold out"},
+            },
+            422,
+            "upstream_rejected",
+        ),
         ({"status": 200, "hang_seconds": 5}, 503, "upstream_unavailable"),
     ],
 )
 def test_baseten_faults_map_to_contract_errors(
-    train_http: FunctionServer, sandbox: Sandbox, fault: dict[str, Any], status: int, error_type: str
+    train_http: FunctionServer,
+    sandbox: Sandbox,
+    fault: dict[str, Any],
+    status: int,
+    error_type: str,
 ) -> None:
     sandbox.add_fault(method="POST", path=r"v1/training_projects/[^/]+/jobs$", **fault)
     response = post(train_http, VALID)
@@ -141,9 +173,7 @@ def test_baseten_faults_map_to_contract_errors(
     assert API_KEY not in response.text and API_KEY not in train_http.output()
 
 
-def test_secret_manager_down_answers_503_within_seconds(
-    sandbox: Sandbox, tmp_path: Path
-) -> None:
+def test_secret_manager_down_answers_503_within_seconds(sandbox: Sandbox, tmp_path: Path) -> None:
     broken = FakeSecretManager().start()
     broken.failures[SECRET_NAME] = 503
     env = function_env(sandbox, broken, tmp_path, SECRET_TIMEOUT_SECONDS="1")

@@ -44,7 +44,11 @@ def message_event(
     if data is None:
         data = json.dumps(body).encode()
     encoded = base64.b64encode(data).decode() if isinstance(data, bytes) else data
-    message: dict[str, Any] = {"data": encoded, "messageId": message_id, "publishTime": rfc3339(published)}
+    message: dict[str, Any] = {
+        "data": encoded,
+        "messageId": message_id,
+        "publishTime": rfc3339(published),
+    }
     payload: dict[str, Any] = {"message": message}
     if bare:
         message["@type"] = "type.googleapis.com/google.pubsub.v1.PubsubMessage"
@@ -62,12 +66,16 @@ def deliver(server: FunctionServer, event: CloudEvent, mode: str = "binary") -> 
 
 
 def live_jobs(sandbox: Sandbox) -> list[dict[str, Any]]:
-    return [item for item in sandbox.jobs() if item["job"]["current_status"] != "TRAINING_JOB_STOPPED"]
+    return [
+        item for item in sandbox.jobs() if item["job"]["current_status"] != "TRAINING_JOB_STOPPED"
+    ]
 
 
 @pytest.fixture(scope="module")
 def pubsub_server(
-    sandbox_server: Sandbox, secret_manager: FakeSecretManager, tmp_path_factory: pytest.TempPathFactory
+    sandbox_server: Sandbox,
+    secret_manager: FakeSecretManager,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[FunctionServer]:
     tmp = tmp_path_factory.mktemp("pubsub-tmp")
     env = function_env(sandbox_server, secret_manager, tmp, PUBSUB_MAX_EVENT_AGE_SECONDS="600")
@@ -82,7 +90,9 @@ def pubsub(pubsub_server: FunctionServer, sandbox: Sandbox) -> FunctionServer:
 
 
 @pytest.mark.parametrize("mode", ["binary", "structured"])
-def test_message_creates_a_job_with_its_key(pubsub: FunctionServer, sandbox: Sandbox, mode: str) -> None:
+def test_message_creates_a_job_with_its_key(
+    pubsub: FunctionServer, sandbox: Sandbox, mode: str
+) -> None:
     event = message_event(f"m-{mode}", attributes={"idempotency_key": f"order-{mode}"})
     response = deliver(pubsub, event, mode)
     assert response.status_code == 200, response.text
@@ -115,9 +125,7 @@ def test_redelivered_five_times_at_once_is_one_job(
     assert len(sandbox.jobs()) == 1
 
 
-def test_plain_push_envelope_without_attributes(
-    pubsub: FunctionServer, sandbox: Sandbox
-) -> None:
+def test_plain_push_envelope_without_attributes(pubsub: FunctionServer, sandbox: Sandbox) -> None:
     now = rfc3339(datetime.now(UTC))
     envelope = {
         "message": {
@@ -158,15 +166,20 @@ def test_poison_messages_are_acknowledged_and_create_nothing(
     assert sandbox.jobs() == []
     lines = [json.loads(line) for line in pubsub.output().splitlines() if line.startswith("{")]
     logged = [
-        line for line in lines
+        line
+        for line in lines
         if line.get("message_id") == event["id"] and line["severity"] == "ERROR"
     ]
     assert logged and reason in logged[-1]["reason"]
 
 
 def test_baseten_rejection_is_permanent(pubsub: FunctionServer, sandbox: Sandbox) -> None:
-    sandbox.add_fault(method="POST", path=r"v1/training_projects/[^/]+/jobs$", status=400,
-                      body={"code": "VALIDATION_ERROR", "message": "no such accelerator"})
+    sandbox.add_fault(
+        method="POST",
+        path=r"v1/training_projects/[^/]+/jobs$",
+        status=400,
+        body={"code": "VALIDATION_ERROR", "message": "no such accelerator"},
+    )
     assert deliver(pubsub, message_event("rej-1")).status_code == 200
     assert sandbox.jobs() == []
 
@@ -210,13 +223,14 @@ def test_secret_manager_down_raises(sandbox: Sandbox, tmp_path: Path) -> None:
 def test_concurrent_duplicates_across_instances_keep_one_job(
     sandbox: Sandbox, secret_manager: FakeSecretManager, tmp_path: Path
 ) -> None:
-    """Two processes (two instances) race on one key; the earliest job wins, the rest are stopped."""
+    """Two processes (instances) race on one key: the earliest job wins, the rest are stopped."""
     sandbox.configure(create_delay_ms=300)
     servers = [
         FunctionServer("train_http", function_env(sandbox, secret_manager, tmp_path)).start()
         for _ in range(2)
     ]
     try:
+
         def submit(index: int) -> requests.Response:
             server = servers[index % 2]
             return requests.post(
@@ -240,16 +254,26 @@ def test_concurrent_duplicates_across_instances_keep_one_job(
 def test_http_same_key_ten_times_at_once(train_http: FunctionServer, sandbox: Sandbox) -> None:
     def submit(_: int) -> requests.Response:
         return requests.post(
-            f"{train_http.url}/jobs", json=VALID, headers={"Idempotency-Key": "ten-at-once"}, timeout=60
+            f"{train_http.url}/jobs",
+            json=VALID,
+            headers={"Idempotency-Key": "ten-at-once"},
+            timeout=60,
         )
 
     with ThreadPoolExecutor(10) as pool:
         responses = list(pool.map(submit, range(10)))
     assert sorted(response.status_code for response in responses) == [200] * 9 + [201]
     assert len({response.json()["training_job_id"] for response in responses}) == 1
-    assert all(response.json()["idempotent_replay"] for response in responses if response.status_code == 200)
+    assert all(
+        response.json()["idempotent_replay"]
+        for response in responses
+        if response.status_code == 200
+    )
     assert len(sandbox.jobs()) == 1
     # A later replay answers 200 with the original job.
     again = submit(0)
-    assert again.status_code == 200 and again.json()["training_job_id"] == responses[0].json()["training_job_id"]
+    assert (
+        again.status_code == 200
+        and again.json()["training_job_id"] == responses[0].json()["training_job_id"]
+    )
     time.sleep(0)

@@ -19,7 +19,9 @@ DATASET, MODEL = "HuggingFaceH4/Multilingual-Thinking", "openai/gpt-oss-20b"
 
 
 @pytest.fixture
-def configured(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Sandbox]:
+def configured(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[Sandbox]:
     monkeypatch.setenv("BASETEN_API_KEY", API_KEY)
     monkeypatch.setenv("BASETEN_REMOTE_URL", sandbox.url)
     monkeypatch.setenv("BASETEN_API_URL", sandbox.url)
@@ -80,18 +82,26 @@ def test_bad_arguments_raise_contract_errors(
     with pytest.raises(error) as caught:
         finetune_api.handle_training_request(**arguments)
     assert caught.value.status == status
-    assert caught.value.body["error"]["type"] == ("internal" if status == 500 else "invalid_request")
+    assert caught.value.body["error"]["type"] == (
+        "internal" if status == 500 else "invalid_request"
+    )
     assert configured.jobs() == []
 
 
 def test_upstream_errors_raise_their_types(configured: Sandbox) -> None:
-    configured.add_fault(method="POST", path=r"v1/training_projects/[^/]+/jobs$", status=400,
-                         body={"code": "VALIDATION_ERROR", "message": "bad accelerator"})
+    configured.add_fault(
+        method="POST",
+        path=r"v1/training_projects/[^/]+/jobs$",
+        status=400,
+        body={"code": "VALIDATION_ERROR", "message": "bad accelerator"},
+    )
     with pytest.raises(finetune_api.UpstreamRejectedError) as caught:
         finetune_api.handle_training_request(DATASET, MODEL)
     assert caught.value.status == 422 and "bad accelerator" in caught.value.message
     configured.clear_faults()
-    configured.add_fault(method="POST", path=r"v1/training_projects/[^/]+/jobs$", status=429, retry_after=3)
+    configured.add_fault(
+        method="POST", path=r"v1/training_projects/[^/]+/jobs$", status=429, retry_after=3
+    )
     with pytest.raises(finetune_api.UpstreamUnavailableError) as unavailable:
         finetune_api.handle_training_request(DATASET, MODEL)
     assert unavailable.value.headers == {"Retry-After": "3"}
@@ -103,7 +113,9 @@ def test_fastapi_example(configured: Sandbox) -> None:
     from examples.fastapi_app import app
 
     client = TestClient(app)
-    created = client.post("/train", json={"dataset_id": DATASET, "model_id": MODEL, "hyperparameters": {"seed": 3}})
+    created = client.post(
+        "/train", json={"dataset_id": DATASET, "model_id": MODEL, "hyperparameters": {"seed": 3}}
+    )
     assert created.status_code == 201, created.text
     body = created.json()
     assert body["training_job_id"] == configured.jobs()[0]["job"]["id"]

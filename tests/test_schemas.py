@@ -8,7 +8,12 @@ import pytest
 
 from finetune_api.errors import InvalidRequestError
 from finetune_api.jobs import check_idempotency_key, default_job_name, default_project_name
-from finetune_api.schemas import job_from_baseten, parse_training_request, short_status, split_job_name
+from finetune_api.schemas import (
+    job_from_baseten,
+    parse_training_request,
+    short_status,
+    split_job_name,
+)
 from finetune_api.settings import load_settings
 
 SETTINGS = load_settings(allowed_accelerators="H100,L4", max_gpus_per_node=4, max_nodes=2)
@@ -25,14 +30,34 @@ def locations(error: InvalidRequestError) -> set[str]:
     return {detail["location"] for detail in error.details or []}
 
 
-@pytest.mark.parametrize("good", ["a", "owner/name", "A.b_c-d/x.y", "x" * 96, "a/" + "b" * 96, "1-2.3_4"])
+@pytest.mark.parametrize(
+    "good", ["a", "owner/name", "A.b_c-d/x.y", "x" * 96, "a/" + "b" * 96, "1-2.3_4"]
+)
 def test_valid_repo_ids(good: str) -> None:
     assert parse_training_request({**VALID, "dataset_id": good}, SETTINGS).dataset_id == good
 
 
 @pytest.mark.parametrize(
     "bad",
-    ["../x", "a/b/c", "a b", "a\nb", "a\n", "x" * 97, "a--b", "-a", "a-", ".a", "a.", "a..b", "", "/a", "a/", "a/-b", "ä"],
+    [
+        "../x",
+        "a/b/c",
+        "a b",
+        "a\nb",
+        "a\n",
+        "x" * 97,
+        "a--b",
+        "-a",
+        "a-",
+        ".a",
+        "a.",
+        "a..b",
+        "",
+        "/a",
+        "a/",
+        "a/-b",
+        "ä",
+    ],
 )
 @pytest.mark.parametrize("field", ["dataset_id", "model_id"])
 def test_invalid_repo_ids(field: str, bad: str) -> None:
@@ -118,7 +143,9 @@ def test_not_an_object(body: Any) -> None:
 
 
 def test_defaults_filled() -> None:
-    request = parse_training_request({**VALID, "compute": {"gpu_count": 4, "node_count": 2}}, SETTINGS)
+    request = parse_training_request(
+        {**VALID, "compute": {"gpu_count": 4, "node_count": 2}}, SETTINGS
+    )
     assert request.hyperparameters.lora_rank == 16
     assert request.compute.gpu_count == 4 and request.compute.accelerator is None
 

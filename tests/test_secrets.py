@@ -47,14 +47,21 @@ def test_reads_latest_version_through_the_real_client(sm: FakeSecretManager) -> 
 
 @pytest.mark.parametrize(
     "reference",
-    ["baseten", "baseten/versions/1", "projects/proj/secrets/baseten", "projects/proj/secrets/baseten/versions/1"],
+    [
+        "baseten",
+        "baseten/versions/1",
+        "projects/proj/secrets/baseten",
+        "projects/proj/secrets/baseten/versions/1",
+    ],
 )
 def test_every_reference_form_resolves(sm: FakeSecretManager, reference: str) -> None:
     assert store(sm, baseten_api_key_secret_id=reference).get("baseten_api_key") == KEY
 
 
 def test_direct_value_wins_and_contacts_nothing(sm: FakeSecretManager) -> None:
-    assert store(sm, baseten_api_key="direct-value-123").get("baseten_api_key") == "direct-value-123"
+    assert (
+        store(sm, baseten_api_key="direct-value-123").get("baseten_api_key") == "direct-value-123"
+    )
     assert sm.requests == []
 
 
@@ -70,7 +77,13 @@ def test_cached_within_ttl_and_rotation_picked_up_after(sm: FakeSecretManager) -
 
 @pytest.mark.parametrize(
     ("failure", "words"),
-    [(404, "does not exist"), (403, "denied"), (500, "kept failing"), (503, "kept failing"), ("bad_crc", "CRC32C")],
+    [
+        (404, "does not exist"),
+        (403, "denied"),
+        (500, "kept failing"),
+        (503, "kept failing"),
+        ("bad_crc", "CRC32C"),
+    ],
 )
 def test_failures_become_secret_unavailable(
     sm: FakeSecretManager, failure: int | str, words: str
@@ -117,7 +130,9 @@ def test_optional_secret_absent_is_none() -> None:
     assert SecretStore(load_settings()).get("api_keys", required=False) is None
 
 
-@pytest.mark.parametrize("bad", ["projects/p", "a/b", "projects/p/secrets/s/versions", "a/versions/"])
+@pytest.mark.parametrize(
+    "bad", ["projects/p", "a/b", "projects/p/secrets/s/versions", "a/versions/"]
+)
 def test_malformed_reference_is_a_configuration_error(bad: str) -> None:
     with pytest.raises(ConfigurationError, match="BASETEN_API_KEY_SECRET_ID"):
         secret_version_name(bad, "proj", "BASETEN_API_KEY")

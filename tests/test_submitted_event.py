@@ -29,7 +29,9 @@ def receiver() -> Iterator[WebhookReceiver]:
 def test_pubsub_submission_is_announced_once(
     sandbox: Sandbox, secret_manager: FakeSecretManager, receiver: WebhookReceiver, tmp_path: Path
 ) -> None:
-    env = function_env(sandbox, secret_manager, tmp_path, WEBHOOK_URL=receiver.url, WEBHOOK_SECRET=SECRET)
+    env = function_env(
+        sandbox, secret_manager, tmp_path, WEBHOOK_URL=receiver.url, WEBHOOK_SECRET=SECRET
+    )
     event = message_event("msg-42", attributes={"idempotency_key": "order-7"})
     with FunctionServer("train_pubsub", env) as server:
         assert deliver(server, event).status_code == 200
@@ -49,10 +51,14 @@ def test_pubsub_submission_is_announced_once(
 def test_http_submission_is_announced_with_its_key(
     sandbox: Sandbox, secret_manager: FakeSecretManager, receiver: WebhookReceiver, tmp_path: Path
 ) -> None:
-    env = function_env(sandbox, secret_manager, tmp_path, WEBHOOK_URL=receiver.url, WEBHOOK_SECRET=SECRET)
+    env = function_env(
+        sandbox, secret_manager, tmp_path, WEBHOOK_URL=receiver.url, WEBHOOK_SECRET=SECRET
+    )
     body = {"dataset_id": "d", "model_id": "m"}
     with FunctionServer("train_http", env) as server:
-        response = requests.post(f"{server.url}/jobs", json=body, headers={"Idempotency-Key": "k-1"}, timeout=60)
+        response = requests.post(
+            f"{server.url}/jobs", json=body, headers={"Idempotency-Key": "k-1"}, timeout=60
+        )
         assert response.status_code == 201
     [notice] = receiver.unique_events.values()
     assert notice["data"]["idempotency_key"] == "k-1"
@@ -64,7 +70,11 @@ def test_receiver_down_never_fails_the_submission(
     sandbox: Sandbox, secret_manager: FakeSecretManager, tmp_path: Path
 ) -> None:
     env = function_env(
-        sandbox, secret_manager, tmp_path, WEBHOOK_URL=unused_url(), WEBHOOK_SECRET=SECRET,
+        sandbox,
+        secret_manager,
+        tmp_path,
+        WEBHOOK_URL=unused_url(),
+        WEBHOOK_SECRET=SECRET,
         WEBHOOK_MAX_ATTEMPTS="2",
     )
     with FunctionServer("train_pubsub", env) as server:
@@ -78,7 +88,9 @@ def test_wrong_secret_is_detected_by_the_receiver(
     sandbox: Sandbox, secret_manager: FakeSecretManager, receiver: WebhookReceiver, tmp_path: Path
 ) -> None:
     wrong = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-    env = function_env(sandbox, secret_manager, tmp_path, WEBHOOK_URL=receiver.url, WEBHOOK_SECRET=wrong)
+    env = function_env(
+        sandbox, secret_manager, tmp_path, WEBHOOK_URL=receiver.url, WEBHOOK_SECRET=wrong
+    )
     with FunctionServer("train_pubsub", env) as server:
         assert deliver(server, message_event("msg-wrong")).status_code == 200
     assert receiver.events == [] and receiver.rejections

@@ -79,6 +79,21 @@ def dict_flag(value: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in value.split(delim))
 
 
+class Calls(list[list[str]]):
+    """The gcloud calls of one or more runs, as argument lists."""
+
+    def mutations(self) -> Calls:
+        return Calls(c for c in self if not is_lookup(c))
+
+    def find(self, pred: Callable[[list[str]], bool]) -> Calls:
+        return Calls(c for c in self.mutations() if pred(c))
+
+    def deploy_of(self, fn: str) -> list[str]:
+        found = self.find(lambda c: words(c)[:3] == ["functions", "deploy", fn])
+        assert len(found) == 1, found
+        return found[0]
+
+
 @dataclass
 class Result:
     returncode: int
@@ -111,14 +126,23 @@ class Env:
         assert r.returncode == 0, r.stderr
         return r
 
-    def calls(self) -> list[list[str]]:
-        if not self.log.exists():
-            return []
-        lines = self.log.read_text().splitlines()
-        return [[_unescape(f) for f in line.split("\t")] for line in lines]
+    def plan(self, *args: str, extra: dict[str, str] | None = None) -> Calls:
+        """The commands --dry-run prints (faster than a run; same code path)."""
+        r = self.deploy("--dry-run", *args, extra=extra)
+        assert self.calls() == []
+        lines = [ln for ln in r.stdout.splitlines() if not ln.startswith("#")]
+        commands = [shlex.split(ln) for ln in lines]
+        assert all(c[0] == "gcloud" for c in commands), lines
+        return Calls(c[1:] for c in commands)
 
-    def mutations(self) -> list[list[str]]:
-        return [c for c in self.calls() if not is_lookup(c)]
+    def calls(self) -> Calls:
+        if not self.log.exists():
+            return Calls()
+        lines = self.log.read_text().splitlines()
+        return Calls([_unescape(f) for f in line.split("\t")] for line in lines)
+
+    def mutations(self) -> Calls:
+        return self.calls().mutations()
 
     def clear_log(self) -> None:
         self.log.unlink(missing_ok=True)
@@ -127,17 +151,17 @@ class Env:
         (self.state / "secrets").mkdir(parents=True, exist_ok=True)
         (self.state / "secrets" / name).write_text(version)
 
-    def find(self, pred: Callable[[list[str]], bool]) -> list[list[str]]:
-        return [c for c in self.mutations() if pred(c)]
+    def find(self, pred: Callable[[list[str]], bool]) -> Calls:
+        return self.calls().find(pred)
 
     def deploy_of(self, fn: str) -> list[str]:
-        found = self.find(lambda c: words(c)[:3] == ["functions", "deploy", fn])
-        assert len(found) == 1, found
-        return found[0]
+        return self.calls().deploy_of(fn)
+
+    def snapshot(self) -> list[str]:
+        return sorted(str(p.relative_to(self.state)) for p in self.state.rglob("*"))
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Env:
+def make_env(tmp_path: Path) -> Env:
     bindir = tmp_path / "bin"
     bindir.mkdir()
     (bindir / "gcloud").symlink_to(FAKE_GCLOUD)
@@ -166,13 +190,35 @@ def env(tmp_path: Path) -> Env:
     return e
 
 
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    return make_env(tmp_path)
+
+
+@dataclass
+class Deployed:
+    env: Env
+    first: Calls  # a first deploy with every secret
+    state_after_first: list[str]
+    second: Calls  # the same command again
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory) -> Deployed:
+    """One first deploy and one second deploy, shared by the read-only tests."""
+    e = make_env(tmp_path_factory.mktemp("deployed"))
+    e.deploy(*ALL_SECRETS)
+    first, state = e.calls(), e.snapshot()
+    e.clear_log()
+    e.deploy(*ALL_SECRETS)
+    return Deployed(e, first, state, e.calls())
+
+
 # ----------------------------------------------------------------- first run --
 
 
-def test_first_deploy_runs_these_commands_in_this_order(env: Env) -> None:
-    env.deploy(*ALL_SECRETS)
-
-    heads = [words(c)[:5] for c in env.mutations()]
+def test_first_deploy_runs_these_commands_in_this_order(deployed: Deployed) -> None:
+    heads = [words(c)[:5] for c in deployed.first.mutations()]
     assert heads == [
         ["services", "enable", "cloudfunctions.googleapis.com", "run.googleapis.com",
          "cloudbuild.googleapis.com"],
@@ -190,7 +236,7 @@ def test_first_deploy_runs_these_commands_in_this_order(env: Env) -> None:
         ["scheduler", "jobs", "create", "http", "poll-training-jobs"],
     ]  # fmt: skip
 
-    enabled = set(words(env.mutations()[0])[2:])
+    enabled = set(words(deployed.first.mutations()[0])[2:])
     assert {
         "cloudfunctions.googleapis.com", "run.googleapis.com", "cloudbuild.googleapis.com",
         "artifactregistry.googleapis.com", "eventarc.googleapis.com", "pubsub.googleapis.com",
@@ -198,13 +244,12 @@ def test_first_deploy_runs_these_commands_in_this_order(env: Env) -> None:
     } <= enabled  # fmt: skip
 
     # Every call names the project explicitly; nothing relies on gcloud config.
-    for call in env.calls():
+    for call in deployed.first + deployed.second:
         assert flags(call)["--project"] == PROJECT, call
 
 
-def test_secret_access_is_granted_per_secret_to_the_runtime_account(env: Env) -> None:
-    env.deploy(*ALL_SECRETS)
-    bindings = env.find(lambda c: "add-iam-policy-binding" in c)
+def test_secret_access_is_granted_per_secret_to_the_runtime_account(deployed: Deployed) -> None:
+    bindings = deployed.first.find(lambda c: "add-iam-policy-binding" in c)
     assert [words(b)[:3] for b in bindings] == [
         ["secrets", "add-iam-policy-binding", "baseten-api-key"],
         ["secrets", "add-iam-policy-binding", "webhook-signing"],
@@ -215,14 +260,13 @@ def test_secret_access_is_granted_per_secret_to_the_runtime_account(env: Env) ->
         assert flags(b)["--role"] == ACCESSOR
 
 
-def test_functions_are_deployed_gen2_private_with_pinned_secrets(env: Env) -> None:
-    env.deploy(*ALL_SECRETS)
-
+def test_functions_are_deployed_gen2_private_with_pinned_secrets(deployed: Deployed) -> None:
+    calls = deployed.first
     common = {
         "--gen2": "",
         "--runtime": "python312",
         "--region": REGION,
-        "--source": str(env.source),
+        "--source": str(deployed.env.source),
         "--service-account": RUNTIME_SA,
     }
     for fn, entry in [
@@ -230,7 +274,7 @@ def test_functions_are_deployed_gen2_private_with_pinned_secrets(env: Env) -> No
         ("train-http", "train_http"),
         ("poll-jobs", "poll_jobs"),
     ]:
-        f = flags(env.deploy_of(fn))
+        f = flags(calls.deploy_of(fn))
         assert {k: f.get(k) for k in common} == common, fn
         assert f["--entry-point"] == entry
         assert f["--cpu"] == "1"
@@ -245,20 +289,20 @@ def test_functions_are_deployed_gen2_private_with_pinned_secrets(env: Env) -> No
         assert secrets["WEBHOOK_SECRET"] == "webhook-signing:2"
         assert "--allow-unauthenticated" not in f
 
-    pubsub = flags(env.deploy_of("train-pubsub"))
+    pubsub = flags(calls.deploy_of("train-pubsub"))
     assert pubsub["--trigger-topic"] == "training-requests"
     assert "--retry" in pubsub
     assert pubsub["--trigger-service-account"] == RUNTIME_SA
     assert "--trigger-http" not in pubsub
     assert "API_KEYS" not in dict_flag(pubsub["--set-secrets"])
 
-    http = flags(env.deploy_of("train-http"))
+    http = flags(calls.deploy_of("train-http"))
     assert "--trigger-http" in http and "--no-allow-unauthenticated" in http
     assert dict_flag(http["--set-secrets"])["API_KEYS"] == "api-keys:5"
     assert (http["--concurrency"], http["--max-instances"], http["--memory"]) == ("8", "10", "512Mi")
     assert http["--timeout"] == "120s"
 
-    poll = flags(env.deploy_of("poll-jobs"))
+    poll = flags(calls.deploy_of("poll-jobs"))
     assert "--trigger-http" in poll and "--no-allow-unauthenticated" in poll
     assert (poll["--concurrency"], poll["--max-instances"]) == ("1", "1")
     assert "API_KEYS" not in dict_flag(poll["--set-secrets"])
@@ -266,18 +310,16 @@ def test_functions_are_deployed_gen2_private_with_pinned_secrets(env: Env) -> No
     assert dict_flag(poll["--set-env-vars"])["POLL_LOOKBACK_SECONDS"] == "600"
 
 
-def test_invokers_are_scoped_to_one_function_each(env: Env) -> None:
-    env.deploy()
-    invokers = env.find(lambda c: "add-invoker-policy-binding" in c)
+def test_invokers_are_scoped_to_one_function_each(deployed: Deployed) -> None:
+    invokers = deployed.first.find(lambda c: "add-invoker-policy-binding" in c)
     assert [(words(c)[2], flags(c)["--member"], flags(c)["--region"]) for c in invokers] == [
         ("train-pubsub", f"serviceAccount:{RUNTIME_SA}", REGION),
         ("poll-jobs", f"serviceAccount:{SCHEDULER_SA}", REGION),
     ]
 
 
-def test_scheduler_job_calls_poll_jobs_with_an_oidc_token(env: Env) -> None:
-    env.deploy()
-    (job,) = env.find(lambda c: words(c)[:2] == ["scheduler", "jobs"])
+def test_scheduler_job_calls_poll_jobs_with_an_oidc_token(deployed: Deployed) -> None:
+    (job,) = deployed.first.find(lambda c: words(c)[:2] == ["scheduler", "jobs"])
     url = "https://poll-jobs-fakehash-uc.a.run.app"  # what the fake's describe returns
     f = flags(job)
     assert words(job) == ["scheduler", "jobs", "create", "http", "poll-training-jobs"]
@@ -292,23 +334,22 @@ def test_scheduler_job_calls_poll_jobs_with_an_oidc_token(env: Env) -> None:
         "functions", "describe", "poll-jobs", "--gen2", f"--region={REGION}",
         "--format=value(serviceConfig.uri)", f"--project={PROJECT}",
     ]  # fmt: skip
-    calls = env.calls()
-    assert calls.index(describe) > calls.index(env.deploy_of("poll-jobs"))
+    calls = deployed.first
+    assert calls.index(describe) > calls.index(calls.deploy_of("poll-jobs"))
 
 
 def test_minimal_deploy_only_wires_the_baseten_key(env: Env) -> None:
-    env.deploy()
-    bindings = env.find(lambda c: words(c)[:2] == ["secrets", "add-iam-policy-binding"])
+    plan = env.plan()
+    bindings = plan.find(lambda c: words(c)[:2] == ["secrets", "add-iam-policy-binding"])
     assert [words(b)[2] for b in bindings] == ["baseten-api-key"]
     for fn in ("train-pubsub", "train-http", "poll-jobs"):
-        f = flags(env.deploy_of(fn))
-        assert dict_flag(f["--set-secrets"]) == {"BASETEN_API_KEY": "baseten-api-key:3"}
+        f = flags(plan.deploy_of(fn))
+        assert dict_flag(f["--set-secrets"]) == {"BASETEN_API_KEY": "baseten-api-key:DRY_RUN_LATEST_VERSION"}
         assert "WEBHOOK_URL" not in dict_flag(f["--set-env-vars"])
 
 
-def test_the_latest_enabled_version_is_looked_up_once_per_secret(env: Env) -> None:
-    env.deploy(*ALL_SECRETS)
-    lists = [c for c in env.calls() if words(c)[:3] == ["secrets", "versions", "list"]]
+def test_the_latest_enabled_version_is_looked_up_once_per_secret(deployed: Deployed) -> None:
+    lists = [c for c in deployed.first if words(c)[:3] == ["secrets", "versions", "list"]]
     assert [words(c)[3] for c in lists] == ["baseten-api-key", "webhook-signing", "api-keys"]
     for c in lists:
         f = flags(c)
@@ -331,14 +372,14 @@ def test_a_version_must_be_a_number(env: Env, version: str) -> None:
 
 
 def test_name_prefix_and_custom_names(env: Env) -> None:
-    env.deploy("--name-prefix", "dev-", "--topic", "jobs-in", "--http-function", "api")
-    deployed = [words(c)[2] for c in env.find(lambda c: words(c)[:2] == ["functions", "deploy"])]
+    plan = env.plan("--name-prefix", "dev-", "--topic", "jobs-in", "--http-function", "api")
+    deployed = [words(c)[2] for c in plan.find(lambda c: words(c)[:2] == ["functions", "deploy"])]
     assert deployed == ["dev-train-pubsub", "dev-api", "dev-poll-jobs"]
-    assert flags(env.deploy_of("dev-train-pubsub"))["--trigger-topic"] == "dev-jobs-in"
-    assert flags(env.deploy_of("dev-api"))["--service-account"] == (
+    assert flags(plan.deploy_of("dev-train-pubsub"))["--trigger-topic"] == "dev-jobs-in"
+    assert flags(plan.deploy_of("dev-api"))["--service-account"] == (
         f"dev-finetune-runtime@{PROJECT}.iam.gserviceaccount.com"
     )
-    created = [words(c)[3] for c in env.find(lambda c: words(c)[:3] == ["iam", "service-accounts", "create"])]
+    created = [words(c)[3] for c in plan.find(lambda c: words(c)[:3] == ["iam", "service-accounts", "create"])]
     assert created == ["dev-finetune-runtime", "dev-finetune-scheduler"]
 
 
@@ -346,10 +387,15 @@ def test_settings_come_from_the_environment_too(env: Env) -> None:
     r = env.run(
         "--source",
         str(env.source),
+        "--dry-run",
         extra={"GOOGLE_CLOUD_PROJECT": PROJECT, "REGION": REGION, "SCHEDULE": "*/15 * * * *"},
     )
     assert r.returncode == 0, r.stderr
-    f = flags(env.deploy_of("poll-jobs"))
+    (line,) = [
+        ln for ln in r.stdout.splitlines() if ln.startswith("gcloud functions deploy poll-jobs")
+    ]
+    f = flags(shlex.split(line))
+    assert f["--project"] == PROJECT
     assert f["--region"] == REGION
     assert dict_flag(f["--set-env-vars"])["POLL_LOOKBACK_SECONDS"] == "1800"
 
@@ -359,25 +405,28 @@ def test_settings_come_from_the_environment_too(env: Env) -> None:
     [("* * * * *", "600"), ("*/10 * * * *", "1200"), ("7 * * * *", "7200"), ("0 */2 * * *", "14400")],
 )
 def test_poll_lookback_is_twice_the_interval_at_least_600(env: Env, schedule: str, lookback: str) -> None:
-    env.deploy("--schedule", schedule)
-    f = flags(env.deploy_of("poll-jobs"))
+    f = flags(env.plan("--schedule", schedule).deploy_of("poll-jobs"))
     assert dict_flag(f["--set-env-vars"])["POLL_LOOKBACK_SECONDS"] == lookback
 
 
 def test_an_irregular_schedule_needs_an_explicit_lookback(env: Env) -> None:
     r = env.run(*BASE, "--source", str(env.source), "--schedule", "0 9 * * 1-5")
     assert r.returncode != 0 and "--poll-lookback-seconds" in r.stderr
-    env.deploy("--schedule", "0 9 * * 1-5", "--poll-lookback-seconds", "259200")
-    f = flags(env.deploy_of("poll-jobs"))
+    plan = env.plan("--schedule", "0 9 * * 1-5", "--poll-lookback-seconds", "259200")
+    f = flags(plan.deploy_of("poll-jobs"))
     assert dict_flag(f["--set-env-vars"])["POLL_LOOKBACK_SECONDS"] == "259200"
 
 
 def test_extra_env_vars_with_commas_survive(env: Env) -> None:
-    env.deploy("--env", "ALLOWED_ACCELERATORS=H100,A100", "--env", "BASETEN_TEAM_ID=t 1")
+    env.deploy(
+        "--env", "ALLOWED_ACCELERATORS=H100,A100", "--env", "BASETEN_TEAM_ID=t 1",
+        "--env", "ODD=tab\there back\\slash",
+    )  # fmt: skip
     f = flags(env.deploy_of("train-http"))
     parsed = dict_flag(f["--set-env-vars"])
     assert parsed["ALLOWED_ACCELERATORS"] == "H100,A100"
     assert parsed["BASETEN_TEAM_ID"] == "t 1"
+    assert parsed["ODD"] == "tab\there back\\slash"
     assert parsed["THREADS"] == "8"
 
 
@@ -390,25 +439,20 @@ def test_a_secret_cannot_be_passed_as_a_plain_env_var(env: Env) -> None:
 # ---------------------------------------------------------------- second run --
 
 
-def test_second_deploy_creates_nothing(env: Env) -> None:
-    env.deploy(*ALL_SECRETS)
-    state_after_first = sorted(str(p.relative_to(env.state)) for p in env.state.rglob("*"))
-    env.clear_log()
-
-    env.deploy(*ALL_SECRETS)
-
+def test_second_deploy_creates_nothing(deployed: Deployed) -> None:
+    calls = deployed.second
     # Only the two "update" paths are re-issued: functions deploy and the job.
-    assert [words(c)[:5] for c in env.mutations()] == [
+    assert [words(c)[:5] for c in calls.mutations()] == [
         ["functions", "deploy", "train-pubsub"],
         ["functions", "deploy", "train-http"],
         ["functions", "deploy", "poll-jobs"],
         ["scheduler", "jobs", "update", "http", "poll-training-jobs"],
     ]
-    for call in env.calls():
+    for call in calls:
         assert "create" not in words(call), call
         assert not any("add-iam-policy-binding" in w or "add-invoker" in w for w in words(call))
-    assert sorted(str(p.relative_to(env.state)) for p in env.state.rglob("*")) == state_after_first
-    (job,) = env.find(lambda c: words(c)[:3] == ["scheduler", "jobs", "update"])
+    assert deployed.env.snapshot() == deployed.state_after_first
+    (job,) = calls.find(lambda c: words(c)[:3] == ["scheduler", "jobs", "update"])
     assert flags(job)["--oidc-service-account-email"] == SCHEDULER_SA
 
 
@@ -440,6 +484,7 @@ def test_dry_run_runs_nothing_and_prints_every_command(env: Env) -> None:
     r = env.deploy("--dry-run", *ALL_SECRETS)
     assert env.calls() == []
     assert not env.log.exists()
+    assert env.snapshot() == ["secrets", "secrets/api-keys", "secrets/baseten-api-key", "secrets/webhook-signing"]
 
     commands = [shlex.split(line) for line in r.stdout.splitlines() if not line.startswith("#")]
     assert all(c[0] == "gcloud" for c in commands)
@@ -478,21 +523,22 @@ def test_public_without_api_keys_is_refused(env: Env) -> None:
 
 def test_public_with_api_keys_opens_train_http_only(env: Env) -> None:
     env.deploy("--public", "--api-keys-secret", "api-keys")
-    http = flags(env.deploy_of("train-http"))
+    calls = env.calls()
+    http = flags(calls.deploy_of("train-http"))
     assert "--allow-unauthenticated" in http and "--no-allow-unauthenticated" not in http
     assert dict_flag(http["--set-secrets"])["API_KEYS"] == "api-keys:5"
-    poll = flags(env.deploy_of("poll-jobs"))
+    poll = flags(calls.deploy_of("poll-jobs"))
     assert "--no-allow-unauthenticated" in poll and "--allow-unauthenticated" not in poll
-    assert "--allow-unauthenticated" not in flags(env.deploy_of("train-pubsub"))
+    assert "--allow-unauthenticated" not in flags(calls.deploy_of("train-pubsub"))
+    # No allUsers binding is added behind gcloud's back either.
+    assert not [c for c in calls if "allUsers" in " ".join(c)]
 
 
 # ------------------------------------------------------------------- scoping --
 
 
-def test_no_binding_is_ever_project_wide(env: Env) -> None:
-    env.deploy(*ALL_SECRETS)
-    env.deploy(*ALL_SECRETS)
-    for call in env.calls():
+def test_no_binding_is_ever_project_wide(deployed: Deployed) -> None:
+    for call in deployed.first + deployed.second:
         w = words(call)
         assert w[:2] != ["projects", "add-iam-policy-binding"], call
         if any("policy-binding" in x for x in w):

@@ -40,7 +40,9 @@ def test_missing_or_wrong_key_is_401(http: Http, headers: dict[str, str]) -> Non
 
 @pytest.mark.parametrize("scheme", ["Api-Key", "Bearer", "bearer"])
 def test_accepted_auth_schemes(http: Http, scheme: str) -> None:
-    reply = http.api("GET", "v1/training_projects", headers={"Authorization": f"{scheme} {API_KEY}"})
+    reply = http.api(
+        "GET", "v1/training_projects", headers={"Authorization": f"{scheme} {API_KEY}"}
+    )
     assert reply.status_code == 200
     assert reply.json() == {"training_projects": []}
 
@@ -115,7 +117,9 @@ def _mutations() -> list[tuple[str, Callable[[dict[str, Any]], None], str]]:
     ]
 
 
-@pytest.mark.parametrize(("case", "mutate", "where"), _mutations(), ids=[m[0] for m in _mutations()])
+@pytest.mark.parametrize(
+    ("case", "mutate", "where"), _mutations(), ids=[m[0] for m in _mutations()]
+)
 def test_create_job_rejects_bad_shapes(
     http: Http,
     upload: Callable[[bytes], dict[str, str]],

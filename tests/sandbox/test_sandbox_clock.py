@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sandbox import Sandbox
-from tests.sandbox.support import API_KEY, FakeClock, Http, job_body
+from tests.sandbox.support import API_KEY, FakeClock, Http, JobFactory, job_body
+from tests.servers import LocalS3
 
 
-def _at(clock_start_ns: int, seconds: float) -> str:
-    moment = datetime.fromtimestamp(clock_start_ns / 1e9 + seconds, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def _plus(stamp: str, seconds: int) -> str:
+    """``stamp`` (RFC 3339, microseconds) plus whole ``seconds``, same format."""
+    moment = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return (moment + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _create(http: Http, sandbox: Sandbox, local_key: str) -> dict[str, Any]:
@@ -39,21 +41,18 @@ def _create(http: Http, sandbox: Sandbox, local_key: str) -> dict[str, Any]:
     return job
 
 
-def _put(sandbox: Sandbox, key: str) -> None:
-    from tests.servers import s3_client
-
-    assert sandbox.state.s3.endpoint is not None
+def _put(sandbox: Sandbox, s3: LocalS3, key: str) -> None:
     sandbox.state.s3.ensure_bucket()
-    s3_client(sandbox.state.s3.endpoint).put_object(
-        Bucket=sandbox.state.s3.bucket, Key=key, Body=b"x"
-    )
+    s3.client().put_object(Bucket=sandbox.state.s3.bucket, Key=key, Body=b"x")
 
 
-def test_status_steps_on_a_fake_clock(clocked_sandbox: Sandbox, clock: FakeClock) -> None:
+def test_status_steps_on_a_fake_clock(
+    clocked_sandbox: Sandbox, clock: FakeClock, local_s3: LocalS3
+) -> None:
     http = Http(clocked_sandbox.url, API_KEY)
-    _put(clocked_sandbox, "clock/a.tgz")
-    start = clock.ns
+    _put(clocked_sandbox, local_s3, "clock/a.tgz")
     job = _create(http, clocked_sandbox, "clock/a.tgz")
+    created = job["created_at"]
     path = f"v1/training_projects/{job['training_project_id']}/jobs/{job['id']}"
 
     def read() -> dict[str, Any]:
@@ -66,36 +65,36 @@ def test_status_steps_on_a_fake_clock(clocked_sandbox: Sandbox, clock: FakeClock
 
     clock.advance(9.9)
     assert read()["current_status"] == "TRAINING_JOB_CREATED"
-    clock.advance(0.1)
+    clock.advance(0.101)  # timestamps are unique, so created_at is a few µs past the clock
     deploying = read()
     assert deploying["current_status"] == "TRAINING_JOB_DEPLOYING"
     # Stamped at the step boundary, not at the time of the read.
-    assert deploying["updated_at"] == _at(start, 10)
+    assert deploying["updated_at"] == _plus(created, 10)
     assert deploying["created_at"] == job["created_at"]
 
     clock.advance(25)  # t = 35 s: running since 20, a checkpoint at 30
     running = read()
     assert running["current_status"] == "TRAINING_JOB_RUNNING"
-    assert running["updated_at"] == _at(start, 20)
+    assert running["updated_at"] == _plus(created, 20)
     [mid] = checkpoints()
-    assert mid["created_at"] == _at(start, 30)
+    assert mid["created_at"] == _plus(created, 30)
     assert mid["lora_adapter_config"]["r"] == 32
 
     clock.advance(5)  # t = 40 s
     done = read()
     assert done["current_status"] == "TRAINING_JOB_COMPLETED"
-    assert done["updated_at"] == _at(start, 40)
-    assert [c["created_at"] for c in checkpoints()] == [_at(start, 30), _at(start, 40)]
+    assert done["updated_at"] == _plus(created, 40)
+    assert [c["created_at"] for c in checkpoints()] == [_plus(created, 30), _plus(created, 40)]
 
     clock.advance(1000)
     assert read() == done  # terminal: nothing moves any more
 
 
 def test_pausing_the_clock_does_not_replay_the_past(
-    clocked_sandbox: Sandbox, clock: FakeClock
+    clocked_sandbox: Sandbox, clock: FakeClock, local_s3: LocalS3
 ) -> None:
     http = Http(clocked_sandbox.url, API_KEY)
-    _put(clocked_sandbox, "clock/b.tgz")
+    _put(clocked_sandbox, local_s3, "clock/b.tgz")
     job = _create(http, clocked_sandbox, "clock/b.tgz")
     path = f"v1/training_projects/{job['training_project_id']}/jobs/{job['id']}"
     http.control("POST", "config", {"step_seconds": 0})
@@ -108,24 +107,24 @@ def test_pausing_the_clock_does_not_replay_the_past(
     assert http.api("GET", path).json()["training_job"]["current_status"] == (
         "TRAINING_JOB_CREATED"
     )
-    clock.advance(1)
+    clock.advance(1.001)
     assert http.api("GET", path).json()["training_job"]["current_status"] == (
         "TRAINING_JOB_DEPLOYING"
     )
 
 
 def test_forced_status_restarts_the_clock_from_there(
-    clocked_sandbox: Sandbox, clock: FakeClock
+    clocked_sandbox: Sandbox, clock: FakeClock, local_s3: LocalS3
 ) -> None:
     http = Http(clocked_sandbox.url, API_KEY)
-    _put(clocked_sandbox, "clock/c.tgz")
+    _put(clocked_sandbox, local_s3, "clock/c.tgz")
     job = _create(http, clocked_sandbox, "clock/c.tgz")
     path = f"v1/training_projects/{job['training_project_id']}/jobs/{job['id']}"
     clock.advance(5)
     clocked_sandbox.set_status(job["id"], "TRAINING_JOB_RUNNING")
     clock.advance(9)
     assert http.api("GET", f"{path}/checkpoints").json()["checkpoints"] == []
-    clock.advance(1)
+    clock.advance(1.001)
     assert len(http.api("GET", f"{path}/checkpoints").json()["checkpoints"]) == 1
     clock.advance(10)
     assert http.api("GET", path).json()["training_job"]["current_status"] == (
@@ -133,7 +132,7 @@ def test_forced_status_restarts_the_clock_from_there(
     )
 
 
-def test_real_clock_runs_a_job_to_completion(http: Http, make_job: Any) -> None:
+def test_real_clock_runs_a_job_to_completion(http: Http, make_job: JobFactory) -> None:
     http.control("POST", "config", {"step_seconds": 0.05})
     job = make_job()
     path = f"v1/training_projects/{job['training_project_id']}/jobs/{job['id']}"

@@ -22,7 +22,9 @@ def _jobs_path(job: dict[str, Any]) -> str:
 
 def test_fault_on_a_route_with_count_and_method(http: Http) -> None:
     added = http.control(
-        "POST", "faults", {"method": "GET", "path": r"^v1/training_projects$", "status": 503, "count": 2}
+        "POST",
+        "faults",
+        {"method": "GET", "path": r"^v1/training_projects$", "status": 503, "count": 2},
     )
     assert added.status_code == 201
     first = http.api("GET", "v1/training_projects")
@@ -281,8 +283,16 @@ def test_search_ordering_and_filters(http: Http, make_job: JobFactory, sandbox: 
         return [j["id"] for j in reply.json()["training_jobs"]]
 
     assert ids({}) == [c["id"], b["id"], a["id"]]
-    assert ids({"order_by": [{"field": "created_at", "order": "asc"}]}) == [a["id"], b["id"], c["id"]]
-    assert ids({"order_by": [{"field": "updated_at", "order": "desc"}]}) == [c["id"], a["id"], b["id"]]
+    assert ids({"order_by": [{"field": "created_at", "order": "asc"}]}) == [
+        a["id"],
+        b["id"],
+        c["id"],
+    ]
+    assert ids({"order_by": [{"field": "updated_at", "order": "desc"}]}) == [
+        c["id"],
+        a["id"],
+        b["id"],
+    ]
     assert ids({"project_id": a["training_project_id"]}) == [c["id"], a["id"]]
     assert ids({"statuses": ["TRAINING_JOB_RUNNING", "TRAINING_JOB_FAILED"]}) == [c["id"], a["id"]]
     assert ids({"statuses": ["TRAINING_JOB_COMPLETED"]}) == []
@@ -299,7 +309,12 @@ def test_seed_creates_many_jobs(http: Http, sandbox: Sandbox) -> None:
     reply = http.control(
         "POST",
         "seed",
-        {"projects": 3, "jobs_per_project": 4, "status": "TRAINING_JOB_RUNNING", "checkpoints_per_job": 1},
+        {
+            "projects": 3,
+            "jobs_per_project": 4,
+            "status": "TRAINING_JOB_RUNNING",
+            "checkpoints_per_job": 1,
+        },
     )
     assert reply.status_code == 201
     seeded = reply.json()

@@ -1,4 +1,4 @@
-"""Fidelity: drive the sandbox with truss's own ``BasetenApi`` (like stripe-mock with stripe's SDK)."""
+"""Fidelity: drive the sandbox with truss's own ``BasetenApi``, as stripe-mock is with stripe's."""
 
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ def test_create_job_returns_baseten_job_and_records_truss_body(
 ) -> None:
     project, job = _submit(truss_api, tmp_path)
 
-    assert JOB_FIELDS <= set(job)
+    assert set(job) >= JOB_FIELDS
     assert BASETEN_ID.fullmatch(job["id"])
     assert job["current_status"] == "TRAINING_JOB_CREATED"
     assert job["error_message"] is None
@@ -189,9 +189,7 @@ def test_checkpoints_carry_base_model_and_lora_config(
 ) -> None:
     runtime_config = '{"hyperparameters": {"lora_rank": 8, "lora_alpha": 16}}'
     project, job = _submit(truss_api, tmp_path, env={"RUNTIME_CONFIG": runtime_config})
-    assert truss_api.list_training_job_checkpoints(project["id"], job["id"]) == {
-        "checkpoints": []
-    }
+    assert truss_api.list_training_job_checkpoints(project["id"], job["id"]) == {"checkpoints": []}
 
     sandbox.advance(job["id"], steps=4)  # deploying, running, checkpoint, completed
 

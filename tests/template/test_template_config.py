@@ -236,7 +236,7 @@ def test_missing_runtime_config_is_reported_by_path(tmp_path: Path) -> None:
     staged = tmp_path / "staged"
     shutil.copytree(TEMPLATE_DIR, staged, ignore=shutil.ignore_patterns("__pycache__"))
     with (
-        pytest.raises(FileNotFoundError, match="runtime_config.json is missing"),
+        pytest.raises(FileNotFoundError, match=r"runtime_config\.json is missing"),
         import_training_project(staged / "config.py"),
     ):
         pass

@@ -36,7 +36,8 @@ def test_importing_train_py_loads_no_heavy_library() -> None:
     code = (
         "import importlib.util, sys\n"
         f"spec = importlib.util.spec_from_file_location('t', {str(TEMPLATE_DIR / 'train.py')!r})\n"
-        "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "module = sys.modules['t'] = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(module)\n"
         "heavy = {'torch', 'transformers', 'datasets', 'trl', 'peft'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"
     )
