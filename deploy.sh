@@ -247,7 +247,7 @@ check_version() {
 schedule_interval() {
 	local -a f
 	read -r -a f <<<"$1"
-	[[ ${#f[@]} -eq 5 ]] || die "invalid --schedule '$1': five cron fields expected"
+	[[ ${#f[@]} -eq 5 ]] || return 1
 	local m=${f[0]} h=${f[1]} rest="${f[2]} ${f[3]} ${f[4]}"
 	[[ $rest == '* * *' ]] || return 1
 	if [[ $h == '*' ]]; then
@@ -339,6 +339,10 @@ validate() {
 		die "--public makes train_http callable by anyone on the internet; it is refused unless --api-keys-secret NAME is given so every call needs an X-Api-Key"
 	fi
 
+	local -a fields
+	read -r -a fields <<<"$SCHEDULE"
+	[[ ${#fields[@]} -eq 5 && $SCHEDULE =~ ^[-0-9A-Za-z*/,?#L\ ]+$ ]] ||
+		die "invalid --schedule '$SCHEDULE': five cron fields expected, e.g. '*/5 * * * *'"
 	local interval
 	if [[ -n $POLL_LOOKBACK ]]; then
 		check_re "--poll-lookback-seconds" "$POLL_LOOKBACK" '^[1-9][0-9]{0,6}$' "a positive number of seconds"
@@ -407,13 +411,20 @@ mutate_retry() {
 	die "gave up after 5 attempts: gcloud $*"
 }
 
-# A read-only call: its stdout is the result. Not run in dry-run (fails, i.e.
-# "does not exist"); a failing lookup means "missing" to the caller.
+# In dry-run, lookups are not run: a deploy assumes nothing exists yet, a
+# teardown that everything does (so both print every command they could run).
+DRY_ASSUME_EXISTS=0
+
+# A read-only call: its stdout is the result; a failing lookup means "missing"
+# to the caller. In dry-run it is printed as a comment and answers as above.
 lookup() {
 	if [[ $DRY_RUN -eq 1 ]]; then
-		printf '# lookup (not run in dry-run, assumed missing): %s\n' \
+		local assumed=missing
+		if [[ $DRY_ASSUME_EXISTS -eq 1 ]]; then assumed=present; fi
+		printf '# lookup (not run in dry-run, assumed %s): %s\n' "$assumed" \
 			"$(print_cmd gcloud "$@" "--project=$PROJECT")" >&3
-		return 1
+		[[ $DRY_ASSUME_EXISTS -eq 1 ]]
+		return
 	fi
 	gcloud "$@" "--project=$PROJECT" 2>/dev/null
 }
@@ -426,6 +437,7 @@ has_binding() {
 	shift 3
 	policy=$(lookup "$@" "--flatten=bindings[].members" \
 		"--format=csv[no-heading](bindings.role,bindings.members)") || return 1
+	if [[ $DRY_RUN -eq 1 ]]; then return 0; fi # assumed present
 	contains_line "$role,$member" "$policy"
 }
 
@@ -661,6 +673,7 @@ EOF
 # ----------------------------------------------------------------- teardown --
 teardown() {
 	info "Tearing down from project $PROJECT, region $REGION"
+	DRY_ASSUME_EXISTS=1
 	if exists scheduler jobs describe "$JOB_NAME" "--location=$SCHEDULER_REGION"; then
 		mutate scheduler jobs delete "$JOB_NAME" "--location=$SCHEDULER_REGION"
 	fi
@@ -686,6 +699,7 @@ teardown() {
 			mutate iam service-accounts delete "$email"
 		fi
 	done
+	if [[ $DRY_RUN -eq 1 ]]; then info "Dry run: nothing was changed."; fi
 	info "Done. Kept: the secrets (delete with: gcloud secrets delete NAME --project=$PROJECT) and the enabled APIs."
 }
 

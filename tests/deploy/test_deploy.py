@@ -299,7 +299,11 @@ def test_functions_are_deployed_gen2_private_with_pinned_secrets(deployed: Deplo
     http = flags(calls.deploy_of("train-http"))
     assert "--trigger-http" in http and "--no-allow-unauthenticated" in http
     assert dict_flag(http["--set-secrets"])["API_KEYS"] == "api-keys:5"
-    assert (http["--concurrency"], http["--max-instances"], http["--memory"]) == ("8", "10", "512Mi")
+    assert (http["--concurrency"], http["--max-instances"], http["--memory"]) == (
+        "8",
+        "10",
+        "512Mi",
+    )
     assert http["--timeout"] == "120s"
 
     poll = flags(calls.deploy_of("poll-jobs"))
@@ -344,7 +348,9 @@ def test_minimal_deploy_only_wires_the_baseten_key(env: Env) -> None:
     assert [words(b)[2] for b in bindings] == ["baseten-api-key"]
     for fn in ("train-pubsub", "train-http", "poll-jobs"):
         f = flags(plan.deploy_of(fn))
-        assert dict_flag(f["--set-secrets"]) == {"BASETEN_API_KEY": "baseten-api-key:DRY_RUN_LATEST_VERSION"}
+        assert dict_flag(f["--set-secrets"]) == {
+            "BASETEN_API_KEY": "baseten-api-key:DRY_RUN_LATEST_VERSION"
+        }
         assert "WEBHOOK_URL" not in dict_flag(f["--set-env-vars"])
 
 
@@ -353,7 +359,11 @@ def test_the_latest_enabled_version_is_looked_up_once_per_secret(deployed: Deplo
     assert [words(c)[3] for c in lists] == ["baseten-api-key", "webhook-signing", "api-keys"]
     for c in lists:
         f = flags(c)
-        assert (f["--filter"], f["--sort-by"], f["--limit"]) == ("state=ENABLED", "~createTime", "1")
+        assert (f["--filter"], f["--sort-by"], f["--limit"]) == (
+            "state=ENABLED",
+            "~createTime",
+            "1",
+        )
 
 
 def test_a_version_flag_pins_without_lookup(env: Env) -> None:
@@ -379,7 +389,10 @@ def test_name_prefix_and_custom_names(env: Env) -> None:
     assert flags(plan.deploy_of("dev-api"))["--service-account"] == (
         f"dev-finetune-runtime@{PROJECT}.iam.gserviceaccount.com"
     )
-    created = [words(c)[3] for c in plan.find(lambda c: words(c)[:3] == ["iam", "service-accounts", "create"])]
+    created = [
+        words(c)[3]
+        for c in plan.find(lambda c: words(c)[:3] == ["iam", "service-accounts", "create"])
+    ]
     assert created == ["dev-finetune-runtime", "dev-finetune-scheduler"]
 
 
@@ -402,9 +415,16 @@ def test_settings_come_from_the_environment_too(env: Env) -> None:
 
 @pytest.mark.parametrize(
     ("schedule", "lookback"),
-    [("* * * * *", "600"), ("*/10 * * * *", "1200"), ("7 * * * *", "7200"), ("0 */2 * * *", "14400")],
+    [
+        ("* * * * *", "600"),
+        ("*/10 * * * *", "1200"),
+        ("7 * * * *", "7200"),
+        ("0 */2 * * *", "14400"),
+    ],
 )
-def test_poll_lookback_is_twice_the_interval_at_least_600(env: Env, schedule: str, lookback: str) -> None:
+def test_poll_lookback_is_twice_the_interval_at_least_600(
+    env: Env, schedule: str, lookback: str
+) -> None:
     f = flags(env.plan("--schedule", schedule).deploy_of("poll-jobs"))
     assert dict_flag(f["--set-env-vars"])["POLL_LOOKBACK_SECONDS"] == lookback
 
@@ -484,7 +504,12 @@ def test_dry_run_runs_nothing_and_prints_every_command(env: Env) -> None:
     r = env.deploy("--dry-run", *ALL_SECRETS)
     assert env.calls() == []
     assert not env.log.exists()
-    assert env.snapshot() == ["secrets", "secrets/api-keys", "secrets/baseten-api-key", "secrets/webhook-signing"]
+    assert env.snapshot() == [
+        "secrets",
+        "secrets/api-keys",
+        "secrets/baseten-api-key",
+        "secrets/webhook-signing",
+    ]
 
     commands = [shlex.split(line) for line in r.stdout.splitlines() if not line.startswith("#")]
     assert all(c[0] == "gcloud" for c in commands)
@@ -496,10 +521,17 @@ def test_dry_run_runs_nothing_and_prints_every_command(env: Env) -> None:
     printed = [c[1:] for c in commands]
     assert [words(c)[:4] for c in printed] == [words(c)[:4] for c in real]
     http = flags(next(c for c in printed if words(c)[:3] == ["functions", "deploy", "train-http"]))
-    assert dict_flag(http["--set-secrets"])["BASETEN_API_KEY"] == "baseten-api-key:DRY_RUN_LATEST_VERSION"
+    assert (
+        dict_flag(http["--set-secrets"])["BASETEN_API_KEY"]
+        == "baseten-api-key:DRY_RUN_LATEST_VERSION"
+    )
     assert http["--source"] == str(env.source)  # the space survived the quoting
     job = flags(printed[-1])
-    assert job["--uri"] == job["--oidc-token-audience"] == "https://poll-jobs-DRY-RUN-PLACEHOLDER.a.run.app"
+    assert (
+        job["--uri"]
+        == job["--oidc-token-audience"]
+        == "https://poll-jobs-DRY-RUN-PLACEHOLDER.a.run.app"
+    )
     assert job["--schedule"] == "*/5 * * * *"
 
 
@@ -577,6 +609,7 @@ def test_missing_gcloud_is_a_clear_error(env: Env, tmp_path: Path) -> None:
         ["--project", "$(id)"],
         ["--region", "us-central1 --foo"],
         ["--name-prefix", "Dev_"],
+        ["--schedule", "* * *"],
         ["--webhook-url", "http://insecure.example.com", "--webhook-secret", "webhook-signing"],
     ],
 )
@@ -625,7 +658,9 @@ def test_a_failing_command_stops_the_deploy(env: Env) -> None:
 
 
 def test_a_binding_on_a_fresh_account_is_retried(env: Env) -> None:
-    env.deploy(extra={"FAKE_GCLOUD_FAIL": "secrets add-iam-policy-binding", "FAKE_GCLOUD_FAIL_TIMES": "2"})
+    env.deploy(
+        extra={"FAKE_GCLOUD_FAIL": "secrets add-iam-policy-binding", "FAKE_GCLOUD_FAIL_TIMES": "2"}
+    )
     attempts = env.find(lambda c: words(c)[:2] == ["secrets", "add-iam-policy-binding"])
     assert len(attempts) == 3
     assert (env.state / "secret-iam" / "baseten-api-key").read_text().strip() == (
@@ -661,6 +696,23 @@ def test_teardown_deletes_what_deploy_created_and_keeps_the_secrets(env: Env) ->
     r = env.run(*BASE, "--teardown")
     assert r.returncode == 0, r.stderr
     assert env.mutations() == []
+
+
+def test_teardown_dry_run_prints_every_delete_and_runs_nothing(env: Env) -> None:
+    r = env.run(*BASE, "--teardown", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert env.calls() == []
+    printed = [shlex.split(ln)[1:] for ln in r.stdout.splitlines() if not ln.startswith("#")]
+    assert [words(c)[:3] for c in printed] == [
+        ["scheduler", "jobs", "delete"],
+        ["functions", "delete", "poll-jobs"],
+        ["functions", "delete", "train-http"],
+        ["functions", "delete", "train-pubsub"],
+        ["pubsub", "topics", "delete"],
+        ["secrets", "remove-iam-policy-binding", "baseten-api-key"],
+        ["iam", "service-accounts", "delete"],
+        ["iam", "service-accounts", "delete"],
+    ]
 
 
 # ------------------------------------------------------------- static checks --
@@ -725,6 +777,7 @@ def test_gcloudignore_uploads_only_what_the_functions_need(tmp_path: Path) -> No
             "HOME": str(tmp_path),
             "CLOUDSDK_CONFIG": str(tmp_path / "gcloud-config"),
             "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
+            "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "1",
         },
     )
     assert p.returncode == 0, p.stderr
