@@ -1,16 +1,17 @@
 """Benchmark of ``poll_jobs``' Baseten reads: concurrent poll vs the same reads in sequence.
 
 The Baseten sandbox runs in a child process (so peak RSS is this process's
-own), seeded with 1,000 unfinished jobs across 20 projects, 20 ms of latency
+own), seeded with 1,000 running jobs (one checkpoint each) across 20 projects, 20 ms of latency
 added to every request and a server-side rate limit of 100 requests/s (so any
 burst over Baseten's documented limit shows up as a 429). Signed webhooks go to
 a local verifying receiver.
 
-1. ``poll``: the real poll (1 search + 1 checkpoints read per job, 1,000 events
-   delivered) at the configured client rate limit.
+1. ``poll``: the real poll (1 search + 1 checkpoints read per job; 2,000 events,
+   each signed and delivered) at the configured client rate limit.
 2. ``sequential``: the same 1,001 reads one after another.
-3. ``concurrency_only``: the poll again with neither limit, to show what the
-   worker pool alone buys when the rate limit does not bind.
+3. ``concurrency_only``: the poll again with neither rate limit and no
+   webhooks (the same reads as 2.), to show what the worker pool alone buys
+   when the rate limit does not bind.
 
 Run: ``python -m bench.poll_bench`` (or ``run()`` from code; returns a dict).
 """
@@ -101,7 +102,15 @@ def run(
     receiver = WebhookReceiver(WEBHOOK_SECRET).start()
     try:
         control = _Control(sandbox.url)
-        control.post("seed", {"projects": projects, "jobs_per_project": jobs_per_project})
+        control.post(
+            "seed",
+            {
+                "projects": projects,
+                "jobs_per_project": jobs_per_project,
+                "status": "TRAINING_JOB_RUNNING",
+                "checkpoints_per_job": 1,
+            },
+        )
         control.post(
             "config", {"latency_ms": latency_ms, "rate_limit_per_second": SANDBOX_RATE_LIMIT}
         )
@@ -124,11 +133,13 @@ def run(
             sequential.list_checkpoints(str(job["training_project_id"]), str(job["id"]))
         sequential_seconds = time.perf_counter() - started
 
-        # 3. The poll with no rate limit on either side: the worker pool alone.
+        # 3. The poll with no rate limit on either side and events only logged
+        # (reads only, like the sequential run): what the worker pool alone buys.
         control.post("config", {"rate_limit_per_second": None})
         unlimited = BasetenClient(settings, lambda: API_KEY, limiter=RateLimiter(1e6))
+        quiet = settings.model_copy(update={"webhook_url": None})
         started = time.perf_counter()
-        poll(settings, unlimited, EventSink(settings, SecretStore(settings)), None)
+        poll(quiet, unlimited, EventSink(quiet, None), None)
         unlimited_seconds = time.perf_counter() - started
         final_stats = control.stats()
     finally:

@@ -17,7 +17,7 @@ import re
 import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -134,6 +134,12 @@ def submitted_event(
     )
 
 
+class SecretSource(Protocol):
+    """What the sink needs from :class:`~finetune_api.secrets.SecretStore`."""
+
+    def get(self, field: str, *, required: bool = True) -> str | None: ...
+
+
 class EventSink:
     """Logs every event and, when ``WEBHOOK_URL`` is set, delivers it. Thread-safe.
 
@@ -145,7 +151,7 @@ class EventSink:
     def __init__(
         self,
         settings: Settings,
-        secrets: Any,
+        secrets: SecretSource | None,
         *,
         sender: WebhookSender | None = None,
     ) -> None:
@@ -167,6 +173,8 @@ class EventSink:
             return self._sender
 
     def _secret(self) -> str:
+        if self._secrets is None:
+            raise ConfigurationError("WEBHOOK_URL is set but no secret store was given")
         value = self._secrets.get("webhook_secret", required=True)
         if not value:
             raise ConfigurationError("WEBHOOK_SECRET is empty")
@@ -205,6 +213,7 @@ __all__ = [
     "DeliveryResult",
     "Event",
     "EventSink",
+    "SecretSource",
     "checkpoint_event",
     "event_id",
     "rfc3339",

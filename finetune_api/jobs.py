@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from .errors import InvalidRequestError, NotFoundError, ServiceError, UpstreamRejectedError
 from .logs import get_logger, log
 from .schemas import (
+    TERMINAL_STATUSES,
     Checkpoint,
     Job,
     JobWithCheckpoints,
@@ -34,15 +35,6 @@ from .settings import Settings
 from .staging import staged_template
 
 _logger = get_logger("jobs")
-
-TERMINAL_STATUSES = frozenset(
-    {
-        "TRAINING_JOB_COMPLETED",
-        "TRAINING_JOB_FAILED",
-        "TRAINING_JOB_STOPPED",
-        "TRAINING_JOB_DEPLOY_FAILED",
-    }
-)
 
 
 class BasetenReads(Protocol):

@@ -20,6 +20,7 @@ import contextvars
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -32,20 +33,18 @@ from pydantic import ValidationError
 from .errors import InvalidRequestError, ServiceError
 from .events import Event, checkpoint_event, rfc3339, status_event
 from .logs import context, get_logger, log
-from .schemas import PollReport, PollRequest, checkpoint_from_baseten, job_from_baseten
+from .schemas import (
+    TERMINAL_STATUSES,
+    PollReport,
+    PollRequest,
+    checkpoint_from_baseten,
+    job_from_baseten,
+)
 from .settings import Settings
 from .webhooks import DeliveryResult
 
 _logger = get_logger("poller")
 
-TERMINAL_STATUSES = frozenset(
-    {
-        "TRAINING_JOB_COMPLETED",
-        "TRAINING_JOB_FAILED",
-        "TRAINING_JOB_STOPPED",
-        "TRAINING_JOB_DEPLOY_FAILED",
-    }
-)
 _RFC3339 = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})\Z"
 )
@@ -164,6 +163,9 @@ def poll(
             details=[{"location": "since", "reason": "must not be in the future"}],
         )
 
+    # The search answers every job in one unpaged list ordered by created_at,
+    # which bounds nothing about updated_at (an old job may have just finished),
+    # so each row is looked at; a row costs its bytes, not a request.
     work: list[tuple[dict[str, Any], bool]] = []
     for raw in client.search_jobs(newest_first=True):
         updated = parse_time(raw.get("updated_at"))
@@ -177,23 +179,14 @@ def poll(
         status_in_window = updated is not None and since <= updated <= until
         work.append((raw, status_in_window))
 
+    run = _PollRun(settings, client, sink, since, until)
     outcomes: list[_JobOutcome] = []
     if work:
         workers = min(settings.poll_concurrency, len(work))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="poll") as pool:
             # Each task runs in a copy of this context so log lines keep the request's trace.
             futures = [
-                pool.submit(
-                    contextvars.copy_context().run,
-                    _poll_job,
-                    settings,
-                    client,
-                    sink,
-                    raw,
-                    in_window,
-                    since,
-                    until,
-                )
+                pool.submit(contextvars.copy_context().run, run.job, raw, in_window)
                 for raw, in_window in work
             ]
             outcomes = [future.result() for future in futures]
@@ -217,67 +210,111 @@ def poll(
     return report
 
 
-def _poll_job(
-    settings: Settings,
-    client: JobReader,
-    sink: EventEmitter,
-    raw: dict[str, Any],
-    status_in_window: bool,
-    since: datetime,
-    until: datetime,
-) -> _JobOutcome:
-    outcome = _JobOutcome()
-    try:
-        job = job_from_baseten(raw, settings.baseten_remote_url)
-    except Exception as error:  # noqa: BLE001 - one malformed job must not stop the poll
-        log(_logger, logging.ERROR, "skipped a job Baseten described oddly", error=repr(error))
-        outcome.failed = True
-        return outcome
+class _PollRun:
+    """One poll's per-job work, shared by its worker threads.
 
-    with context(training_project_id=job.training_project_id, training_job_id=job.training_job_id):
-        timed: list[tuple[datetime, int, Event]] = []
-        if status_in_window:
-            moment = parse_time(job.updated_at) or until
-            timed.append((moment, 1, status_event(job)))
+    When Baseten fails for many jobs in a row (an outage: each read would spend
+    its whole retry budget), the remaining jobs skip their checkpoint read; their
+    status events, known from the search, are still emitted.
+    """
 
-        failure: str | None = None
+    def __init__(
+        self,
+        settings: Settings,
+        client: JobReader,
+        sink: EventEmitter,
+        since: datetime,
+        until: datetime,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.sink = sink
+        self.since = since
+        self.until = until
+        self.give_up_after = max(5, settings.poll_concurrency)
+        self._lock = threading.Lock()
+        self._failures_in_a_row = 0
+        self._gave_up = False
+
+    def job(self, raw: dict[str, Any], status_in_window: bool) -> _JobOutcome:
+        outcome = _JobOutcome()
         try:
-            checkpoints = client.list_checkpoints(job.training_project_id, job.training_job_id)
-        except ServiceError as error:
-            failure = f"{error.type}: {error.message}"
-        except Exception as error:  # noqa: BLE001 - counted and logged, never fatal
-            failure = f"unexpected {type(error).__name__}"
-        else:
+            job = job_from_baseten(raw, self.settings.baseten_remote_url)
+        except Exception as error:  # noqa: BLE001 - one malformed job must not stop the poll
+            log(_logger, logging.ERROR, "skipped a job Baseten described oddly", error=repr(error))
+            outcome.failed = True
+            return outcome
+
+        with context(
+            training_project_id=job.training_project_id, training_job_id=job.training_job_id
+        ):
+            timed: list[tuple[datetime, int, Event]] = []
+            if status_in_window:
+                moment = parse_time(job.updated_at) or self.until
+                timed.append((moment, 1, status_event(job)))
+
+            checkpoints, failure = self._checkpoints(job.training_project_id, job.training_job_id)
             for item in checkpoints:
                 created = parse_time(item.get("created_at"))
-                if created is None or not since <= created <= until:
+                if created is None or not self.since <= created <= self.until:
                     continue
-                checkpoint = checkpoint_from_baseten(item)
                 # A checkpoint stamped with its job's final status comes first.
-                timed.append((created, 0, checkpoint_event(job, checkpoint)))
+                timed.append((created, 0, checkpoint_event(job, checkpoint_from_baseten(item))))
 
-        for _, _, event in sorted(timed, key=lambda entry: (entry[0], entry[1])):
-            outcome.events += 1
-            try:
-                result = sink.emit(event)
-            except Exception as error:  # noqa: BLE001 - the sink should not raise; be sure
-                log(_logger, logging.ERROR, "emitting an event failed", error=repr(error))
-                outcome.webhook_failures += 1
-                continue
-            if result.delivered:
-                outcome.delivered += 1
-            elif result.failed:
-                outcome.webhook_failures += 1
+            for _, _, event in sorted(timed, key=lambda entry: (entry[0], entry[1])):
+                self._emit(event, outcome)
 
-        if failure is not None:
-            outcome.failed = True
-            log(
-                _logger,
-                logging.ERROR,
-                "could not read a job's checkpoints; its checkpoint events wait for the next poll",
-                reason=failure,
-            )
-    return outcome
+            if failure is not None:
+                outcome.failed = True
+                log(
+                    _logger,
+                    logging.ERROR,
+                    "could not read a job's checkpoints; they wait for the next poll",
+                    reason=failure,
+                )
+        return outcome
+
+    def _checkpoints(self, project_id: str, job_id: str) -> tuple[list[dict[str, Any]], str | None]:
+        with self._lock:
+            if self._gave_up:
+                return [], "skipped: Baseten failed for too many jobs in a row"
+        try:
+            checkpoints = self.client.list_checkpoints(project_id, job_id)
+        except ServiceError as error:
+            # A job gone since the search says nothing about Baseten's health.
+            self._count(failed=error.transient)
+            return [], f"{error.type}: {error.message}"
+        except Exception as error:  # noqa: BLE001 - counted and logged, never fatal
+            self._count(failed=True)
+            return [], f"unexpected {type(error).__name__}"
+        self._count(failed=False)
+        return checkpoints, None
+
+    def _count(self, *, failed: bool) -> None:
+        with self._lock:
+            self._failures_in_a_row = self._failures_in_a_row + 1 if failed else 0
+            if self._gave_up or self._failures_in_a_row < self.give_up_after:
+                return
+            self._gave_up = True
+        log(
+            _logger,
+            logging.ERROR,
+            "Baseten failed for too many jobs in a row; skipping the remaining checkpoint reads",
+            failures_in_a_row=self.give_up_after,
+        )
+
+    def _emit(self, event: Event, outcome: _JobOutcome) -> None:
+        outcome.events += 1
+        try:
+            result = self.sink.emit(event)
+        except Exception as error:  # noqa: BLE001 - the sink should not raise; be sure
+            log(_logger, logging.ERROR, "emitting an event failed", error=repr(error))
+            outcome.webhook_failures += 1
+            return
+        if result.delivered:
+            outcome.delivered += 1
+        elif result.failed:
+            outcome.webhook_failures += 1
 
 
 def _aware(moment: datetime) -> datetime:

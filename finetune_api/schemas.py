@@ -235,6 +235,18 @@ def parse_training_request(data: Any, settings: Any) -> TrainingRequest:
         raise InvalidRequestError(f"invalid training request: {fields}", details=details) from None
 
 
+# Baseten statuses after which a job never changes again; any other (including
+# one we do not know yet, e.g. a preemption) is treated as still moving.
+TERMINAL_STATUSES = frozenset(
+    {
+        "TRAINING_JOB_COMPLETED",
+        "TRAINING_JOB_FAILED",
+        "TRAINING_JOB_STOPPED",
+        "TRAINING_JOB_DEPLOY_FAILED",
+    }
+)
+
+
 def short_status(baseten_status: str) -> str:
     """``TRAINING_JOB_RUNNING`` → ``running``; unknown statuses pass through the same way."""
     return baseten_status.removeprefix("TRAINING_JOB_").lower()

@@ -8,6 +8,12 @@ success; 3xx is a failure (redirects are not followed); 410 means the receiver
 wants no more deliveries; other 4xx (except 408 and 429) are not retried;
 5xx, timeouts and connection failures are. Nothing here ever raises to the
 caller: the outcome is a :class:`DeliveryResult`.
+
+A receiver that keeps failing must not stall a poll for minutes (every event
+could otherwise spend its full retry budget): after a few failed deliveries in
+a row, further events fail fast for a short pause (a circuit breaker), and a
+410 pauses deliveries for longer. Failed events are re-sent by the next poll
+whose window still covers them, under the same ``webhook-id``.
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ _logger = get_logger("webhooks")
 
 # After a 410 the receiver is left alone for this long (per sender, i.e. per instance).
 GONE_PAUSE_SECONDS = 600.0
+# This many failed deliveries in a row pause deliveries for BREAKER_PAUSE_SECONDS.
+BREAKER_FAILURES = 5
+BREAKER_PAUSE_SECONDS = 30.0
 CONNECT_TIMEOUT_SECONDS = 3.0
 _RETRY_STATUSES = frozenset({408, 429})
 
@@ -84,6 +93,9 @@ class WebhookSender:
         pool_size: int = 16,
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        breaker_failures: int = BREAKER_FAILURES,
+        breaker_pause_seconds: float = BREAKER_PAUSE_SECONDS,
     ) -> None:
         self.url = url
         self._secret = secret
@@ -100,8 +112,13 @@ class WebhookSender:
             session.mount("https://", adapter)
             session.mount("http://", adapter)
         self._session = session
+        self._clock = clock
+        self._breaker_failures = max(1, breaker_failures)
+        self._breaker_pause = breaker_pause_seconds
         self._lock = threading.Lock()
-        self._gone_until = 0.0
+        self._paused_until = 0.0
+        self._pause_reason = ""
+        self._failures_in_a_row = 0
         self._signers: dict[str, Webhook] = {}
 
     @classmethod
@@ -118,15 +135,11 @@ class WebhookSender:
     def send(self, msg_id: str, body: str) -> DeliveryResult:
         """Deliver ``body`` (JSON text) as message ``msg_id``; never raises."""
         with self._lock:
-            paused = time.monotonic() < self._gone_until
+            paused = self._clock() < self._paused_until
+            reason = self._pause_reason
         if paused:
-            log(
-                _logger,
-                logging.ERROR,
-                "webhook not sent: the receiver answered 410 Gone recently",
-                event_id=msg_id,
-            )
-            return DeliveryResult(msg_id, delivered=False, failed=True, error="receiver gone (410)")
+            log(_logger, logging.ERROR, f"webhook not sent: {reason}", event_id=msg_id)
+            return DeliveryResult(msg_id, delivered=False, failed=True, error=reason)
 
         attempts = 0
 
@@ -150,19 +163,8 @@ class WebhookSender:
         if outcome is None:  # pragma: no cover - tenacity always yields an outcome
             outcome = _Outcome(False, False, error="no attempt made")
 
-        if outcome.gone:
-            with self._lock:
-                self._gone_until = time.monotonic() + GONE_PAUSE_SECONDS
-        if outcome.delivered:
-            log(
-                _logger,
-                logging.INFO,
-                "webhook delivered",
-                event_id=msg_id,
-                attempts=attempts,
-                status=outcome.status,
-            )
-        else:
+        # Success is silent: the event's own log line already says what happened.
+        if not outcome.delivered:
             log(
                 _logger,
                 logging.ERROR,
@@ -172,6 +174,7 @@ class WebhookSender:
                 status=outcome.status,
                 reason=outcome.error,
             )
+        self._record(outcome)
         return DeliveryResult(
             msg_id,
             delivered=outcome.delivered,
@@ -196,6 +199,26 @@ class WebhookSender:
         self.close()
 
     # -- internals --------------------------------------------------------
+
+    def _record(self, outcome: _Outcome) -> None:
+        """Feed the circuit breaker with one delivery's outcome."""
+        with self._lock:
+            if outcome.delivered:
+                self._failures_in_a_row = 0
+                return
+            self._failures_in_a_row += 1
+            if outcome.gone:
+                pause, reason = GONE_PAUSE_SECONDS, "the receiver answered 410 Gone"
+            elif self._failures_in_a_row >= self._breaker_failures:
+                pause = self._breaker_pause
+                reason = f"{self._failures_in_a_row} deliveries in a row failed"
+            else:
+                return
+            self._paused_until = self._clock() + pause
+            self._pause_reason = f"{reason}; deliveries paused for {pause:g} s"
+            # The next delivery after the pause is a single probe.
+            self._failures_in_a_row = self._breaker_failures - 1
+        log(_logger, logging.ERROR, f"webhook {self._pause_reason}")
 
     def _signer(self) -> Webhook:
         secret = self._secret()

@@ -211,6 +211,23 @@ def test_checkpoints_503_on_one_job_does_not_stop_the_others(
     assert any(r.get("training_job_id") == broken and "checkpoints" in r["message"] for r in errors)
 
 
+def test_a_baseten_outage_does_not_stall_the_poll(
+    baseten: Sandbox, receiver: WebhookReceiver
+) -> None:
+    settings = _settings(baseten, receiver.url, baseten_max_retries=0, poll_concurrency=2)
+    job_ids = _seed(baseten, projects=3, jobs=10)
+    baseten.add_fault(path="checkpoints$", status=503)
+    before = baseten.stats()["requests"]
+
+    report = _run(settings, _fast_sink(settings, receiver.url))
+    reads = baseten.stats()["requests"] - before - 1
+    # Gives up after 5 failures in a row (plus what was already in flight)...
+    assert 5 <= reads <= 5 + 2
+    assert report.jobs_failed == len(job_ids) == 30
+    # ...but every status change known from the search is still reported.
+    assert report.events == report.webhooks_delivered == 30
+
+
 def test_search_failure_fails_the_poll(baseten: Sandbox) -> None:
     settings = _settings(baseten, None, baseten_max_retries=0)
     baseten.add_fault(path="training_jobs/search$", status=429, retry_after=30)

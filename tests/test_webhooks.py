@@ -198,6 +198,36 @@ def test_receiver_down_is_a_failure_not_an_exception() -> None:
     assert result.error == "could not connect to the receiver"
 
 
+def test_a_failing_receiver_trips_the_breaker(receiver: WebhookReceiver) -> None:
+    now = [0.0]
+    sender = _sender(
+        receiver.url,
+        max_attempts=2,
+        clock=lambda: now[0],
+        breaker_failures=3,
+        breaker_pause_seconds=30,
+    )
+    receiver.default_status = 503
+    results = [sender.send(f"evt_{i}", _body()) for i in range(6)]
+    assert [r.attempts for r in results] == [2, 2, 2, 0, 0, 0]
+    assert all(r.failed for r in results)
+    assert "3 deliveries in a row failed" in (results[3].error or "")
+    assert len(receiver.attempts) == 6
+
+    # After the pause, one probe; the receiver is back, so deliveries resume.
+    now[0] += 31
+    receiver.default_status = 200
+    assert sender.send("evt_probe", _body()).delivered
+    assert sender.send("evt_next", _body()).delivered
+
+    # Tripped again; this time the probe fails and deliveries pause again at once.
+    receiver.default_status = 500
+    assert [sender.send(f"evt_f{i}", _body()).attempts for i in range(4)] == [2, 2, 2, 0]
+    now[0] += 31
+    assert sender.send("evt_probe_2", _body()).attempts == 2
+    assert sender.send("evt_skipped", _body()).attempts == 0
+
+
 def test_slow_receiver_times_out_and_retries(receiver: WebhookReceiver) -> None:
     receiver.delay(1.0)
     started = time.monotonic()
