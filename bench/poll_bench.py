@@ -77,7 +77,7 @@ def _settings(url: str, receiver: str, rate: float, concurrency: int) -> Setting
     return load_settings(
         baseten_api_url=url,
         baseten_remote_url="https://app.baseten.co",
-        baseten_max_requests_per_second=min(rate, 100),
+        baseten_max_requests_per_second=min(rate, 90),
         poll_concurrency=concurrency,
         poll_lookback_seconds=3600,
         webhook_url=receiver,

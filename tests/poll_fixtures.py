@@ -54,7 +54,7 @@ def make_settings(sandbox: Sandbox, **overrides: Any) -> Settings:
         "baseten_api_url": sandbox.url,
         "baseten_remote_url": APP_URL,
         "baseten_timeout_seconds": 5.0,
-        "baseten_max_requests_per_second": 100,
+        "baseten_max_requests_per_second": 90,
         "baseten_max_retries": 2,
         "poll_concurrency": 8,
     }
