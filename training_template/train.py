@@ -119,9 +119,13 @@ def parse_hyperparameters(raw: Any) -> Hyperparameters:
             f"RUNTIME_CONFIG: unknown hyperparameter(s) {', '.join(unknown)}; "
             f"train.py honours {', '.join(fields)}"
         )
+    absent = [name for name in fields if name not in raw]
+    if absent:
+        log.warning("RUNTIME_CONFIG sets no %s; using train.py's defaults", ", ".join(absent))
+    defaults = Hyperparameters()
     values: dict[str, Any] = {}
     for name, value in raw.items():
-        if fields[name].type == "float":
+        if isinstance(getattr(defaults, name), float):
             values[name] = _as_float(name, value)
         else:
             values[name] = _as_int(name, value)

@@ -113,6 +113,33 @@ def save_tiny_model(directory: Path, chat_template: str | None = CHAT_TEMPLATE) 
     return directory
 
 
+def save_tiny_gpt_oss(directory: Path) -> Path:
+    """The recipe's architecture (openai/gpt-oss: mixture of experts, attention sinks), tiny."""
+    from transformers import GptOssConfig, GptOssForCausalLM
+
+    tokenizer = build_tokenizer()
+    tokenizer.save_pretrained(directory)
+    config = GptOssConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        max_position_embeddings=256,
+        sliding_window=16,
+        layer_types=["sliding_attention", "full_attention"],
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    GptOssForCausalLM(config).save_pretrained(directory)
+    return directory
+
+
 class TrainRun:
     """The outcome of one `python train.py` in a copy of the template."""
 
@@ -171,6 +198,9 @@ def job_environment(hf_home: Path, overrides: dict[str, str | None]) -> dict[str
             "PYTHONDONTWRITEBYTECODE": "1",
         }
     )
+    # A tiny model trains fastest on one thread, and it keeps parallel test workers
+    # from oversubscribing the cores.
+    env.setdefault("OMP_NUM_THREADS", "1")
     for key, value in overrides.items():
         if value is None:
             env.pop(key, None)

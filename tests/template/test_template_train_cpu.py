@@ -9,10 +9,18 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from template_helpers import EXAMPLE_RUNTIME_CONFIG, RunTrain, TrainRun, sentence, write_jsonl
+from template_helpers import (
+    EXAMPLE_RUNTIME_CONFIG,
+    RunTrain,
+    TrainRun,
+    save_tiny_gpt_oss,
+    sentence,
+    write_jsonl,
+)
 
 pytestmark = pytest.mark.usefixtures("training_stack")
 
@@ -191,6 +199,92 @@ def test_chat_run_trains_through_the_chat_template(chat_run: TrainRun) -> None:
     adapter = json.loads((chat_run.final_dir / "adapter_config.json").read_text())
     assert (adapter["r"], adapter["lora_alpha"]) == (2, 16)
     assert (chat_run.final_dir / "chat_template.jinja").is_file()
+
+
+def test_recipe_shape_gpt_oss_on_multilingual_thinking_rows(
+    run_train: RunTrain, tmp_path: Path
+) -> None:
+    """The recipe's example, in miniature: a GPT-OSS model (mixture of experts, attention
+    sinks) on rows shaped like HuggingFaceH4/Multilingual-Thinking, as a JSONL file."""
+    model = save_tiny_gpt_oss(tmp_path / "tiny-gpt-oss")
+    rows = [
+        {
+            "reasoning_language": "English",
+            "developer": sentence(i, 3),
+            "user": sentence(i, 5),
+            "analysis": sentence(i + 1, 5),
+            "final": sentence(i + 2, 5),
+            "messages": [
+                {"role": "system", "content": sentence(i, 3), "thinking": None},
+                {"role": "user", "content": sentence(i, 5), "thinking": None},
+                {"role": "assistant", "content": sentence(i + 2, 5), "thinking": sentence(i, 5)},
+            ],
+        }
+        for i in range(8)
+    ]
+    dataset = write_jsonl(tmp_path / "multilingual-thinking.jsonl", rows)
+    hp = {**CHAT_HP, "batch_size": 2}
+    run = run_train(**job_env(dataset, model, hp))
+    assert run.returncode == 0, run.describe()
+    summary = run.summary
+    assert summary["dataset_format"] == "messages"
+    assert summary["global_step"] == 4
+    assert all(math.isfinite(loss) for loss in summary["losses"])
+    adapter = json.loads((run.final_dir / "adapter_config.json").read_text())
+    # "all-linear" on GPT-OSS: the attention projections (its experts are not nn.Linear).
+    assert {m.rsplit(".", 1)[-1] for m in adapter["target_modules"]} == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+    }
+
+
+@pytest.mark.parametrize(
+    ("quantization", "use_cuda", "bf16", "expected"),
+    [
+        (None, False, False, {"dtype": "float32"}),
+        (None, True, True, {"dtype": "bfloat16"}),
+        ({"quant_method": "mxfp4"}, True, True, {"dtype": "bfloat16", "mxfp4": True}),
+        ({"quant_method": "mxfp4"}, False, False, {"dtype": "bfloat16", "mxfp4": True}),
+    ],
+)
+def test_model_loading_options(
+    train_py: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    quantization: Any,
+    use_cuda: bool,
+    bf16: bool,
+    expected: dict[str, Any],
+) -> None:
+    """How the base model is loaded, without loading one: bf16 on GPUs, fp32 on the CPU,
+    and MXFP4 checkpoints (openai/gpt-oss-*) dequantized to bf16 so LoRA can train."""
+    import torch
+    import transformers
+
+    seen: dict[str, Any] = {}
+    model = SimpleNamespace(config=SimpleNamespace(use_cache=True))
+
+    def fake_model(model_id: str, **kwargs: Any) -> Any:
+        seen.update(kwargs, model_id=model_id)
+        return model
+
+    model_config = SimpleNamespace(quantization_config=quantization)
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", lambda *a, **k: model_config)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake_model)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+
+    assert train_py.load_model("openai/gpt-oss-20b", "hf_x", use_cuda, bf16) is model
+    assert model.config.use_cache is False
+    assert seen["model_id"] == "openai/gpt-oss-20b"
+    assert seen["token"] == "hf_x"
+    assert seen["dtype"] is getattr(torch, expected["dtype"])
+    assert seen.get("device_map") == ({"": 0} if use_cuda else None)
+    if expected.get("mxfp4"):
+        assert isinstance(seen["quantization_config"], transformers.Mxfp4Config)
+        assert seen["quantization_config"].dequantize is True
+    else:
+        assert "quantization_config" not in seen
 
 
 # ----------------------------------------------------------------------- failures

@@ -73,6 +73,16 @@ def test_missing_hyperparameters_take_the_documented_defaults(train_py: ModuleTy
     assert train_py.dataclasses.asdict(defaults) == EXAMPLE_RUNTIME_CONFIG["hyperparameters"]
 
 
+def test_train_py_honours_exactly_the_hyperparameters_the_service_accepts(
+    train_py: ModuleType,
+) -> None:
+    """Same names, same defaults: a parameter added to the request schema but not to
+    train.py (or the other way round) fails here, not silently in a paid job."""
+    schemas = pytest.importorskip("finetune_api.schemas")
+    service_defaults = schemas.Hyperparameters().model_dump()
+    assert service_defaults == train_py.dataclasses.asdict(train_py.Hyperparameters())
+
+
 @pytest.mark.parametrize(
     ("hyperparameters", "message"),
     [
