@@ -3,6 +3,9 @@
 # `make test PYTHON=python3.12` never disturbs the default one.
 PYTHON ?= python3
 PYVER := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+ifeq ($(PYVER),)
+$(error $(PYTHON) does not run; pass a working interpreter, e.g. make test PYTHON=python3.12 (with pyenv: PYENV_VERSION=3.12.1 make test PYTHON=python3.12))
+endif
 VENV ?= .venv-$(PYVER)
 BIN := $(VENV)/bin
 PY := $(BIN)/python

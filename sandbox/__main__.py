@@ -99,8 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.embedded_s3:
         print(f"sandbox S3 endpoint {s3_endpoint}", file=sys.stderr, flush=True)
     try:
-        while not done.wait(0.5):
-            pass
+        done.wait()
     finally:
         sandbox.stop()
         if stop_s3 is not None:

@@ -22,7 +22,6 @@ from typing import Any
 from werkzeug.exceptions import (
     HTTPException,
     MethodNotAllowed,
-    NotFound,
     RequestEntityTooLarge,
 )
 from werkzeug.routing import Map, MapAdapter, Rule
@@ -212,7 +211,7 @@ class SandboxApp:
         try:
             rule, _ = adapter.match(return_rule=True)
             label = f"{method} {rule.rule}"
-        except (NotFound, MethodNotAllowed):
+        except HTTPException:
             label = f"{method} <unmatched>"
         self.state.record_request(label)
         self.sleep(self.state.get_config()["latency_ms"] / 1000)

@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import logging
 import os
+import selectors
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 import requests
 
@@ -161,7 +163,8 @@ class SandboxProcess:
     """``python -m sandbox`` as a child process on a free port.
 
     ``start()`` waits for the ``sandbox listening on URL`` line; ``stop()`` sends
-    SIGTERM and returns the exit code. Also a context manager.
+    SIGTERM and returns the exit code; ``stderr()`` is what the child logged.
+    Also a context manager.
     """
 
     def __init__(
@@ -181,6 +184,7 @@ class SandboxProcess:
         self.process: subprocess.Popen[str] | None = None
         self.url = ""
         self.first_line = ""
+        self._stderr: IO[str] | None = None
 
     def start(self) -> SandboxProcess:
         args = [
@@ -196,24 +200,35 @@ class SandboxProcess:
             args += ["--s3-endpoint", self.s3_url]
         env = {**os.environ, "SANDBOX_API_KEY": self.api_key}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             args + self.extra_args,
             cwd=REPO_ROOT,
             env=env,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=self._stderr,
             text=True,
         )
         assert self.process.stdout is not None
-        deadline = time.monotonic() + self.start_timeout
-        # readline blocks; the child prints the line as soon as it is bound, or exits.
-        line = self.process.stdout.readline()
-        if time.monotonic() > deadline or not line.startswith("sandbox listening on "):
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            ready = selector.select(self.start_timeout)
+        line = self.process.stdout.readline() if ready else ""
+        if not line.startswith("sandbox listening on "):
             self.stop()
-            raise RuntimeError(f"sandbox process did not start: {line!r}")
+            raise RuntimeError(
+                f"sandbox process did not start: {line!r}; stderr: {self.stderr()!r}"
+            )
         self.first_line = line.rstrip("\n")
         self.url = self.first_line.removeprefix("sandbox listening on ")
         return self
+
+    def stderr(self) -> str:
+        """What the child wrote to stderr so far."""
+        if self._stderr is None:
+            return ""
+        self._stderr.seek(0)
+        return self._stderr.read()
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM, wait, and return the exit code (``None`` if never started)."""
@@ -229,6 +244,9 @@ class SandboxProcess:
                 process.wait(timeout)
         if process.stdout is not None:
             process.stdout.close()
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
         return process.returncode
 
     def __enter__(self) -> SandboxProcess:

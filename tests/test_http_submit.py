@@ -159,6 +159,7 @@ def test_baseten_faults_map_to_contract_errors(
     error_type: str,
 ) -> None:
     sandbox.add_fault(method="POST", path=r"v1/training_projects/[^/]+/jobs$", **fault)
+    started = time.monotonic()
     response = post(train_http, VALID)
     assert response.status_code == status, response.text
     error = response.json()["error"]
@@ -171,6 +172,9 @@ def test_baseten_faults_map_to_contract_errors(
         assert "accelerator sold out" in error["message"]
     assert sandbox.jobs() == []
     assert API_KEY not in response.text and API_KEY not in train_http.output()
+    # A hung handler answers only when its hang ends; let it finish so the
+    # shared sandbox is quiet for the next test.
+    time.sleep(max(0.0, fault.get("hang_seconds", 0) + 0.2 - (time.monotonic() - started)))
 
 
 def test_secret_manager_down_answers_503_within_seconds(sandbox: Sandbox, tmp_path: Path) -> None:

@@ -77,6 +77,13 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
+def private_sandbox(local_s3: LocalS3) -> Iterator[Sandbox]:
+    """A sandbox of this test's own, for faults that outlive the request (hangs)."""
+    with running_sandbox(API_KEY, local_s3.url) as sandbox:
+        yield sandbox
+
+
+@pytest.fixture
 def clocked_sandbox(local_s3: LocalS3, clock: FakeClock) -> Iterator[Sandbox]:
     """A private sandbox on a fake clock, with ``step_seconds=10``."""
     with running_sandbox(API_KEY, local_s3.url, step_seconds=10, clock=clock) as sandbox:

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import requests
 
 from sandbox import Sandbox
-from tests.sandbox.support import FakeClock, Http, JobFactory
+from tests.sandbox.support import API_KEY, FakeClock, Http, JobFactory, job_body
+
+
+def _parse(stamp: str) -> datetime:
+    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
 def _jobs_path(job: dict[str, Any]) -> str:
@@ -60,14 +66,16 @@ def test_fault_429_carries_retry_after_in_body_and_header(http: Http, sandbox: S
     assert sandbox.stats()["responses_429"] == 1
 
 
-def test_fault_hang_produces_a_client_timeout(http: Http, sandbox: Sandbox) -> None:
-    sandbox.add_fault(path="training_projects", status=200, hang_seconds=3, count=1)
+def test_fault_hang_produces_a_client_timeout(private_sandbox: Sandbox) -> None:
+    # A private sandbox: the hung handler answers only when its sandbox stops.
+    http = Http(private_sandbox.url, API_KEY)
+    private_sandbox.add_fault(path="training_projects", status=200, hang_seconds=30, count=1)
     started = time.monotonic()
     with pytest.raises(requests.ReadTimeout):
         http.api("GET", "v1/training_projects", timeout=0.3)
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 5
     # The hung request does not block the next one.
-    assert http.api("GET", "v1/training_projects", timeout=2).status_code == 200
+    assert http.api("GET", "v1/training_projects", timeout=5).status_code == 200
 
 
 def test_fault_close_drops_the_connection(http: Http, sandbox: Sandbox) -> None:
@@ -104,13 +112,21 @@ def test_fault_spec_is_validated(http: Http) -> None:
 
 
 def test_latency_applies_to_api_not_control(http: Http) -> None:
-    http.control("POST", "config", {"latency_ms": 250})
-    started = time.monotonic()
-    assert http.api("GET", "v1/training_projects").status_code == 200
-    assert time.monotonic() - started >= 0.25
-    started = time.monotonic()
+    http.control("POST", "config", {"latency_ms": 1000})
+    elapsed: list[float] = []
+
+    def call_api() -> None:
+        started = time.monotonic()
+        assert http.api("GET", "v1/training_projects").status_code == 200
+        elapsed.append(time.monotonic() - started)
+
+    thread = threading.Thread(target=call_api)
+    thread.start()
+    # Control answers at once, even while an API request sits in its latency.
     assert http.control("GET", "stats").status_code == 200
-    assert time.monotonic() - started < 0.2
+    assert thread.is_alive()
+    thread.join()
+    assert elapsed[0] >= 1.0
 
 
 # ---------------------------------------------------------- config switches
@@ -139,23 +155,36 @@ def test_config_defaults_and_validation(http: Http) -> None:
     assert updated["create_delay_ms"] == 0
 
 
-def test_create_delay_makes_concurrent_creates_overlap(
-    http: Http, make_job: JobFactory, sandbox: Sandbox
+def test_create_delay_holds_jobs_back_and_lets_creates_overlap(
+    http: Http, upload: Callable[[bytes], dict[str, str]], sandbox: Sandbox
 ) -> None:
-    make_job("race")  # project exists; its own create is not delayed
-    http.control("POST", "config", {"create_delay_ms": 400})
-    results: list[dict[str, Any]] = []
-    started = time.monotonic()
-    threads = [threading.Thread(target=lambda: results.append(make_job("race"))) for _ in range(2)]
+    reply = http.api("POST", "v1/training_projects", {"training_project": {"name": "race"}})
+    path = f"v1/training_projects/{reply.json()['training_project']['id']}/jobs"
+    bodies = [job_body(upload(b"x")) for _ in range(2)]
+    http.control("POST", "config", {"create_delay_ms": 1000})
+    barrier = threading.Barrier(3)
+    replies: list[requests.Response] = []
+
+    def create(body: dict[str, Any]) -> None:
+        barrier.wait()
+        replies.append(http.api("POST", path, body))
+
+    threads = [threading.Thread(target=create, args=(body,)) for body in bodies]
     for thread in threads:
         thread.start()
+    barrier.wait()
+    released = datetime.now(UTC)
+    time.sleep(0.3)
+    assert sandbox.jobs() == []  # both requests are received but not yet recorded
     for thread in threads:
         thread.join()
-    elapsed = time.monotonic() - started
-    assert len(results) == 2
-    assert elapsed >= 0.4
-    assert elapsed < 0.8  # both were in the delay at the same time
-    assert len(sandbox.jobs()) == 3
+
+    assert [r.status_code for r in replies] == [200, 200]
+    created = sorted(_parse(r.json()["training_job"]["created_at"]) for r in replies)
+    assert created[0] >= released + timedelta(seconds=0.9)
+    # Serialized creates would be a full delay apart; these waited side by side.
+    assert created[1] - created[0] < timedelta(seconds=0.5)
+    assert len(sandbox.jobs()) == 2
 
 
 def test_fail_new_jobs_fails_only_jobs_created_while_set(
@@ -178,7 +207,7 @@ def test_fail_new_jobs_fails_only_jobs_created_while_set(
 
 
 def test_rate_limit_returns_429_and_recovers(clocked_sandbox: Sandbox, clock: FakeClock) -> None:
-    http = Http(clocked_sandbox.url, "sk-sandbox-test-key")
+    http = Http(clocked_sandbox.url, API_KEY)
     http.control("POST", "config", {"rate_limit_per_second": 5})
     statuses = [http.api("GET", "v1/training_projects").status_code for _ in range(8)]
     assert statuses == [200] * 5 + [429] * 3
@@ -348,7 +377,18 @@ def test_stats_count_api_requests_only(http: Http, make_job: JobFactory) -> None
     }
     assert stats["by_status"] == {"200": 3, "401": 1, "404": 1}
     assert stats["responses_429"] == 0
-    assert stats["max_requests_in_any_1s_window"] == 5
+    assert 1 <= stats["max_requests_in_any_1s_window"] <= 5
+
+
+def test_stats_max_requests_in_any_1s_window(clocked_sandbox: Sandbox, clock: FakeClock) -> None:
+    http = Http(clocked_sandbox.url, API_KEY)
+    for burst in (3, 6, 2):
+        for _ in range(burst):
+            http.api("GET", "v1/training_projects")
+        clock.advance(1.5)
+    stats = http.control("GET", "stats").json()
+    assert stats["requests"] == 11
+    assert stats["max_requests_in_any_1s_window"] == 6
 
 
 def test_reset_drops_everything(http: Http, make_job: JobFactory, sandbox: Sandbox) -> None:

@@ -1,4 +1,4 @@
-"""A real ``truss_train.public_api.push()`` against the sandbox, and ``python -m sandbox``."""
+"""A real ``truss_train.public_api.push()`` against the sandbox."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import requests
 
 from sandbox import Sandbox
 from tests.sandbox.support import API_KEY
-from tests.servers import LocalS3, SandboxProcess, wait_for_http
+from tests.servers import LocalS3
 
 CONFIG = textwrap.dedent(
     """
@@ -117,24 +117,3 @@ def test_push_when_job_creation_fails_leaves_no_job(
     assert caught.value.response.status_code == 500
     assert sandbox.jobs() == []
     assert sandbox.stats()["by_status"] == {"200": 2, "500": 1}
-
-
-def test_sandbox_as_a_process(local_s3: LocalS3) -> None:
-    with SandboxProcess("sk-proc", local_s3.url) as proc:
-        assert proc.first_line == f"sandbox listening on {proc.url}"
-        assert proc.url.startswith("http://127.0.0.1:")
-        wait_for_http(f"{proc.url}/_sandbox/health", timeout=5)
-        headers = {"Authorization": "Api-Key sk-proc"}
-        reply = requests.post(
-            f"{proc.url}/v1/training_projects",
-            json={"training_project": {"name": "p"}},
-            headers=headers,
-            timeout=5,
-        )
-        assert reply.status_code == 200
-        creds = requests.get(
-            f"{proc.url}/v1/blobs/credentials/train", headers=headers, timeout=5
-        ).json()
-        assert creds["creds"]["endpoint_url"] == local_s3.url
-        code = proc.stop()
-    assert code == 0
