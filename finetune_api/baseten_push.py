@@ -8,7 +8,10 @@ second and ~97 MB), and is configured once per process:
 * truss maps app URLs to REST URLs through a hard-coded dict, so we add our
   ``BASETEN_API_URL`` to it (an unknown app URL would silently go to production);
 * truss shells out to ``git`` for client info and raises FileNotFoundError when
-  no ``git`` binary exists, so that lookup degrades to "no git info".
+  no ``git`` binary exists, so that lookup degrades to "no git info";
+* truss's REST client calls ``requests.get/post`` for every request, i.e. a new
+  connection (TCP and TLS handshakes) per call, three calls per submit; it is
+  given one pooled ``requests.Session`` instead (see :class:`_PooledRequests`).
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     InternalError,
@@ -30,6 +34,9 @@ from .errors import (
 from .logs import get_logger, log, scrub
 from .settings import Settings
 
+if TYPE_CHECKING:
+    import requests
+
 ENV_REMOTE_NAME = "<environment>"
 _REMOTE_URL_ENV = "BASETEN_TRUSS_AUTH_REMOTE_URL"
 _API_KEY_ENV = "BASETEN_TRUSS_AUTH_API_KEY"
@@ -37,6 +44,78 @@ _API_KEY_ENV = "BASETEN_TRUSS_AUTH_API_KEY"
 _logger = get_logger("baseten_push")
 _setup_lock = threading.Lock()
 _prepared = False
+
+# Pooled connections idle for longer are dropped, not reused: a load balancer or
+# NAT may have forgotten them silently (Cloud NAT keeps idle TCP for 20 minutes).
+POOL_IDLE_SECONDS = 20.0
+POOL_MAX_CONNECTIONS = 32
+
+
+class _PooledRequests:
+    """Stands in for the ``requests`` module inside ``truss.remote.baseten.rest_client``.
+
+    truss calls ``requests.get/post/delete/patch(url, headers=..., json=...,
+    timeout=...)``: a throw-away Session, hence a new connection, per call. These
+    go through one shared Session (thread-safe for this use: no session state
+    is changed per call, and cookies are refused so none carries over between
+    calls, as before); anything else is the real module. A Session left idle for
+    ``POOL_IDLE_SECONDS`` is replaced before use (closing it only drops its idle
+    connections; a call still in flight keeps its own).
+    """
+
+    def __init__(self) -> None:
+        import requests
+
+        self._requests = requests
+        self._lock = threading.Lock()
+        self._session: requests.Session | None = None
+        self._last_used = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._requests, name)
+
+    def _new_session(self) -> requests.Session:
+        from http.cookiejar import DefaultCookiePolicy
+
+        from requests.adapters import HTTPAdapter
+
+        session = self._requests.Session()
+        session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_MAX_CONNECTIONS)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        return session
+
+    def session(self) -> requests.Session:
+        with self._lock:
+            now = time.monotonic()
+            if self._session is None or now - self._last_used > POOL_IDLE_SECONDS:
+                if self._session is not None:
+                    self._session.close()
+                self._session = self._new_session()
+            self._last_used = now
+            return self._session
+
+    def _call(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        try:
+            return self.session().request(method, url, **kwargs)
+        finally:
+            with self._lock:
+                self._last_used = time.monotonic()
+
+    def get(self, url: str, params: Any = None, **kwargs: Any) -> requests.Response:
+        return self._call("GET", url, params=params, **kwargs)
+
+    def post(
+        self, url: str, data: Any = None, json: Any = None, **kwargs: Any
+    ) -> requests.Response:
+        return self._call("POST", url, data=data, json=json, **kwargs)
+
+    def delete(self, url: str, **kwargs: Any) -> requests.Response:
+        return self._call("DELETE", url, **kwargs)
+
+    def patch(self, url: str, data: Any = None, **kwargs: Any) -> requests.Response:
+        return self._call("PATCH", url, data=data, **kwargs)
 
 
 def _prepare_truss() -> None:
@@ -47,7 +126,7 @@ def _prepare_truss() -> None:
     with _setup_lock:
         if _prepared:
             return
-        from truss.remote.baseten import custom_types
+        from truss.remote.baseten import custom_types, rest_client
 
         original = custom_types.GitInfo.collect
 
@@ -57,6 +136,8 @@ def _prepare_truss() -> None:
             return original(git_working_dir)
 
         custom_types.GitInfo.collect = collect_git_info  # type: ignore[method-assign,assignment]
+        if not isinstance(rest_client.requests, _PooledRequests):
+            rest_client.requests = _PooledRequests()  # type: ignore[assignment]
         _prepared = True
 
 

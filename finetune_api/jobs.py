@@ -12,9 +12,10 @@ stop the others at once and answer every caller with the kept one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -86,6 +87,37 @@ def default_job_name(model_id: str, now: datetime) -> str:
     return f"{model_id.rsplit('/', 1)[-1][: 64 - len(stamp) - 1]}-{stamp}"
 
 
+class KeyedLocks:
+    """One lock per key, kept only while someone holds or waits for it.
+
+    An instance sees an unbounded number of idempotency keys; a plain dict of
+    locks would grow for its whole life.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextlib.contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.get(key, (threading.Lock(), 0))
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                _, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
 def _created_order(job: dict[str, Any]) -> tuple[str, str]:
     return (str(job.get("created_at") or ""), str(job.get("id") or ""))
 
@@ -102,8 +134,7 @@ class JobService:
         self._client = client
         self._push = pusher
         self._announce = announce
-        self._key_locks: dict[str, threading.Lock] = {}
-        self._key_locks_guard = threading.Lock()
+        self._key_locks = KeyedLocks()
         self._project_ids: dict[str, str] = {}
 
     # -- submit -----------------------------------------------------------------
@@ -162,13 +193,6 @@ class JobService:
             raw = self._push(config)
         return job_from_baseten(raw, self._settings.baseten_remote_url)
 
-    def _key_lock(self, scope: str) -> threading.Lock:
-        with self._key_locks_guard:
-            lock = self._key_locks.get(scope)
-            if lock is None:
-                lock = self._key_locks[scope] = threading.Lock()
-            return lock
-
     def _project_id(self, name: str) -> str:
         project_id = self._project_ids.get(name)
         if project_id is None:
@@ -187,7 +211,7 @@ class JobService:
         digest = key_digest(key)
         project_name = str(request.project_name)
         # Same-instance duplicates wait here and become cheap replays.
-        with self._key_lock(f"{project_name}/{digest}"):
+        with self._key_locks.hold(f"{project_name}/{digest}"):
             project_id = self._project_id(project_name)
             existing = self._jobs_with_digest(project_id, digest)
             if existing:

@@ -181,3 +181,29 @@ def test_job_conversion_and_status_forms() -> None:
     assert job.dashboard_url == "https://app.baseten.co/training/p1/logs/j1"
     assert short_status("TRAINING_JOB_PREEMPTED") == "preempted"
     assert split_job_name("plain") == ("plain", None)
+
+
+def test_keyed_locks_serialize_one_key_and_forget_it_afterwards() -> None:
+    import threading
+    import time
+
+    from finetune_api.jobs import KeyedLocks
+
+    locks = KeyedLocks()
+    inside: list[int] = []
+    overlaps: list[bool] = []
+
+    def work(index: int) -> None:
+        with locks.hold("same-key"):
+            overlaps.append(bool(inside))
+            inside.append(index)
+            time.sleep(0.01)
+            inside.remove(index)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert overlaps == [False] * 8
+    assert len(locks) == 0
