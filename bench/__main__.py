@@ -1,0 +1,331 @@
+"""``make bench`` / ``python -m bench``: every benchmark, one table, ratios against baselines.
+
+Each benchmark runs in a fresh child process (``python -m bench --child NAME``)
+so none inherits another's imports, threads or peak RSS; each measures its
+baseline in the same run. The table shows absolute figures, the ratio ours /
+baseline and, where the issue sets one, the goal and PASS/MISS. The results
+(every figure, every sample) go to ``bench/results/latest.json``.
+
+Options: ``--only cold_start,warm_submit`` runs a subset; ``--quick`` uses
+fewer repetitions (a smoke run, not for publishing); ``--strict`` exits 1 when
+a goal is missed (a benchmark that fails exits 1 regardless).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "latest.json"
+
+# name -> (module, keyword arguments for run(), the same with --quick)
+BENCHMARKS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "cold_start": ("bench.cold_start", {"runs": 7}, {"runs": 3}),
+    "first_submit": ("bench.first_submit", {"runs": 5}, {"runs": 2}),
+    "warm_submit": ("bench.warm_submit", {"requests_per_variant": 20}, {"requests_per_variant": 5}),
+    "memory": ("bench.memory", {"concurrency": 20}, {"concurrency": 20}),
+    "poll": ("bench.poll_bench", {}, {}),
+}
+CHILD_TIMEOUT_S = 240
+
+
+# -- child side ----------------------------------------------------------------------
+
+
+def _child(name: str, out: Path, quick: bool) -> int:
+    import importlib
+
+    module_name, kwargs, quick_kwargs = BENCHMARKS[name]
+    module = importlib.import_module(module_name)
+    result = module.run(**(quick_kwargs if quick else kwargs))
+    out.write_text(json.dumps(result), encoding="utf-8")
+    return 0
+
+
+# -- parent side ---------------------------------------------------------------------
+
+
+def _run_child(name: str, quick: bool) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-result-") as tmp:
+        out = Path(tmp) / "result.json"
+        args = [sys.executable, "-m", "bench", "--child", name, "--out", str(out)]
+        if quick:
+            args.append("--quick")
+        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": path}
+        try:
+            done = subprocess.run(
+                args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S
+            )
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {CHILD_TIMEOUT_S} s"}
+        if done.returncode != 0 or not out.exists():
+            tail = (done.stderr or done.stdout)[-3000:]
+            return {"error": f"exit {done.returncode}", "output": tail}
+        result: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
+        return result
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _verdict(ok: bool | None) -> str:
+    return "-" if ok is None else ("PASS" if ok else "MISS")
+
+
+Row = dict[str, Any]
+
+
+def _row(
+    name: str,
+    ours: str,
+    baseline: str,
+    ratio: float | None,
+    goal: str = "-",
+    ok: bool | None = None,
+) -> Row:
+    return {
+        "benchmark": name,
+        "ours": ours,
+        "baseline": baseline,
+        "ratio": ratio,
+        "goal": goal,
+        "result": _verdict(ok),
+    }
+
+
+def _cold_rows(r: dict[str, Any]) -> list[Row]:
+    base = f"{r['hello_ms']:.0f} ms hello"
+    return [
+        _row(
+            "cold start train_http -> /healthz 200",
+            f"{r['train_http_ms']:.0f} ms",
+            base,
+            r["train_http_ratio"],
+            "<= 1.30x",
+            r["train_http_ratio"] <= 1.3,
+        ),
+        _row(
+            "cold start poll_jobs -> no-op poll 200",
+            f"{r['poll_jobs_ms']:.0f} ms",
+            base,
+            r["poll_jobs_ratio"],
+            "<= 1.30x",
+            r["poll_jobs_ratio"] <= 1.3,
+        ),
+    ]
+
+
+def _first_rows(r: dict[str, Any]) -> list[Row]:
+    return [
+        _row(
+            "first submit, cold instance -> 201 (CLI: exit)",
+            f"{r['ours_ms']:.0f} ms",
+            f"{r['cli_ms']:.0f} ms truss CLI",
+            r["ratio"],
+            "<= 1.00x",
+            r["ratio"] <= 1.0,
+        ),
+        _row(
+            "first submit, start -> job created in Baseten",
+            f"{r['ours_to_job_created_ms']:.0f} ms",
+            f"{r['cli_to_job_created_ms']:.0f} ms truss CLI",
+            r["ratio_to_job_created"],
+        ),
+    ]
+
+
+def _warm_rows(r: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for latency, f in r["latencies"].items():
+        base = f"{f['baseline_p50_ms']:.1f} ms push()"
+        rows.append(
+            _row(
+                f"warm submit p50, {latency} ms latency",
+                f"{f['ours_p50_ms']:.1f} ms",
+                base,
+                f["ratio_p50"],
+                "<= 1.15x",
+                f["ratio_p50"] <= 1.15,
+            )
+        )
+        p95_ratio = round(f["ours_p95_ms"] / f["baseline_p95_ms"], 2)
+        rows.append(
+            _row(
+                f"warm submit p95, {latency} ms latency",
+                f"{f['ours_p95_ms']:.1f} ms",
+                f"{f['baseline_p95_ms']:.1f} ms push()",
+                p95_ratio,
+            )
+        )
+        rows.append(
+            _row(
+                f"warm submit + Idempotency-Key p50, {latency} ms",
+                f"{f['ours_key_p50_ms']:.1f} ms (+{f['key_cost_p50_ms']:.1f})",
+                base,
+                f["ratio_p50_key"],
+            )
+        )
+    return rows
+
+
+def _memory_rows(r: dict[str, Any]) -> list[Row]:
+    return [
+        _row(
+            f"memory: worker peak RSS, {r['concurrency']} concurrent submits",
+            f"{r['worker_peak_mb']:.0f} MB",
+            f"instance ~ {r['instance_peak_estimate_mb']:.0f} MB",
+            None,
+            f"<= {r['goal_mb']} MB",
+            r["worker_peak_mb"] <= r["goal_mb"],
+        )
+    ]
+
+
+def _poll_rows(r: dict[str, Any]) -> list[Row]:
+    p = r["poll"]
+    return [
+        _row(
+            f"poll {r['jobs']} jobs ({r['latency_ms']:.0f} ms latency, {p['responses_429']} x 429)",
+            f"{p['seconds']:.2f} s",
+            f"{r['sequential_seconds']:.2f} s sequential",
+            round(p["seconds"] / r["sequential_seconds"], 2),
+        )
+    ]
+
+
+ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
+    "cold_start": _cold_rows,
+    "first_submit": _first_rows,
+    "warm_submit": _warm_rows,
+    "memory": _memory_rows,
+    "poll": _poll_rows,
+}
+
+
+def _table(rows: list[Row]) -> str:
+    headers = ["benchmark", "ours", "baseline", "ratio", "goal", "result"]
+    cells = [[str(row[h]) if h != "ratio" else _ratio(row[h]) for h in headers] for row in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(cell, widths, strict=True)) for cell in cells]
+    return "\n".join(lines)
+
+
+def _meta() -> dict[str, Any]:
+    try:
+        from importlib.metadata import version
+
+        truss_version = version("truss")
+        ff_version = version("functions-framework")
+    except Exception:  # noqa: BLE001 - informational only
+        truss_version = ff_version = "unknown"
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": commit,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "truss": truss_version,
+        "functions_framework": ff_version,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--only", default="", help="comma list of: " + ", ".join(BENCHMARKS))
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return _child(args.child, args.out, args.quick)
+
+    names = [n.strip() for n in args.only.split(",") if n.strip()] or list(BENCHMARKS)
+    unknown = sorted(set(names) - set(BENCHMARKS))
+    if unknown:
+        parser.error("unknown benchmark(s): " + ", ".join(unknown))
+
+    import importlib.util
+
+    missing = [n for n in names if importlib.util.find_spec(BENCHMARKS[n][0]) is None]
+    for name in missing:
+        print(f"[bench] {name}: {BENCHMARKS[name][0]} does not exist; skipped", file=sys.stderr)
+    names = [n for n in names if n not in missing]
+
+    meta = _meta()
+    results: dict[str, Any] = {}
+    rows: list[Row] = []
+    failed: list[str] = []
+    started = time.monotonic()
+    for name in names:
+        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        began = time.monotonic()
+        result = _run_child(name, args.quick)
+        result["elapsed_seconds"] = round(time.monotonic() - began, 1)
+        results[name] = result
+        if "error" in result:
+            failed.append(name)
+            print(f"[bench] {name} FAILED: {result['error']}", file=sys.stderr)
+            print(result.get("output", ""), file=sys.stderr)
+            rows.append(_row(name, "error", "-", None, "-", False))
+            continue
+        print(f"[bench] {name} done in {result['elapsed_seconds']} s", file=sys.stderr, flush=True)
+        rows.extend(ROWS[name](result))
+
+    meta["elapsed_seconds"] = round(time.monotonic() - started, 1)
+    meta["quick"] = args.quick
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(
+        json.dumps({"meta": meta, "results": results, "rows": rows}, indent=2) + "\n",
+        encoding="utf-8",
+    )
+
+    print()
+    print(
+        f"Benchmarks on {meta['cpus']} CPUs, Python {meta['python']}, truss {meta['truss']}, "
+        f"commit {meta['commit'] or '?'}{' (--quick)' if args.quick else ''}; "
+        "ratio = ours / baseline (lower is better)"
+    )
+    print(_table(rows))
+    memory = results.get("memory", {})
+    if "recommended_memory_mib" in memory:
+        print(
+            f"\nmemory: worker peak {memory['worker_peak_mb']:.0f} MB, instance ~ "
+            f"{memory['instance_peak_estimate_mb']:.0f} MB (worker + arbiter's private pages) "
+            f"-> recommended instance size: {memory['recommended_memory_mib']} MiB"
+        )
+    print(f"\n{len(rows)} rows in {meta['elapsed_seconds']} s; JSON: {RESULTS.relative_to(ROOT)}")
+    missed = [row["benchmark"] for row in rows if row["result"] == "MISS"]
+    if failed:
+        return 1
+    return 1 if args.strict and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
