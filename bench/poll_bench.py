@@ -137,7 +137,7 @@ def run(
         # (reads only, like the sequential run): what the worker pool alone buys.
         control.post("config", {"rate_limit_per_second": None})
         unlimited = BasetenClient(settings, lambda: API_KEY, limiter=RateLimiter(1e6))
-        quiet = settings.model_copy(update={"webhook_url": None})
+        quiet = settings.replace(webhook_url=None)
         started = time.perf_counter()
         poll(quiet, unlimited, EventSink(quiet, None), None)
         unlimited_seconds = time.perf_counter() - started

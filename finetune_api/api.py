@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 from .runtime import get_services
-from .schemas import parse_training_request
 
 
 def handle_training_request(
@@ -45,6 +44,9 @@ def handle_training_request(
         "compute": compute,
     }
     body.update({name: value for name, value in optional.items() if value is not None})
+    # pydantic is imported by the first request that needs it, not at cold start.
+    from .schemas import parse_training_request
+
     services = get_services()
     request = parse_training_request(body, services.settings)
     job = services.jobs.submit(
@@ -65,6 +67,8 @@ def submit_body(
     The body is validated first, so unknown fields and wrong types are rejected
     exactly as in ``POST /jobs``, then handed to :func:`handle_training_request`.
     """
+    from .schemas import parse_training_request
+
     request = parse_training_request(body, get_services().settings)
     return handle_training_request(
         **request.model_dump(exclude_unset=True),

@@ -2,16 +2,24 @@
 
 The variables are listed in ../shared/CONTRACT.md; the few extras (tuning knobs
 with safe defaults) are documented in the README.
+
+This is a small typed reader rather than pydantic-settings on purpose: the
+functions import it on every cold start, and pydantic-settings (with pydantic)
+costs ~130 ms of imports there — more than half of an empty function's start —
+for two dozen flat variables. Validation of requests still uses pydantic, which
+is imported only when a request needs it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import os
 import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
-
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing import Any
 
 from .errors import ConfigurationError
 from .logs import register_secret
@@ -25,76 +33,134 @@ KNOWN_API_URLS = {
     "https://app.staging.baseten.co": "https://api.staging.baseten.co",
 }
 
-CommaList = Annotated[tuple[str, ...], NoDecode]
+
+class Secret:
+    """A secret value that never shows itself in a repr, a log or a traceback."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get_secret_value(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
 
 
-def _split_commas(value: Any) -> Any:
-    if isinstance(value, str):
-        return tuple(part.strip() for part in value.split(",") if part.strip())
-    return value
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be text")
+    return value.strip()
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+def _optional_text(value: Any) -> str | None:
+    return _text(value) or None
 
-    baseten_api_key: SecretStr | None = None
-    baseten_api_key_secret_id: str | None = None
-    baseten_remote_url: str = "https://app.baseten.co"
-    baseten_api_url: str | None = None
-    baseten_team_id: str | None = None
-    google_cloud_project: str | None = None
-    secretmanager_emulator_host: str | None = None
-    training_template_dir: Path = DEFAULT_TEMPLATE_DIR
-    hf_token_secret_name: str = Field(default="hf_access_token", min_length=1)
-    allowed_accelerators: CommaList = DEFAULT_ALLOWED_ACCELERATORS
-    max_gpus_per_node: int = Field(default=8, ge=1, le=64)
-    max_nodes: int = Field(default=1, ge=1, le=64)
-    api_keys: SecretStr | None = None
-    api_keys_secret_id: str | None = None
-    webhook_url: str | None = None
-    webhook_secret: SecretStr | None = None
-    webhook_secret_secret_id: str | None = None
-    poll_lookback_seconds: int = Field(default=1800, ge=1)
-    pubsub_max_event_age_seconds: int = Field(default=3600, ge=1)
-    max_body_bytes: int = Field(default=65536, ge=1)
+
+def _secret(value: Any) -> Secret | None:
+    if isinstance(value, Secret):
+        return value
+    text = _text(value)
+    return Secret(text) if text else None
+
+
+def _url(value: Any) -> str | None:
+    text = _text(value)
+    if not text:
+        return None
+    if not text.startswith(("http://", "https://")):
+        raise ValueError("must be an http(s) URL")
+    return text.rstrip("/")
+
+
+def _commas(value: Any) -> tuple[str, ...]:
+    parts = value if isinstance(value, list | tuple) else _text(value).split(",")
+    items = tuple(str(part).strip() for part in parts if str(part).strip())
+    if not items:
+        raise ValueError("must name at least one value")
+    return items
+
+
+def _number(
+    kind: type[int] | type[float], low: float | None, high: float | None, strict_low: bool
+) -> Callable[[Any], Any]:
+    def parse(value: Any) -> int | float:
+        if isinstance(value, bool):
+            raise ValueError(f"must be {'an integer' if kind is int else 'a number'}")
+        try:
+            number = kind(value.strip() if isinstance(value, str) else value)
+        except (TypeError, ValueError):
+            raise ValueError(f"must be {'an integer' if kind is int else 'a number'}") from None
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError("must be an integer")
+        if isinstance(number, float) and not math.isfinite(number):
+            raise ValueError("must be a finite number")
+        if low is not None and (number <= low if strict_low else number < low):
+            raise ValueError(f"must be {'greater than' if strict_low else 'at least'} {low:g}")
+        if high is not None and number > high:
+            raise ValueError(f"must be at most {high:g}")
+        return number
+
+    return parse
+
+
+def _int(low: float | None = None, high: float | None = None) -> Callable[[Any], Any]:
+    return _number(int, low, high, strict_low=False)
+
+
+def _positive_float(high: float | None = None, *, allow_zero: bool = False) -> Callable[[Any], Any]:
+    return _number(float, 0, high, strict_low=not allow_zero)
+
+
+def _path(value: Any) -> Path:
+    return value if isinstance(value, Path) else Path(_text(value))
+
+
+def _setting(default: Any, parse: Callable[[Any], Any]) -> Any:
+    return field(default=default, metadata={"parse": parse})
+
+
+@dataclass(frozen=True)
+class Settings:
+    baseten_api_key: Secret | None = _setting(None, _secret)
+    baseten_api_key_secret_id: str | None = _setting(None, _optional_text)
+    baseten_remote_url: str = _setting("https://app.baseten.co", _url)
+    baseten_api_url: str | None = _setting(None, _url)
+    baseten_team_id: str | None = _setting(None, _optional_text)
+    google_cloud_project: str | None = _setting(None, _optional_text)
+    secretmanager_emulator_host: str | None = _setting(None, _optional_text)
+    training_template_dir: Path = _setting(DEFAULT_TEMPLATE_DIR, _path)
+    hf_token_secret_name: str = _setting("hf_access_token", _text)
+    allowed_accelerators: tuple[str, ...] = _setting(DEFAULT_ALLOWED_ACCELERATORS, _commas)
+    max_gpus_per_node: int = _setting(8, _int(1, 64))
+    max_nodes: int = _setting(1, _int(1, 64))
+    api_keys: Secret | None = _setting(None, _secret)
+    api_keys_secret_id: str | None = _setting(None, _optional_text)
+    webhook_url: str | None = _setting(None, _url)
+    webhook_secret: Secret | None = _setting(None, _secret)
+    webhook_secret_secret_id: str | None = _setting(None, _optional_text)
+    poll_lookback_seconds: int = _setting(1800, _int(1))
+    pubsub_max_event_age_seconds: int = _setting(3600, _int(1))
+    max_body_bytes: int = _setting(65536, _int(1))
 
     # Extras, not in the CONTRACT table (documented in the README).
-    baseten_timeout_seconds: float = Field(default=30.0, gt=0)
+    baseten_timeout_seconds: float = _setting(30.0, _positive_float())
     # Baseten allows 100/s per key; starts bunch a little, so stay at or under 90.
-    baseten_max_requests_per_second: float = Field(default=20.0, gt=0, le=90)
-    baseten_max_retries: int = Field(default=3, ge=0, le=10)
-    secret_cache_ttl_seconds: float = Field(default=300.0, ge=0)
-    secret_timeout_seconds: float = Field(default=5.0, gt=0)
-    poll_concurrency: int = Field(default=16, ge=1, le=64)
-    webhook_timeout_seconds: float = Field(default=5.0, gt=0)
-    webhook_max_attempts: int = Field(default=3, ge=1, le=10)
-
-    @field_validator("allowed_accelerators", mode="before")
-    @classmethod
-    def _parse_accelerators(cls, value: Any) -> Any:
-        return _split_commas(value)
-
-    @field_validator("baseten_remote_url", "baseten_api_url", "webhook_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is None or value == "":
-            return None
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must be an http(s) URL")
-        return value.rstrip("/")
-
-    @model_validator(mode="after")
-    def _webhook_needs_secret(self) -> Settings:
-        if self.webhook_url and not (self.webhook_secret or self.webhook_secret_secret_id):
-            raise ValueError(
-                "WEBHOOK_URL is set but neither WEBHOOK_SECRET nor WEBHOOK_SECRET_SECRET_ID is"
-            )
-        if not self.allowed_accelerators:
-            raise ValueError("ALLOWED_ACCELERATORS must name at least one accelerator")
-        for secret in (self.baseten_api_key, self.api_keys, self.webhook_secret):
-            if secret is not None:
-                register_secret(secret.get_secret_value())
-        return self
+    baseten_max_requests_per_second: float = _setting(20.0, _positive_float(90))
+    baseten_max_retries: int = _setting(3, _int(0, 10))
+    secret_cache_ttl_seconds: float = _setting(300.0, _positive_float(allow_zero=True))
+    secret_timeout_seconds: float = _setting(5.0, _positive_float())
+    poll_concurrency: int = _setting(16, _int(1, 64))
+    webhook_timeout_seconds: float = _setting(5.0, _positive_float())
+    webhook_max_attempts: int = _setting(3, _int(1, 10))
 
     @property
     def resolved_api_url(self) -> str:
@@ -103,21 +169,54 @@ class Settings(BaseSettings):
             return self.baseten_api_url
         return KNOWN_API_URLS.get(self.baseten_remote_url, "https://api.baseten.co")
 
-
-def _describe(error: ValidationError) -> str:
-    problems = []
-    for item in error.errors():
-        name = "_".join(str(part) for part in item["loc"]).upper() or "settings"
-        problems.append(f"{name}: {item['msg']}")
-    return "invalid setting(s): " + "; ".join(problems)
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` (already typed values)."""
+        return dataclasses.replace(self, **changes)
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Read the environment; a bad variable becomes a ConfigurationError naming it."""
-    try:
-        return Settings(**overrides)
-    except ValidationError as error:
-        raise ConfigurationError(_describe(error)) from None
+_FIELDS = {item.name: item for item in dataclasses.fields(Settings)}
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Read the environment (names are the fields in upper case) plus ``overrides``.
+
+    Every bad variable is reported at once, by name, in one ConfigurationError.
+    """
+    environ = os.environ if environ is None else environ
+    unknown = sorted(set(overrides) - set(_FIELDS))
+    if unknown:
+        raise TypeError(f"unknown setting(s): {', '.join(unknown)}")
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for name, item in _FIELDS.items():
+        if name in overrides:
+            raw = overrides[name]
+        else:
+            raw = environ.get(name.upper())
+            if raw is None:
+                continue
+        if raw is None:
+            values[name] = None
+            continue
+        try:
+            parsed = item.metadata["parse"](raw)
+        except ValueError as error:
+            problems.append(f"{name.upper()}: {error}")
+            continue
+        if parsed is None and item.default is not None:
+            continue  # an empty value means "use the default"
+        values[name] = parsed
+    settings = Settings(**values)
+    if settings.webhook_url and not (settings.webhook_secret or settings.webhook_secret_secret_id):
+        problems.append(
+            "WEBHOOK_URL is set but neither WEBHOOK_SECRET nor WEBHOOK_SECRET_SECRET_ID is"
+        )
+    if problems:
+        raise ConfigurationError("invalid setting(s): " + "; ".join(problems))
+    for secret in (settings.baseten_api_key, settings.api_keys, settings.webhook_secret):
+        if secret is not None:
+            register_secret(secret.get_secret_value())
+    return settings
 
 
 _cached: Settings | None = None
