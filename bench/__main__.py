@@ -36,6 +36,7 @@ BENCHMARKS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "warm_submit": ("bench.warm_submit", {"requests_per_variant": 20}, {"requests_per_variant": 5}),
     "memory": ("bench.memory", {"concurrency": 20}, {"concurrency": 20}),
     "poll": ("bench.poll_bench", {}, {}),
+    "idempotency_race": ("bench.idempotency_race", {"rounds": 5}, {"rounds": 2}),
 }
 CHILD_TIMEOUT_S = 240
 
@@ -206,12 +207,33 @@ def _poll_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _race_rows(r: dict[str, Any]) -> list[Row]:
+    burst = r["burst"]
+    return [
+        _row(
+            f"same key x{burst} on 2 instances at once: live jobs per key",
+            f"{r['max_live_jobs_per_key']} (of {burst} requests)",
+            f"{r['baseline_jobs_per_burst']} without a key",
+            round(r["max_live_jobs_per_key"] / r["baseline_jobs_per_burst"], 2),
+            "1 job",
+            r["max_live_jobs_per_key"] == 1 and r["every_answer_names_the_kept_job"],
+        ),
+        _row(
+            f"  duplicates stopped over {r['rounds']} keys, longest lifetime",
+            f"{r['duplicates_created']}, {r['max_duplicate_lifetime_ms']:.0f} ms",
+            f"create delay {r['create_delay_ms']} ms",
+            None,
+        ),
+    ]
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "cold_start": _cold_rows,
     "first_submit": _first_rows,
     "warm_submit": _warm_rows,
     "memory": _memory_rows,
     "poll": _poll_rows,
+    "idempotency_race": _race_rows,
 }
 
 
