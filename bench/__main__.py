@@ -197,13 +197,38 @@ def _memory_rows(r: dict[str, Any]) -> list[Row]:
 
 def _poll_rows(r: dict[str, Any]) -> list[Row]:
     p = r["poll"]
+    unlimited = r["concurrency_only"]
+    rate = r["configured_rate_per_s"]
     return [
         _row(
-            f"poll {r['jobs']} jobs ({r['latency_ms']:.0f} ms latency, {p['responses_429']} x 429)",
+            f"poll {r['jobs']} jobs, {r['latency_ms']:.0f} ms latency, limit {rate:.0f}/s",
             f"{p['seconds']:.2f} s",
             f"{r['sequential_seconds']:.2f} s sequential",
             round(p["seconds"] / r["sequential_seconds"], 2),
-        )
+            "<= 0.10x",
+            p["seconds"] / r["sequential_seconds"] <= 0.10,
+        ),
+        _row(
+            "  same poll without the rate limit (concurrency alone)",
+            f"{unlimited['seconds']:.2f} s",
+            f"{r['sequential_seconds']:.2f} s sequential",
+            round(unlimited["seconds"] / r["sequential_seconds"], 2),
+        ),
+        _row(
+            "  request rate reached (busiest 1 s), 429s",
+            f"{p['request_rate_per_s']:.1f}/s ({p['max_requests_in_any_1s_window']}), "
+            f"{p['responses_429']} x 429",
+            f"limit {rate:.0f}/s",
+            None,
+            "<= limit, 0 x 429",
+            p["request_rate_per_s"] <= rate and p["responses_429"] == 0,
+        ),
+        _row(
+            "  poll peak RSS",
+            f"{r['peak_rss_mb']:.0f} MB",
+            f"{r['rss_before_poll_mb']:.0f} MB before",
+            None,
+        ),
     ]
 
 
