@@ -1,0 +1,42 @@
+"""Start-up stays light: truss loads only for a submit, pydantic only when validating."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.functions import ROOT
+
+PROBE = r"""
+import json, sys
+import functions_framework
+app = functions_framework.create_app("train_http", "main.py")
+client = app.test_client()
+after_start = {m: m in sys.modules for m in ("truss", "truss_train", "pydantic")}
+assert client.get("/healthz").status_code == 200
+after_health = {m: m in sys.modules for m in ("truss", "truss_train", "pydantic")}
+# A read route talks to Baseten (here: nothing listens) but never needs truss.
+status = client.get("/jobs/p1/j1").status_code
+after_read = {m: m in sys.modules for m in ("truss", "truss_train")}
+seen = {"start": after_start, "health": after_health, "read": after_read, "status": status}
+print(json.dumps(seen))
+"""
+
+
+def test_truss_and_pydantic_are_not_imported_at_start() -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "BASETEN_API_KEY": "not-a-real-key-123",
+        "BASETEN_API_URL": "http://127.0.0.1:9",
+        "BASETEN_MAX_RETRIES": "0",
+        "BASETEN_TIMEOUT_SECONDS": "1",
+    }
+    command = [sys.executable, "-c", PROBE]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["start"] == {"truss": False, "truss_train": False, "pydantic": False}
+    assert seen["health"] == {"truss": False, "truss_train": False, "pydantic": False}
+    assert seen["read"] == {"truss": False, "truss_train": False}
+    assert seen["status"] == 503
