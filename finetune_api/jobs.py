@@ -284,14 +284,15 @@ class JobService:
             self._client.stop_job(project_id, job_id)
         return self.get(project_id, job_id, with_checkpoints=False)
 
-    def list(self, project_id: str, statuses: Iterable[str], limit: int) -> list[Job]:
+    def list(self, project_id: str | None, statuses: Iterable[str], limit: int) -> list[Job]:
+        """Newest first; one project's jobs, or every project's when ``project_id`` is None."""
         wanted = [normalize_status(status) for status in statuses]
-        # The project's job list 404s for an unknown project (search would answer []).
-        raw = [
-            job
-            for job in self._client.list_project_jobs(project_id)
-            if not wanted or job.get("current_status") in wanted
-        ]
+        if project_id is None:
+            candidates = self._client.search_jobs(statuses=wanted or None, newest_first=True)
+        else:
+            # The project's job list 404s for an unknown project (search would answer []).
+            candidates = self._client.list_project_jobs(project_id)
+        raw = [job for job in candidates if not wanted or job.get("current_status") in wanted]
         raw.sort(key=_created_order, reverse=True)
         return [job_from_baseten(job, self._settings.baseten_remote_url) for job in raw[:limit]]
 

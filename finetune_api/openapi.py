@@ -83,15 +83,16 @@ def openapi_document() -> dict[str, Any]:
                 },
             },
             "get": {
-                "summary": "List a project's jobs, newest first",
+                "summary": "List jobs (one project or all), newest first",
                 "operationId": "listJobs",
                 "security": _API_KEY,
                 "parameters": [
                     {
                         "name": "project_id",
                         "in": "query",
-                        "required": True,
+                        "required": False,
                         "schema": {"type": "string"},
+                        "description": "one project's jobs; every project's when absent",
                     },
                     {
                         "name": "status",

@@ -53,12 +53,8 @@ def list_jobs(request: Request) -> Response:
             "unknown query parameter(s): " + ", ".join(unknown),
             details=[{"location": f"query.{name}", "reason": "not allowed"} for name in unknown],
         )
-    project_id = args.get("project_id", "")
-    if not project_id:
-        raise InvalidRequestError(
-            "project_id is required",
-            details=[{"location": "query.project_id", "reason": "required"}],
-        )
+    # Without project_id, every project's jobs are listed.
+    project_id = args.get("project_id") or None
     raw_limit = args.get("limit", "20")
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
         raise InvalidRequestError(

@@ -95,7 +95,6 @@ def test_list_filters_by_status_and_honours_limit(
 @pytest.mark.parametrize(
     "params",
     [
-        {},
         {"project_id": "p", "limit": "0"},
         {"project_id": "p", "limit": "101"},
         {"project_id": "p", "limit": "x"},
@@ -187,3 +186,20 @@ def test_api_keys_from_secret_manager(
             f"{server.url}/openapi.json", headers={"X-Api-Key": "sm-key-abcdef"}, timeout=30
         )
         assert ok.status_code == 200
+
+
+def test_list_without_project_spans_every_project(
+    train_http: FunctionServer, sandbox: Sandbox
+) -> None:
+    first = submit(train_http, project_name="alpha")
+    second = submit(train_http, project_name="beta")
+    sandbox.set_status(second["training_job_id"], "TRAINING_JOB_RUNNING")
+    url = f"{train_http.url}/jobs"
+    everything = requests.get(url, timeout=30).json()["data"]
+    assert [job["training_job_id"] for job in everything] == [
+        second["training_job_id"],
+        first["training_job_id"],
+    ]
+    running = requests.get(url, params={"status": "running"}, timeout=30).json()["data"]
+    assert [job["training_project_name"] for job in running] == ["beta"]
+    assert requests.get(url, params={"limit": 1}, timeout=30).json()["data"] == everything[:1]
