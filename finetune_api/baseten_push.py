@@ -11,7 +11,8 @@ second and ~97 MB), and is configured once per process:
   no ``git`` binary exists, so that lookup degrades to "no git info";
 * truss's REST client calls ``requests.get/post`` for every request, i.e. a new
   connection (TCP and TLS handshakes) per call, three calls per submit; it is
-  given one pooled ``requests.Session`` instead (see :class:`_PooledRequests`).
+  given one pooled ``requests.Session`` instead (see :class:`_PooledRequests`);
+* truss ``print()``s Baseten's 4xx messages; they are logged as JSON instead.
 """
 
 from __future__ import annotations
@@ -118,6 +119,10 @@ class _PooledRequests:
         return self._call("PATCH", url, data=data, **kwargs)
 
 
+def _truss_print(*values: object, **_: object) -> None:
+    log(_logger, 20, "truss: " + " ".join(str(value) for value in values))
+
+
 def _prepare_truss() -> None:
     """Import truss and patch what must be patched, once per process."""
     global _prepared
@@ -138,6 +143,9 @@ def _prepare_truss() -> None:
         custom_types.GitInfo.collect = collect_git_info  # type: ignore[method-assign,assignment]
         if not isinstance(rest_client.requests, _PooledRequests):
             rest_client.requests = _PooledRequests()  # type: ignore[assignment]
+        # truss print()s Baseten's 4xx message to stdout; stdout is our JSON log
+        # stream, so that text goes through the structured logger instead.
+        rest_client.print = _truss_print  # type: ignore[attr-defined]
         _prepared = True
 
 

@@ -170,6 +170,11 @@ def test_baseten_faults_map_to_contract_errors(
         assert response.headers["Retry-After"] == "7"
     if error_type == "upstream_rejected":
         assert "accelerator sold out" in error["message"]
+        # truss's own print() of the message became a JSON log line: stdout stays JSON.
+        assert "Client error: accelerator sold out" not in [
+            line for line in train_http.output().splitlines() if not line.startswith("{")
+        ]
+        assert '"truss: Client error: accelerator sold out"' in train_http.output()
     assert sandbox.jobs() == []
     assert API_KEY not in response.text and API_KEY not in train_http.output()
     # A hung handler answers only when its hang ends; let it finish so the
