@@ -45,6 +45,14 @@ from .webhooks import DeliveryResult
 
 _logger = get_logger("poller")
 
+NOT_STARTED_STATUSES = frozenset(
+    {
+        "TRAINING_JOB_PENDING",
+        "TRAINING_JOB_CREATED",
+        "TRAINING_JOB_QUEUED",
+        "TRAINING_JOB_DEPLOYING",
+    }
+)
 _RFC3339 = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})\Z"
 )
@@ -253,7 +261,14 @@ class _PollRun:
                 moment = parse_time(job.updated_at) or self.until
                 timed.append((moment, 1, status_event(job)))
 
-            checkpoints, failure = self._checkpoints(job.training_project_id, job.training_job_id)
+            checkpoints: list[dict[str, Any]] = []
+            failure: str | None = None
+            # A job still waiting to run, whose status did not change in the
+            # window, cannot have made a checkpoint: skip that request.
+            if status_in_window or job.baseten_status not in NOT_STARTED_STATUSES:
+                checkpoints, failure = self._checkpoints(
+                    job.training_project_id, job.training_job_id
+                )
             for item in checkpoints:
                 created = parse_time(item.get("created_at"))
                 if created is None or not self.since <= created <= self.until:

@@ -332,3 +332,18 @@ def test_parse_since_rejects_bad_bytes() -> None:
         parse_since(b"\xff\xfe")
     with pytest.raises(InvalidRequestError, match="JSON"):
         parse_since(b"{since:")
+
+
+def test_jobs_waiting_to_run_cost_no_checkpoint_read(baseten: Sandbox) -> None:
+    settings = _settings(baseten, None)
+    sink = EventSink(settings, SecretStore(settings))
+    waiting, running = _seed(baseten, jobs=2)
+    baseten.set_status(running, RUNNING)
+    now = datetime.now(UTC) + timedelta(hours=2)  # both changes are outside the window
+    before = baseten.stats()["by_route"]
+    report = _run(settings, sink, now=now, since=now - timedelta(minutes=5))
+    after = baseten.stats()["by_route"]
+    route = "GET /v1/training_projects/<project_id>/jobs/<job_id>/checkpoints"
+    assert report.jobs_checked == 2 and report.events == 0
+    assert after.get(route, 0) - before.get(route, 0) == 1  # only the running job's
+    assert waiting != running
