@@ -55,16 +55,18 @@ _MESSAGE_LIMIT = 500
 
 
 class RateLimiter:
-    """Spaces request starts at least ``1 / rate`` seconds apart, across threads.
+    """Limits request starts to ``rate`` per second across threads (GCRA).
 
-    A minimum-interval limiter (a token bucket with a burst of one): any
-    one-second window holds at most ``floor(rate) + 1`` request starts.
+    A token bucket of ``burst`` tokens: after a quiet spell up to ``burst``
+    requests start at once, then starts are spaced ``1 / rate`` apart; any
+    one-second window holds at most ``floor(rate) + burst`` starts.
     """
 
     def __init__(
         self,
         rate: float,
         *,
+        burst: int = 1,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -72,6 +74,9 @@ class RateLimiter:
             raise ValueError("rate must be positive")
         self.rate = rate
         self._interval = 1.0 / rate
+        # How far ahead of the schedule a start may be: (burst - 1) intervals.
+        self._tolerance = (max(1, burst) - 1) * self._interval
+        self._paused_until = 0.0
         self._clock = clock
         self._sleep = sleep
         self._next = 0.0
@@ -81,8 +86,9 @@ class RateLimiter:
         """Wait for this caller's slot; returns the seconds waited."""
         with self._lock:
             now = self._clock()
-            slot = max(now, self._next)
-            self._next = slot + self._interval
+            due = max(now, self._next)  # the theoretical arrival time
+            slot = max(now, due - self._tolerance, self._paused_until)
+            self._next = max(due, slot) + self._interval
         delay = slot - now
         if delay > 0:
             self._sleep(delay)
@@ -91,11 +97,17 @@ class RateLimiter:
     def pause(self, seconds: float) -> None:
         """Hold every caller back for ``seconds`` (Baseten said ``retry_after``)."""
         with self._lock:
-            self._next = max(self._next, self._clock() + seconds)
+            until = self._clock() + seconds
+            self._paused_until = max(self._paused_until, until)
+            self._next = max(self._next, until)
 
 
 _shared_limiters: dict[float, RateLimiter] = {}
 _shared_lock = threading.Lock()
+
+
+# At most 90/s + 3 starts in any second: still under Baseten's 100/s per key.
+SHARED_BURST = 3
 
 
 def shared_limiter(rate: float) -> RateLimiter:
@@ -103,7 +115,8 @@ def shared_limiter(rate: float) -> RateLimiter:
     with _shared_lock:
         limiter = _shared_limiters.get(rate)
         if limiter is None:
-            limiter = _shared_limiters[rate] = RateLimiter(rate)
+            # A small burst lets a submit's two searches start back to back.
+            limiter = _shared_limiters[rate] = RateLimiter(rate, burst=SHARED_BURST)
         return limiter
 
 

@@ -363,3 +363,27 @@ def test_rate_limiter_spacing_with_a_fake_clock() -> None:
     limiter.pause(5)
     limiter.acquire()
     assert now[0] - starts[-1] == pytest.approx(5.0)
+
+
+def test_rate_limiter_burst_then_spacing_and_pause() -> None:
+    now = [0.0]
+    starts: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    limiter = RateLimiter(10, burst=3, clock=lambda: now[0], sleep=sleep)
+    for _ in range(6):
+        limiter.acquire()
+        starts.append(now[0])
+    assert starts[:3] == [0.0, 0.0, 0.0]  # the burst
+    assert starts[3:] == pytest.approx([0.1, 0.2, 0.3])  # then the rate
+    # Any one-second window holds at most rate + burst starts.
+    for _ in range(40):
+        limiter.acquire()
+        starts.append(now[0])
+    assert max(sum(1 for t in starts if s <= t < s + 1) for s in starts) <= 10 + 3
+    limiter.pause(5)
+    paused_at = now[0]
+    limiter.acquire()
+    assert now[0] - paused_at == pytest.approx(5.0)
