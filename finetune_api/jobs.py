@@ -281,8 +281,9 @@ class JobService:
     def stop(self, project_id: str, job_id: str) -> Job:
         current = self._client.get_job(project_id, job_id)
         if current.get("current_status") not in TERMINAL_STATUSES:
-            self._client.stop_job(project_id, job_id)
-        return self.get(project_id, job_id, with_checkpoints=False)
+            # Baseten answers the stop with the job; keep the project from the read.
+            current = {**current, **self._client.stop_job(project_id, job_id)}
+        return job_from_baseten(current, self._settings.baseten_remote_url)
 
     def list(self, project_id: str | None, statuses: Iterable[str], limit: int) -> list[Job]:
         """Newest first; one project's jobs, or every project's when ``project_id`` is None."""

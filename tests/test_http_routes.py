@@ -60,8 +60,11 @@ def test_unknown_job_and_project_are_404(train_http: FunctionServer, sandbox: Sa
 def test_stop_moves_the_job_to_stopped(train_http: FunctionServer, sandbox: Sandbox) -> None:
     job = submit(train_http)
     path = f"{train_http.url}/jobs/{job['training_project_id']}/{job['training_job_id']}"
+    before = sandbox.stats()["requests"]
     stopped = requests.post(f"{path}/stop", timeout=30)
     assert stopped.status_code == 200 and stopped.json()["status"] == "stopped"
+    assert stopped.json()["training_project_name"] == job["training_project_name"]
+    assert sandbox.stats()["requests"] - before == 2  # read, stop
     assert sandbox.jobs()[0]["job"]["current_status"] == "TRAINING_JOB_STOPPED"
     # Stopping again is harmless: the job is already terminal.
     again = requests.post(f"{path}/stop", timeout=30)
