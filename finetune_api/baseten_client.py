@@ -178,7 +178,7 @@ def _whole_seconds(seconds: float | None) -> int | None:
     return None if seconds is None else max(1, math.ceil(seconds))
 
 
-def _retry_after(response: requests.Response, body: Any) -> float | None:
+def retry_after_seconds(response: requests.Response, body: Any) -> float | None:
     """Seconds to wait from the body's ``retry_after`` or the ``Retry-After`` header."""
     candidates: list[Any] = []
     if isinstance(body, Mapping):
@@ -534,7 +534,7 @@ class BasetenClient:
                 )
             return body
 
-        retry_after = _retry_after(response, body) if status in (429, 503) else None
+        retry_after = retry_after_seconds(response, body) if status in (429, 503) else None
         failure = upstream_error(what, status=status, body=body, retry_after=retry_after)
         if status == 429:
             with self._stats_lock:
@@ -561,6 +561,7 @@ __all__ = [
     "BasetenClient",
     "RateLimiter",
     "baseten_message",
+    "retry_after_seconds",
     "shared_limiter",
     "upstream_error",
 ]

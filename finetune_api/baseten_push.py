@@ -26,10 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import (
     InternalError,
-    NotFoundError,
     ServiceError,
     UpstreamError,
-    UpstreamRejectedError,
     UpstreamUnavailableError,
 )
 from .logs import get_logger, log, scrub
@@ -187,55 +185,30 @@ def push_training_job(settings: Settings, api_key: str, config_path: Path) -> di
     return job
 
 
-def _baseten_message(response: Any) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return ""
-    if isinstance(body, dict):
-        for key in ("message", "detail", "error"):
-            value = body.get(key)
-            if isinstance(value, str) and value:
-                return scrub(value)[:500]
-    return ""
-
-
-def _retry_after(response: Any) -> int | None:
-    try:
-        body = response.json()
-        value = body.get("retry_after") if isinstance(body, dict) else None
-        if value is None:
-            value = response.headers.get("Retry-After")
-        return max(1, int(float(value))) if value is not None else None
-    except (ValueError, TypeError):
-        return None
-
-
 def map_push_error(error: Exception) -> ServiceError:
     """Turn whatever truss/requests/boto3 raised into one of our errors, without secrets."""
     import requests
 
+    # The same status mapping as every other Baseten call.
+    from .baseten_client import retry_after_seconds, upstream_error
+
+    what = "training job submission"
     if isinstance(error, requests.HTTPError) and error.response is not None:
         response = error.response
-        status = response.status_code
-        message = _baseten_message(response)
-        if status == 429:
-            return UpstreamUnavailableError(
-                "Baseten rate-limited the request; retry later", retry_after=_retry_after(response)
-            )
-        if status in (401, 403):
-            return UpstreamError("Baseten refused our credentials (check BASETEN_API_KEY)")
-        if status == 404:
-            return NotFoundError(message or "Baseten did not find the training project")
-        if 400 <= status < 500:
-            return UpstreamRejectedError(message or f"Baseten rejected the training job ({status})")
-        return UpstreamError(
-            f"Baseten failed with HTTP {status}" + (f": {message}" if message else "")
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        return upstream_error(
+            what,
+            status=response.status_code,
+            body=body,
+            retry_after=retry_after_seconds(response, body),
         )
     if isinstance(error, requests.Timeout):
-        return UpstreamUnavailableError("Baseten did not answer in time")
+        return upstream_error(what, transport="did not answer in time")
     if isinstance(error, requests.ConnectionError):
-        return UpstreamUnavailableError("could not connect to Baseten")
+        return upstream_error(what, transport="could not be reached")
     module = type(error).__module__
     if module.startswith(("botocore", "boto3", "s3transfer")):
         log(_logger, 40, "template upload failed", error_type=type(error).__name__)

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from .errors import InvalidRequestError, NotFoundError, ServiceError, UpstreamRejectedError
+from .errors import InvalidRequestError, ServiceError, UpstreamRejectedError
 from .logs import get_logger, log
 from .schemas import (
     TERMINAL_STATUSES,
@@ -306,4 +306,4 @@ def normalize_status(status: str) -> str:
     return value if value.startswith("TRAINING_JOB_") else f"TRAINING_JOB_{value}"
 
 
-__all__ = ["JobService", "NotFoundError", "default_job_name", "default_project_name"]
+__all__ = ["JobService", "KeyedLocks", "default_job_name", "default_project_name"]

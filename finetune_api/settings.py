@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigurationError
-from .logs import register_secret
+from .logs import get_logger, register_secret
 
 DEFAULT_TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "training_template"
 DEFAULT_ALLOWED_ACCELERATORS = ("H100", "H200", "A100", "A10G", "L4")
@@ -235,8 +235,6 @@ def get_settings() -> Settings:
                 _cached = load_settings()
             except ConfigurationError as error:
                 _cached_error = error
-                from .logs import get_logger
-
                 get_logger("settings").error(error.message)
         if _cached_error is not None:
             raise _cached_error

@@ -14,16 +14,10 @@ from types import TracebackType
 
 import requests
 
+from tests.servers import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTIONS_FRAMEWORK = Path(sys.executable).with_name("functions-framework")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class FunctionServer:
@@ -42,7 +36,7 @@ class FunctionServer:
         threads: int = 8,
     ) -> None:
         self.target = target
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
