@@ -88,7 +88,9 @@ def poll(request: Request) -> Response:
     services = get_services()
     body = read_json_body(request, services.settings.max_body_bytes, required=False)
     since = parse_since(body)
-    report = run_poll(services.settings, services.client, services.events, since)
+    report = run_poll(
+        services.settings, services.client, services.events, since, store=services.poll_state
+    )
     return json_response(report.model_dump(mode="json"))
 
 

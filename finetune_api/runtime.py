@@ -22,6 +22,7 @@ class Services:
     client: Any
     jobs: Any
     events: Any
+    poll_state: Any = None
 
 
 _services: Services | None = None
@@ -33,6 +34,7 @@ def build_services(settings: Settings) -> Services:
     from .baseten_push import push_training_job
     from .events import EventSink, submitted_event
     from .jobs import JobService
+    from .poll_state import store_from_settings
     from .secrets import SecretStore
 
     secrets = SecretStore(settings)
@@ -56,7 +58,14 @@ def build_services(settings: Settings) -> Services:
             get_logger("runtime").exception("could not emit training_job.submitted")
 
     jobs = JobService(settings, client, push, announce)
-    return Services(settings=settings, secrets=secrets, client=client, jobs=jobs, events=events)
+    return Services(
+        settings=settings,
+        secrets=secrets,
+        client=client,
+        jobs=jobs,
+        events=events,
+        poll_state=store_from_settings(settings),
+    )
 
 
 def get_services() -> Services:
