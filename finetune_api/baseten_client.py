@@ -642,7 +642,9 @@ class _CountingReader:
         self._count = count
 
     def read(self, size: int = -1) -> bytes:
-        wanted = size if size and size > 0 else _STREAM_CHUNK
+        if size == 0:
+            return b""  # ijson probes the type of what read() returns with read(0)
+        wanted = size if size > 0 else _STREAM_CHUNK
         data: bytes = self._raw.read(wanted, decode_content=True)
         self._count(len(data))
         return data

@@ -111,7 +111,8 @@ class PollState:
         for key in ("baseten", "until", "full_sweep_at"):
             if not isinstance(document.get(key), str):
                 raise ValueError(f"{key} must be text")
-            _moment(document[key])
+        _moment(document["until"])
+        _moment(document["full_sweep_at"])
         return cls(document["baseten"], document["until"], document["full_sweep_at"], jobs, sent)
 
 

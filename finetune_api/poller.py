@@ -258,7 +258,7 @@ def _sweep_reason(
         return "since given: replaying a window"
     previous = ledger.previous
     if previous is None:
-        return f"state {ledger.problem}"
+        return ledger.problem if ledger.store is None else f"state {ledger.problem}"
     last = parse_time(previous.until)
     if (
         last is None

@@ -252,6 +252,12 @@ def test_empty_poll(baseten: Sandbox) -> None:
         "webhooks_failed": 0,
         "duration_ms": report.duration_ms,
         "jobs_failed": 0,
+        # Without a state store every poll reads every job and saves nothing.
+        "events_already_delivered": 0,
+        "full_sweep": True,
+        "sweep_reason": "no state store",
+        "state_saved": False,
+        "state_problem": "no state store",
     }
 
 
