@@ -82,6 +82,7 @@ class PollLedger:
                 )
         self._new_sent: dict[str, str] = {}
         self._jobs: dict[str, TrackedJob] = {}
+        self._projects: dict[str, str] | None = None
         self._last_write = -math.inf
         self._dirty = False
         self._lost = False
@@ -104,6 +105,11 @@ class PollLedger:
     def track(self, job_id: str, job: TrackedJob) -> None:
         with self._lock:
             self._jobs[job_id] = job
+
+    def see_projects(self, newest_jobs: dict[str, str]) -> None:
+        """The newest job of every project, as this poll saw them."""
+        with self._lock:
+            self._projects = dict(newest_jobs)
 
     def record_sent(self, event: Event, *, delivered: bool) -> None:
         """Remember ``event`` as sent; a webhook delivery is written down promptly."""
@@ -128,6 +134,7 @@ class PollLedger:
             self.previous.full_sweep_at,
             dict(self.previous.jobs),
             sent,
+            dict(self.previous.projects),
         )
 
     # -- writing ------------------------------------------------------------------------
@@ -153,7 +160,12 @@ class PollLedger:
                 if full_sweep
                 else (self.previous.full_sweep_at if self.previous else _EPOCH)
             )
-            state = PollState(self.baseten, rfc3339(until), swept_at, dict(self._jobs), kept)
+            projects = self._projects
+            if projects is None:  # not looked at (a full sweep): keep what was known
+                projects = dict(self.previous.projects) if self.previous else {}
+            state = PollState(
+                self.baseten, rfc3339(until), swept_at, dict(self._jobs), kept, projects
+            )
             self._write_locked(state, final=True)
 
     def _recover_token_locked(self, until: datetime, sent: dict[str, str]) -> bool:

@@ -14,13 +14,16 @@ The state is one small JSON document (version 1)::
      "jobs": {"<job id>": {"project": "<project id>",
                            "status": "TRAINING_JOB_RUNNING",  # last status reported (or null)
                            "owed_since": null}},   # set while one of its events failed
-     "sent": {"<event id>": "<event timestamp>"}}  # delivered recently (inside the lookback)
+     "sent": {"<event id>": "<event timestamp>"},  # delivered recently (inside the lookback)
+     "projects": {"<project id>": "<id of its newest job>"}}  # as last seen
 
 ``jobs`` holds every job that was active at the last poll plus finished jobs
 whose last notice failed (kept for one lookback so the next poll retries
 them); ``sent`` holds the ids of events delivered (or logged, without a
-webhook) whose time is still inside the lookback. Both stay small: they grow
-with active jobs and recent events, never with history.
+webhook) whose time is still inside the lookback; ``projects`` the newest job
+of each project (a project whose newest job changed may hold jobs that were
+created and finished between two polls). All stay small: they grow with active
+jobs, recent events and projects, never with job history.
 
 Two stores, one interface (:class:`StateStore`): a Cloud Storage object
 (``gcs_state.py``, when ``POLL_STATE_BUCKET`` is set) and a local file (the
@@ -75,6 +78,7 @@ class PollState:
     full_sweep_at: str
     jobs: dict[str, TrackedJob] = field(default_factory=dict)
     sent: dict[str, str] = field(default_factory=dict)
+    projects: dict[str, str] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
         document = {
@@ -84,6 +88,7 @@ class PollState:
             "full_sweep_at": self.full_sweep_at,
             "jobs": {job_id: job.to_json() for job_id, job in sorted(self.jobs.items())},
             "sent": dict(sorted(self.sent.items())),
+            "projects": dict(sorted(self.projects.items())),
         }
         return json.dumps(document, separators=(",", ":")).encode("utf-8")
 
@@ -108,12 +113,23 @@ class PollState:
                 raise ValueError("status and owed_since must be text or null")
             jobs[str(job_id)] = TrackedJob(item["project"], status, owed)
         sent = {str(key): value for key, value in sent_raw.items() if isinstance(value, str)}
+        projects_raw = document.get("projects", {})
+        if not isinstance(projects_raw, dict):
+            raise ValueError("projects must be an object")
+        projects = {str(k): v for k, v in projects_raw.items() if isinstance(v, str)}
         for key in ("baseten", "until", "full_sweep_at"):
             if not isinstance(document.get(key), str):
                 raise ValueError(f"{key} must be text")
         _moment(document["until"])
         _moment(document["full_sweep_at"])
-        return cls(document["baseten"], document["until"], document["full_sweep_at"], jobs, sent)
+        return cls(
+            document["baseten"],
+            document["until"],
+            document["full_sweep_at"],
+            jobs,
+            sent,
+            projects,
+        )
 
 
 def _moment(text: str) -> datetime:

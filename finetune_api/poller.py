@@ -4,8 +4,9 @@ With the saved poll state (``poll_state.py``), a poll costs what the *active*
 jobs cost, not the job history:
 
 1. one search for the unfinished statuses (the active set);
-2. one search read newest first, as a stream, stopped at the first job older
-   than the last poll (jobs created and already finished in between);
+2. the project list, and for a project whose newest job changed, its jobs read
+   newest first as a stream, stopped at the one seen last time (a job may be
+   created and finish between two polls);
 3. one read of each tracked job that left the active set;
 4. one checkpoints read per running job, or per job whose status changed.
 
@@ -80,8 +81,9 @@ class JobReader(Protocol):
         self, *, statuses: Sequence[str] | None = None, newest_first: bool = True
     ) -> list[dict[str, Any]]: ...
     def stream_search_jobs(
-        self, *, newest_first: bool = True
+        self, *, project_id: str | None = None, newest_first: bool = True
     ) -> AbstractContextManager[Iterator[dict[str, Any]]]: ...
+    def list_projects(self) -> list[dict[str, Any]]: ...
     def get_job(self, project_id: str, job_id: str) -> dict[str, Any]: ...
     def list_checkpoints(self, project_id: str, job_id: str) -> list[dict[str, Any]]: ...
 
@@ -277,6 +279,7 @@ def _sweep_work(
 ) -> list[_Work]:
     """Every job, read as a stream; kept: unfinished ones, changed ones, and those owed a notice."""
     work: list[_Work] = []
+    newest: dict[str, str] = {}  # each project's newest job: its first row, newest first
     with client.stream_search_jobs(newest_first=True) as rows:
         # The answer is ordered by created_at, which bounds nothing about
         # updated_at (an old job may have just finished), so each row is looked at.
@@ -285,6 +288,9 @@ def _sweep_work(
             if created is not None and created > until:
                 continue  # born after the window: the next poll reports it
             job_id = str(raw.get("id"))
+            project = raw.get("training_project_id")
+            if project is not None:
+                newest.setdefault(str(project), job_id)
             tracked = ledger.tracked(job_id)
             status = raw.get("current_status")
             updated = parse_time(raw.get("updated_at"))
@@ -293,6 +299,7 @@ def _sweep_work(
                 if unchanged and (tracked is None or tracked.owed_since is None):
                     continue
             work.append(_Work(job_id, raw, tracked))
+    ledger.see_projects(newest)
     return work
 
 
@@ -305,18 +312,32 @@ def _incremental_work(client: JobReader, ledger: PollLedger, until: datetime) ->
         created = parse_time(raw.get("created_at"))
         if created is None or created <= until:
             rows[str(raw.get("id"))] = raw
-    # A job may be created and finish between two polls: read the newest jobs,
-    # newest first, and stop at the first one older than the last poll.
+    # A job may be created and finish between two polls, never seen active. The
+    # project list names each project's newest job: where it changed, read that
+    # project's jobs newest first, as a stream, down to the one seen last time.
     last = parse_time(previous.until)
     assert last is not None
     cutoff = last - NEW_JOB_OVERLAP
-    with client.stream_search_jobs(newest_first=True) as newest:
-        for raw in newest:
-            created = parse_time(raw.get("created_at"))
-            if created is not None and created < cutoff:
-                break
-            if created is None or created <= until:
-                rows.setdefault(str(raw.get("id")), raw)
+    newest: dict[str, str] = {}
+    for project in client.list_projects():
+        latest = project.get("latest_job")
+        project_id = str(project.get("id"))
+        if not isinstance(latest, Mapping) or latest.get("id") is None:
+            continue
+        latest_id = newest[project_id] = str(latest["id"])
+        known = previous.projects.get(project_id)
+        created = parse_time(latest.get("created_at"))
+        if latest_id == known or (known is None and created is not None and created < cutoff):
+            continue
+        with client.stream_search_jobs(project_id=project_id, newest_first=True) as jobs:
+            for raw in jobs:
+                job_id = str(raw.get("id"))
+                created = parse_time(raw.get("created_at"))
+                if job_id == known or (created is not None and created < cutoff):
+                    break
+                if created is None or created <= until:
+                    rows.setdefault(job_id, raw)
+    ledger.see_projects(newest)
     work = [_Work(job_id, raw, ledger.tracked(job_id)) for job_id, raw in rows.items()]
     work += [
         _Work(job_id, None, tracked)

@@ -50,6 +50,7 @@ from tests.webhook_receiver import WebhookReceiver
 OBJECT = "poll-state.json"
 SEARCH = "POST /v1/training_jobs/search"
 GET_JOB = "GET /v1/training_projects/<project_id>/jobs/<job_id>"
+PROJECTS = "GET /v1/training_projects"
 CHECKPOINTS = "GET /v1/training_projects/<project_id>/jobs/<job_id>/checkpoints"
 
 
@@ -176,9 +177,14 @@ def test_a_steady_poll_reads_active_jobs_and_those_that_left_not_the_history(
     client = make_client(world.settings())
     second = world.poll(advance=300, client=client)
     assert not second.full_sweep and second.state_saved
-    # 1 search for the active statuses, 1 for the newest jobs (stopped at once),
-    # 1 read of the job that left the active set, checkpoints of the 3 jobs.
-    assert diff(world.routes(), before) == {SEARCH: 2, GET_JOB: 1, CHECKPOINTS: 3}
+    # 1 search for the active statuses, the project list (no project has a new
+    # job), 1 read of the job that left the active set, checkpoints of the 3 jobs.
+    assert diff(world.routes(), before) == {
+        SEARCH: 1,
+        PROJECTS: 1,
+        GET_JOB: 1,
+        CHECKPOINTS: 3,
+    }
     assert [e["type"] for e in world.receiver.events] == ["training_job.completed"]
     assert second.events == second.webhooks_delivered == 1
 
@@ -215,7 +221,10 @@ def test_jobs_finishing_or_born_and_finished_between_two_polls_are_reported_once
     world.sandbox.add_checkpoint(busy)
     world.sandbox.set_status(busy, COMPLETED)
 
+    before = world.routes()
     report = world.poll()
+    # The two new projects' jobs were read (newest first, as a stream); the old one's not.
+    assert diff(world.routes(), before)[SEARCH] == 1 + 2
     kinds = sorted((e["data"]["training_job_id"], e["type"]) for e in world.receiver.events)
     # The last status of each, as a poll without state reports it, plus the checkpoint.
     assert kinds == sorted(
@@ -228,10 +237,11 @@ def test_jobs_finishing_or_born_and_finished_between_two_polls_are_reported_once
     )
     assert not report.full_sweep
     world.receiver.clear()
+    before = world.routes()
     again = world.poll()
     assert world.receiver.events == [] and again.events == 0
-    # The newest jobs are read again (an overlap for clock skew); found, not posted.
-    assert again.events_already_delivered == 4
+    assert again.jobs_checked == 0  # finished and told: not even looked at
+    assert diff(world.routes(), before) == {SEARCH: 1, PROJECTS: 1}
 
 
 def test_an_event_is_posted_once_and_a_failed_delivery_again(world: World) -> None:
