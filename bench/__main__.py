@@ -37,8 +37,9 @@ BENCHMARKS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "memory": ("bench.memory", {"concurrency": 20}, {"concurrency": 20}),
     "poll": ("bench.poll_bench", {}, {}),
     "idempotency_race": ("bench.idempotency_race", {"rounds": 5}, {"rounds": 2}),
+    "poll_history": ("bench.poll_history", {}, {"sizes": (0, 10_000), "polls": 3}),
 }
-CHILD_TIMEOUT_S = 240
+CHILD_TIMEOUT_S = 900
 
 
 # -- child side ----------------------------------------------------------------------
@@ -252,6 +253,51 @@ def _race_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _history_rows(r: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    base = r["runs"][0]
+
+    def figures(f: dict[str, Any]) -> str:
+        return f"{f['ms']:.0f} ms, {f['bytes'] / 1000:.0f} kB, {f['peak_rss_mb']:.0f} MB"
+
+    for item in r["runs"]:
+        steady, largest = item["steady"], item is r["runs"][-1]
+        ok = (
+            steady["peak_rss_mb"] <= 80
+            and steady["bytes"] <= 1_000_000
+            and steady["time_ratio"] <= 1.2
+        )
+        rows.append(
+            _row(
+                f"poll, {item['finished_jobs']:,} finished + 20 running: time, bytes, peak RSS",
+                figures(steady),
+                figures(base["steady"]) + " (no history)",
+                steady["time_ratio"],
+                "<= 1.2x, 1 MB, 80 MB" if largest else "-",
+                ok if largest else None,
+            )
+        )
+    for item in r["runs"]:
+        first = item["first"]
+        rows.append(
+            _row(
+                f"  full sweep (no state), {item['finished_jobs']:,} finished",
+                figures(first),
+                figures(base["first"]) + " (no history)",
+                first["time_ratio"],
+            )
+        )
+    rows.append(
+        _row(
+            "  google.cloud.storage import (first poll, with a bucket)",
+            f"{r['storage_import_ms']:.0f} ms",
+            "-",
+            None,
+        )
+    )
+    return rows
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "cold_start": _cold_rows,
     "first_submit": _first_rows,
@@ -259,6 +305,7 @@ ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "memory": _memory_rows,
     "poll": _poll_rows,
     "idempotency_race": _race_rows,
+    "poll_history": _history_rows,
 }
 
 
