@@ -127,6 +127,12 @@ def _cold_rows(r: dict[str, Any]) -> list[Row]:
             "<= 1.30x",
             r["poll_jobs_ratio"] <= 1.3,
         ),
+        _row(
+            "  the same, poll state in Cloud Storage (emulator)",
+            f"{r['poll_jobs_gcs_ms']:.0f} ms",
+            f"{r['poll_jobs_ms']:.0f} ms local state",
+            round(r["poll_jobs_gcs_ms"] / r["poll_jobs_ms"], 2),
+        ),
     ]
 
 
