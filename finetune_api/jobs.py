@@ -54,7 +54,11 @@ class BasetenReads(Protocol):
     ) -> list[dict[str, Any]]: ...
     def list_project_jobs(self, project_id: str) -> list[dict[str, Any]]: ...
     def stream_search_jobs(
-        self, *, statuses: list[str] | None = None, newest_first: bool = True
+        self,
+        *,
+        project_id: str | None = None,
+        statuses: list[str] | None = None,
+        newest_first: bool = True,
     ) -> AbstractContextManager[Iterator[dict[str, Any]]]: ...
     def stream_project_jobs(
         self, project_id: str
@@ -210,11 +214,10 @@ class JobService:
         return project_id
 
     def _jobs_with_digest(self, project_id: str, digest: str) -> list[dict[str, Any]]:
-        jobs = self._client.search_jobs(project_id=project_id, newest_first=False)
-        return sorted(
-            (job for job in jobs if split_job_name(job.get("name"))[1] == digest),
-            key=_created_order,
-        )
+        # Read as a stream: only the matches are held, not the project's history.
+        with self._client.stream_search_jobs(project_id=project_id, newest_first=False) as jobs:
+            matching = [job for job in jobs if split_job_name(job.get("name"))[1] == digest]
+        return sorted(matching, key=_created_order)
 
     def _submit_idempotent(self, request: TrainingRequest, key: str, template: Path) -> Job:
         digest = key_digest(key)
