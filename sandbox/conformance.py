@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -418,12 +419,22 @@ class Ledger:
     answers_unchecked: int = 0
     rejections: list[Rejection] = field(default_factory=list)
     bad_answers: list[BadAnswer] = field(default_factory=list)
+    #: ``"GET /v1/..."`` (spec template) -> answers validated against its schemas
+    validated_operations: Counter[str] = field(default_factory=Counter)
+    #: ``"GET /v1/..."`` -> requests received (any outcome)
+    requested_operations: Counter[str] = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def answered(self, validated: bool) -> None:
+    def requested(self, operation: str) -> None:
+        with self._lock:
+            self.requested_operations[operation] += 1
+
+    def answered(self, validated: bool, operation: str | None = None) -> None:
         with self._lock:
             if validated:
                 self.answers_validated += 1
+                if operation is not None:
+                    self.validated_operations[operation] += 1
             else:
                 self.answers_unchecked += 1
 

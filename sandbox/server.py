@@ -267,6 +267,8 @@ class SandboxApp:
             method, path, request.args.to_dict(flat=False), raw_body
         )
         operation = check.operation
+        if operation is not None:
+            LEDGER.requested(operation.label)
         if check.violation is not None:
             LEDGER.rejected(
                 Rejection(
@@ -310,7 +312,7 @@ class SandboxApp:
             LEDGER.answered(validated=False)
             return reply
         validated, problem = vendored_spec().check_response(operation, reply.status, reply.body)
-        LEDGER.answered(validated=validated)
+        LEDGER.answered(validated=validated, operation=operation.label)
         if problem is not None:
             LEDGER.bad_answer(BadAnswer(operation.label, reply.status, problem))
             log.error(
