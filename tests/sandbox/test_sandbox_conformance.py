@@ -130,7 +130,7 @@ def test_fault_answers_conform_through_truss_and_our_client(
     sandbox.add_fault(path=r"^v1/", count=2, **fault)
     with pytest.raises(ServiceError):
         client.get_job(project_id, job_id)
-    with pytest.raises(Exception):  # noqa: B017 - truss raises its own types
+    with pytest.raises(Exception):
         truss_api.list_training_projects()
     after = LEDGER.snapshot()
     assert after["bad_answers"] == before["bad_answers"], LEDGER.bad_answers[-1:]

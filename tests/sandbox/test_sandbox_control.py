@@ -61,7 +61,10 @@ def test_fault_429_carries_retry_after_in_body_and_header(http: Http, sandbox: S
     reply = http.api("GET", "v1/training_projects")
     assert reply.status_code == 429
     # Baseten's 429 body (docs.baseten.co/reference/management-api/rate-limits).
-    assert reply.json() == {"error": "Rate limit exceeded. Please try again later.", "retry_after": 2}
+    assert reply.json() == {
+        "error": "Rate limit exceeded. Please try again later.",
+        "retry_after": 2,
+    }
     assert reply.headers["Retry-After"] == "2"
     assert sandbox.stats()["responses_429"] == 1
 
