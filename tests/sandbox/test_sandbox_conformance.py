@@ -247,3 +247,21 @@ def test_answers_keep_validating_when_a_handler_drifts(
     assert bad.operation == "GET /v1/training_projects"
     assert "training_projects" in bad.message
     del LEDGER.bad_answers[before:]  # expected here; keep the suite-wide check clean
+
+
+def test_the_deployed_functions_never_import_the_validator() -> None:
+    """jsonschema, referencing and the sandbox are test/sandbox dependencies only."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2]
+    imported: set[str] = set()
+    for source in [root / "main.py", *sorted((root / "finetune_api").rglob("*.py"))]:
+        for node in ast.walk(ast.parse(source.read_text(), str(source))):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                imported.add(node.module.split(".")[0])
+    assert "finetune_api" in imported  # the scan sees imports
+    assert imported.isdisjoint({"jsonschema", "referencing", "sandbox"})
+    runtime = (root / "requirements.txt").read_text().lower()
+    assert "jsonschema" not in runtime and "referencing" not in runtime
