@@ -295,6 +295,13 @@ class SandboxApp:
             if check.violation is not None:
                 violation = check.violation
                 raise SandboxApiError(violation.status, violation.code, violation.message)
+            if operation is not None and label.endswith("<unmatched>"):
+                raise SandboxApiError(
+                    501,
+                    "NOT_IMPLEMENTED",
+                    f"{operation.label} is in Baseten's API but the sandbox does not implement "
+                    "it (sandbox/README.md: 'Adding an operation')",
+                )
             reply = self._dispatch(adapter, self._api, request)
         except SandboxApiError as exc:
             reply = _error_reply(exc)

@@ -265,3 +265,12 @@ def test_the_deployed_functions_never_import_the_validator() -> None:
     assert imported.isdisjoint({"jsonschema", "referencing", "sandbox"})
     runtime = (root / "requirements.txt").read_text().lower()
     assert "jsonschema" not in runtime and "referencing" not in runtime
+
+
+def test_a_spec_operation_the_sandbox_lacks_is_501_not_a_fake_404(sandbox: Sandbox) -> None:
+    http = Http(sandbox.url, API_KEY)
+    for method, path in [("GET", "v1/training/capacity"), ("DELETE", "v1/training_projects/p1")]:
+        reply = http.api(method, path)
+        assert reply.status_code == 501, path
+        assert reply.json()["code"] == "NOT_IMPLEMENTED"
+        assert "does not implement" in reply.json()["message"]
