@@ -274,3 +274,11 @@ def test_a_spec_operation_the_sandbox_lacks_is_501_not_a_fake_404(sandbox: Sandb
         assert reply.status_code == 501, path
         assert reply.json()["code"] == "NOT_IMPLEMENTED"
         assert "does not implement" in reply.json()["message"]
+
+
+def test_the_ledger_is_readable_over_the_control_api(sandbox: Sandbox) -> None:
+    http = Http(sandbox.url, API_KEY)
+    http.api("GET", "v1/training_projects")
+    report = http.control("GET", "conformance").json()
+    assert report["answers_validated"] >= 1
+    assert report["unexpected_rejections"] == 0 and report["bad_answers"] == []
