@@ -35,6 +35,7 @@ from sandbox.conformance import (
     BadAnswer,
     Operation,
     Rejection,
+    RequestCheck,
     vendored_spec,
 )
 from sandbox.errors import SandboxApiError
@@ -263,8 +264,11 @@ class SandboxApp:
             raw_body = request.get_data(cache=True)
         except RequestEntityTooLarge:
             raw_body = b""  # answered 413 by the handler
-        check = vendored_spec().check_request(
-            method, path, request.args.to_dict(flat=False), raw_body
+        # Baseten's OpenAPI document covers /v1/ only (GraphQL and others are not in it).
+        check = (
+            vendored_spec().check_request(method, path, request.args.to_dict(flat=False), raw_body)
+            if path.startswith("/v1/")
+            else RequestCheck(None, None)
         )
         operation = check.operation
         if operation is not None:

@@ -282,3 +282,11 @@ def test_the_ledger_is_readable_over_the_control_api(sandbox: Sandbox) -> None:
     report = http.control("GET", "conformance").json()
     assert report["answers_validated"] >= 1
     assert report["unexpected_rejections"] == 0 and report["bad_answers"] == []
+
+
+def test_only_v1_paths_are_held_to_the_spec(sandbox: Sandbox) -> None:
+    """GraphQL and other non-/v1 paths are outside Baseten's REST document: not refused by it."""
+    before = len(LEDGER.rejections)
+    reply = Http(sandbox.url, API_KEY).api("POST", "graphql/", {"query": "{ x }"})
+    assert reply.status_code == 404  # the sandbox serves no such route (yet)
+    assert LEDGER.rejections[before:] == []
