@@ -232,10 +232,10 @@ class LocalStateStore:
                     dir=self.path.parent, prefix=self.path.name, suffix=".tmp"
                 )
                 try:
+                    # Renamed into place: a reader sees the old state or the new,
+                    # never half of one (no fsync: a lost state costs one full sweep).
                     with os.fdopen(handle, "wb") as out:
                         out.write(data)
-                        out.flush()
-                        os.fsync(out.fileno())
                     os.replace(temporary, self.path)
                 except BaseException:
                     with contextlib.suppress(OSError):
