@@ -285,9 +285,11 @@ def _history_rows(r: dict[str, Any]) -> list[Row]:
         )
     for item in r["runs"]:
         first = item["first"]
+        wait = first.get("baseten_answer_wait_ms", 0) / 1000
         rows.append(
             _row(
-                f"  full sweep (no state), {item['finished_jobs']:,} finished",
+                f"  full sweep (no state), {item['finished_jobs']:,} finished"
+                f" (sandbox answer wait {wait:.1f} s)",
                 figures(first),
                 figures(base["first"]) + " (no history)",
                 first["time_ratio"],
