@@ -2,7 +2,8 @@
 
 Three Baseten sandboxes (child processes, ``latency_ms`` per request), each with
 20 running jobs (one checkpoint each) and 0, 10,000 or 100,000 finished jobs
-(in 20 projects) that changed before the poll's window. Between ``poll_jobs`` and the
+(in 20 projects) that changed before the poll's window (the first poll runs
+with a 45 s lookback, after the history aged 46 s; the steady polls with 600 s). Between ``poll_jobs`` and the
 sandbox sits a byte-counting proxy, so "downloaded" is what really crossed the
 wire from Baseten. ``poll_jobs`` runs under a real functions-framework process
 with the default local state file and the client's rate limit at 90/s.
