@@ -41,11 +41,13 @@ class Http:
         *,
         headers: dict[str, str] | None = None,
         timeout: float = 10.0,
+        params: dict[str, str] | None = None,
     ) -> requests.Response:
         return requests.request(
             method,
             f"{self.base_url}/{path}",
             json=body,
+            params=params,
             headers=self.headers if headers is None else headers,
             timeout=timeout,
         )
