@@ -57,9 +57,7 @@ def graphql_api(sandbox: Sandbox) -> Iterator[Any]:
 
     baseten_api.API_URL_MAPPING[sandbox.url] = sandbox.url
     try:
-        yield baseten_api.BasetenApi(
-            sandbox.url, AuthService(ApiKeyCredential(api_key=API_KEY))
-        )
+        yield baseten_api.BasetenApi(sandbox.url, AuthService(ApiKeyCredential(api_key=API_KEY)))
     finally:
         del baseten_api.API_URL_MAPPING[sandbox.url]
 
@@ -259,8 +257,7 @@ def test_clock_and_chat_completions(local_s3: Any, clock: FakeClock) -> None:
             )["model_version"]
             path = f"v1/models/{version['model_id']}/deployments/{version['id']}"
             chat_path = (
-                f"model-{version['model_id']}/deployment/{version['id']}"
-                "/sync/v1/chat/completions"
+                f"model-{version['model_id']}/deployment/{version['id']}/sync/v1/chat/completions"
             )
             question = {"messages": [{"role": "user", "content": "What is 2+2?"}]}
             seen = [http.api("GET", path).json()["status"]]
