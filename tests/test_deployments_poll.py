@@ -4,19 +4,27 @@ Baseten's download operation) and a verifying webhook receiver."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
 from sandbox import Sandbox
 from tests.conftest import API_KEY
 from tests.fake_secret_manager import FakeSecretManager
 from tests.functions import FunctionServer
-from tests.test_poll_e2e import SECRET, poll, poller, receiver  # noqa: F401 - fixture
+from tests.test_poll_e2e import SECRET, poll, poller
 from tests.webhook_receiver import WebhookReceiver
 
 BODY = {"dataset_id": "HuggingFaceH4/Multilingual-Thinking", "model_id": "openai/gpt-oss-20b"}
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver(SECRET) as server:
+        yield server
 
 
 def submit(server: FunctionServer, **extra: Any) -> dict[str, Any]:
@@ -31,8 +39,8 @@ def finish(sandbox: Sandbox, job_id: str) -> None:
     sandbox.set_status(job_id, "TRAINING_JOB_COMPLETED")
 
 
-def of_type(receiver: WebhookReceiver, kind: str) -> list[dict[str, Any]]:
-    return [e for e in receiver.unique_events.values() if e["type"] == kind]
+def of_type(events: WebhookReceiver, kind: str) -> list[dict[str, Any]]:
+    return [e for e in events.unique_events.values() if e["type"] == kind]
 
 
 def test_completed_job_is_deployed_exactly_once_and_watched(
