@@ -224,6 +224,18 @@ class DeploymentWatch:
                 if created is not None and created < horizon:
                     continue
                 outcome.deployments_checked += 1
+                autoscaling = raw.get("autoscaling_settings")
+                if isinstance(autoscaling, dict) and (autoscaling.get("min_replica") or 0) > 0:
+                    # Worth saying on every poll: it bills while idle.
+                    log(
+                        _logger,
+                        logging.WARNING,
+                        "deployment keeps replicas when idle (min_replica > 0): it bills "
+                        "until deactivated",
+                        model_id=model_id,
+                        deployment_id=raw.get("id"),
+                        min_replica=autoscaling.get("min_replica"),
+                    )
                 deployment = self._service.as_deployment(
                     {**raw, "model_id": raw.get("model_id") or model_id}, model.get("name")
                 )
