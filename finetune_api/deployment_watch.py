@@ -107,6 +107,8 @@ class DeploymentWatch:
         self._reported: OrderedDict[str, str] = OrderedDict()
         self._specs: OrderedDict[str, dict[str, Any] | None] = OrderedDict()
         self._attempts: dict[str, int] = {}
+        # Jobs this instance already deployed: later polls need not replay them.
+        self._deployed: OrderedDict[str, None] = OrderedDict()
 
     def run(
         self,
@@ -163,7 +165,8 @@ class DeploymentWatch:
         ):
             with self._lock:
                 attempts = self._attempts.get(job.training_job_id, 0)
-            if attempts >= self._settings.deploy_max_attempts:
+                done = job.training_job_id in self._deployed
+            if done or attempts >= self._settings.deploy_max_attempts:
                 return
             try:
                 spec = self._deploy_spec(job.training_project_id, job.training_job_id)
@@ -178,14 +181,8 @@ class DeploymentWatch:
                 return
             if not spec or spec.get("on_completion") is not True:
                 return
-            request = DeploymentRequest.model_validate(
-                {
-                    "model_name": spec.get("model_name"),
-                    "compute": spec.get("compute") or {},
-                },
-                context={"settings": self._settings},
-            )
             try:
+                request = self._request(spec)
                 deployment = self._service.deploy(
                     job.training_project_id, job.training_job_id, request
                 )
@@ -207,7 +204,19 @@ class DeploymentWatch:
                 return
             with self._lock:
                 self._attempts.pop(job.training_job_id, None)
+                self._deployed[job.training_job_id] = None
+                while len(self._deployed) > _MEMORY:
+                    self._deployed.popitem(last=False)
             self._emit(sink, deployed_event(deployment), outcome)
+
+    def _request(self, spec: dict[str, Any]) -> DeploymentRequest:
+        """The stored deploy request, validated against today's settings (guards may have moved)."""
+        from .schemas import parse_deployment_request
+
+        return parse_deployment_request(
+            {"model_name": spec.get("model_name"), "compute": spec.get("compute") or {}},
+            self._settings,
+        )
 
     # -- watching ---------------------------------------------------------------
 
@@ -217,7 +226,20 @@ class DeploymentWatch:
             model_id = str(model.get("id") or "")
             if not model_id:
                 continue
-            for raw in self._client.list_deployments(model_id):
+            try:
+                deployments = self._client.list_deployments(model_id)
+            except ServiceError as error:
+                # One model failing (or deleted since the list) spares the others.
+                outcome.failed += 1
+                log(
+                    _logger,
+                    logging.ERROR,
+                    "could not read a model's deployments; they wait for the next poll",
+                    model_id=model_id,
+                    reason=f"{error.type}: {error.message}",
+                )
+                continue
+            for raw in deployments:
                 if parse_marker(raw.get("name")) is None:
                     continue
                 created = _parse_time(raw.get("created_at"))

@@ -152,3 +152,23 @@ def test_runtime_config_carries_the_deploy_request(
         "model_name": None,
         "compute": {"accelerator": None, "gpu_count": 1},
     }
+
+
+def test_a_deploy_request_the_guards_no_longer_allow_is_reported_not_deployed(
+    train_http: FunctionServer,
+    sandbox: Sandbox,
+    secret_manager: FakeSecretManager,
+    receiver: WebhookReceiver,
+    tmp_path: Path,
+) -> None:
+    job = submit(train_http, deploy={"on_completion": True, "compute": {"accelerator": "A10G"}})
+    finish(sandbox, job["training_job_id"])
+    # The operator narrowed the spend guards after the job was submitted.
+    with poller(
+        sandbox, secret_manager, tmp_path, receiver.url, ALLOWED_ACCELERATORS="H100"
+    ) as server:
+        poll(server, {})
+    [failed] = of_type(receiver, "training_job.deployment_failed")
+    assert failed["data"]["reason"]["type"] == "invalid_request"
+    assert "compute.accelerator" in failed["data"]["reason"]["message"]
+    assert sandbox.state.deployments.mutations == 0
