@@ -392,6 +392,14 @@ class BasetenClient:
             json_body={},
         )
 
+    def activate_deployment(self, model_id: str, deployment_id: str) -> dict[str, Any]:
+        return self._call(
+            "POST",
+            f"{self._deployment_path(model_id, deployment_id)}/activate",
+            what=self._dw(model_id, deployment_id),
+            json_body={},
+        )
+
     def delete_deployment(self, model_id: str, deployment_id: str) -> dict[str, Any]:
         return self._call(
             "DELETE",

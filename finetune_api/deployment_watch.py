@@ -183,8 +183,9 @@ class DeploymentWatch:
                 return
             try:
                 request = self._request(spec)
+                # Never undo a deactivation the user made to stop paying.
                 deployment = self._service.deploy(
-                    job.training_project_id, job.training_job_id, request
+                    job.training_project_id, job.training_job_id, request, reactivate=False
                 )
             except ServiceError as error:
                 with self._lock:

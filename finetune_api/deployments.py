@@ -63,6 +63,7 @@ class DeploymentReads(Protocol):
     def get_deployment(self, model_id: str, deployment_id: str) -> dict[str, Any]: ...
     def rename_deployment(self, model_id: str, deployment_id: str, name: str) -> dict[str, Any]: ...
     def deactivate_deployment(self, model_id: str, deployment_id: str) -> dict[str, Any]: ...
+    def activate_deployment(self, model_id: str, deployment_id: str) -> dict[str, Any]: ...
     def delete_deployment(self, model_id: str, deployment_id: str) -> dict[str, Any]: ...
 
 
@@ -152,8 +153,14 @@ class DeploymentService:
         request: DeploymentRequest,
         *,
         idempotency_key: str | None = None,
+        reactivate: bool = True,
     ) -> Deployment:
-        """Deploy a checkpoint of a completed job; a replay answers the existing deployment."""
+        """Deploy a checkpoint of a completed job; a replay answers the existing deployment.
+
+        A replay finding the deployment deactivated activates it again when
+        ``reactivate`` (an explicit request to serve it); the deploy on
+        completion passes False, so it never undoes a user's deactivation.
+        """
         key = check_idempotency_key(idempotency_key)
         job = self._client.get_job(project_id, job_id)
         status = str(job.get("current_status") or "")
@@ -180,6 +187,17 @@ class DeploymentService:
             models, existing = self._find(model_name, marker)
             if existing:
                 model, raw = existing[0]
+                if reactivate and str(raw.get("status")) == "INACTIVE":
+                    model_id, deployment_id = str(model["id"]), str(raw["id"])
+                    self._client.activate_deployment(model_id, deployment_id)
+                    raw = {**self._client.get_deployment(model_id, deployment_id)}
+                    log(
+                        _logger,
+                        20,
+                        "reactivated a deactivated deployment",
+                        model_id=model_id,
+                        deployment_id=deployment_id,
+                    )
                 return self._logged(self.as_deployment(raw, model.get("name"), replay=True), key)
             request_data = self._request(
                 model_name, job_id, checkpoint_id, accelerator, request.compute.gpu_count, False

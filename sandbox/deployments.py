@@ -93,6 +93,11 @@ API_RULES = [
         endpoint="deactivate_deployment",
     ),
     Rule(
+        "/v1/models/<model_id>/deployments/<deployment_id>/activate",
+        methods=["POST"],
+        endpoint="activate_deployment",
+    ),
+    Rule(
         "/v1/training_projects/<project_id>/jobs/<job_id>/download",
         methods=["GET"],
         endpoint="download_job",
@@ -611,6 +616,16 @@ class DeploymentStore:
             deployment.anchor_us = self.state.now_us()
             return {"success": True}
 
+    def activate(self, model_id: str, deployment_id: str) -> dict[str, Any]:
+        """An inactive deployment comes back up (through DEPLOYING, on the clock)."""
+        with self.state._lock:
+            self._advance_all(self.state.now_us())
+            deployment = self._deployment_or_404(model_id, deployment_id)
+            if deployment.status == INACTIVE:
+                deployment.status = DEPLOYING
+                deployment.anchor_us = self.state.now_us()
+            return {"success": True}
+
     def download(self, project_id: str, job_id: str) -> dict[str, Any]:
         state = self.state
         with state._lock:
@@ -723,6 +738,9 @@ def api_handlers(store: DeploymentStore, json_body: Any, reply: Any) -> dict[str
         ),
         "deactivate_deployment": lambda r, p: reply(
             200, store.deactivate(p["model_id"], p["deployment_id"])
+        ),
+        "activate_deployment": lambda r, p: reply(
+            200, store.activate(p["model_id"], p["deployment_id"])
         ),
         "download_job": lambda r, p: reply(200, store.download(p["project_id"], p["job_id"])),
         "chat_completions": lambda r, p: reply(

@@ -340,3 +340,17 @@ def test_openapi_documents_the_deployment_routes(train_http: FunctionServer) -> 
     assert set(schemas["Deployment"]["properties"]) == DEPLOYMENT_FIELDS
     assert schemas["DeploymentRequest"]["additionalProperties"] is False
     assert "deploy" in schemas["TrainingRequest"]["properties"]
+
+
+def test_deploying_a_deactivated_deployment_again_reactivates_it(
+    train_http: FunctionServer, sandbox: Sandbox
+) -> None:
+    project_id, job_id = completed_job(sandbox)
+    created = deploy(train_http, project_id, job_id).json()
+    path = f"{train_http.url}/deployments/{created['model_id']}/{created['deployment_id']}"
+    assert requests.post(f"{path}/deactivate", timeout=30).json()["status"] == "inactive"
+    again = deploy(train_http, project_id, job_id)
+    assert again.status_code == 200 and again.json()["idempotent_replay"] is True
+    assert again.json()["deployment_id"] == created["deployment_id"]
+    assert again.json()["status"] == "deploying"  # coming back up, not a second deployment
+    assert mutations(sandbox) == 1 and len(deployments_of(sandbox)) == 1

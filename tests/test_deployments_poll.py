@@ -172,3 +172,29 @@ def test_a_deploy_request_the_guards_no_longer_allow_is_reported_not_deployed(
     assert failed["data"]["reason"]["type"] == "invalid_request"
     assert "compute.accelerator" in failed["data"]["reason"]["message"]
     assert sandbox.state.deployments.mutations == 0
+
+
+def test_a_later_poll_never_undoes_a_deactivation(
+    train_http: FunctionServer,
+    sandbox: Sandbox,
+    secret_manager: FakeSecretManager,
+    receiver: WebhookReceiver,
+    tmp_path: Path,
+) -> None:
+    job = submit(train_http, deploy={"on_completion": True})
+    finish(sandbox, job["training_job_id"])
+    with poller(sandbox, secret_manager, tmp_path / "a", receiver.url) as first:
+        poll(first, {})
+    [deployed] = of_type(receiver, "training_job.deployed")
+    stopped = requests.post(
+        f"{train_http.url}/deployments/{deployed['data']['model_id']}"
+        f"/{deployed['data']['deployment_id']}/deactivate",
+        timeout=30,
+    )
+    assert stopped.json()["status"] == "inactive"
+    # A cold instance, still inside the completion's window, replays the deploy.
+    with poller(sandbox, secret_manager, tmp_path / "b", receiver.url) as second:
+        poll(second, {})
+    [recorded] = sandbox.state.deployments.all()["deployments"]
+    assert recorded["status"] == "INACTIVE"
+    assert of_type(receiver, "deployment.inactive")

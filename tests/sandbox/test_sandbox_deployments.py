@@ -232,6 +232,9 @@ def test_rename_is_unique_per_model_and_delete_and_deactivate(
     assert deactivated.json() == {"success": True}
     conforms(deactivated.json(), "DeactivateResponseV1")
     assert http.api("GET", f"{path}/{first['id']}").json()["status"] == "INACTIVE"
+    activated = http.api("POST", f"{path}/{first['id']}/activate", {})
+    conforms(activated.json(), "ActivateResponseV1")
+    assert http.api("GET", f"{path}/{first['id']}").json()["status"] == "DEPLOYING"
     tomb = http.api("DELETE", f"{path}/{second['id']}").json()
     conforms(tomb, "DeploymentTombstoneV1")
     assert http.api("GET", f"{path}/{second['id']}").status_code == 404
