@@ -22,8 +22,10 @@ Seams (each patched once per process, next to the ones in ``baseten_push``):
 * ``truss.remote.baseten.api.requests`` (used for GraphQL) is given a stand-in
   whose ``post`` goes through one pooled Session and caps truss's hard-coded
   120 s timeout at ``BASETEN_TIMEOUT_SECONDS``;
-* truss logs a failed GraphQL response's body through ``logging`` (Baseten's
-  answer, never our request headers).
+* truss logs a failed GraphQL response's body (Baseten's answer, never our
+  request headers) on the ``truss.remote.baseten.api`` logger; that logger
+  writes through our JSON handler (scrubbed like every line) instead of plain
+  text on stderr.
 
 Errors map through :func:`finetune_api.baseten_client.upstream_error`; a
 GraphQL ``errors`` answer (truss raises ``ApiError``) is Baseten refusing the
@@ -33,6 +35,7 @@ says the resource does not exist.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +47,7 @@ from .errors import (
     UpstreamError,
     UpstreamRejectedError,
 )
-from .logs import get_logger, log, scrub
+from .logs import LOGGER_NAME, get_logger, log, scrub
 from .settings import Settings
 
 _logger = get_logger("baseten_deploy")
@@ -91,6 +94,10 @@ def _prepare(settings: Settings) -> None:
 
                 _requests_stand_in = _TimeoutCappedRequests(_PooledRequests())
                 truss_api.requests = _requests_stand_in  # type: ignore[assignment]
+                ours = logging.getLogger(LOGGER_NAME)
+                theirs = logging.getLogger(truss_api.__name__)
+                theirs.handlers[:] = list(ours.handlers)
+                theirs.propagate = False
                 _prepared = True
     assert _requests_stand_in is not None
     _requests_stand_in.timeout = settings.baseten_timeout_seconds

@@ -271,7 +271,11 @@ def test_graphql_faults_are_mapped_and_create_nothing(
     assert deployments_of(sandbox) == []
     # The same request succeeds once Baseten recovers.
     assert deploy(train_http, project_id, job_id).status_code == 202
-    assert API_KEY not in train_http.output()
+    output = train_http.output()
+    assert API_KEY not in output
+    # truss's own log line about a failed GraphQL answer is structured like ours.
+    truss_lines = [line for line in output.splitlines() if "GraphQL endpoint failed" in line]
+    assert all(line.startswith("{") for line in truss_lines)
 
 
 def test_rest_faults_are_retried_or_mapped(train_http: FunctionServer, sandbox: Sandbox) -> None:
