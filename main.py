@@ -5,7 +5,9 @@ from __future__ import annotations
 import functions_framework
 from cloudevents.http import CloudEvent
 from flask import Request, Response
+from werkzeug.exceptions import HTTPException
 
+from finetune_api.http_app import http_error_response
 from finetune_api.pubsub import handle_pubsub
 from finetune_api.routes import handle_poll, handle_train_http
 
@@ -30,3 +32,9 @@ def train_pubsub(cloud_event: CloudEvent) -> None:
 def poll_jobs(request: Request) -> Response:
     """HTTPS, called by Cloud Scheduler: report status changes and new checkpoints."""
     return handle_poll(request)
+
+
+@functions_framework.errorhandler(HTTPException)  # type: ignore[untyped-decorator]
+def framework_error(error: HTTPException) -> Response:
+    """An error the framework raises before any entry point runs: the same JSON shape."""
+    return http_error_response(error)

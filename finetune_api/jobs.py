@@ -66,7 +66,11 @@ def check_idempotency_key(key: str | None) -> str | None:
     """1-255 visible ASCII characters, per CONTRACT."""
     if key is None:
         return None
-    if not 1 <= len(key) <= 255 or not all(33 <= ord(ch) <= 126 for ch in key):
+    if (
+        not isinstance(key, str)
+        or not 1 <= len(key) <= 255
+        or not all(33 <= ord(ch) <= 126 for ch in key)
+    ):
         raise InvalidRequestError(
             "Idempotency-Key must be 1-255 visible ASCII characters",
             details=[
