@@ -25,7 +25,7 @@ def decode_json(raw: bytes | bytearray | str, what: str = "request body") -> Any
         try:
             text = bytes(raw).decode("utf-8")
         except UnicodeDecodeError:
-            raise InvalidRequestError(f"{what} is not valid UTF-8") from None
+            raise InvalidRequestError(f"{what} is not UTF-8 text") from None
     else:
         text = raw
     try:
