@@ -129,3 +129,23 @@ def test_fastapi_example(configured: Sandbox) -> None:
     failed = client.post("/train", json={"dataset_id": DATASET, "model_id": MODEL})
     assert failed.status_code == 502 and failed.json()["error"]["type"] == "upstream_error"
     assert len(configured.jobs()) == 1
+
+
+def test_each_submission_is_validated_once(
+    configured: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from finetune_api import api, schemas
+
+    validations: list[Any] = []
+    original = schemas.TrainingRequest.model_validate.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        validations.append(args[0])
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(schemas.TrainingRequest, "model_validate", classmethod(counting))
+    finetune_api.handle_training_request(DATASET, MODEL, idempotency_key="once-a")
+    assert len(validations) == 1
+    api.submit_body({"dataset_id": DATASET, "model_id": MODEL}, idempotency_key="once-b")
+    assert len(validations) == 2
+    assert len(configured.jobs()) == 2
