@@ -72,6 +72,19 @@ def error_response(error: ServiceError) -> Response:
     return json_response(error.body, error.status, error.headers)
 
 
+def framework_error_response(error: Exception) -> Response:
+    """What ``main.py`` answers for an error raised inside functions-framework itself."""
+    if isinstance(error, HTTPException):
+        return http_error_response(error)
+    # The framework decodes a CloudEvent body itself (json raises RecursionError,
+    # not ValueError, for deep nesting). Pub/Sub builds real envelopes, so only a
+    # direct invoker can send these: a logged 400, not a 500 with a traceback.
+    logs.log(_logger, 40, "request body could not be decoded", error_type=type(error).__name__)
+    if isinstance(error, RecursionError) or isinstance(error.__cause__, RecursionError):
+        return error_response(InvalidRequestError("request body is nested too deeply"))
+    return error_response(InvalidRequestError("request body could not be decoded"))
+
+
 def http_error_response(error: HTTPException) -> Response:
     """A werkzeug routing or protocol error as the CONTRACT JSON body.
 

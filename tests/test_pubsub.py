@@ -284,3 +284,32 @@ def test_http_same_key_ten_times_at_once(train_http: FunctionServer, sandbox: Sa
         and again.json()["training_job_id"] == responses[0].json()["training_job_id"]
     )
     time.sleep(0)
+
+
+CE_HEADERS = {
+    "ce-specversion": "1.0",
+    "ce-type": TYPE,
+    "ce-source": TOPIC,
+    "ce-id": "undecodable-1",
+}
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/cloudevents+json", b"[" * 3000),
+        ("application/json", b'{"message":' * 3000),
+        ("application/cloudevents+json", b"\xff\xfe"),
+        ("application/cloudevents+json", b"{bad"),
+    ],
+)
+def test_an_envelope_the_framework_cannot_decode_is_a_400_in_our_json(
+    pubsub: FunctionServer, sandbox: Sandbox, content_type: str, body: bytes
+) -> None:
+    """Issue 12: functions-framework decodes the envelope itself; these were 500s."""
+    response = requests.post(
+        pubsub.url, data=body, headers={**CE_HEADERS, "Content-Type": content_type}, timeout=30
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["type"] == "invalid_request"
+    assert sandbox.jobs() == []
