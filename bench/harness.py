@@ -34,7 +34,7 @@ from typing import Any
 
 import requests
 
-from tests.servers import SandboxProcess, free_port
+from loopback.servers import SandboxProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "bench"

@@ -14,7 +14,7 @@ from types import TracebackType
 
 import requests
 
-from tests.servers import free_port
+from loopback.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTIONS_FRAMEWORK = Path(sys.executable).with_name("functions-framework")
