@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import requests
 
+from loopback.fake_secret_manager import FakeSecretManager
+from loopback.functions import FunctionServer
 from sandbox import Sandbox
 from tests.conftest import API_KEY, function_env
-from tests.fake_secret_manager import FakeSecretManager
-from tests.functions import FunctionServer
 
 DEPLOYMENT_FIELDS = {
     "model_id",

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 import requests
 
+from loopback.fake_secret_manager import FakeSecretManager
+from loopback.functions import FunctionServer
+from loopback.webhook_receiver import WebhookReceiver
 from sandbox import Sandbox
 from tests.conftest import API_KEY
-from tests.fake_secret_manager import FakeSecretManager
-from tests.functions import FunctionServer
 from tests.test_poll_e2e import SECRET, poll, poller
-from tests.webhook_receiver import WebhookReceiver
 
 BODY = {"dataset_id": "HuggingFaceH4/Multilingual-Thinking", "model_id": "openai/gpt-oss-20b"}
 

@@ -233,7 +233,7 @@ def test_rename_is_unique_per_model_and_delete_and_deactivate(
 
 
 def test_clock_and_chat_completions(local_s3: Any, clock: FakeClock) -> None:
-    from tests.servers import running_sandbox
+    from loopback.servers import running_sandbox
 
     with running_sandbox(API_KEY, local_s3.url, step_seconds=10, clock=clock) as private:
         from truss.remote.baseten import api as baseten_api
