@@ -22,6 +22,8 @@ class Services:
     client: Any
     jobs: Any
     events: Any
+    deployments: Any = None
+    serving: Any = None
 
 
 _services: Services | None = None
@@ -57,7 +59,36 @@ def build_services(settings: Settings) -> Services:
             get_logger("runtime").exception("could not emit training_job.submitted")
 
     jobs = JobService(settings, client, push, announce)
-    return Services(settings=settings, secrets=secrets, client=client, jobs=jobs, events=events)
+    deployments, serving = build_serving(settings, client, api_key)
+    return Services(
+        settings=settings,
+        secrets=secrets,
+        client=client,
+        jobs=jobs,
+        events=events,
+        deployments=deployments,
+        serving=serving,
+    )
+
+
+def build_serving(settings: Settings, client: Any, api_key: Any) -> tuple[Any, Any]:
+    """The deployment service and the poll's serving watch (truss loads on first deploy)."""
+    from .deployment_watch import DeploymentWatch
+    from .deployments import DeploymentService
+
+    class TrussDeployer:
+        def instance_types(self) -> list[Any]:
+            from .baseten_deploy import instance_types
+
+            return instance_types(settings, api_key())
+
+        def create(self, request: dict[str, Any]) -> dict[str, Any]:
+            from .baseten_deploy import create_from_checkpoint
+
+            return create_from_checkpoint(settings, api_key(), request)
+
+    deployments = DeploymentService(settings, client, TrussDeployer())
+    return deployments, DeploymentWatch(settings, client, deployments)
 
 
 def get_services() -> Services:
