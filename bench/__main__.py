@@ -37,6 +37,7 @@ BENCHMARKS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "memory": ("bench.memory", {"concurrency": 20}, {"concurrency": 20}),
     "poll": ("bench.poll_bench", {}, {}),
     "idempotency_race": ("bench.idempotency_race", {"rounds": 5}, {"rounds": 2}),
+    "deploy_race": ("bench.deploy_race", {"rounds": 5}, {"rounds": 2}),
     "poll_history": ("bench.poll_history", {}, {"sizes": (0, 10_000), "polls": 3}),
 }
 CHILD_TIMEOUT_S = 900
@@ -259,6 +260,30 @@ def _race_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _deploy_race_rows(r: dict[str, Any]) -> list[Row]:
+    burst = r["burst"]
+    return [
+        _row(
+            f"same deploy x{burst} on 2 instances at once: deployments per checkpoint",
+            f"{r['max_live_deployments_per_checkpoint']} (of {burst} requests)",
+            f"{r['baseline_deployments_per_burst']} as truss's CLI sends it",
+            round(
+                r["max_live_deployments_per_checkpoint"] / r["baseline_deployments_per_burst"], 2
+            ),
+            "1 deployment",
+            r["max_live_deployments_per_checkpoint"] == 1
+            and r["every_answer_names_the_kept_deployment"],
+        ),
+        _row(
+            f"  duplicates created and deleted over {r['rounds']} checkpoints, slowest answer",
+            f"{r['duplicates_deleted']} of {r['deployments_created']}, "
+            f"{r['slowest_answer_ms']:.0f} ms",
+            f"latency {r['latency_ms']} ms per Baseten request",
+            None,
+        ),
+    ]
+
+
 def _history_rows(r: dict[str, Any]) -> list[Row]:
     rows: list[Row] = []
     base = r["runs"][0]
@@ -313,6 +338,7 @@ ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "memory": _memory_rows,
     "poll": _poll_rows,
     "idempotency_race": _race_rows,
+    "deploy_race": _deploy_race_rows,
     "poll_history": _history_rows,
 }
 

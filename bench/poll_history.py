@@ -3,10 +3,11 @@
 Three Baseten sandboxes (child processes, ``latency_ms`` per request), each with
 20 running jobs (one checkpoint each) and 0, 10,000 or 100,000 finished jobs
 (in 20 projects) that changed before the poll's window (the first poll runs
-with a 45 s lookback, after the history aged 46 s; the steady polls with 600 s). Between ``poll_jobs`` and the
-sandbox sits a byte-counting proxy, so "downloaded" is what really crossed the
-wire from Baseten. ``poll_jobs`` runs under a real functions-framework process
-with the default local state file and the client's rate limit at 90/s.
+with a 45 s lookback, after the history aged 46 s; the steady polls with 600 s).
+Between ``poll_jobs`` and the sandbox sits a byte-counting proxy, so
+"downloaded" is what really crossed the wire from Baseten. ``poll_jobs`` runs
+under a real functions-framework process with the default local state file and
+the client's rate limit at 90/s.
 
 Per run:
 
@@ -43,7 +44,7 @@ from urllib.parse import urlsplit
 import requests
 
 from bench.harness import expect, first_answer, launch, status_kb, workdir
-from tests.servers import SandboxProcess
+from loopback.servers import SandboxProcess
 
 API_KEY = "bt-bench-" + secrets.token_hex(16)
 RUNNING = 20

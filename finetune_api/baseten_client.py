@@ -273,7 +273,7 @@ class BasetenClient:
 
     def get_job(self, project_id: str, job_id: str) -> dict[str, Any]:
         """The ``training_job`` dict, with ``training_project`` ``{id, name}`` on it."""
-        what = f"training job {job_id} of project {project_id}"
+        what = "training job"  # no caller input in messages
         body = self._call("GET", self._job_path(project_id, job_id), what=what)
         job = self._dict(body, "training_job", what)
         project = body.get("training_project")
@@ -286,7 +286,7 @@ class BasetenClient:
 
     def upsert_project(self, name: str, team_id: str | None = None) -> dict[str, Any]:
         """Create the training project ``name`` or return the existing one (Baseten upserts)."""
-        what = f"training project {name}"
+        what = "training project"
         path = "v1/training_projects"
         if team_id:
             path = f"v1/teams/{self._id(team_id, f'team {team_id}')}/training_projects"
@@ -300,7 +300,7 @@ class BasetenClient:
 
     def list_project_jobs(self, project_id: str) -> list[dict[str, Any]]:
         """Every job of one project, each with ``training_project`` on it."""
-        what = f"jobs of training project {project_id}"
+        what = "jobs of the training project"
         path = f"v1/training_projects/{self._id(project_id, what)}/jobs"
         body = self._call("GET", path, what=what)
         jobs = self._list(body, "training_jobs", what)
@@ -355,9 +355,7 @@ class BasetenClient:
             "order_by": [{"field": "created_at", "order": "desc" if newest_first else "asc"}],
         }
         what = "training job search"
-        response = self._call(
-            "POST", "v1/training_jobs/search", what=what, json_body=payload, stream=True
-        )
+        response = self._open("POST", "v1/training_jobs/search", what=what, json_body=payload)
         try:
             yield self._items(response, "training_jobs.item", what)
         finally:
@@ -368,7 +366,7 @@ class BasetenClient:
         """Every job of one project, parsed as it arrives (404 for an unknown project)."""
         what = f"jobs of training project {project_id}"
         path = f"v1/training_projects/{self._id(project_id, what)}/jobs"
-        response = self._call("GET", path, what=what, stream=True)
+        response = self._open("GET", path, what=what)
         try:
             yield (
                 {**job, "training_project_id": job.get("training_project_id") or project_id}
@@ -394,20 +392,120 @@ class BasetenClient:
             raise upstream_error(what, transport="stopped answering mid-way") from None
 
     def list_checkpoints(self, project_id: str, job_id: str) -> list[dict[str, Any]]:
-        what = f"checkpoints of training job {job_id} of project {project_id}"
+        what = "checkpoints of the training job"
         path = f"{self._job_path(project_id, job_id)}/checkpoints"
         body = self._call("GET", path, what=what)
         return self._list(body, "checkpoints", what)
 
     def stop_job(self, project_id: str, job_id: str) -> dict[str, Any]:
         """Stop a job; returns the ``training_job`` dict Baseten answers."""
-        what = f"training job {job_id} of project {project_id}"
+        what = "training job"  # no caller input in messages
         path = f"{self._job_path(project_id, job_id)}/stop"
         # A stop is repeated only when Baseten surely did not act on it.
         body = self._call("POST", path, what=what, json_body={}, idempotent=False)
         job = self._dict(body, "training_job", what)
         job.setdefault("training_project_id", project_id)
         return job
+
+    # -- models and deployments (the published /v1/models operations) ------
+
+    def list_models(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Every model, or those named exactly ``name``."""
+        body = self._call(
+            "GET", "v1/models", what="models", params={"name": name} if name else None
+        )
+        return self._list(body, "models", "models")
+
+    def get_model(self, model_id: str) -> dict[str, Any]:
+        what = f"model {model_id}"
+        return self._call("GET", f"v1/models/{self._id(model_id, what)}", what=what)
+
+    def list_deployments(self, model_id: str, name: str | None = None) -> list[dict[str, Any]]:
+        """A model's deployments, or the one named exactly ``name``."""
+        what = f"deployments of model {model_id}"
+        path = f"v1/models/{self._id(model_id, what)}/deployments"
+        body = self._call("GET", path, what=what, params={"name": name} if name else None)
+        return self._list(body, "deployments", what)
+
+    def get_deployment(self, model_id: str, deployment_id: str) -> dict[str, Any]:
+        return self._call(
+            "GET",
+            self._deployment_path(model_id, deployment_id),
+            what=self._dw(model_id, deployment_id),
+        )
+
+    def rename_deployment(self, model_id: str, deployment_id: str, name: str) -> dict[str, Any]:
+        """Set the deployment's name (unique among the model's deployments)."""
+        # Repeating the same rename of the same deployment is harmless.
+        return self._call(
+            "PATCH",
+            self._deployment_path(model_id, deployment_id),
+            what=self._dw(model_id, deployment_id),
+            json_body={"name": name},
+        )
+
+    def deactivate_deployment(self, model_id: str, deployment_id: str) -> dict[str, Any]:
+        return self._call(
+            "POST",
+            f"{self._deployment_path(model_id, deployment_id)}/deactivate",
+            what=self._dw(model_id, deployment_id),
+            json_body={},
+        )
+
+    def activate_deployment(self, model_id: str, deployment_id: str) -> dict[str, Any]:
+        return self._call(
+            "POST",
+            f"{self._deployment_path(model_id, deployment_id)}/activate",
+            what=self._dw(model_id, deployment_id),
+            json_body={},
+        )
+
+    def delete_deployment(self, model_id: str, deployment_id: str) -> dict[str, Any]:
+        return self._call(
+            "DELETE",
+            self._deployment_path(model_id, deployment_id),
+            what=self._dw(model_id, deployment_id),
+        )
+
+    def job_artifact_urls(self, project_id: str, job_id: str) -> list[str]:
+        """Presigned URLs of the archives the job was pushed with (``GET …/download``)."""
+        what = f"artifacts of training job {job_id} of project {project_id}"
+        body = self._call("GET", f"{self._job_path(project_id, job_id)}/download", what=what)
+        urls = body.get("artifact_presigned_urls")
+        if not isinstance(urls, list):
+            raise UpstreamError(f"Baseten's answer has no 'artifact_presigned_urls' list ({what})")
+        return [url for url in urls if isinstance(url, str)]
+
+    def fetch_artifact(self, url: str, max_bytes: int) -> bytes:
+        """GET a presigned URL (no Baseten credentials: they never leave for storage)."""
+        what = "a training job's artifact"
+        if not url.startswith(("https://", "http://")):
+            raise UpstreamError(f"Baseten sent an artifact URL that is not http(s) ({what})")
+        try:
+            with self._session.get(url, timeout=self._timeout, stream=True) as response:
+                if response.status_code != 200:
+                    raise upstream_error(what, status=response.status_code)
+                chunks: list[bytes] = []
+                size = 0
+                for chunk in response.iter_content(65536):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise UpstreamError(f"{what} is larger than {max_bytes} bytes")
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        except requests.Timeout:
+            error: ServiceError = upstream_error(what, transport="did not answer in time")
+        except requests.RequestException:
+            error = upstream_error(what, transport="could not be reached")
+        raise error
+
+    def _deployment_path(self, model_id: str, deployment_id: str) -> str:
+        what = self._dw(model_id, deployment_id)
+        return f"v1/models/{self._id(model_id, what)}/deployments/{self._id(deployment_id, what)}"
+
+    @staticmethod
+    def _dw(model_id: str, deployment_id: str) -> str:
+        return f"deployment {deployment_id} of model {model_id}"
 
     @property
     def request_count(self) -> int:
@@ -452,7 +550,7 @@ class BasetenClient:
         return value
 
     def _job_path(self, project_id: str, job_id: str) -> str:
-        what = f"training job {job_id} of project {project_id}"
+        what = "training job"  # no caller input in messages
         return f"v1/training_projects/{self._id(project_id, what)}/jobs/{self._id(job_id, what)}"
 
     @staticmethod
@@ -479,6 +577,32 @@ class BasetenClient:
         what: str,
         json_body: Any = None,
         idempotent: bool = True,
+        params: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """One request's JSON object answer (retried, rate-limited, errors mapped)."""
+        body: dict[str, Any] = self._perform(
+            method, path, what=what, json_body=json_body, idempotent=idempotent, params=params
+        )
+        return body
+
+    def _open(
+        self, method: str, path: str, *, what: str, json_body: Any = None
+    ) -> requests.Response:
+        """The same, but the 2xx response is handed over unread, to be parsed as a stream."""
+        response: requests.Response = self._perform(
+            method, path, what=what, json_body=json_body, stream=True
+        )
+        return response
+
+    def _perform(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        json_body: Any = None,
+        idempotent: bool = True,
+        params: dict[str, str] | None = None,
         stream: bool = False,
     ) -> Any:
         def should_retry(error: BaseException) -> bool:
@@ -501,7 +625,7 @@ class BasetenClient:
         try:
             for attempt in retrying:
                 with attempt:
-                    return self._attempt(method, url, what, json_body, stream)
+                    return self._attempt(method, url, what, json_body, params, stream)
         except _Failure as failure:
             error = failure.error
         # Raised outside the except block: the error carries no exception chain.
@@ -528,7 +652,13 @@ class BasetenClient:
         )
 
     def _send(
-        self, method: str, url: str, what: str, json_body: Any, stream: bool = False
+        self,
+        method: str,
+        url: str,
+        what: str,
+        json_body: Any,
+        params: Any = None,
+        stream: bool = False,
     ) -> requests.Response | _Failure:
         headers = {
             "Authorization": f"Api-Key {self._api_key()}",
@@ -544,6 +674,7 @@ class BasetenClient:
                 url,
                 headers=headers,
                 json=json_body,
+                params=params,
                 timeout=self._timeout,
                 allow_redirects=False,
                 stream=stream,
@@ -584,9 +715,15 @@ class BasetenClient:
             )
 
     def _attempt(
-        self, method: str, url: str, what: str, json_body: Any, stream: bool = False
+        self,
+        method: str,
+        url: str,
+        what: str,
+        json_body: Any,
+        params: Any = None,
+        stream: bool = False,
     ) -> Any:
-        sent = self._send(method, url, what, json_body, stream)
+        sent = self._send(method, url, what, json_body, params, stream)
         # Raised here, outside any except block, so no requests exception (which
         # may quote headers) ever hangs off the error as its __context__.
         if isinstance(sent, _Failure):

@@ -25,7 +25,6 @@ failing never stops the others.
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import re
 import threading
@@ -39,6 +38,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from .decoding import decode_json
 from .errors import InvalidRequestError, NotFoundError, ServiceError, UpstreamUnavailableError
 from .events import CHECKPOINT_CREATED, Event, checkpoint_event, rfc3339, status_event
 from .logs import context, get_logger, log
@@ -65,13 +65,19 @@ NOT_STARTED_STATUSES = frozenset(
         "TRAINING_JOB_DEPLOYING",
     }
 )
+COMPLETED = "TRAINING_JOB_COMPLETED"
 #: Every known status that is not final; the poll's status search asks for these.
 ACTIVE_STATUSES = (*sorted(NOT_STARTED_STATUSES), "TRAINING_JOB_RUNNING")
 #: Jobs created this long before the last poll are read again (clock skew, slow indexing).
 NEW_JOB_OVERLAP = timedelta(minutes=10)
+# ASCII digits only (``\d`` would take any script's digits).
 _RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})\Z"
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?"
+    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})\Z"
 )
+# The earliest ``since`` a poll accepts: nothing on Baseten is older, and
+# dates near year 1 or 9999 overflow once shifted to UTC or by the lookback.
+EARLIEST_SINCE = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class JobReader(Protocol):
@@ -92,6 +98,12 @@ class EventEmitter(Protocol):
     def emit(self, event: Event) -> DeliveryResult: ...
 
 
+class ServingWatch(Protocol):
+    """Deploy on completion and deployment events (see deployment_watch)."""
+
+    def run(self, sink: Any, changed_jobs: list[dict[str, Any]], until: datetime) -> Any: ...
+
+
 @dataclass
 class _JobOutcome:
     events: int = 0
@@ -107,11 +119,16 @@ def parse_time(value: Any) -> datetime | None:
         return None
     try:
         moment = datetime.fromisoformat(value)
-    except ValueError:
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+
+
+def unreadable_time(value: Any) -> bool:
+    """True when Baseten gave a timestamp (not null or empty) that cannot be read."""
+    return value not in (None, "") and parse_time(value) is None
 
 
 def parse_since(body: Any, *, now: datetime | None = None) -> datetime | None:
@@ -119,18 +136,10 @@ def parse_since(body: Any, *, now: datetime | None = None) -> datetime | None:
 
     Bad input raises :class:`InvalidRequestError` with one detail per problem.
     """
-    if isinstance(body, bytes | bytearray):
-        try:
-            body = bytes(body).decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidRequestError("request body is not valid UTF-8") from None
-    if isinstance(body, str):
+    if isinstance(body, bytes | bytearray | str):
         if not body.strip():
             return None
-        try:
-            body = json.loads(body)
-        except ValueError:
-            raise InvalidRequestError("request body is not valid JSON") from None
+        body = decode_json(body)
     if body is None:
         return None
     if not isinstance(body, Mapping):
@@ -154,7 +163,14 @@ def parse_since(body: Any, *, now: datetime | None = None) -> datetime | None:
     if request.since is None:
         return None
     # RFC 3339 allows a lower-case t and z; fromisoformat does not.
-    since = parse_time(request.since.upper()) if _RFC3339.match(request.since) else None
+    well_formed = _RFC3339.match(request.since) is not None
+    since = parse_time(request.since.upper()) if well_formed else None
+    if since is None and well_formed:
+        # Shaped right, but no such moment (a 13th month, or past year 9999 in UTC).
+        raise InvalidRequestError(
+            "since is out of range",
+            details=[{"location": "since", "reason": "must be a real date-time in range"}],
+        )
     if since is None:
         raise InvalidRequestError(
             "since is not an RFC 3339 date-time",
@@ -165,6 +181,11 @@ def parse_since(body: Any, *, now: datetime | None = None) -> datetime | None:
                     "e.g. 2026-01-01T00:00:00Z",
                 }
             ],
+        )
+    if since < EARLIEST_SINCE:
+        raise InvalidRequestError(
+            "since is out of range",
+            details=[{"location": "since", "reason": "must be 1970-01-01T00:00:00Z or later"}],
         )
     if since > (now or datetime.now(UTC)):
         raise InvalidRequestError(
@@ -180,6 +201,7 @@ def poll(
     sink: EventEmitter,
     since: datetime | None,
     now: datetime | None = None,
+    serving: ServingWatch | None = None,
     *,
     store: StateStore | None = None,
 ) -> PollReport:
@@ -204,11 +226,13 @@ def poll(
     ledger = PollLedger(store, settings.resolved_api_url)
     sweep_reason = _sweep_reason(settings, ledger, until, replay)
     if sweep_reason is None:
-        work = _incremental_work(client, ledger, until)
+        work, unreadable = _incremental_work(client, ledger, until)
     else:
-        work = _sweep_work(client, ledger, since, until)
+        work, unreadable = _sweep_work(client, ledger, since, until)
 
-    run = _PollRun(settings, client, sink, since, until, ledger, replay=replay)
+    run = _PollRun(
+        settings, client, sink, since, until, ledger, replay=replay, serving=serving is not None
+    )
     outcomes: list[_JobOutcome] = []
     if work:
         workers = min(settings.poll_concurrency, len(work))
@@ -218,15 +242,21 @@ def poll(
             outcomes = [future.result() for future in futures]
     ledger.finish(until=until, lookback=lookback, full_sweep=sweep_reason is not None)
 
+    served = None
+    if serving is not None:
+        served = serving.run(sink, run.changed_jobs(), until)
     report = PollReport(
         since=rfc3339(since),
         until=rfc3339(until),
         jobs_checked=len(work),
-        events=sum(o.events for o in outcomes),
-        webhooks_delivered=sum(o.delivered for o in outcomes),
-        webhooks_failed=sum(o.webhook_failures for o in outcomes),
+        events=sum(o.events for o in outcomes) + (served.events if served else 0),
+        webhooks_delivered=sum(o.delivered for o in outcomes) + (served.delivered if served else 0),
+        webhooks_failed=sum(o.webhook_failures for o in outcomes)
+        + (served.webhook_failures if served else 0),
         duration_ms=round((time.perf_counter() - started) * 1000),
-        jobs_failed=sum(o.failed for o in outcomes),
+        jobs_failed=sum(o.failed for o in outcomes) + unreadable,
+        deployments_checked=served.deployments_checked if served else 0,
+        deployments_failed=served.failed if served else 0,
         events_already_delivered=sum(o.already_delivered for o in outcomes),
         full_sweep=sweep_reason is not None,
         sweep_reason=sweep_reason,
@@ -274,16 +304,37 @@ def _sweep_reason(
     return None
 
 
+def _readable(raw: dict[str, Any]) -> bool:
+    """False (logged) for a job whose Baseten timestamps cannot be read: that job's failure."""
+    if unreadable_time(raw.get("updated_at")) or unreadable_time(raw.get("created_at")):
+        log(
+            _logger,
+            logging.ERROR,
+            "skipped a job whose Baseten timestamps cannot be read",
+            training_project_id=raw.get("training_project_id"),
+            training_job_id=raw.get("id"),
+        )
+        return False
+    return True
+
+
 def _sweep_work(
     client: JobReader, ledger: PollLedger, since: datetime, until: datetime
-) -> list[_Work]:
-    """Every job, read as a stream; kept: unfinished ones, changed ones, and those owed a notice."""
+) -> tuple[list[_Work], int]:
+    """Every job, read as a stream; kept: unfinished ones, changed ones, and those owed a notice.
+
+    Also answers how many jobs were skipped for unreadable timestamps.
+    """
     work: list[_Work] = []
+    unreadable = 0
     newest: dict[str, str] = {}  # each project's newest job: its first row, newest first
     with client.stream_search_jobs(newest_first=True) as rows:
         # The answer is ordered by created_at, which bounds nothing about
         # updated_at (an old job may have just finished), so each row is looked at.
         for raw in rows:
+            if not _readable(raw):
+                unreadable += 1
+                continue
             created = parse_time(raw.get("created_at"))
             if created is not None and created > until:
                 continue  # born after the window: the next poll reports it
@@ -300,15 +351,21 @@ def _sweep_work(
                     continue
             work.append(_Work(job_id, raw, tracked))
     ledger.see_projects(newest)
-    return work
+    return work, unreadable
 
 
-def _incremental_work(client: JobReader, ledger: PollLedger, until: datetime) -> list[_Work]:
+def _incremental_work(
+    client: JobReader, ledger: PollLedger, until: datetime
+) -> tuple[list[_Work], int]:
     """Active jobs, jobs created since the last poll, and tracked jobs that left the active set."""
     previous = ledger.previous
     assert previous is not None
     rows: dict[str, dict[str, Any]] = {}
+    unreadable = 0
     for raw in client.search_jobs(statuses=list(ACTIVE_STATUSES), newest_first=True):
+        if not _readable(raw):
+            unreadable += 1
+            continue
         created = parse_time(raw.get("created_at"))
         if created is None or created <= until:
             rows[str(raw.get("id"))] = raw
@@ -332,6 +389,9 @@ def _incremental_work(client: JobReader, ledger: PollLedger, until: datetime) ->
         with client.stream_search_jobs(project_id=project_id, newest_first=True) as jobs:
             for raw in jobs:
                 job_id = str(raw.get("id"))
+                if not _readable(raw):
+                    unreadable += 1
+                    continue
                 created = parse_time(raw.get("created_at"))
                 if job_id == known or (created is not None and created < cutoff):
                     break
@@ -344,7 +404,7 @@ def _incremental_work(client: JobReader, ledger: PollLedger, until: datetime) ->
         for job_id, tracked in previous.jobs.items()
         if job_id not in rows
     ]
-    return work
+    return work, unreadable
 
 
 class _PollRun:
@@ -369,6 +429,7 @@ class _PollRun:
         ledger: PollLedger,
         *,
         replay: bool = False,
+        serving: bool = False,
     ) -> None:
         self.settings = settings
         self.client = client
@@ -377,11 +438,18 @@ class _PollRun:
         self.until = until
         self.ledger = ledger
         self.replay = replay
+        self.serving = serving
+        self._changed: list[dict[str, Any]] = []
         self.lookback = timedelta(seconds=settings.poll_lookback_seconds)
         self.give_up_after = max(5, settings.poll_concurrency)
         self._lock = threading.Lock()
         self._failures_in_a_row = 0
         self._gave_up = False
+
+    def changed_jobs(self) -> list[dict[str, Any]]:
+        """Jobs whose status was reported or changed inside the window (for the serving watch)."""
+        with self._lock:
+            return list(self._changed)
 
     def job(self, item: _Work) -> _JobOutcome:
         outcome = _JobOutcome()
@@ -420,6 +488,9 @@ class _PollRun:
             else:
                 report_status = status_in_window
 
+            if report_status or status_in_window:
+                with self._lock:
+                    self._changed.append(raw)
             timed: list[tuple[datetime, int, Event]] = []
             if report_status:
                 moment = updated or self.until
@@ -434,6 +505,9 @@ class _PollRun:
                     job.training_project_id, job.training_job_id
                 )
             for entry in checkpoints:
+                if unreadable_time(entry.get("created_at")):
+                    failure = failure or "a checkpoint's created_at cannot be read"
+                    continue
                 created = parse_time(entry.get("created_at"))
                 if created is None or not self.since <= created <= self.until:
                     continue
@@ -459,6 +533,9 @@ class _PollRun:
                 job.baseten_status,
                 status_failed,
                 owed=failure is not None or outcome.webhook_failures > 0,
+                # The serving watch retries a deploy on completion while the
+                # completion is inside the window: keep such a job in view.
+                keep=self.serving and status_in_window and job.baseten_status == COMPLETED,
             )
 
     def status_events(self, job: Job) -> list[Event]:
@@ -477,11 +554,12 @@ class _PollRun:
         status_failed: bool,
         *,
         owed: bool,
+        keep: bool = False,
     ) -> None:
         """What the next poll must know about this job (nothing, once it is finished and told)."""
         previous = item.tracked
         reported = (previous.status if previous else None) if status_failed else status
-        if status not in TERMINAL_STATUSES or owed:
+        if status not in TERMINAL_STATUSES or owed or keep:
             owed_since = None
             if owed:
                 owed_since = (previous.owed_since if previous else None) or rfc3339(self.until)

@@ -10,6 +10,7 @@ from .api import submit_body
 from .auth import HEADER, require_api_key
 from .errors import InvalidRequestError
 from .http_app import POLL_ROUTES, TRAIN_ROUTES, json_response, read_json_body, serve
+from .query import bounded_int
 from .runtime import get_services
 
 
@@ -55,14 +56,9 @@ def list_jobs(request: Request) -> Response:
         )
     # Without project_id, every project's jobs are listed.
     project_id = args.get("project_id") or None
-    raw_limit = args.get("limit", "20")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
-        raise InvalidRequestError(
-            "limit must be an integer from 1 to 100",
-            details=[{"location": "query.limit", "reason": "must be an integer from 1 to 100"}],
-        )
+    limit = bounded_int(args.get("limit"), "limit", 1, 100, default=20)
     statuses = [part for value in args.getlist("status") for part in value.split(",") if part]
-    jobs = services.jobs.list(project_id, statuses, int(raw_limit))
+    jobs = services.jobs.list(project_id, statuses, limit)
     return json_response({"data": [job.model_dump(mode="json") for job in jobs]})
 
 
@@ -81,6 +77,27 @@ def stop(request: Request, project_id: str, job_id: str) -> Response:
     return json_response(job.model_dump(mode="json"))
 
 
+def deploy(request: Request, project_id: str, job_id: str) -> Response:
+    from .api import deploy_body
+
+    services = get_services()
+    body = read_json_body(request, services.settings.max_body_bytes, required=False)
+    key = request.headers.get("Idempotency-Key")
+    deployment = deploy_body(project_id, job_id, body, idempotency_key=key)
+    replay_or_dry = deployment["idempotent_replay"] or deployment["status"] == "dry_run"
+    return json_response(deployment, 200 if replay_or_dry else 202)
+
+
+def get_deployment(request: Request, model_id: str, deployment_id: str) -> Response:
+    deployment = get_services().deployments.get(model_id, deployment_id)
+    return json_response(deployment.model_dump(mode="json"))
+
+
+def deactivate(request: Request, model_id: str, deployment_id: str) -> Response:
+    deployment = get_services().deployments.deactivate(model_id, deployment_id)
+    return json_response(deployment.model_dump(mode="json"))
+
+
 def poll(request: Request) -> Response:
     from .poller import parse_since
     from .poller import poll as run_poll
@@ -89,7 +106,12 @@ def poll(request: Request) -> Response:
     body = read_json_body(request, services.settings.max_body_bytes, required=False)
     since = parse_since(body)
     report = run_poll(
-        services.settings, services.client, services.events, since, store=services.poll_state
+        services.settings,
+        services.client,
+        services.events,
+        since,
+        serving=services.serving,
+        store=services.poll_state,
     )
     return json_response(report.model_dump(mode="json"))
 
@@ -102,6 +124,9 @@ TRAIN_HANDLERS: dict[str, Any] = {
     "get_job": get_job,
     "checkpoints": checkpoints,
     "stop": stop,
+    "deploy": deploy,
+    "get_deployment": get_deployment,
+    "deactivate": deactivate,
 }
 POLL_HANDLERS: dict[str, Any] = {"healthz": healthz, "poll": poll}
 

@@ -23,6 +23,8 @@ class Services:
     jobs: Any
     events: Any
     poll_state: Any = None
+    deployments: Any = None
+    serving: Any = None
 
 
 _services: Services | None = None
@@ -51,13 +53,15 @@ def build_services(settings: Settings) -> Services:
     events = EventSink(settings, secrets)
 
     def announce(job: Any, key: str | None, message_id: str | None) -> None:
-        # A notice that cannot be delivered never fails the submission itself.
+        # Logged now, delivered off the request path: a slow receiver never
+        # slows a submission, and a failing one never fails it.
         try:
-            events.emit(submitted_event(job, idempotency_key=key, message_id=message_id))
+            events.emit_later(submitted_event(job, idempotency_key=key, message_id=message_id))
         except Exception:  # noqa: BLE001 - logged, the job exists either way
             get_logger("runtime").exception("could not emit training_job.submitted")
 
     jobs = JobService(settings, client, push, announce)
+    deployments, serving = build_serving(settings, client, api_key)
     return Services(
         settings=settings,
         secrets=secrets,
@@ -65,7 +69,29 @@ def build_services(settings: Settings) -> Services:
         jobs=jobs,
         events=events,
         poll_state=store_from_settings(settings),
+        deployments=deployments,
+        serving=serving,
     )
+
+
+def build_serving(settings: Settings, client: Any, api_key: Any) -> tuple[Any, Any]:
+    """The deployment service and the poll's serving watch (truss loads on first deploy)."""
+    from .deployment_watch import DeploymentWatch
+    from .deployments import DeploymentService
+
+    class TrussDeployer:
+        def instance_types(self) -> list[Any]:
+            from .baseten_deploy import instance_types
+
+            return instance_types(settings, api_key())
+
+        def create(self, request: dict[str, Any]) -> dict[str, Any]:
+            from .baseten_deploy import create_from_checkpoint
+
+            return create_from_checkpoint(settings, api_key(), request)
+
+    deployments = DeploymentService(settings, client, TrussDeployer())
+    return deployments, DeploymentWatch(settings, client, deployments)
 
 
 def get_services() -> Services:

@@ -347,6 +347,9 @@ class SandboxState:
         self._allowed: deque[int] = deque()
         self._stats = Stats()
         self._seq = 0
+        from sandbox.deployments import DeploymentStore
+
+        self.deployments = DeploymentStore(self)
 
     # ----------------------------------------------------------------- basics
 
@@ -379,6 +382,7 @@ class SandboxState:
             self._allowed.clear()
             self._stats = Stats()
             self.s3.forget_bucket()
+            self.deployments.reset()
 
     def get_config(self) -> dict[str, Any]:
         with self._lock:

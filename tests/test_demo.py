@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.functions import ROOT
+from loopback.functions import ROOT
 
 EVENTS = ("submitted", "created", "deploying", "running", "checkpoint_created", "completed")
 
@@ -38,4 +38,8 @@ def test_make_run_demo_completes_a_job() -> None:
     assert "→ 201" in out and "Done: job completed" in out
     for event in EVENTS:
         assert f"training_job.{event}" in out
+    # Then it serves what was trained and asks it one question.
+    assert "→ 202" in out and "deployment.building" in out and "deployment.active" in out
+    assert "  answer: Hello from " in out and "You said: In one sentence" in out
+    assert "→ deployment inactive" in out
     assert _demo_processes() == []

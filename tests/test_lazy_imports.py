@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from tests.functions import ROOT
+from loopback.functions import ROOT
 
 PROBE = r"""
 import json, sys
@@ -18,6 +18,7 @@ assert client.get("/healthz").status_code == 200
 after_health = {m: m in sys.modules for m in ("truss", "truss_train", "pydantic")}
 # A read route talks to Baseten (here: nothing listens) but never needs truss.
 status = client.get("/jobs/p1/j1").status_code
+assert client.get("/deployments/m1/d1").status_code == 503
 after_read = {m: m in sys.modules for m in ("truss", "truss_train")}
 seen = {"start": after_start, "health": after_health, "read": after_read, "status": status}
 print(json.dumps(seen))

@@ -35,6 +35,8 @@ from finetune_api.poller import poll
 from finetune_api.schemas import PollReport
 from finetune_api.settings import Settings
 from finetune_api.webhooks import DeliveryResult, WebhookSender
+from loopback.servers import LocalGcs
+from loopback.webhook_receiver import WebhookReceiver
 from sandbox import COMPLETED, FAILED, RUNNING, Sandbox
 from tests.poll_fixtures import (  # noqa: F401 - fixtures
     API_KEY,
@@ -44,8 +46,6 @@ from tests.poll_fixtures import (  # noqa: F401 - fixtures
     receiver_fixture,
 )
 from tests.sandbox.support import FakeClock
-from tests.servers import LocalGcs
-from tests.webhook_receiver import WebhookReceiver
 
 OBJECT = "poll-state.json"
 SEARCH = "POST /v1/training_jobs/search"

@@ -46,6 +46,8 @@ LR_SCHEDULER = "cosine"
 WARMUP_RATIO = 0.03
 LOGGING_STEPS = 1
 MASTER_PORT = 29500
+# transformers.set_seed seeds NumPy, which takes 0 to 2**32 - 1.
+MAX_SEED = 2**32 - 1
 
 # Local data files that DATASET_ID may point at, and the `datasets` builder for each.
 DATA_FILE_BUILDERS = {
@@ -145,8 +147,8 @@ def parse_hyperparameters(raw: Any) -> Hyperparameters:
             problems.append(f"{name} must be >= 1")
     if not 0 <= hp.lora_dropout < 1:
         problems.append("lora_dropout must be in [0, 1)")
-    if hp.seed < 0:
-        problems.append("seed must be >= 0")
+    if not 0 <= hp.seed <= MAX_SEED:
+        problems.append(f"seed must be in [0, {MAX_SEED}]")
     if problems:
         raise TemplateError("RUNTIME_CONFIG: " + "; ".join(problems))
     return hp
@@ -416,9 +418,30 @@ def build_trainer(
     distributed: bool,
 ) -> Any:
     """An SFTTrainer with a LoRA adapter, every hyperparameter applied."""
-    from peft import LoraConfig
     from transformers import PrinterCallback
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
+
+    args, peft_config = trainer_configs(
+        hp, output_dir, use_cuda=use_cuda, bf16=bf16, distributed=distributed
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[_log_callback()],
+    )
+    trainer.remove_callback(PrinterCallback)  # the JSON progress lines replace its prints
+    return trainer
+
+
+def trainer_configs(
+    hp: Hyperparameters, output_dir: Path, *, use_cuda: bool, bf16: bool, distributed: bool
+) -> tuple[Any, Any]:
+    """The SFTConfig and LoraConfig that carry every hyperparameter to the trainer."""
+    from peft import LoraConfig
+    from trl import SFTConfig
 
     args = SFTConfig(
         output_dir=str(output_dir),
@@ -451,16 +474,7 @@ def build_trainer(
         bias="none",
         task_type="CAUSAL_LM",
     )
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=[_log_callback()],
-    )
-    trainer.remove_callback(PrinterCallback)  # the JSON progress lines replace its prints
-    return trainer
+    return args, peft_config
 
 
 def _finite_losses(log_history: Sequence[Mapping[str, Any]]) -> list[float]:

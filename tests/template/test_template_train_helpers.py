@@ -94,7 +94,8 @@ def test_train_py_honours_exactly_the_hyperparameters_the_service_accepts(
         ({"learning_rate": 0}, "learning_rate must be > 0"),
         ({"lora_dropout": 1.0}, "lora_dropout must be in [0, 1)"),
         ({"num_epochs": 0}, "num_epochs must be >= 1"),
-        ({"seed": -1}, "seed must be >= 0"),
+        ({"seed": -1}, "seed must be in [0, 4294967295]"),
+        ({"seed": 2**32}, "seed must be in [0, 4294967295]"),
         ([], "'hyperparameters' must be an object"),
     ],
 )
