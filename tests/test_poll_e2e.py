@@ -88,7 +88,8 @@ def test_lifecycle_events_are_signed_and_stable(
     }
     assert last["webhooks_failed"] == 0 and last["webhooks_delivered"] == last["events"]
     # Polling the same window again finds the same facts but posts none of them again.
-    assert again["events"] == 0 and again["jobs_checked"] == 0
+    # (The completed job stays in view while inside the window, for deploy on completion.)
+    assert again["events"] == 0 and again["jobs_checked"] <= 1
     assert again["state_saved"] and not again["full_sweep"]
     assert set(receiver.unique_events) == ids_before
     assert len(receiver.attempts) == len(ids_before)  # each notice posted once

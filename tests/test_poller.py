@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -393,6 +395,13 @@ class _OddTimestamps:
 
     def search_jobs(self, *, newest_first: bool = True) -> list[dict[str, Any]]:
         return [dict(row) for row in self.rows]
+
+    @contextlib.contextmanager
+    def stream_search_jobs(
+        self, *, newest_first: bool = True
+    ) -> Iterator[Iterator[dict[str, Any]]]:
+        # What a poll without state reads: the same rows, one at a time.
+        yield iter(self.search_jobs(newest_first=newest_first))
 
     def list_checkpoints(self, project_id: str, job_id: str) -> list[dict[str, Any]]:
         self.checkpoint_reads.append(job_id)
