@@ -5,7 +5,7 @@ job = handle_training_request("HuggingFaceH4/Multilingual-Thinking", "openai/gpt
 job["training_job_id"], job["status"], job["dashboard_url"]
 """
 
-from .api import handle_training_request
+from .api import handle_training_request, job_logs, job_metrics, job_metrics_svg
 from .errors import (
     ConfigurationError,
     InternalError,
@@ -37,4 +37,7 @@ __all__ = [
     "UpstreamRejectedError",
     "UpstreamUnavailableError",
     "handle_training_request",
+    "job_logs",
+    "job_metrics",
+    "job_metrics_svg",
 ]

@@ -337,6 +337,50 @@ class BasetenClient:
         body = self._call("GET", path, what=what)
         return self._list(body, "checkpoints", what)
 
+    def get_logs(
+        self,
+        project_id: str,
+        job_id: str,
+        *,
+        start_ms: int,
+        end_ms: int,
+        direction: str = "asc",
+        limit: int = 1000,
+        min_level: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """One page of Baseten's logs (the GET operation; the POST form is deprecated).
+
+        Lines in ``[start_ms, end_ms]`` (epoch milliseconds, at most 7 days apart),
+        oldest or newest first, at most ``limit`` (1-1000); each has ``timestamp``
+        (epoch nanoseconds as a string), ``message``, ``replica`` and ``level``.
+        """
+        what = f"logs of training job {job_id} of project {project_id}"
+        params: dict[str, Any] = {
+            "start_epoch_millis": start_ms,
+            "end_epoch_millis": end_ms,
+            "direction": direction,
+            "limit": limit,
+        }
+        if min_level is not None:
+            params["min_level"] = min_level
+        body = self._call(
+            "GET", f"{self._job_path(project_id, job_id)}/logs", what=what, params=params
+        )
+        return self._list(body, "logs", what)
+
+    def get_metrics(
+        self, project_id: str, job_id: str, *, start_ms: int | None, end_ms: int | None
+    ) -> dict[str, Any]:
+        """Baseten's system metrics of a job (GET operation): leader and per-node series."""
+        what = f"metrics of training job {job_id} of project {project_id}"
+        params = {
+            name: value
+            for name, value in (("start_epoch_millis", start_ms), ("end_epoch_millis", end_ms))
+            if value is not None
+        }
+        path = f"{self._job_path(project_id, job_id)}/metrics"
+        return self._call("GET", path, what=what, params=params)
+
     def stop_job(self, project_id: str, job_id: str) -> dict[str, Any]:
         """Stop a job; returns the ``training_job`` dict Baseten answers."""
         what = f"training job {job_id} of project {project_id}"
@@ -411,6 +455,7 @@ class BasetenClient:
         *,
         what: str,
         json_body: Any = None,
+        params: Mapping[str, Any] | None = None,
         idempotent: bool = True,
     ) -> dict[str, Any]:
         def should_retry(error: BaseException) -> bool:
@@ -433,7 +478,7 @@ class BasetenClient:
         try:
             for attempt in retrying:
                 with attempt:
-                    return self._attempt(method, url, what, json_body)
+                    return self._attempt(method, url, what, json_body, params)
         except _Failure as failure:
             error = failure.error
         # Raised outside the except block: the error carries no exception chain.
@@ -460,7 +505,7 @@ class BasetenClient:
         )
 
     def _send(
-        self, method: str, url: str, what: str, json_body: Any
+        self, method: str, url: str, what: str, json_body: Any, params: Any = None
     ) -> requests.Response | _Failure:
         headers = {
             "Authorization": f"Api-Key {self._api_key()}",
@@ -476,6 +521,7 @@ class BasetenClient:
                 url,
                 headers=headers,
                 json=json_body,
+                params=params,
                 timeout=self._timeout,
                 allow_redirects=False,
             )
@@ -514,8 +560,10 @@ class BasetenClient:
                 retryable=True,
             )
 
-    def _attempt(self, method: str, url: str, what: str, json_body: Any) -> dict[str, Any]:
-        sent = self._send(method, url, what, json_body)
+    def _attempt(
+        self, method: str, url: str, what: str, json_body: Any, params: Any = None
+    ) -> dict[str, Any]:
+        sent = self._send(method, url, what, json_body, params)
         # Raised here, outside any except block, so no requests exception (which
         # may quote headers) ever hangs off the error as its __context__.
         if isinstance(sent, _Failure):

@@ -42,6 +42,10 @@ TRAIN_ROUTES = Map(
             methods=["GET"],
         ),
         Rule(f"/jobs/<{_ID}:project_id>/<{_ID}:job_id>/stop", endpoint="stop", methods=["POST"]),
+        Rule(f"/jobs/<{_ID}:project_id>/<{_ID}:job_id>/logs", endpoint="logs", methods=["GET"]),
+        Rule(
+            f"/jobs/<{_ID}:project_id>/<{_ID}:job_id>/metrics", endpoint="metrics", methods=["GET"]
+        ),
     ],
     strict_slashes=False,
 )

@@ -22,7 +22,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -35,6 +35,7 @@ from .events import Event, checkpoint_event, rfc3339, status_event
 from .logs import context, get_logger, log
 from .schemas import (
     TERMINAL_STATUSES,
+    Job,
     PollReport,
     PollRequest,
     checkpoint_from_baseten,
@@ -63,6 +64,11 @@ class JobReader(Protocol):
 
     def search_jobs(self, *, newest_first: bool = True) -> list[dict[str, Any]]: ...
     def list_checkpoints(self, project_id: str, job_id: str) -> list[dict[str, Any]]: ...
+
+
+# What a status-change event adds beyond the Job (a summary, a log tail); see
+# JobInsights.event_details. Called only for jobs whose status changed.
+Explainer = Callable[[Job], dict[str, Any]]
 
 
 class EventEmitter(Protocol):
@@ -156,6 +162,8 @@ def poll(
     sink: EventEmitter,
     since: datetime | None,
     now: datetime | None = None,
+    *,
+    explain: Explainer | None = None,
 ) -> PollReport:
     """Emit the events of ``[since, until=now]``; a Baseten failure listing jobs raises."""
     started = time.perf_counter()
@@ -187,7 +195,7 @@ def poll(
         status_in_window = updated is not None and since <= updated <= until
         work.append((raw, status_in_window))
 
-    run = _PollRun(settings, client, sink, since, until)
+    run = _PollRun(settings, client, sink, since, until, explain)
     outcomes: list[_JobOutcome] = []
     if work:
         workers = min(settings.poll_concurrency, len(work))
@@ -233,8 +241,10 @@ class _PollRun:
         sink: EventEmitter,
         since: datetime,
         until: datetime,
+        explain: Explainer | None = None,
     ) -> None:
         self.settings = settings
+        self.explain = explain
         self.client = client
         self.sink = sink
         self.since = since
@@ -259,7 +269,7 @@ class _PollRun:
             timed: list[tuple[datetime, int, Event]] = []
             if status_in_window:
                 moment = parse_time(job.updated_at) or self.until
-                timed.append((moment, 1, status_event(job)))
+                timed.append((moment, 1, status_event(job, self._details(job))))
 
             checkpoints: list[dict[str, Any]] = []
             failure: str | None = None
@@ -288,6 +298,16 @@ class _PollRun:
                     reason=failure,
                 )
         return outcome
+
+    def _details(self, job: Job) -> dict[str, Any] | None:
+        """A summary or log tail for the event; at most one Baseten request, never fatal."""
+        if self.explain is None:
+            return None
+        try:
+            return self.explain(job)
+        except Exception as error:  # noqa: BLE001 - the event goes out without details
+            log(_logger, logging.ERROR, "could not add details to an event", error=repr(error))
+            return None
 
     def _checkpoints(self, project_id: str, job_id: str) -> tuple[list[dict[str, Any]], str | None]:
         with self._lock:

@@ -22,6 +22,7 @@ class Services:
     client: Any
     jobs: Any
     events: Any
+    insights: Any = None
 
 
 _services: Services | None = None
@@ -32,6 +33,7 @@ def build_services(settings: Settings) -> Services:
     from .baseten_client import BasetenClient
     from .baseten_push import push_training_job
     from .events import EventSink, submitted_event
+    from .job_insights import JobInsights
     from .jobs import JobService
     from .secrets import SecretStore
 
@@ -55,8 +57,16 @@ def build_services(settings: Settings) -> Services:
         except Exception:  # noqa: BLE001 - logged, the job exists either way
             get_logger("runtime").exception("could not emit training_job.submitted")
 
-    jobs = JobService(settings, client, push, announce)
-    return Services(settings=settings, secrets=secrets, client=client, jobs=jobs, events=events)
+    insights = JobInsights(settings, client, secrets)
+    jobs = JobService(settings, client, push, announce, progress=insights.progress)
+    return Services(
+        settings=settings,
+        secrets=secrets,
+        client=client,
+        jobs=jobs,
+        events=events,
+        insights=insights,
+    )
 
 
 def get_services() -> Services:

@@ -73,6 +73,12 @@ class Hyperparameters(BaseModel):
     lora_alpha: int = Field(default=32, ge=1, le=4096)
     lora_dropout: float = Field(default=0.05, ge=0, lt=1)
     seed: int = Field(default=42, ge=0)
+    validation_split: float = Field(
+        default=0,
+        ge=0,
+        lt=0.5,
+        description="fraction held out and evaluated at each epoch's end (0: no evaluation)",
+    )
 
 
 class Compute(BaseModel):
@@ -163,8 +169,22 @@ class Job(BaseModel):
     idempotent_replay: bool = False
 
 
+class Progress(BaseModel):
+    """How far a running or finished job got, from the newest lines of its log."""
+
+    step: int
+    total_steps: int | None = None
+    percent: float | None = None
+    epoch: float | None = None
+    latest_loss: float | None = None
+    eta_seconds: float | None = None
+
+
 class JobWithCheckpoints(Job):
     checkpoints: list[Checkpoint] = Field(default_factory=list)
+    progress: Progress | None = Field(
+        default=None, description="null before the job runs or when its script prints no steps"
+    )
 
 
 class JobList(BaseModel):
