@@ -50,6 +50,9 @@ API_ROUTES = Map(
         Rule(_JOB, methods=["GET"], endpoint="get_job"),
         Rule(f"{_JOB}/stop", methods=["POST"], endpoint="stop_job"),
         Rule(f"{_JOB}/checkpoints", methods=["GET"], endpoint="checkpoints"),
+        # GET is current; the POST forms (JSON body) are deprecated but truss still calls them.
+        Rule(f"{_JOB}/logs", methods=["GET", "POST"], endpoint="logs"),
+        Rule(f"{_JOB}/metrics", methods=["GET", "POST"], endpoint="metrics"),
         Rule("/v1/training_jobs/search", methods=["POST"], endpoint="search"),
     ]
 )
@@ -67,6 +70,8 @@ CONTROL_ROUTES = Map(
         Rule("/_sandbox/jobs/<job_id>/status", methods=["POST"], endpoint="force_status"),
         Rule("/_sandbox/jobs/<job_id>/checkpoints", methods=["POST"], endpoint="add_checkpoint"),
         Rule("/_sandbox/jobs/<job_id>/advance", methods=["POST"], endpoint="advance_job"),
+        Rule("/_sandbox/jobs/<job_id>/logs", methods=["POST"], endpoint="append_logs"),
+        Rule("/_sandbox/jobs/<job_id>/logs/synthetic", methods=["POST"], endpoint="synthetic_logs"),
         Rule("/_sandbox/advance", methods=["POST"], endpoint="advance_all"),
         Rule("/_sandbox/seed", methods=["POST"], endpoint="seed"),
         Rule("/_sandbox/stats", methods=["GET"], endpoint="stats"),
@@ -102,6 +107,18 @@ def _json_body(request: Request) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise SandboxApiError(400, "VALIDATION_ERROR", "request body is not valid JSON") from exc
+
+
+def _params(request: Request) -> dict[str, Any]:
+    """Query parameters of a GET; the JSON body of the deprecated POST form."""
+    if request.method == "GET":
+        return dict(request.args.items())
+    body = _json_body(request)
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise SandboxApiError(400, "VALIDATION_ERROR", "body: expected a JSON object")
+    return body
 
 
 def _presented_key(header: str | None) -> str | None:
@@ -155,6 +172,10 @@ class SandboxApp:
             "stop_job": self._stop_job,
             "checkpoints": lambda r, p: Reply(200, s.checkpoints(p["project_id"], p["job_id"])),
             "search": lambda r, p: Reply(200, s.search(_json_body(r))),
+            "logs": lambda r, p: Reply(200, s.job_logs(p["project_id"], p["job_id"], _params(r))),
+            "metrics": lambda r, p: Reply(
+                200, s.job_metrics(p["project_id"], p["job_id"], _params(r))
+            ),
         }
         self._control: dict[str, Handler] = {
             "health": lambda r, p: Reply(200, {"status": "ok"}),
@@ -170,6 +191,10 @@ class SandboxApp:
                 201, {"checkpoint": s.add_checkpoint(p["job_id"], _json_body(r))}
             ),
             "advance_job": lambda r, p: Reply(200, s.advance(p["job_id"], _json_body(r))),
+            "append_logs": lambda r, p: Reply(201, s.append_logs(p["job_id"], _json_body(r))),
+            "synthetic_logs": lambda r, p: Reply(
+                201, s.synthesize_logs(p["job_id"], _json_body(r))
+            ),
             "advance_all": lambda r, p: Reply(200, s.advance(None, _json_body(r))),
             "seed": lambda r, p: Reply(201, s.seed(_json_body(r))),
             "stats": lambda r, p: Reply(200, s.stats()),

@@ -34,6 +34,7 @@ from typing import Any
 
 from sandbox.errors import SandboxApiError
 from sandbox.s3 import S3Gateway
+from sandbox.training_logs import TrainingLogs
 
 PENDING = "TRAINING_JOB_PENDING"
 CREATED = "TRAINING_JOB_CREATED"
@@ -273,6 +274,7 @@ class SandboxState:
         self._allowed: deque[int] = deque()
         self._stats = Stats()
         self._seq = 0
+        self.training = TrainingLogs()
 
     # ----------------------------------------------------------------- basics
 
@@ -304,6 +306,7 @@ class SandboxState:
             self._faults.clear()
             self._allowed.clear()
             self._stats = Stats()
+            self.training.reset()
             self.s3.forget_bucket()
 
     def get_config(self) -> dict[str, Any]:
@@ -517,6 +520,15 @@ class SandboxState:
         project = self._projects.get(job.project_id)
         if project is not None:
             project.updated_us = max(project.updated_us, at_us)
+        step = self.config.step_seconds
+        self.training.on_status(
+            job.id,
+            job.request,
+            status,
+            at_us * 1000,
+            run_seconds=step * self.config.running_steps if step else None,
+            error_message=error_message,
+        )
 
     def _advance(self, job: Job, now: int) -> None:
         step = self.config.step_seconds
@@ -776,6 +788,33 @@ class SandboxState:
                 attr = "created_us" if item["field"] == "created_at" else "updated_us"
                 jobs.sort(key=attrgetter(attr), reverse=item["order"] == "desc")
             return {"training_jobs": [self._job_json(j) for j in jobs]}
+
+    # ------------------------------------------------- logs and metrics (training_logs.py)
+
+    def job_logs(self, project_id: str, job_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            self._advance_all(self.now_us())
+            job = self._job_or_404(project_id, job_id)
+            return self.training.logs(job.id, params, self.now_us() * 1000)
+
+    def job_metrics(self, project_id: str, job_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            self._advance_all(self.now_us())
+            job = self._job_or_404(project_id, job_id)
+            return self.training.metrics(job.id, self._job_json(job), params, self.now_us() * 1000)
+
+    def append_logs(self, job_id: str, body: Any) -> dict[str, Any]:
+        with self._lock:
+            job = self._control_job(job_id)
+            return self.training.append(job.id, body, self.now_us() * 1000)
+
+    def synthesize_logs(self, job_id: str, body: Any) -> dict[str, Any]:
+        with self._lock:
+            job = self._control_job(job_id)
+            result = self.training.synthesize(job.id, job.request, body, self.now_us() * 1000)
+            # The run began before the job existed: backdate the job to its start.
+            job.created_us = min(job.created_us, result["first_ns"] // 1000 - 1_000_000)
+            return result
 
     # ---------------------------------------------------------- checkpoints
 
