@@ -74,7 +74,7 @@ class Hyperparameters(BaseModel):
     lora_dropout: float = Field(default=0.05, ge=0, lt=1)
     seed: int = Field(default=42, ge=0)
     validation_split: float = Field(
-        default=0,
+        default=0.0,
         ge=0,
         lt=0.5,
         description="fraction held out and evaluated at each epoch's end (0: no evaluation)",

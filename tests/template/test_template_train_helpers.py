@@ -95,6 +95,8 @@ def test_train_py_honours_exactly_the_hyperparameters_the_service_accepts(
         ({"lora_dropout": 1.0}, "lora_dropout must be in [0, 1)"),
         ({"num_epochs": 0}, "num_epochs must be >= 1"),
         ({"seed": -1}, "seed must be >= 0"),
+        ({"validation_split": 0.5}, "validation_split must be in [0, 0.5)"),
+        ({"validation_split": -0.1}, "validation_split must be in [0, 0.5)"),
         ([], "'hyperparameters' must be an object"),
     ],
 )
