@@ -456,5 +456,13 @@ class Sandbox:
     def seed(self, **spec: Any) -> dict[str, Any]:
         return self.state.seed(spec)
 
+    def append_logs(self, job_id: str, lines: list[Any], spacing_ns: int = 1000) -> dict[str, Any]:
+        """Add lines to a job's log (strings, or ``{message, replica?, level?, timestamp?}``)."""
+        return self.state.append_logs(job_id, {"lines": lines, "spacing_ns": spacing_ns})
+
+    def synthesize_logs(self, job_id: str, **spec: Any) -> dict[str, Any]:
+        """Replace a job's log with a finished run of ``steps`` steps ending now."""
+        return self.state.synthesize_logs(job_id, spec)
+
     def stats(self) -> dict[str, Any]:
         return self.state.stats()
