@@ -479,3 +479,19 @@ def test_job_from_baseten_stays_the_same_shape() -> None:
         "https://app.baseten.co",
     )
     assert "progress" not in job.model_dump()  # the list routes stay as cheap as before
+
+
+def test_answers_match_their_documented_schemas(baseten: Sandbox, insights: JobInsights) -> None:
+    from finetune_api.insight_schemas import LogPage, MetricsAnswer
+    from finetune_api.openapi import openapi_document
+
+    project_id, job_id = seed(baseten)
+    baseten.synthesize_logs(job_id, steps=100, seconds=60, validation=True, nodes=2)
+    MetricsAnswer.model_validate(insights.metrics(project_id, job_id, metrics_query({})))
+    LogPage.model_validate(insights.logs(project_id, job_id, log_query({"limit": "5"})))
+    paths = openapi_document()["paths"]
+    assert {"/jobs/{project_id}/{job_id}/logs", "/jobs/{project_id}/{job_id}/metrics"} <= set(paths)
+    metrics = paths["/jobs/{project_id}/{job_id}/metrics"]["get"]
+    assert set(metrics["responses"]["200"]["content"]) == {"application/json", "image/svg+xml"}
+    names = {p["name"] for p in paths["/jobs/{project_id}/{job_id}/logs"]["get"]["parameters"]}
+    assert names == {"project_id", "job_id", "since", "until", "limit", "order", "level", "cursor"}
