@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .runtime import get_services
+
+if TYPE_CHECKING:
+    from .schemas import TrainingRequest
 
 
 def handle_training_request(
@@ -45,19 +48,12 @@ def handle_training_request(
         "compute": compute,
     }
     body.update({name: value for name, value in optional.items() if value is not None})
-    # pydantic is imported by the first request that needs it, not at cold start.
-    from .schemas import parse_training_request
-
-    services = get_services()
-    request = parse_training_request(body, services.settings)
-    job = services.jobs.submit(
-        request,
+    return _submit(
+        _validate(body),
         idempotency_key=idempotency_key,
         message_id=message_id,
         template_dir=Path(training_template_dir) if training_template_dir is not None else None,
     )
-    result: dict[str, Any] = job.model_dump(mode="json")
-    return result
 
 
 def submit_body(
@@ -65,17 +61,36 @@ def submit_body(
 ) -> dict[str, Any]:
     """Submit a decoded JSON request body (HTTP and Pub/Sub share this path).
 
-    The body is validated first, so unknown fields and wrong types are rejected
-    exactly as in ``POST /jobs``, then handed to :func:`handle_training_request`.
+    The body is validated once, so unknown fields and wrong types are rejected
+    exactly as in ``POST /jobs``, and the validated request goes straight to the
+    job service.
     """
+    return _submit(_validate(body), idempotency_key=idempotency_key, message_id=message_id)
+
+
+def _validate(body: Any) -> TrainingRequest:
+    """The one validation pass every submission goes through."""
+    # pydantic is imported by the first request that needs it, not at cold start.
     from .schemas import parse_training_request
 
-    request = parse_training_request(body, get_services().settings)
-    return handle_training_request(
-        **request.model_dump(exclude_unset=True),
+    return parse_training_request(body, get_services().settings)
+
+
+def _submit(
+    request: TrainingRequest,
+    *,
+    idempotency_key: str | None,
+    message_id: str | None,
+    template_dir: Path | None = None,
+) -> dict[str, Any]:
+    job = get_services().jobs.submit(
+        request,
         idempotency_key=idempotency_key,
         message_id=message_id,
+        template_dir=template_dir,
     )
+    result: dict[str, Any] = job.model_dump(mode="json")
+    return result
 
 
 def job_logs(

@@ -16,6 +16,7 @@ class SandboxApiError(Exception):
         *,
         extra: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
+        body: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -23,6 +24,10 @@ class SandboxApiError(Exception):
         self.message = message
         self.extra = extra or {}
         self.headers = headers or {}
+        self._body = body
 
     def body(self) -> dict[str, Any]:
+        """The answer: ``body`` when given (e.g. a 429's own shape), else code and message."""
+        if self._body is not None:
+            return dict(self._body)
         return {"code": self.code, "message": self.message, **self.extra}

@@ -11,6 +11,7 @@ the others.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import secrets
 import threading
@@ -28,12 +29,28 @@ from werkzeug.routing import Map, MapAdapter, Rule
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
+from sandbox.conformance import (
+    LEDGER,
+    PROBE_HEADER,
+    BadAnswer,
+    Operation,
+    Rejection,
+    RequestCheck,
+    vendored_spec,
+)
 from sandbox.errors import SandboxApiError
 from sandbox.s3 import S3Gateway
 from sandbox.state import Fault, SandboxState
 from sandbox.validation import artifacts_of, validate_create_job_body
 
+log = logging.getLogger("sandbox")
+
 HOST = "127.0.0.1"
+#: The unknown field ``forward_compat`` mode adds to every object of an answer.
+UNKNOWN_FIELD = "sandbox_future_field"
+#: Objects left alone in that mode: truss passes ``creds`` to ``boto3.resource(**creds)``,
+#: so Baseten cannot add a field there without breaking every truss release.
+_NO_UNKNOWN_FIELD_UNDER = frozenset({"creds"})
 DEFAULT_BUCKET = "baseten-sandbox-training"
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
@@ -75,6 +92,7 @@ CONTROL_ROUTES = Map(
         Rule("/_sandbox/advance", methods=["POST"], endpoint="advance_all"),
         Rule("/_sandbox/seed", methods=["POST"], endpoint="seed"),
         Rule("/_sandbox/stats", methods=["GET"], endpoint="stats"),
+        Rule("/_sandbox/conformance", methods=["GET"], endpoint="conformance"),
     ]
 )
 
@@ -145,6 +163,29 @@ def _error_reply(exc: SandboxApiError) -> Reply:
     return Reply(exc.status, exc.body(), exc.headers)
 
 
+def with_unknown_fields(value: Any) -> Any:
+    """``value`` with :data:`UNKNOWN_FIELD` added to every object in it (``forward_compat``)."""
+    if isinstance(value, list):
+        return [with_unknown_fields(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    out = {
+        key: item if key in _NO_UNKNOWN_FIELD_UNDER else with_unknown_fields(item)
+        for key, item in value.items()
+    }
+    out[UNKNOWN_FIELD] = {"note": "a field this client does not know yet"}
+    return out
+
+
+def conformance_report() -> dict[str, Any]:
+    """What every sandbox of this process saw against the spec (``GET /_sandbox/conformance``)."""
+    return {
+        **LEDGER.snapshot(),
+        "rejected": [vars(r) for r in list(LEDGER.rejections)[-100:]],
+        "bad_answers": [vars(b) for b in list(LEDGER.bad_answers)[-100:]],
+    }
+
+
 def _routing_error(exc: HTTPException, method: str, path: str) -> SandboxApiError:
     if isinstance(exc, MethodNotAllowed):
         return SandboxApiError(
@@ -198,6 +239,7 @@ class SandboxApp:
             "advance_all": lambda r, p: Reply(200, s.advance(None, _json_body(r))),
             "seed": lambda r, p: Reply(201, s.seed(_json_body(r))),
             "stats": lambda r, p: Reply(200, s.stats()),
+            "conformance": lambda r, p: Reply(200, conformance_report()),
         }
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
@@ -231,7 +273,11 @@ class SandboxApp:
             return _error_reply(exc)
 
     def _api_request(self, request: Request, adapter: MapAdapter) -> Reply:
-        """Stats, latency, faults, then auth, rate limit and the handler."""
+        """Stats, spec check, latency, faults, then auth, rate limit and the handler.
+
+        Every answer goes out through :meth:`_answer`, which checks it against
+        the operation's response schema in the vendored spec.
+        """
         method, path = request.method, request.path
         try:
             rule, _ = adapter.match(return_rule=True)
@@ -239,11 +285,34 @@ class SandboxApp:
         except HTTPException:
             label = f"{method} <unmatched>"
         self.state.record_request(label)
+        try:
+            raw_body = request.get_data(cache=True)
+        except RequestEntityTooLarge:
+            raw_body = b""  # answered 413 by the handler
+        # Baseten's OpenAPI document covers /v1/ only (GraphQL and others are not in it).
+        check = (
+            vendored_spec().check_request(method, path, request.args.to_dict(flat=False), raw_body)
+            if path.startswith("/v1/")
+            else RequestCheck(None, None)
+        )
+        operation = check.operation
+        if operation is not None:
+            LEDGER.requested(operation.label)
+        if check.violation is not None:
+            LEDGER.rejected(
+                Rejection(
+                    method,
+                    request.full_path.rstrip("?"),
+                    check.violation.status,
+                    check.violation.message,
+                    probe=PROBE_HEADER in request.headers,
+                )
+            )
         self.sleep(self.state.get_config()["latency_ms"] / 1000)
         # Faults match the path without its leading slash, e.g. "v1/training_jobs/search".
         fault = self.state.take_fault(method, path.lstrip("/"))
         if fault is not None and not fault.after_handling:
-            return self._fault_reply(fault)
+            return self._answer(operation, *self._fault_reply(fault))
         try:
             if not self.state.check_api_key(_presented_key(request.headers.get("Authorization"))):
                 raise SandboxApiError(
@@ -252,16 +321,43 @@ class SandboxApp:
                     "missing or invalid API key; send 'Authorization: Api-Key <key>'",
                 )
             self.state.check_rate_limit()
+            if check.violation is not None:
+                violation = check.violation
+                raise SandboxApiError(violation.status, violation.code, violation.message)
+            if operation is not None and label.endswith("<unmatched>"):
+                raise SandboxApiError(
+                    501,
+                    "NOT_IMPLEMENTED",
+                    f"{operation.label} is in Baseten's API but the sandbox does not implement "
+                    "it (sandbox/README.md: 'Adding an operation')",
+                )
             reply = self._dispatch(adapter, self._api, request)
         except SandboxApiError as exc:
             reply = _error_reply(exc)
         if fault is not None:
             # The request took effect; the client only sees the fault.
-            return self._fault_reply(fault)
+            return self._answer(operation, *self._fault_reply(fault))
         self.state.record_response(reply.status)
+        return self._answer(operation, reply, deliberate=False)
+
+    def _answer(self, operation: Operation | None, reply: Reply, deliberate: bool) -> Reply:
+        """Check ``reply`` against the spec (unless a test chose its body), then send it."""
+        if self.state.get_config()["forward_compat"] and not isinstance(reply.body, str):
+            reply = Reply(reply.status, with_unknown_fields(reply.body), reply.headers)
+        if operation is None or deliberate or isinstance(reply.body, str):
+            LEDGER.answered(validated=False)
+            return reply
+        validated, problem = vendored_spec().check_response(operation, reply.status, reply.body)
+        LEDGER.answered(validated=validated, operation=operation.label)
+        if problem is not None:
+            LEDGER.bad_answer(BadAnswer(operation.label, reply.status, problem))
+            log.error(
+                "sandbox answer breaks the spec: %s %s: %s", operation.label, reply.status, problem
+            )
         return reply
 
-    def _fault_reply(self, fault: Fault) -> Reply:
+    def _fault_reply(self, fault: Fault) -> tuple[Reply, bool]:
+        """The fault's answer, and whether a test chose its body (then it is not checked)."""
         self.sleep(fault.hang_seconds)
         if fault.close:
             self.state.record_response(0)
@@ -270,7 +366,8 @@ class SandboxApp:
         if fault.retry_after is not None:
             headers["Retry-After"] = str(math.ceil(fault.retry_after))
         self.state.record_response(fault.status)
-        return Reply(fault.status, fault.body, headers)
+        # A body the test chose, or a success status (a hang/latency tool): not Baseten's answer.
+        return Reply(fault.status, fault.body, headers), fault.custom_body or fault.status < 400
 
     # --------------------------------------------------------------- handlers
 

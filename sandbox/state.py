@@ -46,6 +46,10 @@ FAILED = "TRAINING_JOB_FAILED"
 STOPPED = "TRAINING_JOB_STOPPED"
 DEPLOY_FAILED = "TRAINING_JOB_DEPLOY_FAILED"
 
+#: A status the sandbox's clock passes through in ``forward_compat`` mode: one this
+#: client has never heard of, as a newer Baseten may send (spot preemption, here).
+PREEMPTED = "TRAINING_JOB_PREEMPTED"
+
 TERMINAL_STATUSES = frozenset({COMPLETED, FAILED, STOPPED, DEPLOY_FAILED})
 #: Statuses the clock moves on from; any other status (terminal or unknown) stays put.
 ADVANCING_STATUSES = frozenset({PENDING, CREATED, QUEUED, DEPLOYING, RUNNING})
@@ -53,6 +57,36 @@ ADVANCING_STATUSES = frozenset({PENDING, CREATED, QUEUED, DEPLOYING, RUNNING})
 DEFAULT_LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05}
 LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
 BYTES_PER_LORA_RANK = 4 * 1024 * 1024
+#: Who created a job, as Baseten's ``user`` field has it.
+SANDBOX_USER = {"email": "sandbox-user@example.com"}
+#: Memory of one GPU in MiB, for ``instance_type.gpu_memory_limit_mib`` (vendor data sheets).
+GPU_MEMORY_MIB = {
+    "T4": 16 * 1024,
+    "L4": 24 * 1024,
+    "A10G": 24 * 1024,
+    "V100": 16 * 1024,
+    "A100": 80 * 1024,
+    "A100_40GB": 40 * 1024,
+    "H100": 80 * 1024,
+    "H100_40GB": 40 * 1024,
+    "H200": 141 * 1024,
+    "B200": 180 * 1024,
+    "B300": 288 * 1024,
+    "GB300": 288 * 1024,
+    "L40S": 48 * 1024,
+    "RTX_PRO_6000": 96 * 1024,
+    "B10": 24 * 1024,
+}
+_MEMORY_UNITS_MIB = {
+    "Ki": 1 / 1024,
+    "Mi": 1,
+    "Gi": 1024,
+    "Ti": 1024 * 1024,
+    "K": 1000 / 1024 / 1024,
+    "M": 1000 * 1000 / 1024 / 1024,
+    "G": 1000**3 / 1024 / 1024,
+    "T": 1000**4 / 1024 / 1024,
+}
 
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 _US = 1_000_000
@@ -81,6 +115,10 @@ class Config:
     fail_new_jobs: str | None = None
     rate_limit_per_second: int | None = None
     running_steps: int = 2
+    #: New jobs wait in TRAINING_JOB_PENDING (before CREATED) while this is set.
+    capacity_short: bool = False
+    #: Unknown fields on every object and an unknown status on the clock's path.
+    forward_compat: bool = False
 
     def public(self) -> dict[str, Any]:
         """Everything but the API key."""
@@ -108,6 +146,9 @@ def _check_config_value(key: str, value: Any) -> None:
     elif key == "api_key":
         if not isinstance(value, str) or not value:
             raise bad("expected a non-empty string")
+    elif key in ("capacity_short", "forward_compat"):
+        if not isinstance(value, bool):
+            raise bad("expected a boolean")
     elif key == "running_steps":
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise bad("expected an integer >= 1")
@@ -139,8 +180,11 @@ class Job:
     instance_type: dict[str, Any]
     base_model: str | None
     lora_adapter_config: dict[str, Any]
-    priority: int | None
+    priority: int
     availability_model: str
+    node_count: int = 1
+    #: In forward_compat mode: the job is in PREEMPTED as a step of its path (it moves on).
+    passing_unknown_status: bool = False
     error_message: str | None = None
     fail_message: str | None = None
     anchor_us: int = 0
@@ -163,6 +207,8 @@ class Fault:
     close: bool
     after_handling: bool
     hits: int = 0
+    #: The test gave the body (e.g. a proxy's HTML page): it is sent as is, never spec-checked.
+    custom_body: bool = False
 
     def public(self) -> dict[str, Any]:
         return {
@@ -204,19 +250,47 @@ class Stats:
     max_window: int = 0
 
 
+def _memory_mib(memory: str) -> int:
+    """``64Gi`` -> 65536; a bare number is bytes."""
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|K|M|G|T)?", memory)
+    if match is None:
+        return 2048
+    number, unit = float(match.group(1)), match.group(2)
+    mib = number * _MEMORY_UNITS_MIB[unit] if unit else number / (1024 * 1024)
+    return max(1, math.ceil(mib))
+
+
 def _instance_type(compute: dict[str, Any]) -> dict[str, Any]:
     cpu = compute.get("cpu_count", 1)
     memory = compute.get("memory", "2Gi")
     accelerator = compute.get("accelerator")
+    sizes = {"memory_limit_mib": _memory_mib(memory), "millicpu_limit": int(cpu) * 1000}
     if accelerator:
         gpu, count = accelerator["accelerator"], accelerator["count"]
         return {
             "id": f"{gpu}:{count}x{cpu}x{memory}",
             "name": f"{gpu}:{count}",
+            **sizes,
             "gpu_count": count,
             "gpu_type": gpu,
+            "gpu_memory_limit_mib": GPU_MEMORY_MIB.get(gpu),
         }
-    return {"id": f"CPU:{cpu}x{memory}", "name": f"CPU:{cpu}", "gpu_count": 0, "gpu_type": None}
+    return {
+        "id": f"CPU:{cpu}x{memory}",
+        "name": f"CPU:{cpu}",
+        **sizes,
+        "gpu_count": 0,
+        "gpu_type": None,
+        "gpu_memory_limit_mib": None,
+    }
+
+
+def rate_limit_body(retry_after: int | None) -> dict[str, Any]:
+    """Baseten's 429 body: ``{"error": ..., "retry_after": <whole seconds>}``."""
+    body: dict[str, Any] = {"error": "Rate limit exceeded. Please try again later."}
+    if retry_after is not None:
+        body["retry_after"] = retry_after
+    return body
 
 
 def _lora_adapter_config(env: dict[str, Any]) -> dict[str, Any]:
@@ -376,8 +450,8 @@ class SandboxState:
                     429,
                     "RATE_LIMITED",
                     f"rate limit of {limit} requests per second exceeded",
-                    extra={"retry_after": retry_after},
                     headers={"Retry-After": str(retry_after)},
+                    body=rate_limit_body(retry_after),
                 )
             self._allowed.append(now)
 
@@ -438,6 +512,8 @@ class SandboxState:
             raise bad("after_handling", "expected a boolean")
         if "body" in spec:
             body = spec["body"]
+        elif status == 429:
+            body = rate_limit_body(None if retry_after is None else math.ceil(retry_after))
         else:
             body = {
                 "code": _DEFAULT_FAULT_CODES.get(status, "ERROR"),
@@ -458,6 +534,7 @@ class SandboxState:
                 hang_seconds=float(hang),
                 close=close,
                 after_handling=after,
+                custom_body="body" in spec,
             )
             self._faults.append(fault)
             return fault.public()
@@ -491,9 +568,16 @@ class SandboxState:
     def _step(self, job: Job, at_us: int) -> None:
         """Move ``job`` one step along its path, stamped ``at_us``."""
         job.anchor_us = at_us
-        if job.status in (PENDING, CREATED, QUEUED):
+        if job.status == PENDING:
+            if not self.config.capacity_short:
+                self._set_status(job, CREATED, at_us)
+        elif job.status in (CREATED, QUEUED):
             self._set_status(job, DEPLOYING, at_us)
-        elif job.status == DEPLOYING:
+        elif job.status == DEPLOYING and self.config.forward_compat:
+            job.passing_unknown_status = True
+            self._set_status(job, PREEMPTED, at_us)
+        elif job.status == DEPLOYING or self._passing_unknown(job):
+            job.passing_unknown_status = False
             job.running_steps_done = 0
             self._set_status(job, RUNNING, at_us)
         elif job.status == RUNNING:
@@ -513,7 +597,9 @@ class SandboxState:
         job.error_message = error_message
         job.updated_us = at_us
         job.anchor_us = at_us
-        if status in ADVANCING_STATUSES:
+        if status != PREEMPTED:
+            job.passing_unknown_status = False
+        if self._moves(job):
             self._active[job.id] = job
         else:
             self._active.pop(job.id, None)
@@ -530,12 +616,20 @@ class SandboxState:
             error_message=error_message,
         )
 
+    @staticmethod
+    def _passing_unknown(job: Job) -> bool:
+        return job.status == PREEMPTED and job.passing_unknown_status
+
+    def _moves(self, job: Job) -> bool:
+        """Whether the clock moves this job on (forced unknown and terminal statuses stay)."""
+        return job.status in ADVANCING_STATUSES or self._passing_unknown(job)
+
     def _advance(self, job: Job, now: int) -> None:
         step = self.config.step_seconds
         if not step:
             return
         step_us = max(1, round(step * _US))
-        while job.status in ADVANCING_STATUSES and job.anchor_us + step_us <= now:
+        while self._moves(job) and job.anchor_us + step_us <= now:
             self._step(job, job.anchor_us + step_us)
 
     def _advance_all(self, now: int) -> None:
@@ -556,11 +650,31 @@ class SandboxState:
             "current_status": job.status,
             "error_message": job.error_message,
             "instance_type": dict(job.instance_type),
+            "node_count": job.node_count,
             "training_project_id": project.id,
             "training_project": {"id": project.id, "name": project.name},
+            "checkpoint_sync_status": self._sync_status(job),
             "priority": job.priority,
             "availability_model": job.availability_model,
+            "user": dict(SANDBOX_USER),
         }
+
+    @staticmethod
+    def _sync_status(job: Job) -> str | None:
+        """Checkpoint upload state: none yet, still syncing, or all synced (terminal)."""
+        if not job.checkpoints:
+            return None
+        return "COMPLETED" if job.status in TERMINAL_STATUSES else "SYNCING"
+
+    def _checkpoints_json(self, job: Job) -> list[dict[str, Any]]:
+        """Oldest first; only the newest one of a live job is still uploading."""
+        out = [dict(cp) for cp in job.checkpoints]
+        live = job.status not in TERMINAL_STATUSES
+        for index, checkpoint in enumerate(out):
+            # Baseten documents a checkpoint's sync state as "SYNCING or COMPLETE".
+            syncing = live and index == len(out) - 1
+            checkpoint.setdefault("sync_status", "SYNCING" if syncing else "COMPLETE")
+        return out
 
     def _project_json(self, project: Project, *, with_latest: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -568,6 +682,7 @@ class SandboxState:
             "name": project.name,
             "created_at": rfc3339(project.created_us),
             "updated_at": rfc3339(project.updated_us),
+            "team_name": project.team_name,
         }
         if with_latest:
             latest = self._jobs[project.job_ids[-1]] if project.job_ids else None
@@ -682,13 +797,15 @@ class SandboxState:
             name=training_job.get("name"),
             created_us=now,
             updated_us=now,
-            status=CREATED,
+            status=PENDING if self.config.capacity_short else CREATED,
             request=training_job,
             instance_type=_instance_type(compute),
             base_model=model_id if isinstance(model_id, str) else None,
             lora_adapter_config=lora,
-            priority=training_job.get("priority"),
+            # Baseten: "NULL is treated as 0"; it answers an integer.
+            priority=training_job.get("priority") or 0,
             availability_model=compute.get("availability_model", "dedicated"),
+            node_count=compute.get("node_count", 1),
             anchor_us=now,
         )
         self._jobs[job.id] = job
@@ -734,7 +851,10 @@ class SandboxState:
         with self._lock:
             self._advance_all(self.now_us())
             job = self._job_or_404(project_id, job_id)
-            return {"checkpoints": [dict(cp) for cp in job.checkpoints]}
+            return {
+                "training_job": self._job_json(job),
+                "checkpoints": self._checkpoints_json(job),
+            }
 
     def search(self, body: Any) -> dict[str, Any]:
         if body is None:
@@ -882,6 +1002,7 @@ class SandboxState:
             job = self._control_job(job_id)
             if body["status"] == RUNNING:
                 job.running_steps_done = 0
+            job.passing_unknown_status = False  # a forced status is never a step of the path
             self._set_status(job, body["status"], self.now_us(), error_message=message)
             return {"training_job": self._job_json(job)}
 
@@ -899,7 +1020,7 @@ class SandboxState:
                 targets = sorted(self._active.values(), key=lambda j: j.seq)
             for _ in range(steps):
                 for job in targets:
-                    if job.status in ADVANCING_STATUSES:
+                    if self._moves(job):
                         self._step(job, self.now_us())
             return {"training_jobs": [self._job_json(job) for job in targets]}
 
@@ -915,7 +1036,7 @@ class SandboxState:
                             self._projects[job.project_id], with_latest=False
                         ),
                         "request": job.request,
-                        "checkpoints": [dict(cp) for cp in job.checkpoints],
+                        "checkpoints": self._checkpoints_json(job),
                     }
                     for job in jobs
                 ]
@@ -963,7 +1084,7 @@ class SandboxState:
                 for _ in range(counts["jobs_per_project"]):
                     now = self.now_us()
                     job = self._new_job(project, self._seed_request(project.name), now)
-                    if status is not None and status != CREATED:
+                    if status is not None and status != job.status:
                         if status == RUNNING:
                             job.running_steps_done = 0
                         self._set_status(job, status, now)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from sandbox import Sandbox
+from sandbox.conformance import LEDGER
 from tests.fake_secret_manager import FakeSecretManager
 from tests.functions import FunctionServer
 from tests.servers import LocalS3, start_sandbox
@@ -90,3 +91,39 @@ def train_http(
     """train_http with an empty sandbox; afterwards its TMPDIR must be empty again."""
     yield train_http_server
     assert sorted(p.name for p in function_tmp.iterdir()) == []
+
+
+# ---------------------------------------------------------------- spec conformance
+# Every sandbox in this process checks each /v1 request against Baseten's
+# vendored OpenAPI document and each answer against its response schema (see
+# sandbox/conformance.py). A test fails when, during it, anything (our client,
+# truss, a test) sent a request the spec refuses without marking it as a
+# deliberate probe (header sandbox.conformance.PROBE_HEADER), or when the
+# sandbox answered outside the spec.
+
+
+@pytest.fixture(autouse=True)
+def _baseten_spec_conformance() -> Iterator[None]:
+    rejections, bad_answers = len(LEDGER.rejections), len(LEDGER.bad_answers)
+    yield
+    unexpected = [r for r in LEDGER.rejections[rejections:] if not r.probe]
+    assert not unexpected, (
+        "requests Baseten's OpenAPI document refuses were sent to the sandbox: "
+        + "; ".join(f"{r.method} {r.path}: {r.message}" for r in unexpected)
+    )
+    broken = LEDGER.bad_answers[bad_answers:]
+    assert not broken, "the sandbox answered outside Baseten's OpenAPI document: " + "; ".join(
+        f"{b.operation} -> {b.status}: {b.message}" for b in broken
+    )
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    counts = LEDGER.snapshot()
+    terminalreporter.write_line(
+        "Baseten spec conformance: "
+        f"{counts['answers_validated']} sandbox answers validated against response schemas, "
+        f"{counts['answers_unchecked']} without a schema to check, "
+        f"{counts['rejections']} requests refused by the spec "
+        f"({counts['unexpected_rejections']} not marked as probes), "
+        f"{counts['bad_answers']} answers outside the spec"
+    )

@@ -131,6 +131,26 @@ def test_fastapi_example(configured: Sandbox) -> None:
     assert len(configured.jobs()) == 1
 
 
+def test_each_submission_is_validated_once(
+    configured: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from finetune_api import api, schemas
+
+    validations: list[Any] = []
+    original = schemas.TrainingRequest.model_validate.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        validations.append(args[0])
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(schemas.TrainingRequest, "model_validate", classmethod(counting))
+    finetune_api.handle_training_request(DATASET, MODEL, idempotency_key="once-a")
+    assert len(validations) == 1
+    api.submit_body({"dataset_id": DATASET, "model_id": MODEL}, idempotency_key="once-b")
+    assert len(validations) == 2
+    assert len(configured.jobs()) == 2
+
+
 def test_logs_and_metrics_functions_raise_the_same_exceptions(configured: Sandbox) -> None:
     seeded = configured.seed(status="TRAINING_JOB_COMPLETED")
     project_id, job_id = seeded["projects"][0]["id"], seeded["job_ids"][0]

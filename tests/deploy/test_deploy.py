@@ -758,6 +758,7 @@ def test_gcloudignore_uploads_only_what_the_functions_need(tmp_path: Path) -> No
         "training_template/config.py", "training_template/data/sample.json",
         "training_template/__pycache__/train.cpython-312.pyc",
         "tests/deploy/test_deploy.py", "tests/fakes/gcloud", "sandbox/server.py",
+        "sandbox/spec/baseten-openapi.yaml",
         "bench/run.py", "scripts/demo.py", "examples/job.json", "docs/guide.md",
         ".venv-3.11/lib/site.py", ".git/HEAD", ".ci/run", ".pytest_cache/x",
         ".mypy_cache/x", ".ruff_cache/x",

@@ -7,6 +7,8 @@ from typing import Any
 
 import requests
 
+from sandbox.conformance import PROBE_HEADER
+
 API_KEY = "sk-sandbox-test-key"
 APP_URL = "http://app.sandbox.test"
 
@@ -41,13 +43,14 @@ class Http:
         *,
         headers: dict[str, str] | None = None,
         timeout: float = 10.0,
+        probe: bool = False,
     ) -> requests.Response:
+        """``probe=True`` marks a request the test means Baseten's spec to refuse."""
+        sent = dict(self.headers if headers is None else headers)
+        if probe:
+            sent[PROBE_HEADER] = "expect-rejection"
         return requests.request(
-            method,
-            f"{self.base_url}/{path}",
-            json=body,
-            headers=self.headers if headers is None else headers,
-            timeout=timeout,
+            method, f"{self.base_url}/{path}", json=body, headers=sent, timeout=timeout
         )
 
     def control(self, method: str, path: str, body: Any = None) -> requests.Response:

@@ -58,10 +58,10 @@ def test_api_key_can_be_rotated_through_config(http: Http) -> None:
 
 
 def test_unknown_route_is_404_and_wrong_method_405(http: Http) -> None:
-    missing = http.api("GET", "v1/nothing/here")
+    missing = http.api("GET", "v1/nothing/here", probe=True)
     assert missing.status_code == 404
     assert missing.json()["code"] == "NOT_FOUND"
-    wrong_method = http.api("DELETE", "v1/training_projects")
+    wrong_method = http.api("DELETE", "v1/training_projects", probe=True)
     assert wrong_method.status_code == 405
     assert http.control("GET", "nothing").status_code == 404
 
@@ -80,7 +80,8 @@ def test_unknown_project_and_job_are_404(http: Http, make_job: JobFactory) -> No
         assert reply.status_code == 404, path
         assert reply.json()["code"] == "NOT_FOUND"
         assert "nope123" in reply.json()["message"]
-    reply = http.api("POST", "v1/training_projects/nope123/jobs", job_body({}))
+    artifact = {"s3_bucket": "bucket", "s3_key": "key"}
+    reply = http.api("POST", "v1/training_projects/nope123/jobs", job_body(artifact))
     assert reply.status_code == 404
 
 
@@ -131,7 +132,7 @@ def test_create_job_rejects_bad_shapes(
     project_id = _project_id(http)
     body = job_body(upload(b"x"))
     mutate(body["training_job"])
-    reply = http.api("POST", f"v1/training_projects/{project_id}/jobs", body)
+    reply = http.api("POST", f"v1/training_projects/{project_id}/jobs", body, probe=True)
     assert reply.status_code == 400, case
     assert reply.json()["code"] == "VALIDATION_ERROR"
     assert where in reply.json()["message"]
@@ -141,9 +142,11 @@ def test_create_job_rejects_bad_shapes(
 def test_create_job_rejects_non_json_and_missing_wrapper(http: Http) -> None:
     project_id = _project_id(http)
     path = f"v1/training_projects/{project_id}/jobs"
-    not_json = http.api("POST", path, headers={**http.headers, "Content-Type": "application/json"})
+    not_json = http.api(
+        "POST", path, headers={**http.headers, "Content-Type": "application/json"}, probe=True
+    )
     assert not_json.status_code == 400
-    unwrapped = http.api("POST", path, {"image": {"base_image": "x"}})
+    unwrapped = http.api("POST", path, {"image": {"base_image": "x"}}, probe=True)
     assert unwrapped.status_code == 400
     assert "training_job" in unwrapped.json()["message"]
 
@@ -169,9 +172,19 @@ def test_job_records_exact_request_and_derives_fields(
     assert job["instance_type"] == {
         "id": "H100:2x4x64Gi",
         "name": "H100:2",
+        "memory_limit_mib": 64 * 1024,
+        "millicpu_limit": 4000,
         "gpu_count": 2,
         "gpu_type": "H100",
+        "gpu_memory_limit_mib": 80 * 1024,
     }
+    assert (job["node_count"], job["priority"], job["availability_model"]) == (
+        1,
+        3,
+        "dedicated",
+    )
+    assert job["user"] == {"email": "sandbox-user@example.com"}
+    assert job["checkpoint_sync_status"] is None
     [recorded] = http.control("GET", "jobs").json()["jobs"]
     assert recorded["request"] == sent["training_job"]
     assert recorded["project"]["id"] == project_id
@@ -186,11 +199,12 @@ def test_team_route_and_project_validation(http: Http) -> None:
     assert team.status_code == 200
     assert team.json()["training_project"]["team_id"] == "t-1"
     for bad in [{}, {"training_project": {}}, {"training_project": {"name": "x", "job": {}}}]:
-        assert http.api("POST", "v1/training_projects", bad).status_code == 400
+        assert http.api("POST", "v1/training_projects", bad, probe=True).status_code == 400
 
 
 def test_blob_credentials_only_for_train(http: Http) -> None:
-    assert http.api("GET", "v1/blobs/credentials/model").status_code == 400
+    # Baseten's spec has only .../train: any other kind is an unknown route.
+    assert http.api("GET", "v1/blobs/credentials/model", probe=True).status_code == 404
     blob = http.api("GET", "v1/blobs/credentials/train").json()
     assert blob["creds"]["region_name"] == "us-east-1"
 

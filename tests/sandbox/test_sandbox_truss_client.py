@@ -189,7 +189,10 @@ def test_checkpoints_carry_base_model_and_lora_config(
 ) -> None:
     runtime_config = '{"hyperparameters": {"lora_rank": 8, "lora_alpha": 16}}'
     project, job = _submit(truss_api, tmp_path, env={"RUNTIME_CONFIG": runtime_config})
-    assert truss_api.list_training_job_checkpoints(project["id"], job["id"]) == {"checkpoints": []}
+    empty = truss_api.list_training_job_checkpoints(project["id"], job["id"])
+    assert empty["checkpoints"] == []
+    assert empty["training_job"]["id"] == job["id"]
+    assert empty["training_job"]["checkpoint_sync_status"] is None
 
     sandbox.advance(job["id"], steps=4)  # deploying, running, checkpoint, completed
 
@@ -202,6 +205,7 @@ def test_checkpoints_carry_base_model_and_lora_config(
     assert final["lora_adapter_config"]["lora_alpha"] == 16
     assert final["size_bytes"] > 0
     assert RFC3339_MICROS.fullmatch(final["created_at"])
+    assert (mid["sync_status"], final["sync_status"]) == ("COMPLETE", "COMPLETE")
     status = truss_api.get_training_job(project["id"], job["id"])["training_job"]
     assert status["current_status"] == "TRAINING_JOB_COMPLETED"
 
