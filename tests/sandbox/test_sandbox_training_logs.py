@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from sandbox import Sandbox
+from sandbox.conformance import PROBE_HEADER
 from sandbox.training_logs import RunShape, plan_run
 from tests.sandbox.support import FakeClock, Http, JobFactory
 
@@ -18,10 +19,12 @@ DIGITS = re.compile(r"\d{19}")
 LOG_KEYS = {"timestamp", "message", "replica", "request_id", "level"}
 
 
-def _logs(http: Http, job: dict[str, Any], **params: Any) -> Any:
+def _logs(http: Http, job: dict[str, Any], probe: bool = False, **params: Any) -> Any:
+    """GET logs; ``probe`` marks a request meant to be refused (sandbox.conformance)."""
     query = "&".join(f"{k}={v}" for k, v in params.items())
     path = f"v1/training_projects/{job['training_project_id']}/jobs/{job['id']}/logs"
-    return http.api("GET", f"{path}?{query}" if query else path)
+    headers = {**http.headers, PROBE_HEADER: "1"} if probe else None
+    return http.api("GET", f"{path}?{query}" if query else path, headers=headers)
 
 
 def _metrics(http: Http, job: dict[str, Any], **params: Any) -> Any:
@@ -125,7 +128,7 @@ def test_limits_are_baseten_s(sandbox: Sandbox, http: Http, make_job: JobFactory
         ({"start_epoch_millis": now_ms - 8 * 86_400_000, "end_epoch_millis": now_ms}, "7 days"),
         ({"start_epoch_millis": now_ms, "end_epoch_millis": now_ms - 1}, "start_epoch_millis"),
     ):
-        reply = _logs(http, job, **params)
+        reply = _logs(http, job, probe=True, **params)
         assert reply.status_code == 400, params
         assert word in reply.json()["message"]
 
