@@ -49,8 +49,9 @@ HOST = "127.0.0.1"
 #: The unknown field ``forward_compat`` mode adds to every object of an answer.
 UNKNOWN_FIELD = "sandbox_future_field"
 #: Objects left alone in that mode: truss passes ``creds`` to ``boto3.resource(**creds)``,
-#: so Baseten cannot add a field there without breaking every truss release.
-_NO_UNKNOWN_FIELD_UNDER = frozenset({"creds"})
+#: so Baseten cannot add a field there without breaking every truss release; the
+#: metrics' GPU maps are keyed by GPU rank (a new key there would be a new GPU).
+_NO_UNKNOWN_FIELD_UNDER = frozenset({"creds", "gpu_utilization", "gpu_memory_usage_bytes"})
 DEFAULT_BUCKET = "baseten-sandbox-training"
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
