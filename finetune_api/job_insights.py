@@ -41,6 +41,7 @@ from .log_pages import (
     LogSource,
     Position,
     job_fetch,
+    job_tag,
     read_page,
     scan_parallel,
 )
@@ -309,6 +310,12 @@ class JobInsights:
         finished = raw_job.get("current_status") in TERMINAL_STATUSES
         now = self._clock()
         cursor = query.cursor
+        tag = job_tag(project_id, job_id)
+        if cursor is not None and cursor.job != tag:
+            raise InvalidRequestError(
+                "cursor belongs to another job's log",
+                details=[{"location": "query.cursor", "reason": "from another job"}],
+            )
         if cursor is not None:
             lo, fixed_hi, order, level = cursor.lo_ns, cursor.hi_ns, cursor.order, cursor.level
             position = cursor.position
@@ -334,7 +341,7 @@ class JobInsights:
         next_cursor: str | None = None
         tailing = order == "asc" and fixed_hi is None and not finished
         if not page.exhausted or tailing:
-            next_cursor = Cursor(order, page.position, lo, fixed_hi, level).encode()
+            next_cursor = Cursor(order, page.position, lo, fixed_hi, level, tag).encode()
         return {
             "data": [line_json(line) for line in page.lines],
             "next_cursor": next_cursor,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextvars
+import hashlib
 import json
 import logging
 import math
@@ -306,10 +307,12 @@ class Cursor:
     lo_ns: int
     hi_ns: int | None  # None: up to "now" on every call (tailing a running job)
     level: str | None
+    job: str = ""  # a digest of the job it belongs to
 
     def encode(self) -> str:
         payload = {
             "v": 1,
+            "j": self.job,
             "o": self.order,
             "n": self.position.ns,
             "k": self.position.delivered,
@@ -348,6 +351,7 @@ class Cursor:
             or not integer(payload.get("lo"))
             or not integer(payload.get("hi"), optional=True)
             or payload.get("l") not in (None, *LEVELS)
+            or not isinstance(payload.get("j", ""), str)
         ):
             raise bad
         return cls(
@@ -356,7 +360,13 @@ class Cursor:
             lo_ns=payload["lo"],
             hi_ns=payload["hi"],
             level=payload["l"],
+            job=payload.get("j", ""),
         )
+
+
+def job_tag(project_id: str, job_id: str) -> str:
+    """A short digest naming the job a cursor belongs to."""
+    return hashlib.sha256(f"{project_id}/{job_id}".encode()).hexdigest()[:12]
 
 
 __all__ = [
@@ -369,6 +379,7 @@ __all__ = [
     "Position",
     "iter_lines",
     "job_fetch",
+    "job_tag",
     "read_page",
     "scan_parallel",
     "to_line",

@@ -11,7 +11,9 @@ and retried polls repeat ids rather than inventing new events.
 
 Cost: 1 search request, plus 1 checkpoints request per job that is not
 finished or changed inside the window; finished jobs outside the window cost
-nothing beyond their row in the search answer.
+nothing beyond their row in the search answer. A job whose status changed to
+completed, failed or deploy_failed costs 1 more: the read of its newest log
+lines for the event's ``summary`` or ``log_tail`` (``explain``).
 """
 
 from __future__ import annotations

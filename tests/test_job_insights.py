@@ -179,6 +179,16 @@ def test_a_running_job_hands_out_a_cursor_to_come_back_for_new_lines(
     assert done["data"] == [] and done["next_cursor"] is None
 
 
+def test_a_cursor_only_continues_its_own_job(baseten: Sandbox, insights: JobInsights) -> None:
+    project_id, job_id = seed(baseten)
+    baseten.synthesize_logs(job_id, steps=20, seconds=10)
+    _, other_id = seed(baseten)
+    page = insights.logs(project_id, job_id, log_query({"limit": "3"}))
+    with pytest.raises(InvalidRequestError) as caught:
+        insights.logs(project_id, other_id, log_query({"cursor": page["next_cursor"]}))
+    assert caught.value.details == [{"location": "query.cursor", "reason": "from another job"}]
+
+
 def test_level_is_the_minimum_level(baseten: Sandbox, insights: JobInsights) -> None:
     project_id, job_id = seed(baseten)
     baseten.append_logs(
