@@ -504,6 +504,30 @@ resolve_version() {
 	printf '%s\n' "$version"
 }
 
+# check_public_api_keys: with --public, the API keys are all that guards GPU spend.
+# The functions fail closed on a blank key list (500 on every route), but a
+# deploy that can only fail is refused up front. The version is pinned here so
+# the deploy uses exactly the version that was checked. The value is never printed.
+check_public_api_keys() {
+	local secret=$API_KEYS_SECRET version value
+	version=$(resolve_version "$secret" "$API_KEYS_SECRET_VERSION")
+	API_KEYS_SECRET_VERSION=$version
+	if [[ $DRY_RUN -eq 1 ]]; then
+		printf '# not checked in dry-run: secret %s holds at least one API key\n' "$secret" >&3
+		return 0
+	fi
+	if ! value=$(gcloud secrets versions access "$version" "--secret=$secret" "--project=$PROJECT" 2>/dev/null); then
+		info "warning: could not read secret '$secret' version $version (reading it needs roles/secretmanager.secretAccessor), so --public cannot check that it holds an API key. train_http fails closed: with no key in it, every call but /healthz answers 500."
+		return 0
+	fi
+	if [[ -z ${value//[[:space:],]/} ]]; then
+		value=
+		die "secret '$secret' version $version holds no API key (it is empty, blank or only commas); --public refuses it, since train_http would refuse every call. Add a version with the keys: printf %s \"\$KEYS\" | gcloud secrets versions add $secret --project=$PROJECT --data-file=-"
+	fi
+	value=
+	info "= secret '$secret' version $version holds API keys"
+}
+
 grant_secret_access() {
 	local secret=$1 member="serviceAccount:$RUNTIME_SA" role=roles/secretmanager.secretAccessor
 	if has_binding "$role" "$member" -- secrets get-iam-policy "$secret"; then
@@ -576,6 +600,7 @@ ensure_scheduler_job() {
 # ------------------------------------------------------------------- deploy --
 deploy() {
 	info "Deploying to project $PROJECT, region $REGION"
+	if [[ $PUBLIC -eq 1 ]]; then check_public_api_keys; fi
 	enable_apis
 	ensure_service_account "$NAME_PREFIX$RUNTIME_SA_NAME" "$RUNTIME_SA" "Baseten training functions (runtime)"
 	ensure_service_account "$NAME_PREFIX$SCHEDULER_SA_NAME" "$SCHEDULER_SA" "Cloud Scheduler caller of $POLL_FN"

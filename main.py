@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import functions_framework
+from cloudevents.exceptions import GenericException
 from cloudevents.http import CloudEvent
 from flask import Request, Response
+from werkzeug.exceptions import HTTPException
 
+from finetune_api.http_app import framework_error_response
 from finetune_api.pubsub import handle_pubsub
 from finetune_api.routes import handle_poll, handle_train_http
 
@@ -30,3 +35,14 @@ def train_pubsub(cloud_event: CloudEvent) -> None:
 def poll_jobs(request: Request) -> Response:
     """HTTPS, called by Cloud Scheduler: report status changes and new checkpoints."""
     return handle_poll(request)
+
+
+@functions_framework.errorhandler(HTTPException)  # type: ignore[untyped-decorator]
+@functions_framework.errorhandler(RecursionError)  # type: ignore[untyped-decorator]
+@functions_framework.errorhandler(json.JSONDecodeError)  # type: ignore[untyped-decorator]
+@functions_framework.errorhandler(UnicodeDecodeError)  # type: ignore[untyped-decorator]
+@functions_framework.errorhandler(GenericException)  # type: ignore[untyped-decorator]
+def framework_error(error: Exception) -> Response:
+    """An error the framework raises before any entry point runs (its own routing, or
+    decoding a CloudEvent body): the same JSON shape, never an HTML page or a 500."""
+    return framework_error_response(error)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-from .errors import UnauthorizedError
+from . import secret_values
+from .errors import ConfigurationError, UnauthorizedError
 
 HEADER = "X-Api-Key"
 
@@ -13,13 +14,20 @@ HEADER = "X-Api-Key"
 def require_api_key(provided: str | None, secrets: Any) -> None:
     """Raise UnauthorizedError unless ``provided`` is one of the configured keys.
 
-    With no keys configured every call passes (IAM protects the function).
-    Several keys may be configured at once so they can be rotated without downtime.
+    With neither ``API_KEYS`` nor ``API_KEYS_SECRET_ID`` set every call passes
+    (IAM protects the function). Once either is set the check fails closed: a
+    blank or malformed list is a ConfigurationError (500), never "no auth" —
+    the settings and the secret store both validate it through
+    :mod:`.secret_values`, and it is checked again here. Several keys may be
+    configured at once so they can be rotated without downtime.
     """
     configured = secrets.get("api_keys", required=False)
-    if not configured:
+    if configured is None:
         return
-    keys = [key.strip() for key in configured.split(",") if key.strip()]
+    try:
+        keys = secret_values.api_keys(configured)
+    except ValueError as error:
+        raise ConfigurationError(f"API_KEYS {error}") from None
     if not provided:
         raise UnauthorizedError(f"missing {HEADER} header")
     supplied = provided.encode("utf-8", "surrogateescape")

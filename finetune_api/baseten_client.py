@@ -271,7 +271,7 @@ class BasetenClient:
 
     def get_job(self, project_id: str, job_id: str) -> dict[str, Any]:
         """The ``training_job`` dict, with ``training_project`` ``{id, name}`` on it."""
-        what = f"training job {job_id} of project {project_id}"
+        what = "training job"  # no caller input in messages
         body = self._call("GET", self._job_path(project_id, job_id), what=what)
         job = self._dict(body, "training_job", what)
         project = body.get("training_project")
@@ -284,7 +284,7 @@ class BasetenClient:
 
     def upsert_project(self, name: str, team_id: str | None = None) -> dict[str, Any]:
         """Create the training project ``name`` or return the existing one (Baseten upserts)."""
-        what = f"training project {name}"
+        what = "training project"
         path = "v1/training_projects"
         if team_id:
             path = f"v1/teams/{self._id(team_id, f'team {team_id}')}/training_projects"
@@ -298,7 +298,7 @@ class BasetenClient:
 
     def list_project_jobs(self, project_id: str) -> list[dict[str, Any]]:
         """Every job of one project, each with ``training_project`` on it."""
-        what = f"jobs of training project {project_id}"
+        what = "jobs of the training project"
         path = f"v1/training_projects/{self._id(project_id, what)}/jobs"
         body = self._call("GET", path, what=what)
         jobs = self._list(body, "training_jobs", what)
@@ -332,7 +332,7 @@ class BasetenClient:
         return self._list(body, "training_jobs", what)
 
     def list_checkpoints(self, project_id: str, job_id: str) -> list[dict[str, Any]]:
-        what = f"checkpoints of training job {job_id} of project {project_id}"
+        what = "checkpoints of the training job"
         path = f"{self._job_path(project_id, job_id)}/checkpoints"
         body = self._call("GET", path, what=what)
         return self._list(body, "checkpoints", what)
@@ -389,7 +389,7 @@ class BasetenClient:
 
     def stop_job(self, project_id: str, job_id: str) -> dict[str, Any]:
         """Stop a job; returns the ``training_job`` dict Baseten answers."""
-        what = f"training job {job_id} of project {project_id}"
+        what = "training job"  # no caller input in messages
         path = f"{self._job_path(project_id, job_id)}/stop"
         # A stop is repeated only when Baseten surely did not act on it.
         body = self._call("POST", path, what=what, json_body={}, idempotent=False)
@@ -435,7 +435,7 @@ class BasetenClient:
         return value
 
     def _job_path(self, project_id: str, job_id: str) -> str:
-        what = f"training job {job_id} of project {project_id}"
+        what = "training job"  # no caller input in messages
         return f"v1/training_projects/{self._id(project_id, what)}/jobs/{self._id(job_id, what)}"
 
     @staticmethod

@@ -12,7 +12,9 @@ second and ~97 MB), and is configured once per process:
 * truss's REST client calls ``requests.get/post`` for every request, i.e. a new
   connection (TCP and TLS handshakes) per call, three calls per submit; it is
   given one pooled ``requests.Session`` instead (see :class:`_PooledRequests`);
-* truss ``print()``s Baseten's 4xx messages; they are logged as JSON instead.
+* truss ``print()``s Baseten's 4xx messages; they are logged as JSON instead;
+* a failed push keeps truss's temporary archive alive in its traceback, so the
+  traceback's frames are cleared at once (see :func:`_release_frames`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import os
 import shutil
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -171,6 +174,7 @@ def push_training_job(settings: Settings, api_key: str, config_path: Path) -> di
     _configure_remote(settings, api_key)
     from truss_train import public_api
 
+    failure: ServiceError | None = None
     try:
         result = public_api.push(
             config_path, remote=ENV_REMOTE_NAME, team_id=settings.baseten_team_id
@@ -178,11 +182,36 @@ def push_training_job(settings: Settings, api_key: str, config_path: Path) -> di
     except ServiceError:
         raise
     except Exception as error:  # noqa: BLE001 - mapped below, never leaked raw
-        raise map_push_error(error) from None
+        failure = map_push_error(error)
+        _release_frames(error)
+    if failure is not None:
+        # Raised outside the except block, so it carries no __context__ either.
+        raise failure
     job = {key: value for key, value in dict(result).items() if key != "job_object"}
     if not job.get("id"):
         raise UpstreamError("Baseten answered the job creation without a job id")
     return job
+
+
+def _release_frames(error: BaseException) -> None:
+    """Drop the locals of the frames a failed push left in ``error``'s tracebacks.
+
+    truss packs the template into a ``NamedTemporaryFile`` (deleted when
+    closed) held by a local of ``prepare_push``; a failed upload keeps that
+    frame alive in the traceback, often inside a reference cycle, so the
+    archive stayed in TMPDIR until a later garbage collection. Clearing the
+    frames closes it now.
+    """
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        current.__traceback__ = None
+        pending += [current.__cause__, current.__context__]
 
 
 def map_push_error(error: Exception) -> ServiceError:

@@ -165,6 +165,7 @@ class EventSink:
         self._secrets = secrets
         self._sender = sender
         self._lock = threading.Lock()
+        self._background: Any = None
 
     @property
     def webhooks_enabled(self) -> bool:
@@ -188,6 +189,43 @@ class EventSink:
 
     def emit(self, event: Event) -> DeliveryResult:
         """Log ``event`` (one line) and deliver it if a webhook is configured."""
+        self._log(event)
+        sender = self._get_sender()
+        if sender is None:
+            return DeliveryResult(event.id, delivered=False, failed=False)
+        return sender.send(event.id, event.body())
+
+    def emit_later(self, event: Event) -> None:
+        """Log ``event`` now; deliver it on a background thread (see :mod:`.notices`).
+
+        Never blocks and never raises for the webhook: the caller's latency does
+        not depend on the receiver.
+        """
+        self._log(event)
+        if not self.webhooks_enabled:
+            return
+        with self._lock:
+            if self._background is None:
+                from .notices import BackgroundDelivery
+
+                self._background = BackgroundDelivery(
+                    self._deliver_later,
+                    describe=lambda item: {"event_id": item.id, "event_type": item.type},
+                )
+            background = self._background
+        background.put(event)
+
+    def flush(self, timeout: float) -> int:
+        """Wait up to ``timeout`` s for background deliveries; the number still pending."""
+        background = self._background
+        return background.flush(timeout) if background is not None else 0
+
+    def _deliver_later(self, event: Event) -> None:
+        sender = self._get_sender()
+        if sender is not None:
+            sender.send(event.id, event.body())
+
+    def _log(self, event: Event) -> None:
         status = event.type.removeprefix(STATUS_PREFIX)
         level = logging.ERROR if status in ERROR_STATUSES else logging.INFO
         fields: dict[str, Any] = {
@@ -202,11 +240,6 @@ class EventSink:
         if status in ERROR_STATUSES:
             fields["error_message"] = event.data.get("error_message")
         log(_logger, level, f"event {event.type}", **fields)
-
-        sender = self._get_sender()
-        if sender is None:
-            return DeliveryResult(event.id, delivered=False, failed=False)
-        return sender.send(event.id, event.body())
 
     def close(self) -> None:
         if self._sender is not None:

@@ -13,9 +13,10 @@ from typing import Any
 
 from flask import Request, Response
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
-from werkzeug.routing import Map, Rule
+from werkzeug.routing import Map, RequestRedirect, Rule
 
 from . import logs
+from .decoding import decode_json
 from .errors import (
     InternalError,
     InvalidRequestError,
@@ -48,6 +49,8 @@ TRAIN_ROUTES = Map(
         ),
     ],
     strict_slashes=False,
+    # "/jobs//p/j" is no route: merging would answer a redirect naming a URL.
+    merge_slashes=False,
 )
 POLL_ROUTES = Map(
     [
@@ -56,6 +59,7 @@ POLL_ROUTES = Map(
         Rule("/poll", endpoint="poll", methods=["GET", "POST"]),
     ],
     strict_slashes=False,
+    merge_slashes=False,
 )
 
 
@@ -72,6 +76,45 @@ def error_response(error: ServiceError) -> Response:
     return json_response(error.body, error.status, error.headers)
 
 
+def framework_error_response(error: Exception) -> Response:
+    """What ``main.py`` answers for an error raised inside functions-framework itself."""
+    if isinstance(error, HTTPException):
+        return http_error_response(error)
+    # The framework decodes a CloudEvent body itself (json raises RecursionError,
+    # not ValueError, for deep nesting). Pub/Sub builds real envelopes, so only a
+    # direct invoker can send these: a logged 400, not a 500 with a traceback.
+    logs.log(_logger, 40, "request body could not be decoded", error_type=type(error).__name__)
+    if isinstance(error, RecursionError) or isinstance(error.__cause__, RecursionError):
+        return error_response(InvalidRequestError("request body is nested too deeply"))
+    return error_response(InvalidRequestError("request body could not be decoded"))
+
+
+def http_error_response(error: HTTPException) -> Response:
+    """A werkzeug routing or protocol error as the CONTRACT JSON body.
+
+    Used for our own routing and for the framework's (``main.py`` registers it
+    for errors raised before an entry point runs, e.g. a path its own router
+    cannot match). Messages are fixed texts: neither the path nor the method
+    the caller sent is quoted back.
+    """
+    if isinstance(error, MethodNotAllowed):
+        allowed = ", ".join(sorted(error.valid_methods or []))
+        response = error_response(
+            MethodNotAllowedError(f"this method is not allowed here; use {allowed}")
+        )
+        response.headers["Allow"] = allowed
+        return response
+    if isinstance(error, NotFound | RequestRedirect) or (error.code or 0) < 400:
+        return error_response(NotFoundError("no such route"))
+    if error.code == 413:
+        return error_response(PayloadTooLargeError("request body is too large"))
+    if error.code == 415:
+        return error_response(UnsupportedMediaTypeError("Content-Type must be application/json"))
+    if (error.code or 500) >= 500:
+        return error_response(InternalError("internal error"))
+    return error_response(InvalidRequestError("the request is malformed"))
+
+
 def read_json_body(request: Request, max_bytes: int, *, required: bool = True) -> Any:
     """Enforce the CONTRACT's body rules in order: size, media type, UTF-8 JSON."""
     length = request.content_length
@@ -86,18 +129,7 @@ def read_json_body(request: Request, max_bytes: int, *, required: bool = True) -
         return None
     if request.mimetype != "application/json":
         raise UnsupportedMediaTypeError("Content-Type must be application/json")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidRequestError("request body is not valid UTF-8") from None
-    try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except ValueError as error:
-        raise InvalidRequestError(f"request body is not valid JSON: {error}") from None
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed")
+    return decode_json(raw, "request body")
 
 
 def serve(
@@ -121,18 +153,8 @@ def serve(
             response = handlers[endpoint](request, **arguments)
         except ServiceError as error:
             response = error_response(error)
-        except MethodNotAllowed as error:
-            allowed = ", ".join(sorted(error.valid_methods or []))
-            response = error_response(
-                MethodNotAllowedError(f"{request.method} is not allowed here; use {allowed}")
-            )
-            response.headers["Allow"] = allowed
-        except NotFound:
-            response = error_response(
-                NotFoundError(f"no route for {request.method} {request.path}")
-            )
         except HTTPException as error:
-            response = error_response(InvalidRequestError(error.description or "bad request"))
+            response = http_error_response(error)
         except Exception:
             _logger.exception("unhandled error", extra={"fields": {"route": endpoint}})
             response = error_response(InternalError("internal error"))

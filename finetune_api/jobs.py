@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from .errors import InvalidRequestError, ServiceError, UpstreamRejectedError
+from .errors import InvalidRequestError, NotFoundError, ServiceError, UpstreamRejectedError
 from .logs import get_logger, log
 from .schemas import (
     TERMINAL_STATUSES,
@@ -68,7 +68,11 @@ def check_idempotency_key(key: str | None) -> str | None:
     """1-255 visible ASCII characters, per CONTRACT."""
     if key is None:
         return None
-    if not 1 <= len(key) <= 255 or not all(33 <= ord(ch) <= 126 for ch in key):
+    if (
+        not isinstance(key, str)
+        or not 1 <= len(key) <= 255
+        or not all(33 <= ord(ch) <= 126 for ch in key)
+    ):
         raise InvalidRequestError(
             "Idempotency-Key must be 1-255 visible ASCII characters",
             details=[
@@ -158,8 +162,19 @@ class JobService:
     def resolve(self, request: TrainingRequest) -> TrainingRequest:
         """Fill the name defaults (documented in the README)."""
         updates: dict[str, str] = {}
+        prefix = self._settings.project_name_prefix
         if request.project_name is None:
-            updates["project_name"] = default_project_name(request.model_id)
+            name = default_project_name(request.model_id)
+            if prefix and not name.startswith(prefix):
+                name = f"{prefix}{name}"[:64].rstrip("-.")
+            updates["project_name"] = name
+        elif prefix and not request.project_name.startswith(prefix):
+            # A job this service could not read or stop afterwards is refused up front.
+            reason = f"must start with {prefix} (PROJECT_NAME_PREFIX)"
+            raise InvalidRequestError(
+                f"project_name {reason}",
+                details=[{"location": "project_name", "reason": reason}],
+            )
         if request.job_name is None:
             updates["job_name"] = default_job_name(request.model_id, datetime.now(UTC))
         return request.model_copy(update=updates) if updates else request
@@ -267,26 +282,52 @@ class JobService:
 
     # -- reads and stop -----------------------------------------------------------
 
-    def get(self, project_id: str, job_id: str, *, with_checkpoints: bool = True) -> Job:
+    def allows(self, raw_job: dict[str, Any]) -> bool:
+        """Whether PROJECT_NAME_PREFIX (when set) lets callers see this Baseten job."""
+        prefix = self._settings.project_name_prefix
+        if prefix is None:
+            return True
+        project = raw_job.get("training_project")
+        name = project.get("name") if isinstance(project, dict) else None
+        # A job whose project name Baseten did not give is not shown (fail closed).
+        return isinstance(name, str) and name.startswith(prefix)
+
+    def read_job(self, project_id: str, job_id: str) -> dict[str, Any]:
+        """Baseten's job, or not_found when PROJECT_NAME_PREFIX hides it.
+
+        A hidden job answers exactly as an unknown one, so its existence is not revealed.
+        Routes added later that act on a job (logs, metrics, deployments) go through here.
+        """
         raw = self._client.get_job(project_id, job_id)
+        if not self.allows(raw):
+            raise NotFoundError("training job not found on Baseten")
+        return raw
+
+    def get(self, project_id: str, job_id: str, *, with_checkpoints: bool = True) -> Job:
+        raw = self.read_job(project_id, job_id)
         job = job_from_baseten(raw, self._settings.baseten_remote_url)
         if not with_checkpoints:
             return job
         progress = self._progress(raw) if self._progress is not None else None
         return JobWithCheckpoints(
             **job.model_dump(),
-            checkpoints=self.checkpoints(project_id, job_id),
+            checkpoints=self._checkpoints(project_id, job_id),
             progress=Progress.model_validate(progress) if progress is not None else None,
         )
 
     def checkpoints(self, project_id: str, job_id: str) -> list[Checkpoint]:
+        if self._settings.project_name_prefix is not None:
+            self.read_job(project_id, job_id)
+        return self._checkpoints(project_id, job_id)
+
+    def _checkpoints(self, project_id: str, job_id: str) -> list[Checkpoint]:
         return [
             checkpoint_from_baseten(item)
             for item in self._client.list_checkpoints(project_id, job_id)
         ]
 
     def stop(self, project_id: str, job_id: str) -> Job:
-        current = self._client.get_job(project_id, job_id)
+        current = self.read_job(project_id, job_id)
         if current.get("current_status") not in TERMINAL_STATUSES:
             # Baseten answers the stop with the job; keep the project from the read.
             current = {**current, **self._client.stop_job(project_id, job_id)}
@@ -300,7 +341,11 @@ class JobService:
         else:
             # The project's job list 404s for an unknown project (search would answer []).
             candidates = self._client.list_project_jobs(project_id)
-        raw = [job for job in candidates if not wanted or job.get("current_status") in wanted]
+        raw = [
+            job
+            for job in candidates
+            if (not wanted or job.get("current_status") in wanted) and self.allows(job)
+        ]
         raw.sort(key=_created_order, reverse=True)
         return [job_from_baseten(job, self._settings.baseten_remote_url) for job in raw[:limit]]
 

@@ -3,7 +3,10 @@
 Request-scoped fields (trace, route) travel in a context variable so that log
 lines written deep in the service carry them without being passed around.
 Secret values registered with :func:`register_secret` are scrubbed from every
-line as a last line of defence; the code never logs them on purpose.
+line as a last line of defence; the code never logs them on purpose. Scrubbing
+runs on the fields before they are serialised and again on the JSON text, and
+looks for each secret as written, as ``repr()`` writes it (exception messages
+quote header values that way) and as JSON escapes either form.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
     "finetune_api_log_context", default=_EMPTY
 )
+# Every form a registered secret may take in a line, longest first.
+_needles: tuple[str, ...] = ()
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
 _configured = False
@@ -42,20 +47,45 @@ _SEVERITY = {
 }
 
 
+def _forms(value: str) -> set[str]:
+    written = {value, repr(value)[1:-1], repr(value.encode("utf-8", "surrogatepass"))[2:-1]}
+    escaped = {
+        json.dumps(form, ensure_ascii=ascii)[1:-1] for form in written for ascii in (True, False)
+    }
+    return {form for form in written | escaped if len(form) >= 6}
+
+
 def register_secret(value: str | None) -> None:
     """Never let ``value`` appear in a log line (values shorter than 6 chars are ignored)."""
+    global _needles
     if value and len(value) >= 6:
         with _secrets_lock:
+            if value in _secrets:
+                return
             _secrets.add(value)
+            forms = set(_needles) | _forms(value)
+            _needles = tuple(sorted(forms, key=len, reverse=True))
 
 
 def scrub(text: str) -> str:
-    with _secrets_lock:
-        secrets = tuple(_secrets)
-    for secret in secrets:
-        if secret in text:
-            text = text.replace(secret, REDACTED)
+    """``text`` with every form of every registered secret replaced by ``[REDACTED]``."""
+    for needle in _needles:
+        if needle in text:
+            text = text.replace(needle, REDACTED)
     return text
+
+
+def _scrub_value(value: Any) -> Any:
+    """Scrub the strings inside a log entry, before it becomes JSON."""
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, Mapping):
+        return {_scrub_value(key): _scrub_value(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_scrub_value(item) for item in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return scrub(str(value))
 
 
 class JsonFormatter(logging.Formatter):
@@ -72,7 +102,9 @@ class JsonFormatter(logging.Formatter):
             entry.update(fields)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return scrub(json.dumps(entry, default=str))
+        if not _needles:
+            return json.dumps(entry, default=str)
+        return scrub(json.dumps(_scrub_value(entry), default=str))
 
 
 def configure() -> None:

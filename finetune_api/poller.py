@@ -19,7 +19,6 @@ lines for the event's ``summary`` or ``log_tail`` (``explain``).
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import re
 import threading
@@ -32,6 +31,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from .decoding import decode_json
 from .errors import InvalidRequestError, ServiceError
 from .events import Event, checkpoint_event, rfc3339, status_event
 from .logs import context, get_logger, log
@@ -56,9 +56,14 @@ NOT_STARTED_STATUSES = frozenset(
         "TRAINING_JOB_DEPLOYING",
     }
 )
+# ASCII digits only (``\d`` would take any script's digits).
 _RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})\Z"
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?"
+    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})\Z"
 )
+# The earliest ``since`` a poll accepts: nothing on Baseten is older, and
+# dates near year 1 or 9999 overflow once shifted to UTC or by the lookback.
+EARLIEST_SINCE = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class JobReader(Protocol):
@@ -91,11 +96,16 @@ def parse_time(value: Any) -> datetime | None:
         return None
     try:
         moment = datetime.fromisoformat(value)
-    except ValueError:
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+
+
+def unreadable_time(value: Any) -> bool:
+    """True when Baseten gave a timestamp (not null or empty) that cannot be read."""
+    return value not in (None, "") and parse_time(value) is None
 
 
 def parse_since(body: Any, *, now: datetime | None = None) -> datetime | None:
@@ -103,18 +113,10 @@ def parse_since(body: Any, *, now: datetime | None = None) -> datetime | None:
 
     Bad input raises :class:`InvalidRequestError` with one detail per problem.
     """
-    if isinstance(body, bytes | bytearray):
-        try:
-            body = bytes(body).decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidRequestError("request body is not valid UTF-8") from None
-    if isinstance(body, str):
+    if isinstance(body, bytes | bytearray | str):
         if not body.strip():
             return None
-        try:
-            body = json.loads(body)
-        except ValueError:
-            raise InvalidRequestError("request body is not valid JSON") from None
+        body = decode_json(body)
     if body is None:
         return None
     if not isinstance(body, Mapping):
@@ -138,7 +140,14 @@ def parse_since(body: Any, *, now: datetime | None = None) -> datetime | None:
     if request.since is None:
         return None
     # RFC 3339 allows a lower-case t and z; fromisoformat does not.
-    since = parse_time(request.since.upper()) if _RFC3339.match(request.since) else None
+    well_formed = _RFC3339.match(request.since) is not None
+    since = parse_time(request.since.upper()) if well_formed else None
+    if since is None and well_formed:
+        # Shaped right, but no such moment (a 13th month, or past year 9999 in UTC).
+        raise InvalidRequestError(
+            "since is out of range",
+            details=[{"location": "since", "reason": "must be a real date-time in range"}],
+        )
     if since is None:
         raise InvalidRequestError(
             "since is not an RFC 3339 date-time",
@@ -149,6 +158,11 @@ def parse_since(body: Any, *, now: datetime | None = None) -> datetime | None:
                     "e.g. 2026-01-01T00:00:00Z",
                 }
             ],
+        )
+    if since < EARLIEST_SINCE:
+        raise InvalidRequestError(
+            "since is out of range",
+            details=[{"location": "since", "reason": "must be 1970-01-01T00:00:00Z or later"}],
         )
     if since > (now or datetime.now(UTC)):
         raise InvalidRequestError(
@@ -185,7 +199,19 @@ def poll(
     # which bounds nothing about updated_at (an old job may have just finished),
     # so each row is looked at; a row costs its bytes, not a request.
     work: list[tuple[dict[str, Any], bool]] = []
+    unreadable = 0
     for raw in client.search_jobs(newest_first=True):
+        if unreadable_time(raw.get("updated_at")) or unreadable_time(raw.get("created_at")):
+            # That job's failure, counted; the poll goes on.
+            unreadable += 1
+            log(
+                _logger,
+                logging.ERROR,
+                "skipped a job whose Baseten timestamps cannot be read",
+                training_project_id=raw.get("training_project_id"),
+                training_job_id=raw.get("id"),
+            )
+            continue
         updated = parse_time(raw.get("updated_at"))
         created = parse_time(raw.get("created_at"))
         if created is not None and created > until:
@@ -217,7 +243,7 @@ def poll(
         webhooks_delivered=sum(o.delivered for o in outcomes),
         webhooks_failed=sum(o.webhook_failures for o in outcomes),
         duration_ms=round((time.perf_counter() - started) * 1000),
-        jobs_failed=sum(o.failed for o in outcomes),
+        jobs_failed=sum(o.failed for o in outcomes) + unreadable,
     )
     log(
         _logger,
@@ -282,6 +308,9 @@ class _PollRun:
                     job.training_project_id, job.training_job_id
                 )
             for item in checkpoints:
+                if unreadable_time(item.get("created_at")):
+                    failure = failure or "a checkpoint's created_at cannot be read"
+                    continue
                 created = parse_time(item.get("created_at"))
                 if created is None or not self.since <= created <= self.until:
                     continue

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from . import logs
 from .api import submit_body
+from .decoding import decode_json
 from .errors import InvalidRequestError, ServiceError
 from .runtime import get_services
 
@@ -36,7 +36,9 @@ class PubsubMessage:
             or event_attributes.get("id")
             or ""
         )
-        self.attributes: dict[str, str] = dict(message.get("attributes") or {})
+        # Checked in idempotency_key(), inside the error mapping: a direct
+        # invoker may send anything here.
+        self.attributes: Any = message.get("attributes")
         self.publish_time = (
             message.get("publishTime")
             or message.get("publish_time")
@@ -55,6 +57,26 @@ class PubsubMessage:
             published = published.replace(tzinfo=UTC)
         return (now - published).total_seconds()
 
+    def idempotency_key(self) -> str | None:
+        """The ``idempotency_key`` attribute, else the message id; bad shapes are bad messages."""
+        attributes = self.attributes
+        if attributes is None:
+            attributes = {}
+        if not isinstance(attributes, Mapping):
+            raise InvalidRequestError(
+                "message attributes must be an object of strings",
+                details=[{"location": "message.attributes", "reason": "expected an object"}],
+            )
+        key = attributes.get("idempotency_key")
+        if key is not None and not isinstance(key, str):
+            raise InvalidRequestError(
+                "the idempotency_key attribute must be a string",
+                details=[
+                    {"location": "message.attributes.idempotency_key", "reason": "not a string"}
+                ],
+            )
+        return key or self.message_id or None
+
     def body(self) -> Any:
         if not self.valid_envelope:
             raise InvalidRequestError("event carries no Pub/Sub message")
@@ -64,12 +86,7 @@ class PubsubMessage:
             raw = base64.b64decode(self.data, validate=True)
         except (binascii.Error, ValueError):
             raise InvalidRequestError("message data is not valid base64") from None
-        try:
-            return json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise InvalidRequestError("message data is not UTF-8") from None
-        except ValueError as error:
-            raise InvalidRequestError(f"message data is not valid JSON: {error}") from None
+        return decode_json(raw, "message data")
 
 
 def handle_pubsub(event_attributes: Mapping[str, Any], data: Any) -> dict[str, Any] | None:
@@ -88,7 +105,7 @@ def handle_pubsub(event_attributes: Mapping[str, Any], data: Any) -> dict[str, A
                     max_age_seconds=max_age,
                 )
                 return None
-            key = message.attributes.get("idempotency_key") or message.message_id or None
+            key = message.idempotency_key()
             return submit_body(message.body(), idempotency_key=key, message_id=message.message_id)
         except ServiceError as error:
             fields = {"error_type": error.type, "reason": error.message}

@@ -10,6 +10,7 @@ from .api import submit_body
 from .auth import HEADER, require_api_key
 from .errors import InvalidRequestError
 from .http_app import POLL_ROUTES, TRAIN_ROUTES, json_response, read_json_body, serve
+from .query import bounded_int
 from .runtime import get_services
 
 
@@ -55,14 +56,9 @@ def list_jobs(request: Request) -> Response:
         )
     # Without project_id, every project's jobs are listed.
     project_id = args.get("project_id") or None
-    raw_limit = args.get("limit", "20")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
-        raise InvalidRequestError(
-            "limit must be an integer from 1 to 100",
-            details=[{"location": "query.limit", "reason": "must be an integer from 1 to 100"}],
-        )
+    limit = bounded_int(args.get("limit"), "limit", 1, 100, default=20)
     statuses = [part for value in args.getlist("status") for part in value.split(",") if part]
-    jobs = services.jobs.list(project_id, statuses, int(raw_limit))
+    jobs = services.jobs.list(project_id, statuses, limit)
     return json_response({"data": [job.model_dump(mode="json") for job in jobs]})
 
 

@@ -51,9 +51,10 @@ def build_services(settings: Settings) -> Services:
     events = EventSink(settings, secrets)
 
     def announce(job: Any, key: str | None, message_id: str | None) -> None:
-        # A notice that cannot be delivered never fails the submission itself.
+        # Logged now, delivered off the request path: a slow receiver never
+        # slows a submission, and a failing one never fails it.
         try:
-            events.emit(submitted_event(job, idempotency_key=key, message_id=message_id))
+            events.emit_later(submitted_event(job, idempotency_key=key, message_id=message_id))
         except Exception:  # noqa: BLE001 - logged, the job exists either way
             get_logger("runtime").exception("could not emit training_job.submitted")
 

@@ -57,6 +57,7 @@ Name = Annotated[
 ]
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
+MAX_SEED = 2**32 - 1
 
 
 class Hyperparameters(BaseModel):
@@ -72,7 +73,8 @@ class Hyperparameters(BaseModel):
     lora_rank: int = Field(default=16, ge=1, le=512)
     lora_alpha: int = Field(default=32, ge=1, le=4096)
     lora_dropout: float = Field(default=0.05, ge=0, lt=1)
-    seed: int = Field(default=42, ge=0)
+    # NumPy's seeding (transformers.set_seed) takes 0 to 2**32 - 1 and nothing more.
+    seed: int = Field(default=42, ge=0, le=MAX_SEED)
     validation_split: float = Field(
         default=0.0,
         ge=0,

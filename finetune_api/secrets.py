@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from . import secret_values
 from .errors import ConfigurationError, SecretUnavailableError
 from .logs import get_logger, log, register_secret
 from .settings import Settings
@@ -105,7 +106,9 @@ class SecretStore:
                     )
                     return cached.value
                 raise
-            register_secret(value)
+            # Each API key is a secret of its own; a log line may quote one alone.
+            for part in value.split(",") if setting == "API_KEYS" else (value,):
+                register_secret(part)
             self._cache[name] = _Cached(value, time.monotonic())
             return value
 
@@ -165,9 +168,13 @@ class SecretStore:
                     f"Secret Manager returned a corrupted payload for {where} (CRC32C mismatch)"
                 )
         try:
-            return data.decode("utf-8").strip()
+            text = data.decode("utf-8")
         except UnicodeDecodeError:
             raise ConfigurationError(f"{where} holds a value that is not UTF-8 text") from None
+        try:
+            return secret_values.check(setting.lower(), text)
+        except ValueError as error:
+            raise ConfigurationError(f"{where}: the secret's value {error}") from None
 
     def _get_client(self) -> Any:
         if self._client is not None:

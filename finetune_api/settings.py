@@ -15,12 +15,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import secret_values
 from .errors import ConfigurationError
 from .logs import get_logger, register_secret
 
@@ -28,6 +30,8 @@ DEFAULT_TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "training_templa
 DEFAULT_ALLOWED_ACCELERATORS = ("H100", "H200", "A100", "A10G", "L4")
 # What truss maps the app URL to; anything else goes to production unless
 # BASETEN_API_URL says otherwise.
+# The start of a project name (schemas.NAME), one character short of a whole one.
+PROJECT_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 KNOWN_API_URLS = {
     "https://app.baseten.co": "https://api.baseten.co",
     "https://app.staging.baseten.co": "https://api.staging.baseten.co",
@@ -65,11 +69,33 @@ def _optional_text(value: Any) -> str | None:
     return _text(value) or None
 
 
-def _secret(value: Any) -> Secret | None:
-    if isinstance(value, Secret):
-        return value
+def _secret(field_name: str) -> Callable[[Any], Secret]:
+    """A secret setting's parser: set means set, so a blank value is an error, never "unset"."""
+
+    def parse(value: Any) -> Secret:
+        text = value.get_secret_value() if isinstance(value, Secret) else value
+        if not isinstance(text, str):
+            raise ValueError("must be text")
+        return Secret(secret_values.check(field_name, text))
+
+    return parse
+
+
+def _reference(value: Any) -> str:
+    """A ``*_SECRET_ID`` whose emptiness must not silently turn a protection off."""
     text = _text(value)
-    return Secret(text) if text else None
+    if not text:
+        raise ValueError("is set but empty")
+    return text
+
+
+def _prefix(value: Any) -> str | None:
+    text = _text(value)
+    if not text:
+        return None
+    if not PROJECT_PREFIX.fullmatch(text):
+        raise ValueError("must be 1-63 of A-Z a-z 0-9 . _ -, starting with a letter or digit")
+    return text
 
 
 def _url(value: Any) -> str | None:
@@ -130,7 +156,7 @@ def _setting(default: Any, parse: Callable[[Any], Any]) -> Any:
 
 @dataclass(frozen=True)
 class Settings:
-    baseten_api_key: Secret | None = _setting(None, _secret)
+    baseten_api_key: Secret | None = _setting(None, _secret("baseten_api_key"))
     baseten_api_key_secret_id: str | None = _setting(None, _optional_text)
     baseten_remote_url: str = _setting("https://app.baseten.co", _url)
     baseten_api_url: str | None = _setting(None, _url)
@@ -142,14 +168,17 @@ class Settings:
     allowed_accelerators: tuple[str, ...] = _setting(DEFAULT_ALLOWED_ACCELERATORS, _commas)
     max_gpus_per_node: int = _setting(8, _int(1, 64))
     max_nodes: int = _setting(1, _int(1, 64))
-    api_keys: Secret | None = _setting(None, _secret)
-    api_keys_secret_id: str | None = _setting(None, _optional_text)
+    api_keys: Secret | None = _setting(None, _secret("api_keys"))
+    api_keys_secret_id: str | None = _setting(None, _reference)
     webhook_url: str | None = _setting(None, _url)
-    webhook_secret: Secret | None = _setting(None, _secret)
+    webhook_secret: Secret | None = _setting(None, _secret("webhook_secret"))
     webhook_secret_secret_id: str | None = _setting(None, _optional_text)
-    poll_lookback_seconds: int = _setting(1800, _int(1))
+    # At most a year: a poll's window start must stay a real date.
+    poll_lookback_seconds: int = _setting(1800, _int(1, 366 * 86400))
     pubsub_max_event_age_seconds: int = _setting(3600, _int(1))
     max_body_bytes: int = _setting(65536, _int(1))
+    # Opt-in: read, list and stop only projects whose names start with this.
+    project_name_prefix: str | None = _setting(None, _prefix)
 
     # Extras, not in the CONTRACT table (documented in the README).
     baseten_timeout_seconds: float = _setting(30.0, _positive_float())
@@ -213,9 +242,13 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         )
     if problems:
         raise ConfigurationError("invalid setting(s): " + "; ".join(problems))
-    for secret in (settings.baseten_api_key, settings.api_keys, settings.webhook_secret):
+    for secret in (settings.baseten_api_key, settings.webhook_secret):
         if secret is not None:
             register_secret(secret.get_secret_value())
+    if settings.api_keys is not None:
+        # Each key is a secret of its own; a log line may quote one alone.
+        for key in settings.api_keys.get_secret_value().split(","):
+            register_secret(key)
     return settings
 
 

@@ -10,9 +10,10 @@ wants no more deliveries; other 4xx (except 408 and 429) are not retried;
 caller: the outcome is a :class:`DeliveryResult`.
 
 A receiver that keeps failing must not stall a poll for minutes (every event
-could otherwise spend its full retry budget): after a few failed deliveries in
-a row, further events fail fast for a short pause (a circuit breaker), and a
-410 pauses deliveries for longer. Failed events are re-sent by the next poll
+could otherwise spend its full retry budget): after a few failed attempts in
+a row, retries stop and further events fail fast for a short pause (a circuit
+breaker; the first attempt after the pause is a single probe), and a 410
+pauses deliveries for longer. Failed events are re-sent by the next poll
 whose window still covers them, under the same ``webhook-id``.
 """
 
@@ -46,7 +47,7 @@ _logger = get_logger("webhooks")
 
 # After a 410 the receiver is left alone for this long (per sender, i.e. per instance).
 GONE_PAUSE_SECONDS = 600.0
-# This many failed deliveries in a row pause deliveries for BREAKER_PAUSE_SECONDS.
+# This many failed attempts in a row pause deliveries for BREAKER_PAUSE_SECONDS.
 BREAKER_FAILURES = 5
 BREAKER_PAUSE_SECONDS = 30.0
 CONNECT_TIMEOUT_SECONDS = 3.0
@@ -145,8 +146,15 @@ class WebhookSender:
 
         def attempt() -> _Outcome:
             nonlocal attempts
+            with self._lock:
+                paused = self._clock() < self._paused_until
+                reason = self._pause_reason
+            if paused:  # the breaker opened during this delivery's retries
+                return _Outcome(False, False, error=reason)
             attempts += 1
-            return self._attempt(msg_id, body)
+            outcome = self._attempt(msg_id, body)
+            self._record(outcome)
+            return outcome
 
         retrying = Retrying(
             stop=stop_after_attempt(self._max_attempts),
@@ -174,7 +182,6 @@ class WebhookSender:
                 status=outcome.status,
                 reason=outcome.error,
             )
-        self._record(outcome)
         return DeliveryResult(
             msg_id,
             delivered=outcome.delivered,
@@ -201,7 +208,12 @@ class WebhookSender:
     # -- internals --------------------------------------------------------
 
     def _record(self, outcome: _Outcome) -> None:
-        """Feed the circuit breaker with one delivery's outcome."""
+        """Feed the circuit breaker with one attempt's outcome.
+
+        Attempts, not deliveries, are counted: a receiver that fails stops
+        being retried as soon as the breaker opens, and the probe after a
+        pause is one attempt, not a whole delivery's worth.
+        """
         with self._lock:
             if outcome.delivered:
                 self._failures_in_a_row = 0
@@ -211,7 +223,7 @@ class WebhookSender:
                 pause, reason = GONE_PAUSE_SECONDS, "the receiver answered 410 Gone"
             elif self._failures_in_a_row >= self._breaker_failures:
                 pause = self._breaker_pause
-                reason = f"{self._failures_in_a_row} deliveries in a row failed"
+                reason = f"{self._failures_in_a_row} delivery attempts in a row failed"
             else:
                 return
             self._paused_until = self._clock() + pause

@@ -185,3 +185,69 @@ def test_request_logs_are_structured_with_trace(train_http: FunctionServer) -> N
     assert entry["severity"] == "INFO" and entry["route"] == "healthz" and entry["status"] == 200
     assert entry["httpRequest"]["latency"].endswith("s")
     assert entry["logging.googleapis.com/trace"] == f"projects/test-project/traces/{trace}"
+
+
+# -- issue 12: every input that can only fail answers 400, in our JSON, quoting nothing --
+
+
+@pytest.mark.parametrize(
+    "data", [b"[" * 3000, b'{"a":' * 3000, b"[" * 30000 + b"]" * 30000], ids=["list", "obj", "deep"]
+)
+def test_deeply_nested_body_is_400(
+    train_http: FunctionServer, sandbox: Sandbox, data: bytes
+) -> None:
+    error = assert_error(send(train_http, data), 400, "invalid_request")
+    assert "nested too deeply" in error["message"]
+    assert "Traceback" not in train_http.output()
+    assert_untouched(sandbox)
+
+
+@pytest.mark.parametrize(
+    "limit",
+    ["²", "٣", "\uff11\uff10", "1" * 4401, "0", "101", "-1", "+5", " 5", "5 ", "1e1", "", "0x10"],
+    ids=lambda value: f"{value[:8]!r}",
+)
+def test_bad_limit_is_400_and_not_echoed(
+    train_http: FunctionServer, sandbox: Sandbox, limit: str
+) -> None:
+    response = requests.get(f"{train_http.url}/jobs", params={"limit": limit}, timeout=30)
+    error = assert_error(response, 400, "invalid_request")
+    assert error["details"] == [
+        {"location": "query.limit", "reason": "must be an integer from 1 to 100"}
+    ]
+    assert "Traceback" not in train_http.output()
+    assert_untouched(sandbox)
+
+
+@pytest.mark.parametrize("limit", ["1", "100", "007"])
+def test_good_limits_are_accepted(train_http: FunctionServer, limit: str) -> None:
+    response = requests.get(f"{train_http.url}/jobs", params={"limit": limit}, timeout=30)
+    assert response.status_code == 200, response.text
+
+
+ECHOED = "zq7echo"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "error_type"),
+    [
+        ("GET", f"/jobs//{ECHOED}/j", 404, "not_found"),
+        ("GET", f"/jobs/{ECHOED}%0Ab/j", 404, "not_found"),
+        ("GET", f"/{ECHOED}%0A", 404, "not_found"),
+        ("GET", f"/jobs/{ECHOED}/j%0A/stop", 404, "not_found"),
+        ("GET", f"/{ECHOED}", 404, "not_found"),
+        ("GET", f"/jobs/p1/{ECHOED}", 404, "not_found"),
+        ("GET", f"/jobs/{ECHOED}/j1/checkpoints", 404, "not_found"),
+        ("POST", f"/jobs/{ECHOED}/j1/stop", 404, "not_found"),
+        ("GET", f"/jobs/{'x' * 65}{ECHOED}/j1", 404, "not_found"),
+        ("ZQ7ECHO", "/jobs", 405, "method_not_allowed"),
+    ],
+)
+def test_every_answer_is_our_json_and_quotes_no_input(
+    train_http: FunctionServer, method: str, path: str, status: int, error_type: str
+) -> None:
+    response = requests.request(
+        method, f"{train_http.url}{path}", timeout=30, allow_redirects=False
+    )
+    assert_error(response, status, error_type)
+    assert ECHOED not in response.text.lower() and "localhost" not in response.text

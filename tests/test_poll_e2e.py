@@ -186,3 +186,29 @@ def test_empty_poll_and_api_keys(
     assert denied.status_code == 401
     assert allowed.status_code == 200 and allowed.json()["jobs_checked"] == 0
     assert health.status_code == 200
+
+
+OUT_OF_RANGE_SINCE = [
+    "0001-01-01T00:00:00+01:00",
+    "0001-01-01T00:00:00Z",
+    "9999-12-31T23:59:59-01:00",
+    "1969-12-31T23:59:59Z",
+    "2026-13-01T00:00:00Z",
+    "\uff12\uff10\uff12\uff16-01-01T00:00:00Z",  # full-width digits
+]
+
+
+def test_out_of_range_since_is_400(
+    sandbox: Sandbox, secret_manager: FakeSecretManager, tmp_path: Path
+) -> None:
+    """Issue 12: dates near year 1 or 9999 answered 500 (OverflowError)."""
+    with poller(sandbox, secret_manager, tmp_path, unused_url()) as server:
+        answers = [
+            requests.post(server.url, json={"since": since}, timeout=30)
+            for since in OUT_OF_RANGE_SINCE
+        ]
+        output = server.output()
+    for since, response in zip(OUT_OF_RANGE_SINCE, answers, strict=True):
+        assert response.status_code == 400, (since, response.text)
+        assert response.json()["error"]["type"] == "invalid_request"
+    assert "Traceback" not in output and sandbox.stats()["requests"] == 0

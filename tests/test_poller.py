@@ -347,3 +347,58 @@ def test_jobs_waiting_to_run_cost_no_checkpoint_read(baseten: Sandbox) -> None:
     assert report.jobs_checked == 2 and report.events == 0
     assert after.get(route, 0) - before.get(route, 0) == 1  # only the running job's
     assert waiting != running
+
+
+# -- issue 12: out-of-range dates ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "since",
+    [
+        "0001-01-01T00:00:00+01:00",
+        "9999-12-31T23:59:59-01:00",
+        "1969-12-31T23:59:59Z",
+        "2026-13-01T00:00:00Z",
+        "\u0662\u0660\u0662\u0666-01-01T00:00:00Z",  # Arabic-Indic digits
+    ],
+)
+def test_parse_since_refuses_out_of_range_dates(since: str) -> None:
+    with pytest.raises(InvalidRequestError):
+        parse_since({"since": since})
+
+
+class _OddTimestamps:
+    """A Baseten answer the sandbox cannot produce (it always writes good timestamps),
+    so this stand-in gives one: two jobs with unreadable times, one good running job."""
+
+    def __init__(self, now: datetime) -> None:
+        good = now.isoformat()
+        self.rows = [
+            {"id": "j-old", "training_project_id": "p", "current_status": "TRAINING_JOB_RUNNING",
+             "created_at": good, "updated_at": "0001-01-01T00:00:00+01:00"},
+            {"id": "j-bad", "training_project_id": "p", "current_status": "TRAINING_JOB_RUNNING",
+             "created_at": "not a date", "updated_at": good},
+            {"id": "j-ok", "training_project_id": "p", "current_status": "TRAINING_JOB_RUNNING",
+             "created_at": good, "updated_at": good},
+        ]  # fmt: skip
+        self.checkpoint_reads: list[str] = []
+
+    def search_jobs(self, *, newest_first: bool = True) -> list[dict[str, Any]]:
+        return [dict(row) for row in self.rows]
+
+    def list_checkpoints(self, project_id: str, job_id: str) -> list[dict[str, Any]]:
+        self.checkpoint_reads.append(job_id)
+        return [{"id": "c1", "created_at": "9999-12-31T23:59:59-01:00"}]
+
+
+def test_unreadable_baseten_timestamps_fail_that_job_not_the_poll(
+    baseten: Sandbox, service_logs: LogLines
+) -> None:
+    now = datetime.now(UTC)
+    settings = _settings(baseten, None)
+    client = _OddTimestamps(now - timedelta(seconds=5))
+    report = poll(settings, client, EventSink(settings, None), None, now=now)
+    # j-old and j-bad are counted failures; j-ok is polled and its odd checkpoint fails it too.
+    assert report.jobs_checked == 1 and report.jobs_failed == 3
+    assert client.checkpoint_reads == ["j-ok"]
+    assert report.events == 1  # j-ok's status change

@@ -36,7 +36,7 @@ def message_event(
     *,
     data: bytes | str | None = None,
     body: Any = VALID,
-    attributes: dict[str, str] | None = None,
+    attributes: Any = None,
     published: datetime | None = None,
     bare: bool = False,
 ) -> CloudEvent:
@@ -53,7 +53,7 @@ def message_event(
     if bare:
         message["@type"] = "type.googleapis.com/google.pubsub.v1.PubsubMessage"
     else:
-        message["attributes"] = attributes or {}
+        message["attributes"] = {} if attributes is None else attributes
         payload["subscription"] = "projects/test-project/subscriptions/training-sub"
     return CloudEvent(
         {"id": message_id, "source": TOPIC, "type": TYPE, "time": rfc3339(published)}, payload
@@ -155,6 +155,13 @@ def test_bare_cloudevent_with_type_field_works(pubsub: FunctionServer, sandbox: 
         (lambda: message_event("p3", data=b"\xff\xfe"), "not UTF-8"),
         (lambda: message_event("p4", body={"dataset_id": "../etc"}), "invalid training request"),
         (lambda: message_event("p5", body=[1, 2]), "JSON object"),
+        # Issue 12: each of these failed the function (a retried poison message).
+        (lambda: message_event("p6", data=b"[" * 3000), "nested too deeply"),
+        (lambda: message_event("p7", data=b'{"a":' * 3000), "nested too deeply"),
+        (lambda: message_event("p8", attributes=["idempotency_key"]), "attributes"),
+        (lambda: message_event("p9", attributes="k=v"), "attributes"),
+        (lambda: message_event("p10", attributes={"idempotency_key": 7}), "idempotency_key"),
+        (lambda: message_event("p11", attributes={"idempotency_key": ["k"]}), "idempotency_key"),
     ],
 )
 def test_poison_messages_are_acknowledged_and_create_nothing(
@@ -277,3 +284,32 @@ def test_http_same_key_ten_times_at_once(train_http: FunctionServer, sandbox: Sa
         and again.json()["training_job_id"] == responses[0].json()["training_job_id"]
     )
     time.sleep(0)
+
+
+CE_HEADERS = {
+    "ce-specversion": "1.0",
+    "ce-type": TYPE,
+    "ce-source": TOPIC,
+    "ce-id": "undecodable-1",
+}
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/cloudevents+json", b"[" * 3000),
+        ("application/json", b'{"message":' * 3000),
+        ("application/cloudevents+json", b"\xff\xfe"),
+        ("application/cloudevents+json", b"{bad"),
+    ],
+)
+def test_an_envelope_the_framework_cannot_decode_is_a_400_in_our_json(
+    pubsub: FunctionServer, sandbox: Sandbox, content_type: str, body: bytes
+) -> None:
+    """Issue 12: functions-framework decodes the envelope itself; these were 500s."""
+    response = requests.post(
+        pubsub.url, data=body, headers={**CE_HEADERS, "Content-Type": content_type}, timeout=30
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["type"] == "invalid_request"
+    assert sandbox.jobs() == []

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import secrets
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,3 +97,48 @@ def test_wrong_secret_is_detected_by_the_receiver(
         assert deliver(server, message_event("msg-wrong")).status_code == 200
     assert receiver.events == [] and receiver.rejections
     assert len(sandbox.jobs()) == 1
+
+
+def test_a_slow_receiver_never_slows_a_submission(
+    sandbox: Sandbox, secret_manager: FakeSecretManager, receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    """Issue 12: the notice used to be delivered inside the request (3 x 5 s + backoff).
+
+    The receiver answers nothing until released, and each attempt may wait 60 s,
+    so a submit that still delivered in-line could not answer; all three do,
+    while the receiver has answered nothing. On shutdown the queue is flushed.
+    """
+    env = function_env(
+        sandbox,
+        secret_manager,
+        tmp_path,
+        WEBHOOK_URL=receiver.url,
+        WEBHOOK_SECRET=SECRET,
+        WEBHOOK_TIMEOUT_SECONDS="60",
+    )
+    receiver.hold()
+    try:
+        with FunctionServer("train_http", env) as server:
+            answers = [
+                requests.post(
+                    f"{server.url}/jobs",
+                    json={"dataset_id": "d", "model_id": "m"},
+                    headers={"Idempotency-Key": f"slow-{i}"},
+                    timeout=30,  # a failure bound, far below one in-line delivery
+                )
+                for i in range(3)
+            ]
+            assert [answer.status_code for answer in answers] == [201, 201, 201]
+            assert receiver.answered == 0
+            # One delivery waits on the receiver, two wait in the queue. Stop the
+            # process (SIGTERM), then let the receiver answer: the queue must be
+            # flushed before the process exits, or two notices never arrive.
+            stopper = threading.Thread(target=server.stop)
+            stopper.start()
+            time.sleep(0.5)  # not an assertion: lets SIGTERM land first
+            receiver.release()
+            stopper.join()
+    finally:
+        receiver.release()
+    delivered = {event["data"]["training_job_id"] for event in receiver.unique_events.values()}
+    assert delivered == {answer.json()["training_job_id"] for answer in answers}

@@ -209,10 +209,11 @@ def test_a_failing_receiver_trips_the_breaker(receiver: WebhookReceiver) -> None
     )
     receiver.default_status = 503
     results = [sender.send(f"evt_{i}", _body()) for i in range(6)]
-    assert [r.attempts for r in results] == [2, 2, 2, 0, 0, 0]
+    # Attempts are counted: the third failed attempt opens the breaker mid-delivery.
+    assert [r.attempts for r in results] == [2, 1, 0, 0, 0, 0]
     assert all(r.failed for r in results)
-    assert "3 deliveries in a row failed" in (results[3].error or "")
-    assert len(receiver.attempts) == 6
+    assert "3 delivery attempts in a row failed" in (results[2].error or "")
+    assert len(receiver.attempts) == 3
 
     # After the pause, one probe; the receiver is back, so deliveries resume.
     now[0] += 31
@@ -222,9 +223,10 @@ def test_a_failing_receiver_trips_the_breaker(receiver: WebhookReceiver) -> None
 
     # Tripped again; this time the probe fails and deliveries pause again at once.
     receiver.default_status = 500
-    assert [sender.send(f"evt_f{i}", _body()).attempts for i in range(4)] == [2, 2, 2, 0]
+    assert [sender.send(f"evt_f{i}", _body()).attempts for i in range(3)] == [2, 1, 0]
     now[0] += 31
-    assert sender.send("evt_probe_2", _body()).attempts == 2
+    # The probe after a pause is one attempt, not a delivery's worth (issue 12).
+    assert sender.send("evt_probe_2", _body()).attempts == 1
     assert sender.send("evt_skipped", _body()).attempts == 0
 
 

@@ -61,6 +61,9 @@ class WebhookReceiver:
         self._lock = threading.Lock()
         self._script = _Script()
         self.attempts: list[Attempt] = []
+        self._gate = threading.Event()
+        self._gate.set()
+        self.answered = 0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.url = ""
@@ -76,6 +79,13 @@ class WebhookReceiver:
         """Wait this long before answering each request (to provoke timeouts)."""
         with self._lock:
             self._script.delay_seconds = seconds
+
+    def hold(self) -> None:
+        """Keep every answer waiting (requests are still recorded) until release()."""
+        self._gate.clear()
+
+    def release(self) -> None:
+        self._gate.set()
 
     def clear(self) -> None:
         with self._lock:
@@ -133,6 +143,7 @@ class WebhookReceiver:
                 )
                 if delay:
                     time.sleep(delay)
+                receiver._gate.wait(timeout=120)
                 answer = json.dumps({"ok": 200 <= status < 300}).encode()
                 try:
                     self.send_response(status)
@@ -142,6 +153,8 @@ class WebhookReceiver:
                     self.send_header("Content-Length", str(len(answer)))
                     self.end_headers()
                     self.wfile.write(answer)
+                    with receiver._lock:
+                        receiver.answered += 1
                 except (BrokenPipeError, ConnectionResetError):
                     self.close_connection = True
 

@@ -54,6 +54,8 @@ LR_SCHEDULER = "cosine"
 WARMUP_RATIO = 0.03
 LOGGING_STEPS = 1
 MASTER_PORT = 29500
+# transformers.set_seed seeds NumPy, which takes 0 to 2**32 - 1.
+MAX_SEED = 2**32 - 1
 # The marker of the machine-readable progress lines (see the module docstring).
 METRICS_MARKER = "FT_METRICS "
 
@@ -156,8 +158,8 @@ def parse_hyperparameters(raw: Any) -> Hyperparameters:
             problems.append(f"{name} must be >= 1")
     if not 0 <= hp.lora_dropout < 1:
         problems.append("lora_dropout must be in [0, 1)")
-    if hp.seed < 0:
-        problems.append("seed must be >= 0")
+    if not 0 <= hp.seed <= MAX_SEED:
+        problems.append(f"seed must be in [0, {MAX_SEED}]")
     if not 0 <= hp.validation_split < 0.5:
         problems.append("validation_split must be in [0, 0.5)")
     if problems:
@@ -482,16 +484,52 @@ def build_trainer(
     eval_dataset: Any = None,
 ) -> Any:
     """An SFTTrainer with a LoRA adapter, every hyperparameter applied."""
-    from peft import LoraConfig
     from transformers import PrinterCallback
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
+
+    args, peft_config = trainer_configs(
+        hp,
+        output_dir,
+        use_cuda=use_cuda,
+        bf16=bf16,
+        distributed=distributed,
+        evaluate=eval_dataset is not None,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[_metrics_callback()],
+    )
+    trainer.remove_callback(PrinterCallback)  # the FT_METRICS lines replace its prints
+    return trainer
+
+
+def trainer_configs(
+    hp: Hyperparameters,
+    output_dir: Path,
+    *,
+    use_cuda: bool,
+    bf16: bool,
+    distributed: bool,
+    evaluate: bool = False,
+) -> tuple[Any, Any]:
+    """The SFTConfig and LoraConfig that carry every hyperparameter to the trainer.
+
+    ``evaluate``: a validation split exists, evaluated at each epoch's end.
+    """
+    from peft import LoraConfig
+    from trl import SFTConfig
 
     args = SFTConfig(
         output_dir=str(output_dir),
         num_train_epochs=hp.num_epochs,
         per_device_train_batch_size=hp.batch_size,
         per_device_eval_batch_size=hp.batch_size,
-        eval_strategy="epoch" if eval_dataset is not None else "no",
+        eval_strategy="epoch" if evaluate else "no",
         include_num_input_tokens_seen="non_padding",
         gradient_accumulation_steps=hp.gradient_accumulation_steps,
         learning_rate=hp.learning_rate,
@@ -520,17 +558,7 @@ def build_trainer(
         bias="none",
         task_type="CAUSAL_LM",
     )
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=[_metrics_callback()],
-    )
-    trainer.remove_callback(PrinterCallback)  # the FT_METRICS lines replace its prints
-    return trainer
+    return args, peft_config
 
 
 def _finite_losses(log_history: Sequence[Mapping[str, Any]]) -> list[float]:

@@ -35,7 +35,7 @@ ALL_SECRETS = [
     "--api-keys-secret",
     "api-keys",
 ]
-LOOKUP_VERBS = {"describe", "list", "get-iam-policy"}
+LOOKUP_VERBS = {"describe", "list", "get-iam-policy", "access"}
 
 
 def _unescape(field: str) -> str:
@@ -564,6 +564,35 @@ def test_public_with_api_keys_opens_train_http_only(env: Env) -> None:
     assert "--allow-unauthenticated" not in flags(calls.deploy_of("train-pubsub"))
     # No allUsers binding is added behind gcloud's back either.
     assert not [c for c in calls if "allUsers" in " ".join(c)]
+
+
+@pytest.mark.parametrize("value", ["", "\n", " \n\t", ", ,\n"])
+def test_public_refuses_an_api_keys_secret_that_holds_no_key(env: Env, value: str) -> None:
+    """Issue 12: one blank version must not open GPU spend to anyone."""
+    (env.state / "secret-values").mkdir()
+    (env.state / "secret-values" / "api-keys").write_text(value)
+    r = env.run(*BASE, "--source", str(env.source), "--public", "--api-keys-secret", "api-keys")
+    assert r.returncode != 0
+    assert "secret 'api-keys' version 5 holds no API key" in r.stderr
+    assert env.mutations() == []  # refused before anything changed
+
+
+def test_public_checks_the_pinned_version_and_never_prints_the_keys(env: Env) -> None:
+    (env.state / "secret-values").mkdir()
+    (env.state / "secret-values" / "api-keys").write_text("key-one-123456,key-two-654321\n")
+    r = env.deploy("--public", "--api-keys-secret", "api-keys")
+    assert "version 5 holds API keys" in r.stderr
+    assert "key-one" not in r.stderr + r.stdout + env.log.read_text()
+    [access] = [c for c in env.calls() if words(c)[:3] == ["secrets", "versions", "access"]]
+    assert words(access)[3] == "5" and flags(access)["--secret"] == "api-keys"
+    http = flags(env.deploy_of("train-http"))
+    assert dict_flag(http["--set-secrets"])["API_KEYS"] == "api-keys:5"
+
+
+def test_public_says_so_when_it_cannot_read_the_api_keys(env: Env) -> None:
+    r = env.deploy("--public", "--api-keys-secret", "api-keys")  # access denied by the fake
+    assert "could not read secret 'api-keys' version 5" in r.stderr
+    assert "cannot check" in r.stderr
 
 
 # ------------------------------------------------------------------- scoping --
