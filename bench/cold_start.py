@@ -22,7 +22,6 @@ from typing import Any
 from bench.harness import (
     BENCH_DIR,
     Baseten,
-    FunctionProcess,
     baseten,
     expect,
     first_answer,
@@ -32,6 +31,7 @@ from bench.harness import (
     service_env,
     workdir,
 )
+from loopback.functions import FunctionServer
 
 API_KEY = "bt-bench-" + secrets.token_hex(16)
 
@@ -43,7 +43,7 @@ def _hello(bt: Baseten, env: dict[str, str]) -> float:
         expect(response, 200, "hello /healthz")
         return seconds
     finally:
-        function.stop()
+        function.close()
 
 
 def _train_http(bt: Baseten, env: dict[str, str]) -> float:
@@ -53,17 +53,17 @@ def _train_http(bt: Baseten, env: dict[str, str]) -> float:
         expect(response, 200, "train_http /healthz")
         return seconds
     finally:
-        function.stop()
+        function.close()
 
 
 def _poll_jobs(bt: Baseten, env: dict[str, str]) -> float:
-    function: FunctionProcess = launch("poll_jobs", env, threads=1)
+    function: FunctionServer = launch("poll_jobs", env, threads=1)
     try:
         seconds, response = first_answer(function, "POST", "/", json_body={})
         expect(response, 200, "poll_jobs POST /")
         return seconds
     finally:
-        function.stop()
+        function.close()
 
 
 def run(runs: int = 7) -> dict[str, Any]:

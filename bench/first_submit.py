@@ -82,7 +82,7 @@ def _ours(bt: Baseten, env: dict[str, str]) -> tuple[float, float]:
         seconds, response = first_answer(function, "POST", "/jobs", json_body=REQUEST)
         expect(response, 201, "train_http first POST /jobs")
     finally:
-        function.stop()
+        function.close()
     created = _created_at(_latest_job(bt)) - wall
     return seconds, created
 

@@ -1,5 +1,7 @@
 """Shared machinery of the benchmarks: loopback servers, function processes, figures.
 
+The stand-ins themselves (sandbox process, function launcher) live in ``loopback/``.
+
 Everything binds 127.0.0.1. The Baseten sandbox (with its embedded moto S3)
 runs in a child process, so the benchmark process itself only drives requests
 and, for in-process baselines, runs truss: no server thread competes with the
@@ -20,26 +22,23 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from tests.servers import SandboxProcess, free_port
+from loopback.functions import FunctionServer
+from loopback.servers import SandboxProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "bench"
 TEMPLATE_DIR = ROOT / "training_template"
-FUNCTIONS_FRAMEWORK = Path(sys.executable).with_name("functions-framework")
 HOST = "127.0.0.1"
 ENV_REMOTE_NAME = "<environment>"
 
@@ -181,79 +180,26 @@ def truss_env(bt: Baseten, tmp: Path) -> dict[str, str]:
 # -- function processes --------------------------------------------------------------
 
 
-@dataclass
-class FunctionProcess:
-    """``functions-framework`` serving one target; ``started`` is just before Popen."""
-
-    target: str
-    process: subprocess.Popen[bytes]
-    url: str
-    started: float
-    log: Any = field(repr=False)
-
-    def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        text: str = self.log.read().decode("utf-8", "replace")
-        return text
-
-    def worker_pid(self) -> int:
-        """The process that serves requests: gunicorn's forked worker, else the process."""
-        children = child_pids(self.process.pid)
-        return children[0] if children else self.process.pid
-
-    def stop(self) -> None:
-        process = self.process
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)  # quick shutdown (SIGTERM waits ~2.5 s)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                for pid in child_pids(process.pid):
-                    _kill(pid)
-                process.kill()
-                process.wait()
-        self.log.close()
-
-
-def _kill(pid: int) -> None:
-    with suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-
-
 def launch(
     target: str,
     env: Mapping[str, str],
     *,
     source: Path = ROOT / "main.py",
     threads: int = 8,
-) -> FunctionProcess:
-    """Start ``functions-framework --target TARGET`` on a free port (does not wait)."""
-    port = free_port()
-    log = tempfile.TemporaryFile(mode="w+b")  # noqa: SIM115 - closed in stop()
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        [
-            str(FUNCTIONS_FRAMEWORK),
-            "--source",
-            str(source),
-            "--target",
-            target,
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-        ],
-        cwd=ROOT,
-        env={**env, "THREADS": str(threads)},
-        stdout=log,
-        stderr=subprocess.STDOUT,
+) -> FunctionServer:
+    """Start ``functions-framework --target TARGET`` on a free port (does not wait).
+
+    ``first_answer`` then times the first answer from ``started``; ``close()``
+    stops it with SIGINT (quick: SIGTERM waits ~2.5 s for gunicorn).
+    """
+    function = FunctionServer(
+        target, env, source=source, threads=threads, stop_signal=signal.SIGINT
     )
-    return FunctionProcess(target, process, f"http://{HOST}:{port}", started, log)
+    return function.launch()
 
 
 def first_answer(
-    function: FunctionProcess,
+    function: FunctionServer,
     method: str,
     path: str,
     *,
@@ -307,17 +253,6 @@ def expect(response: requests.Response, status: int, what: str) -> None:
 
 
 # -- /proc ---------------------------------------------------------------------------
-
-
-def child_pids(pid: int) -> list[int]:
-    children: list[int] = []
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            text = (task / "children").read_text(encoding="ascii")
-            children += [int(part) for part in text.split()]
-    except OSError:
-        return []
-    return sorted(children)
 
 
 def status_kb(pid: int, key: str) -> int:

@@ -73,7 +73,7 @@ def run(rounds: int = 5, create_delay_ms: int = 300) -> dict[str, Any]:
                 ]
         finally:
             for function in functions:
-                function.stop()
+                function.close()
     return {
         "rounds": rounds,
         "burst": BURST,

@@ -31,7 +31,6 @@ import requests
 from bench.harness import (
     REQUEST,
     baseten,
-    child_pids,
     expect,
     first_answer,
     launch,
@@ -40,6 +39,7 @@ from bench.harness import (
     status_kb,
     workdir,
 )
+from loopback.functions import child_pids
 
 API_KEY = "bt-bench-" + secrets.token_hex(16)
 GOAL_MB = 384
@@ -99,7 +99,7 @@ def run(concurrency: int = 20, latency_ms: int = 50) -> dict[str, Any]:
             arbiter_rss_kb = status_kb(arbiter, "VmRSS")
             pss_kb = rollup_kb(worker).get("Pss", 0) + arbiter_rollup.get("Pss", 0)
         finally:
-            function.stop()
+            function.close()
             bt.configure(latency_ms=0)
         jobs = len(bt.jobs())
     peak_mb = _mb(peak_kb)

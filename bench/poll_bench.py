@@ -34,8 +34,8 @@ from finetune_api.logs import LOGGER_NAME, configure
 from finetune_api.poller import poll
 from finetune_api.secrets import SecretStore
 from finetune_api.settings import Settings, load_settings
-from tests.servers import SandboxProcess
-from tests.webhook_receiver import WebhookReceiver
+from loopback.servers import SandboxProcess
+from loopback.webhook_receiver import WebhookReceiver
 
 API_KEY = "bt-bench-" + secrets.token_hex(16)
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()

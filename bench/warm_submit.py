@@ -147,7 +147,7 @@ def run(requests_per_variant: int = 20, warmup: int = 3) -> dict[str, Any]:
             bt.configure(latency_ms=0)
         finally:
             session.close()
-            function.stop()
+            function.close()
     return result
 
 

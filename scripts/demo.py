@@ -29,9 +29,9 @@ from typing import Any
 import requests
 
 # The same loopback helpers the test suite uses.
-from tests.functions import FunctionServer
-from tests.servers import LocalS3, start_sandbox
-from tests.webhook_receiver import WebhookReceiver
+from loopback.functions import FunctionServer
+from loopback.servers import LocalS3, start_sandbox
+from loopback.webhook_receiver import WebhookReceiver
 
 REQUEST = {
     "dataset_id": "HuggingFaceH4/Multilingual-Thinking",

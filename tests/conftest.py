@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from loopback.fake_secret_manager import FakeSecretManager
+from loopback.functions import FunctionServer
+from loopback.servers import LocalS3, start_sandbox
 from sandbox import Sandbox
 from sandbox.conformance import LEDGER
-from tests.fake_secret_manager import FakeSecretManager
-from tests.functions import FunctionServer
-from tests.servers import LocalS3, start_sandbox
 
 API_KEY = "bt-test-" + secrets.token_hex(16)
 GCP_PROJECT = "test-project"

@@ -20,9 +20,9 @@ import pytest
 from finetune_api.baseten_client import BasetenClient, RateLimiter
 from finetune_api.logs import LOGGER_NAME, JsonFormatter, configure
 from finetune_api.settings import Settings, load_settings
+from loopback.servers import start_sandbox
+from loopback.webhook_receiver import WebhookReceiver
 from sandbox import Sandbox
-from tests.servers import start_sandbox
-from tests.webhook_receiver import WebhookReceiver
 
 API_KEY = "bt-poll-" + secrets.token_hex(16)
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()

@@ -9,10 +9,10 @@ import requests
 
 from finetune_api.errors import ConfigurationError
 from finetune_api.settings import load_settings
+from loopback.fake_secret_manager import FakeSecretManager
+from loopback.functions import FunctionServer
 from sandbox import Sandbox
 from tests.conftest import function_env
-from tests.fake_secret_manager import FakeSecretManager
-from tests.functions import FunctionServer
 
 BLANK_OR_MALFORMED = [
     "",

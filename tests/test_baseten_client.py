@@ -19,6 +19,7 @@ from finetune_api.errors import (
     UpstreamRejectedError,
     UpstreamUnavailableError,
 )
+from loopback.webhook_receiver import unused_url
 from sandbox import COMPLETED, RUNNING, STOPPED, Sandbox
 from tests.poll_fixtures import (  # noqa: F401 - fixtures
     API_KEY,
@@ -29,7 +30,6 @@ from tests.poll_fixtures import (  # noqa: F401 - fixtures
     make_settings,
     service_logs_fixture,
 )
-from tests.webhook_receiver import unused_url
 
 
 def _seed(sb: Sandbox, projects: int = 1, jobs: int = 1) -> list[dict[str, object]]:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.functions import ROOT
+from loopback.functions import ROOT
 
 EVENTS = ("submitted", "created", "deploying", "running", "checkpoint_created", "completed")
 

@@ -15,14 +15,14 @@ import pytest
 import requests
 
 import finetune_api
+from loopback.fake_secret_manager import FakeSecretManager
+from loopback.functions import FunctionServer
+from loopback.webhook_receiver import WebhookReceiver
 from sandbox import Sandbox
-from tests.fake_secret_manager import FakeSecretManager
-from tests.functions import FunctionServer
 from tests.test_http_routes import submit
 from tests.test_poll_e2e import SECRET, poll, poller
 from tests.test_python_api import DATASET, MODEL
 from tests.test_python_api import configured as configured
-from tests.webhook_receiver import WebhookReceiver
 
 UNKNOWN_DONE = "TRAINING_JOB_ARCHIVED"  # a terminal-sounding status nobody knows yet
 

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import requests
 
+from loopback.functions import FunctionServer
 from sandbox import Sandbox
 from tests.conftest import API_KEY
-from tests.functions import FunctionServer
 
 VALID = {"dataset_id": "HuggingFaceH4/Multilingual-Thinking", "model_id": "openai/gpt-oss-20b"}
 JSON = {"Content-Type": "application/json"}

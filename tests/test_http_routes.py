@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import requests
 
+from loopback.fake_secret_manager import FakeSecretManager
+from loopback.functions import FunctionServer
 from sandbox import Sandbox
 from tests.conftest import function_env
-from tests.fake_secret_manager import FakeSecretManager
-from tests.functions import FunctionServer
 
 VALID = {"dataset_id": "HuggingFaceH4/Multilingual-Thinking", "model_id": "openai/gpt-oss-20b"}
 

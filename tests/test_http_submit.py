@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import requests
 
+from loopback.fake_secret_manager import FakeSecretManager
+from loopback.functions import FunctionServer
+from loopback.servers import LocalS3
 from sandbox import Sandbox
 from tests.conftest import API_KEY, SECRET_NAME, function_env
-from tests.fake_secret_manager import FakeSecretManager
-from tests.functions import FunctionServer
-from tests.servers import LocalS3
 
 VALID = {"dataset_id": "HuggingFaceH4/Multilingual-Thinking", "model_id": "openai/gpt-oss-20b"}
 

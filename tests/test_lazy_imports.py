@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from tests.functions import ROOT
+from loopback.functions import ROOT
 
 PROBE = r"""
 import json, sys

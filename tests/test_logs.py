@@ -14,10 +14,10 @@ from finetune_api import logs
 from finetune_api.errors import ConfigurationError
 from finetune_api.secrets import SecretStore
 from finetune_api.settings import load_settings
+from loopback.fake_secret_manager import FakeSecretManager
+from loopback.functions import FunctionServer
 from sandbox import Sandbox
 from tests.conftest import GCP_PROJECT, function_env
-from tests.fake_secret_manager import FakeSecretManager
-from tests.functions import FunctionServer
 from tests.poll_fixtures import LogLines, service_logs_fixture  # noqa: F401 - fixture
 
 

@@ -14,6 +14,7 @@ from finetune_api.schemas import PollReport
 from finetune_api.secrets import SecretStore
 from finetune_api.settings import Settings
 from finetune_api.webhooks import WebhookSender
+from loopback.webhook_receiver import WebhookReceiver, unused_url
 from sandbox import COMPLETED, FAILED, RUNNING, Sandbox
 from tests.poll_fixtures import (  # noqa: F401 - fixtures
     WEBHOOK_SECRET,
@@ -25,7 +26,6 @@ from tests.poll_fixtures import (  # noqa: F401 - fixtures
     receiver_fixture,
     service_logs_fixture,
 )
-from tests.webhook_receiver import WebhookReceiver, unused_url
 
 
 def _settings(sb: Sandbox, receiver_url: str | None, **overrides: Any) -> Settings:

@@ -17,10 +17,10 @@ from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 
 from finetune_api.jobs import key_digest
+from loopback.fake_secret_manager import FakeSecretManager
+from loopback.functions import FunctionServer
 from sandbox import Sandbox
 from tests.conftest import API_KEY, SECRET_NAME, function_env
-from tests.fake_secret_manager import FakeSecretManager
-from tests.functions import FunctionServer
 
 VALID = {"dataset_id": "HuggingFaceH4/Multilingual-Thinking", "model_id": "openai/gpt-oss-20b"}
 TOPIC = "//pubsub.googleapis.com/projects/test-project/topics/training"

@@ -14,8 +14,8 @@ import pytest
 import finetune_api
 from finetune_api import runtime
 from finetune_api.errors import UpstreamUnavailableError
+from loopback.servers import running_sandbox
 from tests.conftest import API_KEY
-from tests.servers import running_sandbox
 
 
 class _RefusingS3(BaseHTTPRequestHandler):

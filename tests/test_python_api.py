@@ -11,9 +11,9 @@ import pytest
 
 import finetune_api
 from finetune_api import runtime
+from loopback.servers import LocalS3
 from sandbox import Sandbox
 from tests.conftest import API_KEY
-from tests.servers import LocalS3
 
 DATASET, MODEL = "HuggingFaceH4/Multilingual-Thinking", "openai/gpt-oss-20b"
 

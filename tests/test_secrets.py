@@ -10,7 +10,7 @@ import pytest
 from finetune_api.errors import ConfigurationError, SecretUnavailableError
 from finetune_api.secrets import SecretStore, secret_version_name
 from finetune_api.settings import load_settings
-from tests.fake_secret_manager import FakeSecretManager
+from loopback.fake_secret_manager import FakeSecretManager
 
 KEY = "bt-secret-key-0123456789"
 

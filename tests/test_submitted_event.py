@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import requests
 
+from loopback.fake_secret_manager import FakeSecretManager
+from loopback.functions import FunctionServer
+from loopback.webhook_receiver import WebhookReceiver, unused_url
 from sandbox import Sandbox
 from tests.conftest import function_env
-from tests.fake_secret_manager import FakeSecretManager
-from tests.functions import FunctionServer
 from tests.test_pubsub import deliver, message_event
-from tests.webhook_receiver import WebhookReceiver, unused_url
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 

@@ -24,13 +24,13 @@ from finetune_api.events import (
 from finetune_api.schemas import Checkpoint, Job
 from finetune_api.settings import load_settings
 from finetune_api.webhooks import WebhookSender
+from loopback.webhook_receiver import WebhookReceiver, unused_url
 from tests.poll_fixtures import (  # noqa: F401 - fixtures
     WEBHOOK_SECRET,
     LogLines,
     receiver_fixture,
     service_logs_fixture,
 )
-from tests.webhook_receiver import WebhookReceiver, unused_url
 
 
 def _job(status: str = "running", **changes: object) -> Job:

@@ -788,6 +788,8 @@ def test_gcloudignore_uploads_only_what_the_functions_need(tmp_path: Path) -> No
         "training_template/__pycache__/train.cpython-312.pyc",
         "tests/deploy/test_deploy.py", "tests/fakes/gcloud", "sandbox/server.py",
         "sandbox/spec/baseten-openapi.yaml",
+        "loopback/__init__.py", "loopback/servers.py", "loopback/functions.py",
+        "finetune_api/loopback/stand_in.py",
         "bench/run.py", "scripts/demo.py", "examples/job.json", "docs/guide.md",
         ".venv-3.11/lib/site.py", ".git/HEAD", ".ci/run", ".pytest_cache/x",
         ".mypy_cache/x", ".ruff_cache/x",

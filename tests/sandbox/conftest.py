@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from loopback.servers import LocalS3, running_sandbox
 from sandbox import Sandbox
 from tests.sandbox.support import API_KEY, APP_URL, FakeClock, Http, JobFactory, job_body
-from tests.servers import LocalS3, running_sandbox
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from loopback.servers import LocalS3
 from sandbox import Sandbox
 from tests.sandbox.support import API_KEY, FakeClock, Http, JobFactory, job_body
-from tests.servers import LocalS3
 
 
 def _plus(stamp: str, seconds: int) -> str:

@@ -9,7 +9,7 @@ import sys
 import pytest
 import requests
 
-from tests.servers import REPO_ROOT, LocalS3, SandboxProcess, wait_for_http
+from loopback.servers import REPO_ROOT, LocalS3, SandboxProcess, wait_for_http
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import requests
 
+from loopback.servers import LocalS3
 from sandbox import Sandbox
 from tests.sandbox.support import API_KEY
-from tests.servers import LocalS3
 
 CONFIG = textwrap.dedent(
     """

@@ -1,4 +1,4 @@
-"""A real Standard Webhooks receiver on 127.0.0.1, for tests and benchmarks.
+"""A real Standard Webhooks receiver on 127.0.0.1, for the tests, bench and demo.
 
 It verifies every request with ``standardwebhooks.Webhook(secret).verify`` (so
 a wrongly signed delivery is rejected with 401 and recorded), records what it

@@ -1,4 +1,4 @@
-"""Loopback servers for tests: a moto S3 server and the Baseten sandbox.
+"""Loopback servers for the tests, bench and demo: a moto S3 server and the Baseten sandbox.
 
 Everything binds 127.0.0.1 on a free port and is stopped by its owner::
 
@@ -8,8 +8,8 @@ Everything binds 127.0.0.1 on a free port and is stopped by its owner::
 Or without context managers: ``url, stop = start_s3()`` and
 ``sb = start_sandbox("sk-test", url)`` ... ``sb.stop(); stop()``.
 
-``SandboxProcess`` runs ``python -m sandbox`` in a child process, for tests that
-need the sandbox outside the test's interpreter.
+``SandboxProcess`` runs ``python -m sandbox`` in a child process, for callers that
+need the sandbox outside their own interpreter.
 
 Note: moto's server shares moto's in-process backend with any ``mock_aws()``
 active in the same process; do not mix the two in one test.
