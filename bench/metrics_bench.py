@@ -28,7 +28,6 @@ from typing import Any
 import requests
 
 from bench.harness import (
-    FunctionProcess,
     expect,
     first_answer,
     launch,
@@ -40,7 +39,8 @@ from bench.harness import (
 from finetune_api.baseten_client import BasetenClient, RateLimiter
 from finetune_api.log_pages import iter_lines, job_fetch
 from finetune_api.settings import load_settings
-from tests.servers import SandboxProcess
+from loopback.functions import FunctionServer
+from loopback.servers import SandboxProcess
 
 API_KEY = "bt-bench-" + secrets.token_hex(16)
 SANDBOX_RATE_LIMIT = 100
@@ -74,7 +74,7 @@ def _sequential_pages(
 
 def run(*, steps: int = 100_000, latency_ms: float = 20.0, runs: int = 3) -> dict[str, Any]:
     sandbox = SandboxProcess(API_KEY, None, step_seconds=0).start()
-    function: FunctionProcess | None = None
+    function: FunctionServer | None = None
     try:
         url = sandbox.url
         seeded = _control(
@@ -149,7 +149,7 @@ def run(*, steps: int = 100_000, latency_ms: float = 20.0, runs: int = 3) -> dic
             expect(again_svg, 200, "GET metrics as SVG (cached answer)")
     finally:
         if function is not None:
-            function.stop()
+            function.close()
         sandbox.stop()
 
     summary = (answer.get("training") or {}).get("summary") or {}

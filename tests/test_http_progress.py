@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import requests
 
+from loopback.functions import FunctionServer
 from sandbox import Sandbox
 from tests.conftest import API_KEY
-from tests.functions import FunctionServer
 
 SVG = "{http://www.w3.org/2000/svg}"
 
