@@ -119,6 +119,10 @@ class Config:
     capacity_short: bool = False
     #: Unknown fields on every object and an unknown status on the clock's path.
     forward_compat: bool = False
+    #: Every answer is checked against the spec's response schema (sandbox.conformance).
+    #: Benchmarks turn it off: jsonschema spends ~0.1 s on a 1,000-line logs page,
+    #: a cost of the sandbox, not of Baseten or of the client under test.
+    check_answers: bool = True
 
     def public(self) -> dict[str, Any]:
         """Everything but the API key."""
@@ -146,7 +150,7 @@ def _check_config_value(key: str, value: Any) -> None:
     elif key == "api_key":
         if not isinstance(value, str) or not value:
             raise bad("expected a non-empty string")
-    elif key in ("capacity_short", "forward_compat"):
+    elif key in ("capacity_short", "forward_compat", "check_answers"):
         if not isinstance(value, bool):
             raise bad("expected a boolean")
     elif key == "running_steps":

@@ -206,3 +206,18 @@ def test_plan_run_writes_the_template_format() -> None:
     assert [r["step"] for r in records if r["type"] == "eval"] == [4, 8, 12]
     assert max(r["learning_rate"] for r in records if r["type"] == "step") == pytest.approx(1e-4)
     assert all(r["tokens_per_second"] > 16 * 3000 for r in records if r["type"] == "step")
+
+
+def test_check_answers_off_skips_the_spec_check_of_answers(
+    sandbox: Sandbox, http: Http, make_job: JobFactory
+) -> None:
+    from sandbox.conformance import LEDGER
+
+    job = make_job()
+    before = LEDGER.snapshot()["answers_validated"]
+    assert _logs(http, job).status_code == 200
+    checked = LEDGER.snapshot()["answers_validated"]
+    assert checked == before + 1
+    sandbox.configure(check_answers=False)
+    assert _logs(http, job).status_code == 200
+    assert LEDGER.snapshot()["answers_validated"] == checked
