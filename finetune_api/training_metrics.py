@@ -62,10 +62,13 @@ def parse_line(message: str) -> dict[str, Any] | None:
 
 
 def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return _NAN
-    number = float(value)
-    return number if math.isfinite(number) else _NAN
+    """A finite float, or NaN for anything else (null, text, bool, inf); on the hot path."""
+    kind = type(value)
+    if kind is float:
+        return value if value - value == 0.0 else _NAN  # inf - inf and nan - nan are nan
+    if kind is int:
+        return float(value)
+    return _NAN
 
 
 def _maybe(value: float) -> float | None:
@@ -104,14 +107,15 @@ class TrainingSeries:
 
     def add(self, record: dict[str, Any], ns: int) -> None:
         total = record.get("total_steps")
-        if isinstance(total, int) and not isinstance(total, bool) and total > 0:
+        if type(total) is int and total > 0:
             self.total_steps = total
         kind = record["type"]
         if kind == STEP:
             self.step_ns.append(ns)
             self.steps.append(record["step"])
-            for name in STEP_FIELDS:
-                self.columns[name].append(_number(record.get(name)))
+            get = record.get
+            for name, column in self.columns.items():
+                column.append(_number(get(name)))
         elif kind == EVAL:
             self.eval_ns.append(ns)
             self.eval_steps.append(record["step"])
