@@ -111,7 +111,7 @@ def to_line(raw: dict[str, Any]) -> Line | None:
 
     On the hot path (every line of every page): exact type checks, no isinstance.
     """
-    stamp = raw.get("timestamp")
+    stamp: Any = raw.get("timestamp")
     kind = type(stamp)
     if kind is str:
         try:
@@ -119,7 +119,7 @@ def to_line(raw: dict[str, Any]) -> Line | None:
         except ValueError:
             return None
     elif kind is int:
-        ns = stamp
+        ns = int(stamp)
     else:
         return None
     message = raw.get("message")
