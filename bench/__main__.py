@@ -38,6 +38,7 @@ BENCHMARKS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "poll": ("bench.poll_bench", {}, {}),
     "idempotency_race": ("bench.idempotency_race", {"rounds": 5}, {"rounds": 2}),
     "metrics": ("bench.metrics_bench", {"steps": 100_000, "runs": 3}, {"steps": 20_000, "runs": 1}),
+    "deploy_race": ("bench.deploy_race", {"rounds": 5}, {"rounds": 2}),
 }
 CHILD_TIMEOUT_S = 240
 
@@ -282,6 +283,30 @@ def _metrics_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _deploy_race_rows(r: dict[str, Any]) -> list[Row]:
+    burst = r["burst"]
+    return [
+        _row(
+            f"same deploy x{burst} on 2 instances at once: deployments per checkpoint",
+            f"{r['max_live_deployments_per_checkpoint']} (of {burst} requests)",
+            f"{r['baseline_deployments_per_burst']} as truss's CLI sends it",
+            round(
+                r["max_live_deployments_per_checkpoint"] / r["baseline_deployments_per_burst"], 2
+            ),
+            "1 deployment",
+            r["max_live_deployments_per_checkpoint"] == 1
+            and r["every_answer_names_the_kept_deployment"],
+        ),
+        _row(
+            f"  duplicates created and deleted over {r['rounds']} checkpoints, slowest answer",
+            f"{r['duplicates_deleted']} of {r['deployments_created']}, "
+            f"{r['slowest_answer_ms']:.0f} ms",
+            f"latency {r['latency_ms']} ms per Baseten request",
+            None,
+        ),
+    ]
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "cold_start": _cold_rows,
     "first_submit": _first_rows,
@@ -290,6 +315,7 @@ ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "poll": _poll_rows,
     "idempotency_race": _race_rows,
     "metrics": _metrics_rows,
+    "deploy_race": _deploy_race_rows,
 }
 
 

@@ -5,9 +5,18 @@ job = handle_training_request("HuggingFaceH4/Multilingual-Thinking", "openai/gpt
 job["training_job_id"], job["status"], job["dashboard_url"]
 """
 
-from .api import handle_training_request, job_logs, job_metrics, job_metrics_svg
+from .api import (
+    deactivate_deployment,
+    deploy_checkpoint,
+    get_deployment,
+    handle_training_request,
+    job_logs,
+    job_metrics,
+    job_metrics_svg,
+)
 from .errors import (
     ConfigurationError,
+    ConflictError,
     InternalError,
     InvalidRequestError,
     MethodNotAllowedError,
@@ -24,6 +33,7 @@ from .errors import (
 
 __all__ = [
     "ConfigurationError",
+    "ConflictError",
     "InternalError",
     "InvalidRequestError",
     "MethodNotAllowedError",
@@ -36,6 +46,9 @@ __all__ = [
     "UpstreamError",
     "UpstreamRejectedError",
     "UpstreamUnavailableError",
+    "deactivate_deployment",
+    "deploy_checkpoint",
+    "get_deployment",
     "handle_training_request",
     "job_logs",
     "job_metrics",

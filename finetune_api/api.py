@@ -21,6 +21,7 @@ def handle_training_request(
     job_name: str | None = None,
     hyperparameters: dict[str, Any] | None = None,
     compute: dict[str, Any] | None = None,
+    deploy: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
     message_id: str | None = None,
 ) -> dict[str, Any]:
@@ -46,6 +47,7 @@ def handle_training_request(
         "job_name": job_name,
         "hyperparameters": hyperparameters,
         "compute": compute,
+        "deploy": deploy,
     }
     body.update({name: value for name, value in optional.items() if value is not None})
     return _submit(
@@ -90,6 +92,74 @@ def _submit(
         template_dir=template_dir,
     )
     result: dict[str, Any] = job.model_dump(mode="json")
+    return result
+
+
+def deploy_checkpoint(
+    project_id: str,
+    job_id: str,
+    *,
+    checkpoint_id: str | None = None,
+    model_name: str | None = None,
+    compute: dict[str, Any] | None = None,
+    dry_run: bool = False,
+    idempotency_key: str | None = None,
+) -> dict[str, Any]:
+    """Serve a checkpoint of a completed training job as a Baseten model.
+
+    Validates exactly as ``POST /jobs/{project_id}/{job_id}/deployments`` does.
+    Defaults: the job's newest LoRA checkpoint, a model name derived from the
+    job name, one GPU of the first allowed accelerator. Deploying the same
+    checkpoint under the same model name again returns the existing deployment
+    (``idempotent_replay: True``). ``dry_run`` validates with Baseten and creates
+    nothing (``status: "dry_run"``).
+
+    Returns the Deployment object (``model_id``, ``deployment_id``, ``status``,
+    ``predict_url``, ...). Raises the same :class:`ServiceError` subclasses as
+    :func:`handle_training_request`, plus ``ConflictError`` (the job is not
+    completed or has no checkpoint) and ``NotFoundError`` (unknown job or checkpoint).
+    """
+    body: dict[str, Any] = {
+        name: value
+        for name, value in {
+            "checkpoint_id": checkpoint_id,
+            "model_name": model_name,
+            "compute": compute,
+        }.items()
+        if value is not None
+    }
+    if dry_run:
+        body["dry_run"] = True
+    return deploy_body(project_id, job_id, body, idempotency_key=idempotency_key)
+
+
+def deploy_body(
+    project_id: str, job_id: str, body: Any, *, idempotency_key: str | None = None
+) -> dict[str, Any]:
+    """Deploy from a decoded JSON body (``None`` = every default); HTTP shares this path."""
+    from .schemas import parse_deployment_request
+
+    services = get_services()
+    request = parse_deployment_request(body, services.settings)
+    deployment = services.deployments.deploy(
+        project_id, job_id, request, idempotency_key=idempotency_key
+    )
+    result: dict[str, Any] = deployment.model_dump(mode="json")
+    return result
+
+
+def get_deployment(model_id: str, deployment_id: str) -> dict[str, Any]:
+    """The Deployment object of one deployment (raises ``NotFoundError`` if unknown)."""
+    result: dict[str, Any] = (
+        get_services().deployments.get(model_id, deployment_id).model_dump(mode="json")
+    )
+    return result
+
+
+def deactivate_deployment(model_id: str, deployment_id: str) -> dict[str, Any]:
+    """Deactivate a deployment (it stops costing money); returns it afterwards."""
+    deployment = get_services().deployments.deactivate(model_id, deployment_id)
+    result: dict[str, Any] = deployment.model_dump(mode="json")
     return result
 
 

@@ -397,6 +397,106 @@ class BasetenClient:
         job.setdefault("training_project_id", project_id)
         return job
 
+    # -- models and deployments (the published /v1/models operations) ------
+
+    def list_models(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Every model, or those named exactly ``name``."""
+        body = self._call(
+            "GET", "v1/models", what="models", params={"name": name} if name else None
+        )
+        return self._list(body, "models", "models")
+
+    def get_model(self, model_id: str) -> dict[str, Any]:
+        what = f"model {model_id}"
+        return self._call("GET", f"v1/models/{self._id(model_id, what)}", what=what)
+
+    def list_deployments(self, model_id: str, name: str | None = None) -> list[dict[str, Any]]:
+        """A model's deployments, or the one named exactly ``name``."""
+        what = f"deployments of model {model_id}"
+        path = f"v1/models/{self._id(model_id, what)}/deployments"
+        body = self._call("GET", path, what=what, params={"name": name} if name else None)
+        return self._list(body, "deployments", what)
+
+    def get_deployment(self, model_id: str, deployment_id: str) -> dict[str, Any]:
+        return self._call(
+            "GET",
+            self._deployment_path(model_id, deployment_id),
+            what=self._dw(model_id, deployment_id),
+        )
+
+    def rename_deployment(self, model_id: str, deployment_id: str, name: str) -> dict[str, Any]:
+        """Set the deployment's name (unique among the model's deployments)."""
+        # Repeating the same rename of the same deployment is harmless.
+        return self._call(
+            "PATCH",
+            self._deployment_path(model_id, deployment_id),
+            what=self._dw(model_id, deployment_id),
+            json_body={"name": name},
+        )
+
+    def deactivate_deployment(self, model_id: str, deployment_id: str) -> dict[str, Any]:
+        return self._call(
+            "POST",
+            f"{self._deployment_path(model_id, deployment_id)}/deactivate",
+            what=self._dw(model_id, deployment_id),
+            json_body={},
+        )
+
+    def activate_deployment(self, model_id: str, deployment_id: str) -> dict[str, Any]:
+        return self._call(
+            "POST",
+            f"{self._deployment_path(model_id, deployment_id)}/activate",
+            what=self._dw(model_id, deployment_id),
+            json_body={},
+        )
+
+    def delete_deployment(self, model_id: str, deployment_id: str) -> dict[str, Any]:
+        return self._call(
+            "DELETE",
+            self._deployment_path(model_id, deployment_id),
+            what=self._dw(model_id, deployment_id),
+        )
+
+    def job_artifact_urls(self, project_id: str, job_id: str) -> list[str]:
+        """Presigned URLs of the archives the job was pushed with (``GET …/download``)."""
+        what = f"artifacts of training job {job_id} of project {project_id}"
+        body = self._call("GET", f"{self._job_path(project_id, job_id)}/download", what=what)
+        urls = body.get("artifact_presigned_urls")
+        if not isinstance(urls, list):
+            raise UpstreamError(f"Baseten's answer has no 'artifact_presigned_urls' list ({what})")
+        return [url for url in urls if isinstance(url, str)]
+
+    def fetch_artifact(self, url: str, max_bytes: int) -> bytes:
+        """GET a presigned URL (no Baseten credentials: they never leave for storage)."""
+        what = "a training job's artifact"
+        if not url.startswith(("https://", "http://")):
+            raise UpstreamError(f"Baseten sent an artifact URL that is not http(s) ({what})")
+        try:
+            with self._session.get(url, timeout=self._timeout, stream=True) as response:
+                if response.status_code != 200:
+                    raise upstream_error(what, status=response.status_code)
+                chunks: list[bytes] = []
+                size = 0
+                for chunk in response.iter_content(65536):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise UpstreamError(f"{what} is larger than {max_bytes} bytes")
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        except requests.Timeout:
+            error: ServiceError = upstream_error(what, transport="did not answer in time")
+        except requests.RequestException:
+            error = upstream_error(what, transport="could not be reached")
+        raise error
+
+    def _deployment_path(self, model_id: str, deployment_id: str) -> str:
+        what = self._dw(model_id, deployment_id)
+        return f"v1/models/{self._id(model_id, what)}/deployments/{self._id(deployment_id, what)}"
+
+    @staticmethod
+    def _dw(model_id: str, deployment_id: str) -> str:
+        return f"deployment {deployment_id} of model {model_id}"
+
     @property
     def request_count(self) -> int:
         """HTTP requests sent so far, retries included."""

@@ -79,6 +79,14 @@ class UnsupportedMediaTypeError(ServiceError):
     transient = False
 
 
+class ConflictError(ServiceError):
+    """The resource is not in a state that allows the request (e.g. deploying an unfinished job)."""
+
+    type = "conflict"
+    status = 409
+    transient = False
+
+
 class UpstreamRejectedError(ServiceError):
     """Baseten refused the request as invalid; its message is passed on."""
 
@@ -132,6 +140,7 @@ class InternalError(ServiceError):
 
 __all__ = [
     "ConfigurationError",
+    "ConflictError",
     "InternalError",
     "InvalidRequestError",
     "MethodNotAllowedError",

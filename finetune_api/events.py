@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import ConfigurationError
 from .logs import get_logger, log
-from .schemas import Checkpoint, Job
+from .schemas import Checkpoint, Deployment, Job
 from .settings import Settings
 from .webhooks import DeliveryResult, WebhookSender
 
@@ -32,6 +32,9 @@ _logger = get_logger("events")
 STATUS_PREFIX = "training_job."
 CHECKPOINT_CREATED = "training_job.checkpoint_created"
 SUBMITTED = "training_job.submitted"
+DEPLOYED = "training_job.deployed"
+DEPLOYMENT_FAILED = "training_job.deployment_failed"
+DEPLOYMENT_PREFIX = "deployment."
 # Events about a job that ended badly are logged at ERROR so alerting can key on severity.
 ERROR_STATUSES = frozenset({"failed", "deploy_failed"})
 
@@ -140,6 +143,42 @@ def submitted_event(
     )
 
 
+def deployment_event(deployment: Deployment) -> Event:
+    """``deployment.<status>``: a deployment this service created reached ``status``."""
+    data = deployment.model_dump(mode="json")
+    data["idempotent_replay"] = False
+    return Event(
+        id=event_id(str(deployment.deployment_id), "deployment", deployment.status),
+        type=f"{DEPLOYMENT_PREFIX}{deployment.status}",
+        timestamp=(deployment.created_at if deployment.status == "building" else None) or _now(),
+        data=data,
+    )
+
+
+def deployed_event(deployment: Deployment) -> Event:
+    """``training_job.deployed``: the job's final checkpoint was deployed on completion."""
+    return Event(
+        id=event_id(str(deployment.training_job_id), "deployed"),
+        type=DEPLOYED,
+        timestamp=deployment.created_at or _now(),
+        data=deployment.model_dump(mode="json"),
+    )
+
+
+def deployment_failed_event(
+    job: Job, *, reason: dict[str, Any], attempt: int, max_attempts: int
+) -> Event:
+    """``training_job.deployment_failed``: a deploy on completion failed (it may be retried)."""
+    data = _job_data(job)
+    data.update({"reason": reason, "attempt": attempt, "max_attempts": max_attempts})
+    return Event(
+        id=event_id(job.training_job_id, "deployment_failed", str(attempt)),
+        type=DEPLOYMENT_FAILED,
+        timestamp=_now(),
+        data=data,
+    )
+
+
 class SecretSource(Protocol):
     """What the sink needs from :class:`~finetune_api.secrets.SecretStore`."""
 
@@ -227,7 +266,8 @@ class EventSink:
 
     def _log(self, event: Event) -> None:
         status = event.type.removeprefix(STATUS_PREFIX)
-        level = logging.ERROR if status in ERROR_STATUSES else logging.INFO
+        failed = status in ERROR_STATUSES or event.type.endswith("failed")
+        level = logging.ERROR if failed else logging.INFO
         fields: dict[str, Any] = {
             "event_id": event.id,
             "event_type": event.type,
@@ -237,6 +277,9 @@ class EventSink:
         checkpoint = event.data.get("checkpoint")
         if isinstance(checkpoint, Mapping):
             fields["checkpoint_id"] = checkpoint.get("checkpoint_id")
+        if event.data.get("deployment_id"):
+            fields["model_id"] = event.data.get("model_id")
+            fields["deployment_id"] = event.data.get("deployment_id")
         if status in ERROR_STATUSES:
             fields["error_message"] = event.data.get("error_message")
         log(_logger, level, f"event {event.type}", **fields)
@@ -248,12 +291,17 @@ class EventSink:
 
 __all__ = [
     "CHECKPOINT_CREATED",
+    "DEPLOYED",
+    "DEPLOYMENT_FAILED",
     "SUBMITTED",
     "DeliveryResult",
     "Event",
     "EventSink",
     "SecretSource",
     "checkpoint_event",
+    "deployed_event",
+    "deployment_event",
+    "deployment_failed_event",
     "event_id",
     "rfc3339",
     "status_event",

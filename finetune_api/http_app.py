@@ -43,6 +43,21 @@ TRAIN_ROUTES = Map(
             methods=["GET"],
         ),
         Rule(f"/jobs/<{_ID}:project_id>/<{_ID}:job_id>/stop", endpoint="stop", methods=["POST"]),
+        Rule(
+            f"/jobs/<{_ID}:project_id>/<{_ID}:job_id>/deployments",
+            endpoint="deploy",
+            methods=["POST"],
+        ),
+        Rule(
+            f"/deployments/<{_ID}:model_id>/<{_ID}:deployment_id>",
+            endpoint="get_deployment",
+            methods=["GET"],
+        ),
+        Rule(
+            f"/deployments/<{_ID}:model_id>/<{_ID}:deployment_id>/deactivate",
+            endpoint="deactivate",
+            methods=["POST"],
+        ),
         Rule(f"/jobs/<{_ID}:project_id>/<{_ID}:job_id>/logs", endpoint="logs", methods=["GET"]),
         Rule(
             f"/jobs/<{_ID}:project_id>/<{_ID}:job_id>/metrics", endpoint="metrics", methods=["GET"]

@@ -157,6 +157,8 @@ class JobService:
             "hyperparameters": request.hyperparameters.model_dump(),
             "compute": request.compute.model_dump(),
             "hf_token_secret_name": self._settings.hf_token_secret_name,
+            # Read back by poll_jobs (GET .../download) to deploy on completion.
+            "deploy": request.deploy.model_dump() if request.deploy is not None else None,
         }
 
     def resolve(self, request: TrainingRequest) -> TrainingRequest:

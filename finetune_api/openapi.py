@@ -11,6 +11,8 @@ from pydantic.json_schema import models_json_schema
 from .insight_schemas import LogPage, MetricsAnswer
 from .schemas import (
     CheckpointList,
+    Deployment,
+    DeploymentRequest,
     ErrorBody,
     Job,
     JobList,
@@ -29,6 +31,8 @@ _MODELS: tuple[type[BaseModel], ...] = (
     PollRequest,
     PollReport,
     ErrorBody,
+    DeploymentRequest,
+    Deployment,
     LogPage,
     MetricsAnswer,
 )
@@ -85,6 +89,72 @@ _METRICS_PARAMETERS = [
     },
     {"name": "format", "in": "query", "schema": {"enum": ["json", "svg"]}},
 ]
+
+
+_DEPLOYMENT_IDS = [
+    {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}},
+    {"name": "deployment_id", "in": "path", "required": True, "schema": {"type": "string"}},
+]
+
+
+def _deployment_paths(common: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "/jobs/{project_id}/{job_id}/deployments": {
+            "post": {
+                "summary": "Deploy a checkpoint of a completed job as a Baseten model",
+                "description": "Defaults: the job's newest LoRA checkpoint, a model name derived "
+                "from the job name, one GPU of the first allowed accelerator. The same "
+                "checkpoint under the same model name again answers the existing deployment "
+                "(200, idempotent_replay: true). dry_run validates with Baseten and creates "
+                "nothing (200, status dry_run). The deployment costs money while it has "
+                "replicas; deactivate it to stop paying.",
+                "operationId": "deployCheckpoint",
+                "security": _API_KEY,
+                "parameters": [
+                    *_PATH_IDS,
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                        "description": "a retry with the same key answers the same deployment",
+                    },
+                ],
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref(DeploymentRequest)}},
+                },
+                "responses": {
+                    "202": _json(Deployment, "deployment created; it builds, then goes active"),
+                    "200": _json(Deployment, "idempotent replay, or the dry_run result"),
+                    **_errors(400, 404, 409, 413, 415, 422),
+                    **common,
+                },
+            }
+        },
+        "/deployments/{model_id}/{deployment_id}": {
+            "get": {
+                "summary": "Read a deployment",
+                "operationId": "getDeployment",
+                "security": _API_KEY,
+                "parameters": _DEPLOYMENT_IDS,
+                "responses": {"200": _json(Deployment, "deployment"), **_errors(404), **common},
+            }
+        },
+        "/deployments/{model_id}/{deployment_id}/deactivate": {
+            "post": {
+                "summary": "Deactivate a deployment (stop paying for it)",
+                "operationId": "deactivateDeployment",
+                "security": _API_KEY,
+                "parameters": _DEPLOYMENT_IDS,
+                "responses": {
+                    "200": _json(Deployment, "deployment after deactivating"),
+                    **_errors(404, 422),
+                    **common,
+                },
+            }
+        },
+    }
 
 
 @functools.cache
@@ -218,6 +288,7 @@ def openapi_document() -> dict[str, Any]:
                 },
             }
         },
+        **_deployment_paths(common),
         "/healthz": {
             "get": {
                 "summary": "Liveness; contacts nothing",
@@ -269,7 +340,7 @@ def openapi_document() -> dict[str, Any]:
             "title": "Baseten fine-tuning functions",
             "version": "1.0.0",
             "description": "Start, read, list and stop Baseten training jobs; read their logs, "
-            "metrics and progress.",
+            "metrics and progress; deploy their checkpoints as Baseten models.",
         },
         "paths": paths,
         "components": {

@@ -82,6 +82,12 @@ class EventEmitter(Protocol):
     def emit(self, event: Event) -> DeliveryResult: ...
 
 
+class ServingWatch(Protocol):
+    """Deploy on completion and deployment events (see deployment_watch)."""
+
+    def run(self, sink: Any, changed_jobs: list[dict[str, Any]], until: datetime) -> Any: ...
+
+
 @dataclass
 class _JobOutcome:
     events: int = 0
@@ -178,6 +184,7 @@ def poll(
     sink: EventEmitter,
     since: datetime | None,
     now: datetime | None = None,
+    serving: ServingWatch | None = None,
     *,
     explain: Explainer | None = None,
 ) -> PollReport:
@@ -235,15 +242,21 @@ def poll(
             ]
             outcomes = [future.result() for future in futures]
 
+    served = None
+    if serving is not None:
+        served = serving.run(sink, [raw for raw, in_window in work if in_window], until)
     report = PollReport(
         since=rfc3339(since),
         until=rfc3339(until),
         jobs_checked=len(work),
-        events=sum(o.events for o in outcomes),
-        webhooks_delivered=sum(o.delivered for o in outcomes),
-        webhooks_failed=sum(o.webhook_failures for o in outcomes),
+        events=sum(o.events for o in outcomes) + (served.events if served else 0),
+        webhooks_delivered=sum(o.delivered for o in outcomes) + (served.delivered if served else 0),
+        webhooks_failed=sum(o.webhook_failures for o in outcomes)
+        + (served.webhook_failures if served else 0),
         duration_ms=round((time.perf_counter() - started) * 1000),
         jobs_failed=sum(o.failed for o in outcomes) + unreadable,
+        deployments_checked=served.deployments_checked if served else 0,
+        deployments_failed=served.failed if served else 0,
     )
     log(
         _logger,

@@ -110,6 +110,27 @@ def metrics(request: Request, project_id: str, job_id: str) -> Response:
     return response
 
 
+def deploy(request: Request, project_id: str, job_id: str) -> Response:
+    from .api import deploy_body
+
+    services = get_services()
+    body = read_json_body(request, services.settings.max_body_bytes, required=False)
+    key = request.headers.get("Idempotency-Key")
+    deployment = deploy_body(project_id, job_id, body, idempotency_key=key)
+    replay_or_dry = deployment["idempotent_replay"] or deployment["status"] == "dry_run"
+    return json_response(deployment, 200 if replay_or_dry else 202)
+
+
+def get_deployment(request: Request, model_id: str, deployment_id: str) -> Response:
+    deployment = get_services().deployments.get(model_id, deployment_id)
+    return json_response(deployment.model_dump(mode="json"))
+
+
+def deactivate(request: Request, model_id: str, deployment_id: str) -> Response:
+    deployment = get_services().deployments.deactivate(model_id, deployment_id)
+    return json_response(deployment.model_dump(mode="json"))
+
+
 def poll(request: Request) -> Response:
     from .poller import parse_since
     from .poller import poll as run_poll
@@ -122,6 +143,7 @@ def poll(request: Request) -> Response:
         services.client,
         services.events,
         since,
+        serving=services.serving,
         explain=services.insights.event_details,
     )
     return json_response(report.model_dump(mode="json"))
@@ -137,6 +159,9 @@ TRAIN_HANDLERS: dict[str, Any] = {
     "stop": stop,
     "logs": logs,
     "metrics": metrics,
+    "deploy": deploy,
+    "get_deployment": get_deployment,
+    "deactivate": deactivate,
 }
 POLL_HANDLERS: dict[str, Any] = {"healthz": healthz, "poll": poll}
 

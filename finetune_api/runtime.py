@@ -23,6 +23,8 @@ class Services:
     jobs: Any
     events: Any
     insights: Any = None
+    deployments: Any = None
+    serving: Any = None
 
 
 _services: Services | None = None
@@ -60,6 +62,7 @@ def build_services(settings: Settings) -> Services:
 
     insights = JobInsights(settings, client, secrets)
     jobs = JobService(settings, client, push, announce, progress=insights.progress)
+    deployments, serving = build_serving(settings, client, api_key)
     return Services(
         settings=settings,
         secrets=secrets,
@@ -67,7 +70,29 @@ def build_services(settings: Settings) -> Services:
         jobs=jobs,
         events=events,
         insights=insights,
+        deployments=deployments,
+        serving=serving,
     )
+
+
+def build_serving(settings: Settings, client: Any, api_key: Any) -> tuple[Any, Any]:
+    """The deployment service and the poll's serving watch (truss loads on first deploy)."""
+    from .deployment_watch import DeploymentWatch
+    from .deployments import DeploymentService
+
+    class TrussDeployer:
+        def instance_types(self) -> list[Any]:
+            from .baseten_deploy import instance_types
+
+            return instance_types(settings, api_key())
+
+        def create(self, request: dict[str, Any]) -> dict[str, Any]:
+            from .baseten_deploy import create_from_checkpoint
+
+            return create_from_checkpoint(settings, api_key(), request)
+
+    deployments = DeploymentService(settings, client, TrussDeployer())
+    return deployments, DeploymentWatch(settings, client, deployments)
 
 
 def get_services() -> Services:

@@ -95,18 +95,12 @@ class Compute(BaseModel):
     @field_validator("accelerator")
     @classmethod
     def _allowed(cls, value: str | None, info: ValidationInfo) -> str | None:
-        allowed = _limit(info, "allowed_accelerators", None)
-        if value is not None and allowed is not None and value not in allowed:
-            raise ValueError(f"must be one of {', '.join(allowed)}")
-        return value
+        return _check_accelerator(value, info)
 
     @field_validator("gpu_count")
     @classmethod
     def _gpus(cls, value: int | None, info: ValidationInfo) -> int | None:
-        limit = _limit(info, "max_gpus_per_node", None)
-        if value is not None and limit is not None and value > limit:
-            raise ValueError(f"must be at most {limit} (MAX_GPUS_PER_NODE)")
-        return value
+        return _check_gpus(value, info)
 
     @field_validator("node_count")
     @classmethod
@@ -117,9 +111,88 @@ class Compute(BaseModel):
         return value
 
 
+def _check_accelerator(value: str | None, info: ValidationInfo) -> str | None:
+    allowed = _limit(info, "allowed_accelerators", None)
+    if value is not None and allowed is not None and value not in allowed:
+        raise ValueError(f"must be one of {', '.join(allowed)}")
+    return value
+
+
+def _check_gpus(value: int | None, info: ValidationInfo) -> int | None:
+    limit = _limit(info, "max_gpus_per_node", None)
+    if value is not None and limit is not None and value > limit:
+        raise ValueError(f"must be at most {limit} (MAX_GPUS_PER_NODE)")
+    return value
+
+
 def _limit(info: ValidationInfo, name: str, default: Any) -> Any:
     settings = (info.context or {}).get("settings")
     return getattr(settings, name, default) if settings is not None else default
+
+
+class DeployCompute(BaseModel):
+    """What a deployment runs on: one node; the spend guards apply."""
+
+    model_config = _STRICT
+
+    accelerator: str | None = Field(default=None, description="default: the first allowed one")
+    gpu_count: int = Field(default=1, ge=1)
+
+    @field_validator("accelerator")
+    @classmethod
+    def _allowed(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _check_accelerator(value, info)
+
+    @field_validator("gpu_count")
+    @classmethod
+    def _gpus(cls, value: int, info: ValidationInfo) -> int:
+        checked = _check_gpus(value, info)
+        assert checked is not None
+        return checked
+
+
+class DeployOnCompletion(BaseModel):
+    """``deploy`` of a submit request: serve the final checkpoint when the job completes."""
+
+    model_config = _STRICT
+
+    on_completion: bool
+    model_name: Name | None = Field(default=None, description="default: from the job name")
+    compute: DeployCompute = Field(default_factory=DeployCompute)
+
+
+class DeploymentRequest(BaseModel):
+    """The optional body of ``POST /jobs/{project_id}/{job_id}/deployments``."""
+
+    model_config = _STRICT
+
+    checkpoint_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="default: the job's newest LoRA checkpoint (its final one)",
+    )
+    model_name: Name | None = Field(
+        default=None, description="Baseten model name; default: derived from the job name"
+    )
+    compute: DeployCompute = Field(default_factory=DeployCompute)
+    dry_run: bool = Field(default=False, description="validate with Baseten, create nothing")
+
+
+class Deployment(BaseModel):
+    """What every deployment route answers (CONTRACT "Deployment")."""
+
+    model_id: str | None
+    deployment_id: str | None
+    model_name: str | None = None
+    status: str
+    training_project_id: str | None = None
+    training_job_id: str | None = None
+    checkpoint_id: str | None = None
+    predict_url: str | None = None
+    dashboard_url: str | None = None
+    created_at: str | None = None
+    idempotent_replay: bool = False
 
 
 class TrainingRequest(BaseModel):
@@ -137,6 +210,9 @@ class TrainingRequest(BaseModel):
     )
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     compute: Compute = Field(default_factory=Compute)
+    deploy: DeployOnCompletion | None = Field(
+        default=None, description="deploy the final checkpoint when the job completes"
+    )
 
     @field_validator("job_name")
     @classmethod
@@ -214,6 +290,10 @@ class PollReport(BaseModel):
     # Jobs whose checkpoints could not be read (each logged at ERROR); the others
     # are still reported, and the next overlapping window retries these.
     jobs_failed: int = 0
+    # Deployments this service created, watched in this poll; and serving work
+    # that failed (a deploy on completion, or reading the deployments).
+    deployments_checked: int = 0
+    deployments_failed: int = 0
 
 
 class ErrorDetail(BaseModel):
@@ -243,6 +323,22 @@ def validation_details(error: ValidationError, prefix: str = "") -> list[dict[st
             reason = "has characters or a shape that is not allowed"
         details.append({"location": location or "body", "reason": reason})
     return details
+
+
+def parse_deployment_request(data: Any, settings: Any) -> DeploymentRequest:
+    """Validate the (optional) body of a deploy request; ``None`` means all defaults."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InvalidRequestError("request body must be a JSON object")
+    try:
+        return DeploymentRequest.model_validate(data, context={"settings": settings})
+    except ValidationError as error:
+        details = validation_details(error)
+        fields = ", ".join(sorted({d["location"] for d in details}))
+        raise InvalidRequestError(
+            f"invalid deployment request: {fields}", details=details
+        ) from None
 
 
 def parse_training_request(data: Any, settings: Any) -> TrainingRequest:

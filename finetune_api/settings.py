@@ -190,6 +190,11 @@ class Settings:
     poll_concurrency: int = _setting(16, _int(1, 64))
     webhook_timeout_seconds: float = _setting(5.0, _positive_float())
     webhook_max_attempts: int = _setting(3, _int(1, 10))
+    # Serving (issue 14): where deployed models answer, how long poll_jobs watches
+    # a new deployment, and how often a poll may retry a deploy on completion.
+    baseten_inference_url: str | None = _setting(None, _url)
+    deployment_watch_seconds: int = _setting(86400, _int(60))
+    deploy_max_attempts: int = _setting(3, _int(1, 20))
 
     @property
     def resolved_api_url(self) -> str:
@@ -197,6 +202,17 @@ class Settings:
         if self.baseten_api_url:
             return self.baseten_api_url
         return KNOWN_API_URLS.get(self.baseten_remote_url, "https://api.baseten.co")
+
+    @property
+    def inference_url(self) -> str:
+        """Template of a model's invoke host with ``{model_id}``, as truss derives it.
+
+        ``https://api.baseten.co`` → ``https://model-{model_id}.api.baseten.co``.
+        """
+        if self.baseten_inference_url:
+            return self.baseten_inference_url
+        scheme, _, host = self.resolved_api_url.partition("://")
+        return f"{scheme}://model-{{model_id}}.{host}"
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` (already typed values)."""

@@ -118,6 +118,8 @@ def sandbox_operations() -> set[str]:
     labels: set[str] = set()
     for rule in API_ROUTES.iter_rules():
         template = rule.rule
+        if not template.startswith("/v1/"):
+            continue  # GraphQL and model inference are not in the REST spec
         for argument in rule.arguments:
             template = template.replace(f"<{argument}>", "{}")
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):

@@ -97,3 +97,14 @@ class S3Gateway:
                 503, "UNAVAILABLE", f"sandbox could not reach S3: {type(exc).__name__}"
             ) from exc
         return True
+
+    def presigned_get(self, bucket: str, key: str, expires_in: int = 3600) -> str:
+        """A presigned GET URL for ``bucket/key`` (what Baseten's download answers hold)."""
+        if self.endpoint is None:
+            raise SandboxApiError(
+                503, "UNAVAILABLE", "the sandbox was started without an S3 endpoint"
+            )
+        url: str = self._get_client().generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires_in
+        )
+        return url

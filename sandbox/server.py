@@ -29,6 +29,7 @@ from werkzeug.routing import Map, MapAdapter, Rule
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
+from sandbox import deployments
 from sandbox.conformance import (
     LEDGER,
     PROBE_HEADER,
@@ -72,6 +73,7 @@ API_ROUTES = Map(
         Rule(f"{_JOB}/logs", methods=["GET", "POST"], endpoint="logs"),
         Rule(f"{_JOB}/metrics", methods=["GET", "POST"], endpoint="metrics"),
         Rule("/v1/training_jobs/search", methods=["POST"], endpoint="search"),
+        *deployments.API_RULES,
     ]
 )
 
@@ -93,6 +95,7 @@ CONTROL_ROUTES = Map(
         Rule("/_sandbox/advance", methods=["POST"], endpoint="advance_all"),
         Rule("/_sandbox/seed", methods=["POST"], endpoint="seed"),
         Rule("/_sandbox/stats", methods=["GET"], endpoint="stats"),
+        *deployments.CONTROL_RULES,
         Rule("/_sandbox/conformance", methods=["GET"], endpoint="conformance"),
     ]
 )
@@ -218,6 +221,7 @@ class SandboxApp:
             "metrics": lambda r, p: Reply(
                 200, s.job_metrics(p["project_id"], p["job_id"], _params(r))
             ),
+            **deployments.api_handlers(s.deployments, _json_body, Reply),
         }
         self._control: dict[str, Handler] = {
             "health": lambda r, p: Reply(200, {"status": "ok"}),
@@ -240,6 +244,7 @@ class SandboxApp:
             "advance_all": lambda r, p: Reply(200, s.advance(None, _json_body(r))),
             "seed": lambda r, p: Reply(201, s.seed(_json_body(r))),
             "stats": lambda r, p: Reply(200, s.stats()),
+            **deployments.control_handlers(s.deployments, _json_body, Reply),
             "conformance": lambda r, p: Reply(200, conformance_report()),
         }
 

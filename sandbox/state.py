@@ -353,6 +353,9 @@ class SandboxState:
         self._stats = Stats()
         self._seq = 0
         self.training = TrainingLogs()
+        from sandbox.deployments import DeploymentStore
+
+        self.deployments = DeploymentStore(self)
 
     # ----------------------------------------------------------------- basics
 
@@ -386,6 +389,7 @@ class SandboxState:
             self._stats = Stats()
             self.training.reset()
             self.s3.forget_bucket()
+            self.deployments.reset()
 
     def get_config(self) -> dict[str, Any]:
         with self._lock:

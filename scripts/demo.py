@@ -5,8 +5,11 @@ that verifies signatures, and the `train_http` and `poll_jobs` functions under
 real functions-framework processes (the same loopback helpers the tests use);
 submits the recipe's example job over HTTP, polls until the job finishes, and
 shows every event and checkpoint, a live progress bar (step/total, loss, ETA)
-from the job's own log lines, and at the end writes the loss curve as SVG
-(``demo-output/`` in the current folder, or ``DEMO_OUTPUT_DIR``).
+from the job's own log lines, and writes the loss curve as SVG (``demo-output/``
+in the current folder, or ``DEMO_OUTPUT_DIR``); then deploys the final
+checkpoint as a model, waits for it to go active, asks it one question through
+its OpenAI-style chat-completions endpoint, prints the answer and deactivates
+the deployment.
 No Baseten account is needed and nothing costs money. Everything started here
 is stopped on exit, Ctrl-C included.
 """
@@ -46,6 +49,7 @@ REQUEST = {
     "compute": {"accelerator": "H100", "gpu_count": 1},
 }
 STEP_SECONDS = 2.0
+QUESTION = "In one sentence: what did you learn from your fine-tuning data?"
 BAR_WIDTH = 30
 
 
@@ -108,6 +112,8 @@ def main() -> int:
             "BASETEN_API_KEY": api_key,
             "BASETEN_REMOTE_URL": sandbox.url,
             "BASETEN_API_URL": sandbox.url,
+            # Where deployed models answer (Baseten: https://model-{id}.api.baseten.co).
+            "BASETEN_INFERENCE_URL": sandbox.url + "/model-{model_id}",
             "WEBHOOK_URL": receiver.url,
             "WEBHOOK_SECRET": webhook_secret,
             "POLL_LOOKBACK_SECONDS": "600",
@@ -178,12 +184,69 @@ def main() -> int:
             say(f"\nLoss curve (SVG): {chart_path.resolve()}")
         say(
             f"\nDone: job {status}; {seen} signed webhook(s) verified "
-            "(duplicates dropped by webhook-id). Everything started here is stopped now."
+            "(duplicates dropped by webhook-id)."
         )
         if receiver.rejections:
             say(f"rejected webhooks: {receiver.rejections}")
             return 1
-        return 0 if status == "completed" else 1
+        if status != "completed":
+            return 1
+        served = serve_and_ask(path, poll, api_key, receiver, seen)
+        if receiver.rejections:
+            say(f"rejected webhooks: {receiver.rejections}")
+            return 1
+        say("\nEverything started here is stopped now.")
+        return 0 if served else 1
+
+
+def serve_and_ask(
+    job_path: str, poll: str, api_key: str, receiver: WebhookReceiver, seen: int
+) -> bool:
+    """Deploy the job's final checkpoint, wait for active, ask one question, deactivate."""
+    say(f"\n$ curl -X POST {job_path}/deployments")
+    response = requests.post(f"{job_path}/deployments", timeout=60)
+    show(f"→ {response.status_code}", response.json())
+    if response.status_code != 202:
+        return False
+    deployment = response.json()
+    base = job_path.split("/jobs/", 1)[0]
+    path = f"{base}/deployments/{deployment['model_id']}/{deployment['deployment_id']}"
+    status = deployment["status"]
+    deadline = time.monotonic() + 60
+    while status != "active" and time.monotonic() < deadline:
+        time.sleep(STEP_SECONDS / 2)
+        current = requests.get(path, timeout=30).json()
+        if current["status"] != status:
+            status = current["status"]
+            say(f"deployment {deployment['deployment_id']}: {status}")
+        requests.post(poll, json={}, timeout=60)
+        received = list(receiver.unique_events.values())
+        for event in received[seen:]:
+            say(f"  webhook {event['id']} (verified): {event['type']}")
+        seen = len(received)
+    if status != "active":
+        say(f"the deployment did not become active (it is {status})")
+        return False
+    question = {
+        "model": deployment["model_name"],
+        "messages": [{"role": "user", "content": QUESTION}],
+    }
+    say(f"\n$ curl -X POST {deployment['predict_url']} -H 'Authorization: Api-Key …'")
+    say(f"  ask: {QUESTION}")
+    answer = requests.post(
+        deployment["predict_url"],
+        json=question,
+        headers={"Authorization": f"Api-Key {api_key}"},
+        timeout=60,
+    )
+    if answer.status_code != 200:
+        say(f"→ {answer.status_code} {answer.text}")
+        return False
+    say(f"  answer: {answer.json()['choices'][0]['message']['content']}")
+    # A deployment costs money while it has replicas: stop paying when done.
+    stopped = requests.post(f"{path}/deactivate", timeout=60).json()
+    say(f"\n$ curl -X POST {path}/deactivate\n→ deployment {stopped['status']}")
+    return stopped["status"] == "inactive"
 
 
 if __name__ == "__main__":

@@ -69,6 +69,8 @@ def function_env(
         "SECRETMANAGER_EMULATOR_HOST": secret_manager.host,
         "BASETEN_REMOTE_URL": sandbox.url,
         "BASETEN_API_URL": sandbox.url,
+        # Deployed models answer on the sandbox (Baseten: https://model-{id}.api.baseten.co).
+        "BASETEN_INFERENCE_URL": sandbox.url + "/model-{model_id}",
         "BASETEN_TIMEOUT_SECONDS": "3",
         "TMPDIR": str(tmp),
         **extra,

@@ -42,6 +42,10 @@ def test_make_run_demo_completes_a_job(tmp_path: Path) -> None:
     assert "→ 201" in out and "Done: job completed" in out
     for event in EVENTS:
         assert f"training_job.{event}" in out
+    # Then it serves what was trained and asks it one question.
+    assert "→ 202" in out and "deployment.building" in out and "deployment.active" in out
+    assert "  answer: Hello from " in out and "You said: In one sentence" in out
+    assert "→ deployment inactive" in out
     assert _demo_processes() == []
     # A progress bar from the job's own lines, and the loss curve written where it says.
     bars = re.findall(r"\[[#.]{30}\]\s+(\d+)/(\d+) steps  loss [\d.]+", out)

@@ -19,6 +19,7 @@ assert client.get("/healthz").status_code == 200
 after_health = {m: m in sys.modules for m in ("truss", "truss_train", "pydantic")}
 # A read route talks to Baseten (here: nothing listens) but never needs truss.
 status = client.get("/jobs/p1/j1").status_code
+assert client.get("/deployments/m1/d1").status_code == 503
 after_read = {m: m in sys.modules for m in ("truss", "truss_train", "matplotlib")}
 # The metrics route (JSON) fails the same way, and never loads the plotting library.
 metrics_status = client.get("/jobs/p1/j1/metrics").status_code

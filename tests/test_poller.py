@@ -252,6 +252,8 @@ def test_empty_poll(baseten: Sandbox) -> None:
         "webhooks_failed": 0,
         "duration_ms": report.duration_ms,
         "jobs_failed": 0,
+        "deployments_checked": 0,
+        "deployments_failed": 0,
     }
 
 

@@ -43,6 +43,7 @@ class Http:
         *,
         headers: dict[str, str] | None = None,
         timeout: float = 10.0,
+        params: dict[str, str] | None = None,
         probe: bool = False,
     ) -> requests.Response:
         """``probe=True`` marks a request the test means Baseten's spec to refuse."""
@@ -50,7 +51,12 @@ class Http:
         if probe:
             sent[PROBE_HEADER] = "expect-rejection"
         return requests.request(
-            method, f"{self.base_url}/{path}", json=body, headers=sent, timeout=timeout
+            method,
+            f"{self.base_url}/{path}",
+            json=body,
+            params=params,
+            headers=sent,
+            timeout=timeout,
         )
 
     def control(self, method: str, path: str, body: Any = None) -> requests.Response:
