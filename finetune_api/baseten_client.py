@@ -337,6 +337,56 @@ class BasetenClient:
         body = self._call("GET", path, what=what)
         return self._list(body, "checkpoints", what)
 
+    def get_logs(
+        self,
+        project_id: str,
+        job_id: str,
+        *,
+        start_ms: int,
+        end_ms: int,
+        direction: str = "asc",
+        limit: int = 1000,
+        min_level: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """One page of Baseten's logs (the GET operation; the POST form is deprecated).
+
+        Lines in ``[start_ms, end_ms]`` (epoch milliseconds, at most 7 days apart),
+        oldest or newest first, at most ``limit`` (1-1000); each has ``timestamp``
+        (epoch nanoseconds as a string), ``message``, ``replica`` and ``level``.
+        """
+        what = f"logs of training job {job_id} of project {project_id}"
+        params: dict[str, Any] = {
+            "start_epoch_millis": start_ms,
+            "end_epoch_millis": end_ms,
+            "direction": direction,
+            "limit": limit,
+        }
+        if min_level is not None:
+            params["min_level"] = min_level
+        body = self._call(
+            "GET", f"{self._job_path(project_id, job_id)}/logs", what=what, params=params
+        )
+        logs = body.get("logs")
+        if logs is None:
+            return []
+        if not isinstance(logs, list):
+            raise UpstreamError(f"Baseten's answer has no 'logs' list ({what})")
+        # Up to 1,000 lines a page: no defensive copies (the reader keeps only what it needs).
+        return [item for item in logs if type(item) is dict]
+
+    def get_metrics(
+        self, project_id: str, job_id: str, *, start_ms: int | None, end_ms: int | None
+    ) -> dict[str, Any]:
+        """Baseten's system metrics of a job (GET operation): leader and per-node series."""
+        what = f"metrics of training job {job_id} of project {project_id}"
+        params = {
+            name: value
+            for name, value in (("start_epoch_millis", start_ms), ("end_epoch_millis", end_ms))
+            if value is not None
+        }
+        path = f"{self._job_path(project_id, job_id)}/metrics"
+        return self._call("GET", path, what=what, params=params)
+
     def stop_job(self, project_id: str, job_id: str) -> dict[str, Any]:
         """Stop a job; returns the ``training_job`` dict Baseten answers."""
         what = "training job"  # no caller input in messages
@@ -511,8 +561,8 @@ class BasetenClient:
         *,
         what: str,
         json_body: Any = None,
+        params: Mapping[str, Any] | None = None,
         idempotent: bool = True,
-        params: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         def should_retry(error: BaseException) -> bool:
             return (

@@ -11,7 +11,9 @@ and retried polls repeat ids rather than inventing new events.
 
 Cost: 1 search request, plus 1 checkpoints request per job that is not
 finished or changed inside the window; finished jobs outside the window cost
-nothing beyond their row in the search answer.
+nothing beyond their row in the search answer. A job whose status changed to
+completed, failed or deploy_failed costs 1 more: the read of its newest log
+lines for the event's ``summary`` or ``log_tail`` (``explain``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -35,6 +37,7 @@ from .events import Event, checkpoint_event, rfc3339, status_event
 from .logs import context, get_logger, log
 from .schemas import (
     TERMINAL_STATUSES,
+    Job,
     PollReport,
     PollRequest,
     checkpoint_from_baseten,
@@ -68,6 +71,11 @@ class JobReader(Protocol):
 
     def search_jobs(self, *, newest_first: bool = True) -> list[dict[str, Any]]: ...
     def list_checkpoints(self, project_id: str, job_id: str) -> list[dict[str, Any]]: ...
+
+
+# What a status-change event adds beyond the Job (a summary, a log tail); see
+# JobInsights.event_details. Called only for jobs whose status changed.
+Explainer = Callable[[Job], dict[str, Any]]
 
 
 class EventEmitter(Protocol):
@@ -177,6 +185,8 @@ def poll(
     since: datetime | None,
     now: datetime | None = None,
     serving: ServingWatch | None = None,
+    *,
+    explain: Explainer | None = None,
 ) -> PollReport:
     """Emit the events of ``[since, until=now]``; a Baseten failure listing jobs raises."""
     started = time.perf_counter()
@@ -220,7 +230,7 @@ def poll(
         status_in_window = updated is not None and since <= updated <= until
         work.append((raw, status_in_window))
 
-    run = _PollRun(settings, client, sink, since, until)
+    run = _PollRun(settings, client, sink, since, until, explain)
     outcomes: list[_JobOutcome] = []
     if work:
         workers = min(settings.poll_concurrency, len(work))
@@ -272,8 +282,10 @@ class _PollRun:
         sink: EventEmitter,
         since: datetime,
         until: datetime,
+        explain: Explainer | None = None,
     ) -> None:
         self.settings = settings
+        self.explain = explain
         self.client = client
         self.sink = sink
         self.since = since
@@ -298,7 +310,7 @@ class _PollRun:
             timed: list[tuple[datetime, int, Event]] = []
             if status_in_window:
                 moment = parse_time(job.updated_at) or self.until
-                timed.append((moment, 1, status_event(job)))
+                timed.append((moment, 1, status_event(job, self._details(job))))
 
             checkpoints: list[dict[str, Any]] = []
             failure: str | None = None
@@ -330,6 +342,16 @@ class _PollRun:
                     reason=failure,
                 )
         return outcome
+
+    def _details(self, job: Job) -> dict[str, Any] | None:
+        """A summary or log tail for the event; at most one Baseten request, never fatal."""
+        if self.explain is None:
+            return None
+        try:
+            return self.explain(job)
+        except Exception as error:  # noqa: BLE001 - the event goes out without details
+            log(_logger, logging.ERROR, "could not add details to an event", error=repr(error))
+            return None
 
     def _checkpoints(self, project_id: str, job_id: str) -> tuple[list[dict[str, Any]], str | None]:
         with self._lock:
