@@ -15,12 +15,41 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import shutil
+import tempfile
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from matplotlib import rc_context
-from matplotlib.backends.backend_svg import FigureCanvasSVG
-from matplotlib.figure import Figure
+
+def _config_dir_is_writable() -> bool:
+    """Whether matplotlib's default config dir can be used (else it would make one in /tmp)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    try:
+        path = Path(base) / "matplotlib"
+        path.mkdir(parents=True, exist_ok=True)
+    except (OSError, RuntimeError):
+        return False
+    return os.access(path, os.W_OK)
+
+
+# matplotlib writes its font list to a config dir on first use. Where the default
+# one is not writable it makes a `matplotlib-*` dir in /tmp that lives as long as
+# the process, and the service leaves /tmp as it found it: so build the font list
+# in a scratch dir of our own and remove it at once (the list stays in memory).
+# Module-level code runs once per process, under the import lock.
+if "MPLCONFIGDIR" not in os.environ and not _config_dir_is_writable():
+    _scratch = tempfile.mkdtemp(prefix="finetune-matplotlib-")
+    os.environ["MPLCONFIGDIR"] = _scratch
+    try:
+        import matplotlib.font_manager  # noqa: F401 - loads the font list into memory
+    finally:
+        shutil.rmtree(_scratch, ignore_errors=True)
+
+from matplotlib import rc_context  # noqa: E402 - after the config dir is settled
+from matplotlib.backends.backend_svg import FigureCanvasSVG  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 _STYLE: dict[Any, Any] = {"svg.fonttype": "none", "svg.hashsalt": "finetune", "font.size": 9}
 
