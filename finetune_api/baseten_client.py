@@ -178,6 +178,27 @@ def _whole_seconds(seconds: float | None) -> int | None:
     return None if seconds is None else max(1, math.ceil(seconds))
 
 
+def requests_error(what: str, error: BaseException) -> ServiceError | None:
+    """The CONTRACT error for a failed ``requests`` call made by truss, or None if it is not one."""
+    if isinstance(error, requests.HTTPError) and error.response is not None:
+        response = error.response
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        return upstream_error(
+            what,
+            status=response.status_code,
+            body=body,
+            retry_after=retry_after_seconds(response, body),
+        )
+    if isinstance(error, requests.Timeout):
+        return upstream_error(what, transport="did not answer in time")
+    if isinstance(error, requests.ConnectionError):
+        return upstream_error(what, transport="could not be reached")
+    return None
+
+
 def retry_after_seconds(response: requests.Response, body: Any) -> float | None:
     """Seconds to wait from the body's ``retry_after`` or the ``Retry-After`` header."""
     candidates: list[Any] = []
