@@ -37,6 +37,7 @@ BENCHMARKS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "memory": ("bench.memory", {"concurrency": 20}, {"concurrency": 20}),
     "poll": ("bench.poll_bench", {}, {}),
     "idempotency_race": ("bench.idempotency_race", {"rounds": 5}, {"rounds": 2}),
+    "metrics": ("bench.metrics_bench", {"steps": 100_000, "runs": 3}, {"steps": 20_000, "runs": 1}),
     "deploy_race": ("bench.deploy_race", {"rounds": 5}, {"rounds": 2}),
     "poll_history": ("bench.poll_history", {}, {"sizes": (0, 10_000), "polls": 3}),
 }
@@ -260,6 +261,35 @@ def _race_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _metrics_rows(r: dict[str, Any]) -> list[Row]:
+    return [
+        _row(
+            f"GET metrics, {r['log_lines']:,} log lines ({r['steps']:,} steps), "
+            f"{r['latency_ms']:.0f} ms latency, limit {r['configured_rate_per_s']:.0f}/s",
+            f"{r['ours_ms'] / 1000:.2f} s ({r['baseten_requests_per_answer']} requests)",
+            f"{r['baseline_ms'] / 1000:.2f} s ({r['baseline_pages']} pages in sequence)",
+            r["ratio"],
+            "<= 0.50x",
+            r["ratio"] <= 0.5,
+        ),
+        _row(
+            "  429s, busiest 1 s; peak RSS growth of the worker",
+            f"{r['responses_429']} x 429 ({r['max_requests_in_any_1s_window']}/s); "
+            f"+{r['peak_rss_growth_mb']:.0f} MB",
+            f"{r['rss_before_mb']:.0f} MB before",
+            None,
+            "0 x 429, <= 64 MB",
+            r["responses_429"] == 0 and r["peak_rss_growth_mb"] <= 64,
+        ),
+        _row(
+            "  the same as SVG: first chart (imports matplotlib), then cached answer",
+            f"{r['svg_first_ms']:.0f} ms, {r['svg_cached_answer_ms']:.0f} ms",
+            "-",
+            None,
+        ),
+    ]
+
+
 def _deploy_race_rows(r: dict[str, Any]) -> list[Row]:
     burst = r["burst"]
     return [
@@ -338,6 +368,7 @@ ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "memory": _memory_rows,
     "poll": _poll_rows,
     "idempotency_race": _race_rows,
+    "metrics": _metrics_rows,
     "deploy_race": _deploy_race_rows,
     "poll_history": _history_rows,
 }

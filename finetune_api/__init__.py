@@ -10,6 +10,9 @@ from .api import (
     deploy_checkpoint,
     get_deployment,
     handle_training_request,
+    job_logs,
+    job_metrics,
+    job_metrics_svg,
 )
 from .errors import (
     ConfigurationError,
@@ -47,4 +50,7 @@ __all__ = [
     "deploy_checkpoint",
     "get_deployment",
     "handle_training_request",
+    "job_logs",
+    "job_metrics",
+    "job_metrics_svg",
 ]

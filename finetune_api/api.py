@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -160,3 +161,93 @@ def deactivate_deployment(model_id: str, deployment_id: str) -> dict[str, Any]:
     deployment = get_services().deployments.deactivate(model_id, deployment_id)
     result: dict[str, Any] = deployment.model_dump(mode="json")
     return result
+
+
+def job_logs(
+    project_id: str,
+    job_id: str,
+    *,
+    since: str | datetime | None = None,
+    until: str | datetime | None = None,
+    limit: int | str | None = None,
+    order: str | None = None,
+    level: str | None = None,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """One page of a job's log: ``{"data": [LogLine], "next_cursor", "has_more"}``.
+
+    As ``GET /jobs/{project_id}/{job_id}/logs``: ``since``/``until`` are RFC 3339
+    (or aware datetimes), ``limit`` 1-1000 (default 100), ``order`` ``asc``
+    (default) or ``desc``, ``level`` the minimum level (DEBUG, INFO, WARNING,
+    ERROR); ``cursor`` continues from an earlier answer's ``next_cursor`` (with
+    only ``limit`` beside it). Raises the same exceptions as
+    :func:`handle_training_request` (``InvalidRequestError`` naming a bad
+    argument, ``NotFoundError`` for an unknown job, ``Upstream*Error``).
+    """
+    from .job_insights import log_query
+
+    values = {
+        "since": since,
+        "until": until,
+        "limit": limit,
+        "order": order,
+        "level": level,
+        "cursor": cursor,
+    }
+    query = log_query({k: v for k, v in values.items() if v is not None}, prefix="")
+    result: dict[str, Any] = get_services().insights.logs(project_id, job_id, query)
+    return result
+
+
+def job_metrics(
+    project_id: str,
+    job_id: str,
+    *,
+    since: str | datetime | None = None,
+    until: str | datetime | None = None,
+    points: int | str | None = None,
+) -> dict[str, Any]:
+    """A job's training and system metrics, as ``GET /jobs/{project_id}/{job_id}/metrics``.
+
+    ``{"training": {"steps", "evaluations", "summary"} or None, "system": {"nodes"}}``;
+    series cut to at most ``points`` (default 500) keeping their shape.
+    """
+    values = {"since": since, "until": until, "points": points}
+    answer, _ = metrics_answer(project_id, job_id, values, prefix="")
+    return answer
+
+
+def job_metrics_svg(
+    project_id: str,
+    job_id: str,
+    *,
+    since: str | datetime | None = None,
+    until: str | datetime | None = None,
+    points: int | str | None = None,
+) -> str:
+    """The same metrics drawn as an SVG chart (loss and eval loss; learning rate or GPU)."""
+    values = {"since": since, "until": until, "points": points, "format": "svg"}
+    _, svg = metrics_answer(project_id, job_id, values, prefix="")
+    assert svg is not None
+    return svg
+
+
+def metrics_answer(
+    project_id: str,
+    job_id: str,
+    values: dict[str, Any],
+    *,
+    prefix: str = "query.",
+    accept: str | None = None,
+) -> tuple[dict[str, Any], str | None]:
+    """The metrics answer and, when SVG was asked for, its chart (HTTP and Python share this)."""
+    from .job_insights import metrics_query
+
+    query = metrics_query({k: v for k, v in values.items() if v is not None}, prefix, accept=accept)
+    answer: dict[str, Any] = get_services().insights.metrics(project_id, job_id, query)
+    if not query.svg:
+        return answer, None
+    # matplotlib is imported by the first chart, never at cold start.
+    from .chart import render_svg
+
+    return answer, render_svg(answer)

@@ -179,6 +179,27 @@ def _whole_seconds(seconds: float | None) -> int | None:
     return None if seconds is None else max(1, math.ceil(seconds))
 
 
+def requests_error(what: str, error: BaseException) -> ServiceError | None:
+    """The CONTRACT error for a failed ``requests`` call made by truss, or None if it is not one."""
+    if isinstance(error, requests.HTTPError) and error.response is not None:
+        response = error.response
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        return upstream_error(
+            what,
+            status=response.status_code,
+            body=body,
+            retry_after=retry_after_seconds(response, body),
+        )
+    if isinstance(error, requests.Timeout):
+        return upstream_error(what, transport="did not answer in time")
+    if isinstance(error, requests.ConnectionError):
+        return upstream_error(what, transport="could not be reached")
+    return None
+
+
 def retry_after_seconds(response: requests.Response, body: Any) -> float | None:
     """Seconds to wait from the body's ``retry_after`` or the ``Retry-After`` header."""
     candidates: list[Any] = []
@@ -397,6 +418,56 @@ class BasetenClient:
         body = self._call("GET", path, what=what)
         return self._list(body, "checkpoints", what)
 
+    def get_logs(
+        self,
+        project_id: str,
+        job_id: str,
+        *,
+        start_ms: int,
+        end_ms: int,
+        direction: str = "asc",
+        limit: int = 1000,
+        min_level: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """One page of Baseten's logs (the GET operation; the POST form is deprecated).
+
+        Lines in ``[start_ms, end_ms]`` (epoch milliseconds, at most 7 days apart),
+        oldest or newest first, at most ``limit`` (1-1000); each has ``timestamp``
+        (epoch nanoseconds as a string), ``message``, ``replica`` and ``level``.
+        """
+        what = f"logs of training job {job_id} of project {project_id}"
+        params: dict[str, Any] = {
+            "start_epoch_millis": start_ms,
+            "end_epoch_millis": end_ms,
+            "direction": direction,
+            "limit": limit,
+        }
+        if min_level is not None:
+            params["min_level"] = min_level
+        body = self._call(
+            "GET", f"{self._job_path(project_id, job_id)}/logs", what=what, params=params
+        )
+        logs = body.get("logs")
+        if logs is None:
+            return []
+        if not isinstance(logs, list):
+            raise UpstreamError(f"Baseten's answer has no 'logs' list ({what})")
+        # Up to 1,000 lines a page: no defensive copies (the reader keeps only what it needs).
+        return [item for item in logs if type(item) is dict]
+
+    def get_metrics(
+        self, project_id: str, job_id: str, *, start_ms: int | None, end_ms: int | None
+    ) -> dict[str, Any]:
+        """Baseten's system metrics of a job (GET operation): leader and per-node series."""
+        what = f"metrics of training job {job_id} of project {project_id}"
+        params = {
+            name: value
+            for name, value in (("start_epoch_millis", start_ms), ("end_epoch_millis", end_ms))
+            if value is not None
+        }
+        path = f"{self._job_path(project_id, job_id)}/metrics"
+        return self._call("GET", path, what=what, params=params)
+
     def stop_job(self, project_id: str, job_id: str) -> dict[str, Any]:
         """Stop a job; returns the ``training_job`` dict Baseten answers."""
         what = "training job"  # no caller input in messages
@@ -576,8 +647,8 @@ class BasetenClient:
         *,
         what: str,
         json_body: Any = None,
+        params: Mapping[str, Any] | None = None,
         idempotent: bool = True,
-        params: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """One request's JSON object answer (retried, rate-limited, errors mapped)."""
         body: dict[str, Any] = self._perform(
@@ -602,7 +673,7 @@ class BasetenClient:
         what: str,
         json_body: Any = None,
         idempotent: bool = True,
-        params: dict[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
         stream: bool = False,
     ) -> Any:
         def should_retry(error: BaseException) -> bool:

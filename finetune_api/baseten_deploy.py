@@ -116,10 +116,9 @@ def _api(settings: Settings, api_key: str) -> Any:
 
 
 def _map(error: Exception, what: str) -> ServiceError:
-    import requests
     from truss.remote.baseten.error import ApiError
 
-    from .baseten_client import retry_after_seconds, upstream_error
+    from .baseten_client import requests_error
 
     if isinstance(error, ServiceError):
         return error
@@ -128,22 +127,9 @@ def _map(error: Exception, what: str) -> ServiceError:
         if error.graphql_error_code in ("RESOURCE_NOT_FOUND", "NOT_FOUND"):
             return NotFoundError(f"{what}: {message}")
         return UpstreamRejectedError(f"Baseten rejected the deployment: {message}")
-    if isinstance(error, requests.HTTPError) and error.response is not None:
-        response = error.response
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        return upstream_error(
-            what,
-            status=response.status_code,
-            body=body,
-            retry_after=retry_after_seconds(response, body),
-        )
-    if isinstance(error, requests.Timeout):
-        return upstream_error(what, transport="did not answer in time")
-    if isinstance(error, requests.ConnectionError):
-        return upstream_error(what, transport="could not be reached")
+    transport_error = requests_error(what, error)
+    if transport_error is not None:
+        return transport_error
     if isinstance(error, KeyError | TypeError | ValueError):
         return UpstreamError(f"Baseten answered the {what} in an unexpected shape")
     log(_logger, 40, "deployment call failed", error_type=type(error).__name__)

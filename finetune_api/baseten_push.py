@@ -216,28 +216,13 @@ def _release_frames(error: BaseException) -> None:
 
 def map_push_error(error: Exception) -> ServiceError:
     """Turn whatever truss/requests/boto3 raised into one of our errors, without secrets."""
-    import requests
-
     # The same status mapping as every other Baseten call.
-    from .baseten_client import retry_after_seconds, upstream_error
+    from .baseten_client import requests_error
 
     what = "training job submission"
-    if isinstance(error, requests.HTTPError) and error.response is not None:
-        response = error.response
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        return upstream_error(
-            what,
-            status=response.status_code,
-            body=body,
-            retry_after=retry_after_seconds(response, body),
-        )
-    if isinstance(error, requests.Timeout):
-        return upstream_error(what, transport="did not answer in time")
-    if isinstance(error, requests.ConnectionError):
-        return upstream_error(what, transport="could not be reached")
+    transport_error = requests_error(what, error)
+    if transport_error is not None:
+        return transport_error
     module = type(error).__module__
     if module.startswith(("botocore", "boto3", "s3transfer")):
         log(_logger, 40, "template upload failed", error_type=type(error).__name__)

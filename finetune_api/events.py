@@ -95,13 +95,19 @@ def _job_data(job: Job | Mapping[str, Any]) -> dict[str, Any]:
     return dict(job)
 
 
-def status_event(job: Job) -> Event:
-    """``training_job.<status>``: the job reached ``job.status``."""
+def status_event(job: Job, details: Mapping[str, Any] | None = None) -> Event:
+    """``training_job.<status>``: the job reached ``job.status``.
+
+    ``details`` (e.g. ``summary`` for completed, ``log_tail`` for failed) are added to ``data``.
+    """
+    data = _job_data(job)
+    if details:
+        data.update(details)
     return Event(
         id=event_id(job.training_job_id, job.status),
         type=f"{STATUS_PREFIX}{job.status}",
         timestamp=job.updated_at or _now(),
-        data=_job_data(job),
+        data=data,
     )
 
 

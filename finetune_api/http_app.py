@@ -58,6 +58,10 @@ TRAIN_ROUTES = Map(
             endpoint="deactivate",
             methods=["POST"],
         ),
+        Rule(f"/jobs/<{_ID}:project_id>/<{_ID}:job_id>/logs", endpoint="logs", methods=["GET"]),
+        Rule(
+            f"/jobs/<{_ID}:project_id>/<{_ID}:job_id>/metrics", endpoint="metrics", methods=["GET"]
+        ),
     ],
     strict_slashes=False,
     # "/jobs//p/j" is no route: merging would answer a redirect naming a URL.

@@ -30,6 +30,7 @@ from .schemas import (
     Checkpoint,
     Job,
     JobWithCheckpoints,
+    Progress,
     TrainingRequest,
     checkpoint_from_baseten,
     job_from_baseten,
@@ -68,6 +69,7 @@ class BasetenReads(Protocol):
 
 
 Pusher = Callable[[Path], dict[str, Any]]
+ProgressReader = Callable[[dict[str, Any]], dict[str, Any] | None]
 Announcer = Callable[[Job, str | None, str | None], None]
 
 
@@ -146,8 +148,10 @@ class JobService:
         client: BasetenReads,
         pusher: Pusher,
         announce: Announcer | None = None,
+        progress: ProgressReader | None = None,
     ) -> None:
         self._settings = settings
+        self._progress = progress
         self._client = client
         self._push = pusher
         self._announce = announce
@@ -318,8 +322,11 @@ class JobService:
         job = job_from_baseten(raw, self._settings.baseten_remote_url)
         if not with_checkpoints:
             return job
+        progress = self._progress(raw) if self._progress is not None else None
         return JobWithCheckpoints(
-            **job.model_dump(), checkpoints=self._checkpoints(project_id, job_id)
+            **job.model_dump(),
+            checkpoints=self._checkpoints(project_id, job_id),
+            progress=Progress.model_validate(progress) if progress is not None else None,
         )
 
     def checkpoints(self, project_id: str, job_id: str) -> list[Checkpoint]:

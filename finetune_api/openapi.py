@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from .insight_schemas import LogPage, MetricsAnswer
 from .schemas import (
     CheckpointList,
     Deployment,
@@ -32,6 +33,8 @@ _MODELS: tuple[type[BaseModel], ...] = (
     ErrorBody,
     DeploymentRequest,
     Deployment,
+    LogPage,
+    MetricsAnswer,
 )
 
 
@@ -52,6 +55,40 @@ _PATH_IDS = [
     {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}},
 ]
 _API_KEY: list[dict[str, list[str]]] = [{"ApiKey": []}]
+_TIME = {"type": "string", "format": "date-time"}
+_LOG_PARAMETERS = [
+    {"name": "since", "in": "query", "schema": _TIME, "description": "default: job creation"},
+    {"name": "until", "in": "query", "schema": _TIME, "description": "default: now"},
+    {
+        "name": "limit",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+    },
+    {"name": "order", "in": "query", "schema": {"enum": ["asc", "desc"], "default": "asc"}},
+    {
+        "name": "level",
+        "in": "query",
+        "schema": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR"]},
+        "description": "minimum level; lines without a level are then left out",
+    },
+    {
+        "name": "cursor",
+        "in": "query",
+        "schema": {"type": "string"},
+        "description": "next_cursor of the previous page (only limit may be sent with it)",
+    },
+]
+_METRICS_PARAMETERS = [
+    {"name": "since", "in": "query", "schema": _TIME},
+    {"name": "until", "in": "query", "schema": _TIME},
+    {
+        "name": "points",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 2, "maximum": 10000, "default": 500},
+        "description": "most points per series (shape-keeping min/max buckets)",
+    },
+    {"name": "format", "in": "query", "schema": {"enum": ["json", "svg"]}},
+]
 
 
 _DEPLOYMENT_IDS = [
@@ -217,6 +254,40 @@ def openapi_document() -> dict[str, Any]:
                 },
             }
         },
+        "/jobs/{project_id}/{job_id}/logs": {
+            "get": {
+                "summary": "One page of a job's log (Baseten's GET logs, paged exactly)",
+                "operationId": "getJobLogs",
+                "security": _API_KEY,
+                "parameters": [*_PATH_IDS, *_LOG_PARAMETERS],
+                "responses": {
+                    "200": _json(LogPage, "log lines"),
+                    **_errors(400, 404),
+                    **common,
+                },
+            }
+        },
+        "/jobs/{project_id}/{job_id}/metrics": {
+            "get": {
+                "summary": "Training series (from the job's FT_METRICS lines) and system series",
+                "description": "Answers image/svg+xml (a loss chart) with Accept: image/svg+xml "
+                "or ?format=svg.",
+                "operationId": "getJobMetrics",
+                "security": _API_KEY,
+                "parameters": [*_PATH_IDS, *_METRICS_PARAMETERS],
+                "responses": {
+                    "200": {
+                        "description": "metrics",
+                        "content": {
+                            "application/json": {"schema": _ref(MetricsAnswer)},
+                            "image/svg+xml": {"schema": {"type": "string"}},
+                        },
+                    },
+                    **_errors(400, 404),
+                    **common,
+                },
+            }
+        },
         **_deployment_paths(common),
         "/healthz": {
             "get": {
@@ -268,8 +339,8 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "Baseten fine-tuning functions",
             "version": "1.0.0",
-            "description": "Start, read, list and stop Baseten training jobs; deploy their "
-            "checkpoints as Baseten models.",
+            "description": "Start, read, list and stop Baseten training jobs; read their logs, "
+            "metrics and progress; deploy their checkpoints as Baseten models.",
         },
         "paths": paths,
         "components": {

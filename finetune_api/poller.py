@@ -20,6 +20,9 @@ explicit ``since``, the poll reads every job instead (a *full sweep*, parsed as
 a stream, so memory stays bounded). Per-job work runs concurrently
 (``POLL_CONCURRENCY`` workers) under the client's shared rate limit; one job
 failing never stops the others.
+A job whose status changed to completed, failed or deploy_failed costs 1 more
+read: its newest log lines, for the event's ``summary`` or ``log_tail``
+(``explain``).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -92,6 +95,11 @@ class JobReader(Protocol):
     def list_projects(self) -> list[dict[str, Any]]: ...
     def get_job(self, project_id: str, job_id: str) -> dict[str, Any]: ...
     def list_checkpoints(self, project_id: str, job_id: str) -> list[dict[str, Any]]: ...
+
+
+# What a status-change event adds beyond the Job (a summary, a log tail); see
+# JobInsights.event_details. Called only for jobs whose status changed.
+Explainer = Callable[[Job], dict[str, Any]]
 
 
 class EventEmitter(Protocol):
@@ -203,6 +211,7 @@ def poll(
     now: datetime | None = None,
     serving: ServingWatch | None = None,
     *,
+    explain: Explainer | None = None,
     store: StateStore | None = None,
 ) -> PollReport:
     """Emit the events of ``[since, until=now]``; a Baseten failure listing jobs raises.
@@ -231,7 +240,15 @@ def poll(
         work, unreadable = _sweep_work(client, ledger, since, until)
 
     run = _PollRun(
-        settings, client, sink, since, until, ledger, replay=replay, serving=serving is not None
+        settings,
+        client,
+        sink,
+        since,
+        until,
+        ledger,
+        replay=replay,
+        serving=serving is not None,
+        explain=explain,
     )
     outcomes: list[_JobOutcome] = []
     if work:
@@ -430,8 +447,10 @@ class _PollRun:
         *,
         replay: bool = False,
         serving: bool = False,
+        explain: Explainer | None = None,
     ) -> None:
         self.settings = settings
+        self.explain = explain
         self.client = client
         self.sink = sink
         self.since = since
@@ -541,10 +560,10 @@ class _PollRun:
     def status_events(self, job: Job) -> list[Event]:
         """The events of ``job`` having reached its current status.
 
-        The one place a status change becomes events: add to it (e.g. a
-        summary on ``completed``) rather than around it.
+        The one place a status change becomes events: add to it rather than
+        around it. ``explain`` adds a summary or a log tail (one read).
         """
-        return [status_event(job)]
+        return [status_event(job, self._details(job))]
 
     def _remember(
         self,
@@ -604,6 +623,16 @@ class _PollRun:
             return None
         self._count(failed=False)
         return raw
+
+    def _details(self, job: Job) -> dict[str, Any] | None:
+        """A summary or log tail for the event; at most one Baseten request, never fatal."""
+        if self.explain is None:
+            return None
+        try:
+            return self.explain(job)
+        except Exception as error:  # noqa: BLE001 - the event goes out without details
+            log(_logger, logging.ERROR, "could not add details to an event", error=repr(error))
+            return None
 
     def _checkpoints(self, project_id: str, job_id: str) -> tuple[list[dict[str, Any]], str | None]:
         with self._lock:

@@ -77,6 +77,39 @@ def stop(request: Request, project_id: str, job_id: str) -> Response:
     return json_response(job.model_dump(mode="json"))
 
 
+def _query(request: Request) -> dict[str, str]:
+    """The query parameters, each at most once (a repeated one is a 400 naming it)."""
+    repeated = sorted(name for name in request.args if len(request.args.getlist(name)) > 1)
+    if repeated:
+        raise InvalidRequestError(
+            "query parameter(s) given more than once: " + ", ".join(repeated),
+            details=[
+                {"location": f"query.{name}", "reason": "given more than once"} for name in repeated
+            ],
+        )
+    return request.args.to_dict()
+
+
+def logs(request: Request, project_id: str, job_id: str) -> Response:
+    from .job_insights import log_query
+
+    query = log_query(_query(request))
+    return json_response(get_services().insights.logs(project_id, job_id, query))
+
+
+def metrics(request: Request, project_id: str, job_id: str) -> Response:
+    from .api import metrics_answer
+
+    answer, svg = metrics_answer(
+        project_id, job_id, _query(request), accept=request.headers.get("Accept")
+    )
+    if svg is not None:
+        return Response(svg, status=200, mimetype="image/svg+xml", headers={"Vary": "Accept"})
+    response = json_response(answer)
+    response.headers["Vary"] = "Accept"
+    return response
+
+
 def deploy(request: Request, project_id: str, job_id: str) -> Response:
     from .api import deploy_body
 
@@ -111,6 +144,7 @@ def poll(request: Request) -> Response:
         services.events,
         since,
         serving=services.serving,
+        explain=services.insights.event_details,
         store=services.poll_state,
     )
     return json_response(report.model_dump(mode="json"))
@@ -124,6 +158,8 @@ TRAIN_HANDLERS: dict[str, Any] = {
     "get_job": get_job,
     "checkpoints": checkpoints,
     "stop": stop,
+    "logs": logs,
+    "metrics": metrics,
     "deploy": deploy,
     "get_deployment": get_deployment,
     "deactivate": deactivate,

@@ -22,6 +22,7 @@ class Services:
     client: Any
     jobs: Any
     events: Any
+    insights: Any = None
     poll_state: Any = None
     deployments: Any = None
     serving: Any = None
@@ -35,6 +36,7 @@ def build_services(settings: Settings) -> Services:
     from .baseten_client import BasetenClient
     from .baseten_push import push_training_job
     from .events import EventSink, submitted_event
+    from .job_insights import JobInsights
     from .jobs import JobService
     from .poll_state import store_from_settings
     from .secrets import SecretStore
@@ -60,7 +62,8 @@ def build_services(settings: Settings) -> Services:
         except Exception:  # noqa: BLE001 - logged, the job exists either way
             get_logger("runtime").exception("could not emit training_job.submitted")
 
-    jobs = JobService(settings, client, push, announce)
+    insights = JobInsights(settings, client, secrets)
+    jobs = JobService(settings, client, push, announce, progress=insights.progress)
     deployments, serving = build_serving(settings, client, api_key)
     return Services(
         settings=settings,
@@ -68,6 +71,7 @@ def build_services(settings: Settings) -> Services:
         client=client,
         jobs=jobs,
         events=events,
+        insights=insights,
         poll_state=store_from_settings(settings),
         deployments=deployments,
         serving=serving,

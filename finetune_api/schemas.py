@@ -75,6 +75,12 @@ class Hyperparameters(BaseModel):
     lora_dropout: float = Field(default=0.05, ge=0, lt=1)
     # NumPy's seeding (transformers.set_seed) takes 0 to 2**32 - 1 and nothing more.
     seed: int = Field(default=42, ge=0, le=MAX_SEED)
+    validation_split: float = Field(
+        default=0.0,
+        ge=0,
+        lt=0.5,
+        description="fraction held out and evaluated at each epoch's end (0: no evaluation)",
+    )
 
 
 class Compute(BaseModel):
@@ -241,8 +247,22 @@ class Job(BaseModel):
     idempotent_replay: bool = False
 
 
+class Progress(BaseModel):
+    """How far a running or finished job got, from the newest lines of its log."""
+
+    step: int
+    total_steps: int | None = None
+    percent: float | None = None
+    epoch: float | None = None
+    latest_loss: float | None = None
+    eta_seconds: float | None = None
+
+
 class JobWithCheckpoints(Job):
     checkpoints: list[Checkpoint] = Field(default_factory=list)
+    progress: Progress | None = Field(
+        default=None, description="null before the job runs or when its script prints no steps"
+    )
 
 
 class JobList(BaseModel):

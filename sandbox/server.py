@@ -50,8 +50,9 @@ HOST = "127.0.0.1"
 #: The unknown field ``forward_compat`` mode adds to every object of an answer.
 UNKNOWN_FIELD = "sandbox_future_field"
 #: Objects left alone in that mode: truss passes ``creds`` to ``boto3.resource(**creds)``,
-#: so Baseten cannot add a field there without breaking every truss release.
-_NO_UNKNOWN_FIELD_UNDER = frozenset({"creds"})
+#: so Baseten cannot add a field there without breaking every truss release; the
+#: metrics' GPU maps are keyed by GPU rank (a new key there would be a new GPU).
+_NO_UNKNOWN_FIELD_UNDER = frozenset({"creds", "gpu_utilization", "gpu_memory_usage_bytes"})
 DEFAULT_BUCKET = "baseten-sandbox-training"
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
@@ -68,6 +69,9 @@ API_ROUTES = Map(
         Rule(_JOB, methods=["GET"], endpoint="get_job"),
         Rule(f"{_JOB}/stop", methods=["POST"], endpoint="stop_job"),
         Rule(f"{_JOB}/checkpoints", methods=["GET"], endpoint="checkpoints"),
+        # GET is current; the POST forms (JSON body) are deprecated but truss still calls them.
+        Rule(f"{_JOB}/logs", methods=["GET", "POST"], endpoint="logs"),
+        Rule(f"{_JOB}/metrics", methods=["GET", "POST"], endpoint="metrics"),
         Rule("/v1/training_jobs/search", methods=["POST"], endpoint="search"),
         *deployments.API_RULES,
     ]
@@ -86,6 +90,8 @@ CONTROL_ROUTES = Map(
         Rule("/_sandbox/jobs/<job_id>/status", methods=["POST"], endpoint="force_status"),
         Rule("/_sandbox/jobs/<job_id>/checkpoints", methods=["POST"], endpoint="add_checkpoint"),
         Rule("/_sandbox/jobs/<job_id>/advance", methods=["POST"], endpoint="advance_job"),
+        Rule("/_sandbox/jobs/<job_id>/logs", methods=["POST"], endpoint="append_logs"),
+        Rule("/_sandbox/jobs/<job_id>/logs/synthetic", methods=["POST"], endpoint="synthetic_logs"),
         Rule("/_sandbox/advance", methods=["POST"], endpoint="advance_all"),
         Rule("/_sandbox/seed", methods=["POST"], endpoint="seed"),
         Rule("/_sandbox/stats", methods=["GET"], endpoint="stats"),
@@ -123,6 +129,18 @@ def _json_body(request: Request) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise SandboxApiError(400, "VALIDATION_ERROR", "request body is not valid JSON") from exc
+
+
+def _params(request: Request) -> dict[str, Any]:
+    """Query parameters of a GET; the JSON body of the deprecated POST form."""
+    if request.method == "GET":
+        return dict(request.args.items())
+    body = _json_body(request)
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise SandboxApiError(400, "VALIDATION_ERROR", "body: expected a JSON object")
+    return body
 
 
 def _presented_key(header: str | None) -> str | None:
@@ -199,6 +217,10 @@ class SandboxApp:
             "stop_job": self._stop_job,
             "checkpoints": lambda r, p: Reply(200, s.checkpoints(p["project_id"], p["job_id"])),
             "search": lambda r, p: Reply(200, s.search(_json_body(r))),
+            "logs": lambda r, p: Reply(200, s.job_logs(p["project_id"], p["job_id"], _params(r))),
+            "metrics": lambda r, p: Reply(
+                200, s.job_metrics(p["project_id"], p["job_id"], _params(r))
+            ),
             **deployments.api_handlers(s.deployments, _json_body, Reply),
         }
         self._control: dict[str, Handler] = {
@@ -215,6 +237,10 @@ class SandboxApp:
                 201, {"checkpoint": s.add_checkpoint(p["job_id"], _json_body(r))}
             ),
             "advance_job": lambda r, p: Reply(200, s.advance(p["job_id"], _json_body(r))),
+            "append_logs": lambda r, p: Reply(201, s.append_logs(p["job_id"], _json_body(r))),
+            "synthetic_logs": lambda r, p: Reply(
+                201, s.synthesize_logs(p["job_id"], _json_body(r))
+            ),
             "advance_all": lambda r, p: Reply(200, s.advance(None, _json_body(r))),
             "seed": lambda r, p: Reply(201, s.seed(_json_body(r))),
             "stats": lambda r, p: Reply(200, s.stats()),
@@ -324,7 +350,12 @@ class SandboxApp:
         """Check ``reply`` against the spec (unless a test chose its body), then send it."""
         if self.state.get_config()["forward_compat"] and not isinstance(reply.body, str):
             reply = Reply(reply.status, with_unknown_fields(reply.body), reply.headers)
-        if operation is None or deliberate or isinstance(reply.body, str):
+        if (
+            operation is None
+            or deliberate
+            or isinstance(reply.body, str)
+            or not self.state.get_config()["check_answers"]
+        ):
             LEDGER.answered(validated=False)
             return reply
         validated, problem = vendored_spec().check_response(operation, reply.status, reply.body)
@@ -532,6 +563,14 @@ class Sandbox:
 
     def seed(self, **spec: Any) -> dict[str, Any]:
         return self.state.seed(spec)
+
+    def append_logs(self, job_id: str, lines: list[Any], spacing_ns: int = 1000) -> dict[str, Any]:
+        """Add lines to a job's log (strings, or ``{message, replica?, level?, timestamp?}``)."""
+        return self.state.append_logs(job_id, {"lines": lines, "spacing_ns": spacing_ns})
+
+    def synthesize_logs(self, job_id: str, **spec: Any) -> dict[str, Any]:
+        """Replace a job's log with a finished run of ``steps`` steps ending now."""
+        return self.state.synthesize_logs(job_id, spec)
 
     def stats(self) -> dict[str, Any]:
         return self.state.stats()

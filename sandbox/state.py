@@ -34,6 +34,7 @@ from typing import Any
 
 from sandbox.errors import SandboxApiError
 from sandbox.s3 import S3Gateway
+from sandbox.training_logs import TrainingLogs
 
 PENDING = "TRAINING_JOB_PENDING"
 CREATED = "TRAINING_JOB_CREATED"
@@ -118,6 +119,10 @@ class Config:
     capacity_short: bool = False
     #: Unknown fields on every object and an unknown status on the clock's path.
     forward_compat: bool = False
+    #: Every answer is checked against the spec's response schema (sandbox.conformance).
+    #: Benchmarks turn it off: jsonschema spends ~0.1 s on a 1,000-line logs page,
+    #: a cost of the sandbox, not of Baseten or of the client under test.
+    check_answers: bool = True
 
     def public(self) -> dict[str, Any]:
         """Everything but the API key."""
@@ -145,7 +150,7 @@ def _check_config_value(key: str, value: Any) -> None:
     elif key == "api_key":
         if not isinstance(value, str) or not value:
             raise bad("expected a non-empty string")
-    elif key in ("capacity_short", "forward_compat"):
+    elif key in ("capacity_short", "forward_compat", "check_answers"):
         if not isinstance(value, bool):
             raise bad("expected a boolean")
     elif key == "running_steps":
@@ -347,6 +352,7 @@ class SandboxState:
         self._allowed: deque[int] = deque()
         self._stats = Stats()
         self._seq = 0
+        self.training = TrainingLogs()
         from sandbox.deployments import DeploymentStore
 
         self.deployments = DeploymentStore(self)
@@ -381,6 +387,7 @@ class SandboxState:
             self._faults.clear()
             self._allowed.clear()
             self._stats = Stats()
+            self.training.reset()
             self.s3.forget_bucket()
             self.deployments.reset()
 
@@ -607,6 +614,15 @@ class SandboxState:
         project = self._projects.get(job.project_id)
         if project is not None:
             project.updated_us = max(project.updated_us, at_us)
+        step = self.config.step_seconds
+        self.training.on_status(
+            job.id,
+            job.request,
+            status,
+            at_us * 1000,
+            run_seconds=step * self.config.running_steps if step else None,
+            error_message=error_message,
+        )
 
     @staticmethod
     def _passing_unknown(job: Job) -> bool:
@@ -903,6 +919,33 @@ class SandboxState:
                 attr = "created_us" if item["field"] == "created_at" else "updated_us"
                 jobs.sort(key=attrgetter(attr), reverse=item["order"] == "desc")
             return {"training_jobs": [self._job_json(j) for j in jobs]}
+
+    # ------------------------------------------------- logs and metrics (training_logs.py)
+
+    def job_logs(self, project_id: str, job_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            self._advance_all(self.now_us())
+            job = self._job_or_404(project_id, job_id)
+            return self.training.logs(job.id, params, self.now_us() * 1000)
+
+    def job_metrics(self, project_id: str, job_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            self._advance_all(self.now_us())
+            job = self._job_or_404(project_id, job_id)
+            return self.training.metrics(job.id, self._job_json(job), params, self.now_us() * 1000)
+
+    def append_logs(self, job_id: str, body: Any) -> dict[str, Any]:
+        with self._lock:
+            job = self._control_job(job_id)
+            return self.training.append(job.id, body, self.now_us() * 1000)
+
+    def synthesize_logs(self, job_id: str, body: Any) -> dict[str, Any]:
+        with self._lock:
+            job = self._control_job(job_id)
+            result = self.training.synthesize(job.id, job.request, body, self.now_us() * 1000)
+            # The run began before the job existed: backdate the job to its start.
+            job.created_us = min(job.created_us, result["first_ns"] // 1000 - 1_000_000)
+            return result
 
     # ---------------------------------------------------------- checkpoints
 

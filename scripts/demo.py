@@ -4,9 +4,12 @@ Starts an S3-compatible server (moto), the Baseten sandbox, a webhook receiver
 that verifies signatures, and the `train_http` and `poll_jobs` functions under
 real functions-framework processes (the same loopback helpers the tests use);
 submits the recipe's example job over HTTP, polls until the job finishes, and
-shows every event and checkpoint; then deploys the final checkpoint as a model,
-waits for it to go active, asks it one question through its OpenAI-style
-chat-completions endpoint, prints the answer and deactivates the deployment.
+shows every event and checkpoint, a live progress bar (step/total, loss, ETA)
+from the job's own log lines, and writes the loss curve as SVG (``demo-output/``
+in the current folder, or ``DEMO_OUTPUT_DIR``); then deploys the final
+checkpoint as a model, waits for it to go active, asks it one question through
+its OpenAI-style chat-completions endpoint, prints the answer and deactivates
+the deployment.
 No Baseten account is needed and nothing costs money. Everything started here
 is stopped on exit, Ctrl-C included.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import secrets
 import signal
 import sys
@@ -35,15 +39,59 @@ from loopback.webhook_receiver import WebhookReceiver
 REQUEST = {
     "dataset_id": "HuggingFaceH4/Multilingual-Thinking",
     "model_id": "openai/gpt-oss-20b",
-    "hyperparameters": {"num_epochs": 2, "lora_rank": 32, "learning_rate": 0.0001},
+    # Two epochs over the sandbox's two running steps: a checkpoint at each epoch's end.
+    "hyperparameters": {
+        "num_epochs": 2,
+        "lora_rank": 32,
+        "learning_rate": 0.0001,
+        "validation_split": 0.1,
+    },
     "compute": {"accelerator": "H100", "gpu_count": 1},
 }
 STEP_SECONDS = 2.0
 QUESTION = "In one sentence: what did you learn from your fine-tuning data?"
+BAR_WIDTH = 30
+
+
+def progress_bar(progress: dict[str, Any]) -> str:
+    """``[#########.....]  25/50 steps  loss 1.234  ETA 4 s`` from a Job's ``progress``."""
+    total = progress.get("total_steps") or 0
+    done = round(BAR_WIDTH * (progress.get("percent") or 0) / 100)
+    bar = "#" * done + "." * (BAR_WIDTH - done)
+    loss = progress.get("latest_loss")
+    eta = progress.get("eta_seconds")
+    parts = [f"[{bar}] {progress['step']:>4}/{total} steps"]
+    if loss is not None:
+        parts.append(f"loss {loss:.3f}")
+    if eta is not None:
+        parts.append(f"ETA {eta:.0f} s")
+    return "  ".join(parts)
 
 
 def say(text: str) -> None:
     print(text, flush=True)
+
+
+class Bar:
+    """One progress line, redrawn in place on a terminal (one line per change otherwise)."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stdout.isatty()
+        self.last = ""
+
+    def show(self, text: str) -> None:
+        if text == self.last:
+            return
+        self.last = text
+        if self.tty:
+            print(f"\r  {text}", end="", flush=True)
+        else:
+            say(f"  {text}")
+
+    def end(self) -> None:
+        if self.tty and self.last:
+            print(flush=True)
+        self.last = ""
 
 
 def show(title: str, body: Any) -> None:
@@ -96,27 +144,46 @@ def main() -> int:
         seen = 0
         status = job["status"]
         finished = False
+        bar = Bar()
         deadline = time.monotonic() + 60
         while not finished and time.monotonic() < deadline:
-            time.sleep(STEP_SECONDS / 2)
+            time.sleep(STEP_SECONDS / 4)
             current = requests.get(path, timeout=30).json()
             if current["status"] != status:
                 status = current["status"]
                 count = len(current["checkpoints"])
+                bar.end()
                 say(f"job {current['training_job_id']}: {status} ({count} checkpoint(s))")
+            if current.get("progress"):
+                bar.show(progress_bar(current["progress"]))
             finished = status in {"completed", "failed", "stopped", "deploy_failed"}
             # What Cloud Scheduler does every few minutes; the last poll sees the end.
             report = requests.post(poll, json={}, timeout=60).json()
             # The poll remembers what it delivered, so each notice arrives once;
             # a receiver still keeps only the first delivery of each webhook-id.
             received = list(receiver.unique_events.values())
+            if received[seen:]:
+                bar.end()
             for event in received[seen:]:
                 extra = event["data"].get("checkpoint", {}).get("checkpoint_id", "")
                 say(f"  webhook {event['id']} (verified): {event['type']} {extra}".rstrip())
+                if event["data"].get("summary"):
+                    say(f"    summary: {json.dumps(event['data']['summary'])}")
             seen = len(received)
+        bar.end()
         show("\nLast poll report:", report)
         final = requests.get(path, timeout=30).json()
         show(f"$ curl {path}", final)
+        metrics = requests.get(f"{path}/metrics", params={"points": 20}, timeout=60).json()
+        if metrics.get("training"):
+            show(f"$ curl {path}/metrics  (summary)", metrics["training"]["summary"])
+        chart = requests.get(f"{path}/metrics", params={"format": "svg"}, timeout=60)
+        if chart.status_code == 200:
+            out_dir = Path(os.environ.get("DEMO_OUTPUT_DIR") or "demo-output")
+            out_dir.mkdir(parents=True, exist_ok=True)
+            chart_path = out_dir / f"loss-curve-{job['training_job_id']}.svg"
+            chart_path.write_text(chart.text, encoding="utf-8")
+            say(f"\nLoss curve (SVG): {chart_path.resolve()}")
         say(
             f"\nDone: job {status}; {seen} signed webhook(s) verified "
             "(duplicates dropped by webhook-id)."

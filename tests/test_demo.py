@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,10 +26,12 @@ def _demo_processes() -> list[int]:
     return found
 
 
-def test_make_run_demo_completes_a_job() -> None:
+def test_make_run_demo_completes_a_job(tmp_path: Path) -> None:
+    env = {**os.environ, "DEMO_OUTPUT_DIR": str(tmp_path)}
     done = subprocess.run(
         [sys.executable, "-m", "scripts.demo"],
         cwd=ROOT,
+        env=env,
         capture_output=True,
         text=True,
         timeout=180,
@@ -43,3 +47,9 @@ def test_make_run_demo_completes_a_job() -> None:
     assert "  answer: Hello from " in out and "You said: In one sentence" in out
     assert "→ deployment inactive" in out
     assert _demo_processes() == []
+    # A progress bar from the job's own lines, and the loss curve written where it says.
+    bars = re.findall(r"\[[#.]{30}\]\s+(\d+)/(\d+) steps  loss [\d.]+", out)
+    assert bars and bars[-1][0] == bars[-1][1]
+    [chart] = tmp_path.glob("loss-curve-*.svg")
+    assert f"Loss curve (SVG): {chart}" in out
+    assert 'id="loss"' in chart.read_text() and 'id="eval_loss"' in chart.read_text()

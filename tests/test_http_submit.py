@@ -80,6 +80,7 @@ def test_submit_creates_the_requested_job(
         "lora_alpha": 32,
         "lora_dropout": 0.05,
         "seed": 42,
+        "validation_split": 0.0,
     }
     compute = recorded["request"]["compute"]
     assert compute["accelerator"] == {"accelerator": "A100", "count": 4}

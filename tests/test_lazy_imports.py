@@ -1,4 +1,5 @@
-"""Start-up stays light: truss loads only for a submit, pydantic only when validating."""
+"""Start-up stays light: truss loads only for a submit, pydantic only when validating,
+matplotlib only to draw a chart."""
 
 from __future__ import annotations
 
@@ -19,8 +20,12 @@ after_health = {m: m in sys.modules for m in ("truss", "truss_train", "pydantic"
 # A read route talks to Baseten (here: nothing listens) but never needs truss.
 status = client.get("/jobs/p1/j1").status_code
 assert client.get("/deployments/m1/d1").status_code == 503
-after_read = {m: m in sys.modules for m in ("truss", "truss_train")}
-seen = {"start": after_start, "health": after_health, "read": after_read, "status": status}
+after_read = {m: m in sys.modules for m in ("truss", "truss_train", "matplotlib")}
+# The metrics route (JSON) fails the same way, and never loads the plotting library.
+metrics_status = client.get("/jobs/p1/j1/metrics").status_code
+after_metrics = "matplotlib" in sys.modules
+seen = {"start": after_start, "health": after_health, "read": after_read, "status": status,
+        "metrics": [metrics_status, after_metrics], "start_mpl": "matplotlib" in sys.modules}
 print(json.dumps(seen))
 """
 
@@ -39,5 +44,6 @@ def test_truss_and_pydantic_are_not_imported_at_start() -> None:
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["start"] == {"truss": False, "truss_train": False, "pydantic": False}
     assert seen["health"] == {"truss": False, "truss_train": False, "pydantic": False}
-    assert seen["read"] == {"truss": False, "truss_train": False}
+    assert seen["read"] == {"truss": False, "truss_train": False, "matplotlib": False}
+    assert seen["metrics"] == [503, False]
     assert seen["status"] == 503

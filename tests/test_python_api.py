@@ -149,3 +149,21 @@ def test_each_submission_is_validated_once(
     api.submit_body({"dataset_id": DATASET, "model_id": MODEL}, idempotency_key="once-b")
     assert len(validations) == 2
     assert len(configured.jobs()) == 2
+
+
+def test_logs_and_metrics_functions_raise_the_same_exceptions(configured: Sandbox) -> None:
+    seeded = configured.seed(status="TRAINING_JOB_COMPLETED")
+    project_id, job_id = seeded["projects"][0]["id"], seeded["job_ids"][0]
+    configured.synthesize_logs(job_id, steps=60, seconds=30)
+    page = finetune_api.job_logs(project_id, job_id, limit=10, order="desc")
+    assert len(page["data"]) == 10 and page["has_more"] is True
+    answer = finetune_api.job_metrics(project_id, job_id, points=20)
+    assert answer["training"]["summary"]["step"] == 60
+    assert finetune_api.job_metrics_svg(project_id, job_id).startswith("<?xml")
+    with pytest.raises(finetune_api.InvalidRequestError) as caught:
+        finetune_api.job_logs(project_id, job_id, limit=5000)
+    assert caught.value.status == 400 and caught.value.body["error"]["details"] == [
+        {"location": "limit", "reason": "must be an integer from 1 to 1000"}
+    ]
+    with pytest.raises(finetune_api.NotFoundError):
+        finetune_api.job_metrics(project_id, "nosuchjob")

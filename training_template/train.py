@@ -12,6 +12,14 @@ template) or a ``text`` column are supported; any other shape stops the job with
 one-line reason. Writes, under BT_CHECKPOINT_DIR, one ``checkpoint-<step>`` per epoch
 and ``final/`` (LoRA adapter, tokenizer, training_summary.json).
 
+Progress is reported in machine-readable log lines: the marker ``FT_METRICS`` and one
+JSON object, one line per optimizer step (``type`` "step": step, total_steps, epoch,
+loss, learning_rate, grad_norm, tokens_per_second, tokens_seen), one per evaluation
+(``type`` "eval": step, total_steps, epoch, eval_loss; with validation_split > 0, at
+each epoch's end) and one at the end (``type`` "summary": step, total_steps, epoch,
+final_loss, best_eval_loss, runtime_seconds). The service reads these lines from the
+job's log for GET .../metrics, progress and events; a custom script can print the same.
+
 Uses bf16 on GPUs that support it, every GPU of every node (it re-launches itself
 under torchrun when there are several), and the CPU when there is no GPU.
 
@@ -48,6 +56,8 @@ LOGGING_STEPS = 1
 MASTER_PORT = 29500
 # transformers.set_seed seeds NumPy, which takes 0 to 2**32 - 1.
 MAX_SEED = 2**32 - 1
+# The marker of the machine-readable progress lines (see the module docstring).
+METRICS_MARKER = "FT_METRICS "
 
 # Local data files that DATASET_ID may point at, and the `datasets` builder for each.
 DATA_FILE_BUILDERS = {
@@ -77,6 +87,7 @@ class Hyperparameters:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     seed: int = 42
+    validation_split: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +160,8 @@ def parse_hyperparameters(raw: Any) -> Hyperparameters:
         problems.append("lora_dropout must be in [0, 1)")
     if not 0 <= hp.seed <= MAX_SEED:
         problems.append(f"seed must be in [0, {MAX_SEED}]")
+    if not 0 <= hp.validation_split < 0.5:
+        problems.append("validation_split must be in [0, 0.5)")
     if problems:
         raise TemplateError("RUNTIME_CONFIG: " + "; ".join(problems))
     return hp
@@ -392,18 +405,70 @@ def preview_example(example: Mapping[str, Any], fmt: str, tokenizer: Any, limit:
 # --------------------------------------------------------------------------- trainer
 
 
-def _log_callback() -> Any:
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def metrics_line(record: Mapping[str, Any]) -> str:
+    """``FT_METRICS {json}``: the machine-readable progress line (numbers or null)."""
+    return METRICS_MARKER + json.dumps(record, separators=(",", ":"), allow_nan=False)
+
+
+def split_validation(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any]:
+    """(train, validation): ``fraction`` of the examples held out, at least one each."""
+    if fraction <= 0:
+        return dataset, None
+    if len(dataset) < 2:
+        raise TemplateError("validation_split needs at least 2 examples in the dataset")
+    held_out = min(len(dataset) - 1, max(1, round(len(dataset) * fraction)))
+    parts = dataset.train_test_split(test_size=held_out, seed=seed, shuffle=True)
+    return parts["train"], parts["test"]
+
+
+def _metrics_callback() -> Any:
     from transformers import TrainerCallback
 
-    class JsonLogCallback(TrainerCallback):  # type: ignore[misc]
-        """One 'progress {json}' line per trainer log (loss, learning rate, epoch)."""
+    class MetricsLineCallback(TrainerCallback):  # type: ignore[misc]
+        """One FT_METRICS line per optimizer step and per evaluation (main process only)."""
+
+        def __init__(self) -> None:
+            self._last: tuple[float, int] | None = None
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            self._last = (time.monotonic(), state.num_input_tokens_seen)
 
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **_: Any) -> None:
-            if state.is_world_process_zero and logs:
-                record = {"step": state.global_step, "max_steps": state.max_steps, **logs}
-                log.info("progress %s", json.dumps(record, default=str))
+            if not state.is_world_process_zero or not logs:
+                return
+            common = {
+                "step": state.global_step,
+                "total_steps": state.max_steps,
+                "epoch": _finite(logs.get("epoch", state.epoch)),
+            }
+            if "eval_loss" in logs:
+                record = {"type": "eval", **common, "eval_loss": _finite(logs["eval_loss"])}
+            elif "loss" in logs:
+                now, tokens = time.monotonic(), state.num_input_tokens_seen
+                rate = None
+                if self._last is not None and now > self._last[0]:
+                    rate = round((tokens - self._last[1]) / (now - self._last[0]), 1)
+                self._last = (now, tokens)
+                record = {
+                    "type": "step",
+                    **common,
+                    "loss": _finite(logs["loss"]),
+                    "learning_rate": _finite(logs.get("learning_rate")),
+                    "grad_norm": _finite(logs.get("grad_norm")),
+                    "tokens_per_second": rate,
+                    "tokens_seen": tokens,
+                }
+            else:
+                return
+            log.info("%s", metrics_line(record))
 
-    return JsonLogCallback()
+    return MetricsLineCallback()
 
 
 def build_trainer(
@@ -416,30 +481,46 @@ def build_trainer(
     use_cuda: bool,
     bf16: bool,
     distributed: bool,
+    eval_dataset: Any = None,
 ) -> Any:
     """An SFTTrainer with a LoRA adapter, every hyperparameter applied."""
     from transformers import PrinterCallback
     from trl import SFTTrainer
 
     args, peft_config = trainer_configs(
-        hp, output_dir, use_cuda=use_cuda, bf16=bf16, distributed=distributed
+        hp,
+        output_dir,
+        use_cuda=use_cuda,
+        bf16=bf16,
+        distributed=distributed,
+        evaluate=eval_dataset is not None,
     )
     trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=dataset,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[_log_callback()],
+        callbacks=[_metrics_callback()],
     )
-    trainer.remove_callback(PrinterCallback)  # the JSON progress lines replace its prints
+    trainer.remove_callback(PrinterCallback)  # the FT_METRICS lines replace its prints
     return trainer
 
 
 def trainer_configs(
-    hp: Hyperparameters, output_dir: Path, *, use_cuda: bool, bf16: bool, distributed: bool
+    hp: Hyperparameters,
+    output_dir: Path,
+    *,
+    use_cuda: bool,
+    bf16: bool,
+    distributed: bool,
+    evaluate: bool = False,
 ) -> tuple[Any, Any]:
-    """The SFTConfig and LoraConfig that carry every hyperparameter to the trainer."""
+    """The SFTConfig and LoraConfig that carry every hyperparameter to the trainer.
+
+    ``evaluate``: a validation split exists, evaluated at each epoch's end.
+    """
     from peft import LoraConfig
     from trl import SFTConfig
 
@@ -447,6 +528,9 @@ def trainer_configs(
         output_dir=str(output_dir),
         num_train_epochs=hp.num_epochs,
         per_device_train_batch_size=hp.batch_size,
+        per_device_eval_batch_size=hp.batch_size,
+        eval_strategy="epoch" if evaluate else "no",
+        include_num_input_tokens_seen="non_padding",
         gradient_accumulation_steps=hp.gradient_accumulation_steps,
         learning_rate=hp.learning_rate,
         max_length=hp.max_seq_length,
@@ -540,6 +624,9 @@ def train(config: RuntimeConfig, environ: Mapping[str, str]) -> dict[str, Any]:
         # tokenizer without a chat template.
         first_example = preview_example(dataset[0], fmt, tokenizer)
         model = load_model(config.model_id, token, use_cuda, bf16)
+    dataset, eval_dataset = split_validation(dataset, hp.validation_split, hp.seed)
+    if eval_dataset is not None:
+        log.info("holding out %d examples for evaluation at each epoch's end", len(eval_dataset))
     log.info(
         "dataset: %d examples, format %r; expecting %d optimizer steps",
         len(dataset),
@@ -557,6 +644,7 @@ def train(config: RuntimeConfig, environ: Mapping[str, str]) -> dict[str, Any]:
         use_cuda=use_cuda,
         bf16=bf16,
         distributed=distributed,
+        eval_dataset=eval_dataset,
     )
     result = trainer.train()
     final_dir = out_dir / FINAL_DIR
@@ -581,6 +669,25 @@ def train(config: RuntimeConfig, environ: Mapping[str, str]) -> dict[str, Any]:
             "log_history": trainer.state.log_history,
             "runtime_seconds": round(time.monotonic() - started, 3),
         }
+        eval_losses = [
+            entry["eval_loss"]
+            for entry in trainer.state.log_history
+            if _finite(entry.get("eval_loss")) is not None
+        ]
+        log.info(
+            "%s",
+            metrics_line(
+                {
+                    "type": "summary",
+                    "step": trainer.state.global_step,
+                    "total_steps": trainer.state.max_steps,
+                    "epoch": _finite(trainer.state.epoch),
+                    "final_loss": losses[-1],
+                    "best_eval_loss": min(eval_losses) if eval_losses else None,
+                    "runtime_seconds": summary["runtime_seconds"],
+                }
+            ),
+        )
         final_dir.mkdir(parents=True, exist_ok=True)
         (final_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
         log.info(

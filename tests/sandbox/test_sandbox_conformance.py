@@ -63,6 +63,9 @@ def _walk_with_truss(truss_api: Any, sandbox: Sandbox, tmp_path: Path) -> str:
     truss_api.list_training_job_checkpoints(project["id"], job["id"])
     sandbox.advance(job["id"], steps=3)
     truss_api.list_training_job_checkpoints(project["id"], job["id"])
+    # truss still reads logs and metrics through the deprecated POST forms.
+    truss_api.get_training_job_logs(project["id"], job["id"])
+    truss_api.get_training_job_metrics(project["id"], job["id"])
     truss_api.stop_training_job(project["id"], job["id"])
     status: str = truss_api.get_training_job(project["id"], job["id"])["training_job"][
         "current_status"
@@ -81,6 +84,17 @@ def _walk_with_client(client: BasetenClient, sandbox: Sandbox) -> list[dict[str,
     client.search_jobs(newest_first=False)
     client.get_job(project["id"], job_id)
     [checkpoint] = client.list_checkpoints(project["id"], job_id)
+    now_ms = sandbox.state.now_us() // 1000
+    client.get_logs(project["id"], job_id, start_ms=now_ms - 60_000, end_ms=now_ms + 1000)
+    client.get_logs(
+        project["id"],
+        job_id,
+        start_ms=now_ms - 3_600_000,
+        end_ms=now_ms,
+        direction="desc",
+        min_level="INFO",
+    )
+    client.get_metrics(project["id"], job_id, start_ms=None, end_ms=None)
     client.stop_job(project["id"], job_id)
     _walk_serving(client, sandbox, project["id"], job_id, checkpoint["checkpoint_id"])
     return jobs

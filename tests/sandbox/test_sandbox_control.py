@@ -145,6 +145,7 @@ def test_config_defaults_and_validation(http: Http) -> None:
         "running_steps": 2,
         "capacity_short": False,
         "forward_compat": False,
+        "check_answers": True,
     }
     for bad in [
         {"latency_ms": -1},
@@ -153,6 +154,7 @@ def test_config_defaults_and_validation(http: Http) -> None:
         {"fail_new_jobs": 3},
         {"capacity_short": 1},
         {"forward_compat": "yes"},
+        {"check_answers": None},
         {"nope": 1},
     ]:
         assert http.control("POST", "config", bad).status_code == 400, bad

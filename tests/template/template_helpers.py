@@ -49,6 +49,7 @@ EXAMPLE_RUNTIME_CONFIG: dict[str, Any] = {
         "lora_alpha": 32,
         "lora_dropout": 0.05,
         "seed": 42,
+        "validation_split": 0.0,
     },
     "compute": {"accelerator": None, "gpu_count": None, "node_count": None},
     "hf_token_secret_name": "hf_access_token",
@@ -156,14 +157,16 @@ class TrainRun:
         return loaded
 
     @property
+    def metrics(self) -> list[dict[str, Any]]:
+        """The records of train.py's FT_METRICS lines on stdout, read by the service's parser."""
+        from finetune_api.training_metrics import parse_line
+
+        return [record for line in self.stdout.splitlines() if (record := parse_line(line))]
+
+    @property
     def progress(self) -> list[dict[str, Any]]:
-        """The JSON records of train.py's 'progress' log lines on stdout."""
-        records = []
-        for line in self.stdout.splitlines():
-            _, marker, payload = line.partition(" train: progress ")
-            if marker:
-                records.append(json.loads(payload))
-        return records
+        """The step records (one per optimizer step)."""
+        return [record for record in self.metrics if record["type"] == "step"]
 
     def describe(self) -> str:
         return f"rc={self.returncode}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"

@@ -159,7 +159,7 @@ def test_text_run_steps_follow_epochs_batch_size_and_accumulation(
         N_EXAMPLES, train_py.Hyperparameters(**TEXT_HP)
     )
     assert summary["epochs"] == pytest.approx(TEXT_HP["num_epochs"])
-    assert summary["hyperparameters"] == TEXT_HP
+    assert summary["hyperparameters"] == {**TEXT_HP, "validation_split": 0.0}
     assert summary["dataset_format"] == "text"
 
 
@@ -168,7 +168,7 @@ def test_text_run_applies_learning_rate_and_max_seq_length(text_run: TrainRun) -
     peak = max(record["learning_rate"] for record in records if "learning_rate" in record)
     assert peak == pytest.approx(TEXT_HP["learning_rate"])
     # Every example is truncated to max_seq_length tokens, every epoch.
-    tokens_seen = max(record.get("num_tokens", 0) for record in records)
+    tokens_seen = max(record["tokens_seen"] for record in records)
     assert tokens_seen == N_EXAMPLES * TEXT_HP["max_seq_length"] * TEXT_HP["num_epochs"]
 
 

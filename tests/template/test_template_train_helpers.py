@@ -96,6 +96,8 @@ def test_train_py_honours_exactly_the_hyperparameters_the_service_accepts(
         ({"num_epochs": 0}, "num_epochs must be >= 1"),
         ({"seed": -1}, "seed must be in [0, 4294967295]"),
         ({"seed": 2**32}, "seed must be in [0, 4294967295]"),
+        ({"validation_split": 0.5}, "validation_split must be in [0, 0.5)"),
+        ({"validation_split": -0.1}, "validation_split must be in [0, 0.5)"),
         ([], "'hyperparameters' must be an object"),
     ],
 )

@@ -1,0 +1,102 @@
+"""Response schemas of the logs and metrics routes (documentation: they feed /openapi.json).
+
+The answers themselves are built as plain dicts by :mod:`.job_insights` (a
+100,000-step series is not worth a pydantic object per point); these models
+describe exactly those dicts, and a test holds the two together.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Exact(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LogLine(_Exact):
+    timestamp: str = Field(description="RFC 3339, UTC, nanoseconds kept")
+    message: str = Field(description="the line as printed; known secrets replaced by [REDACTED]")
+    replica: str | None = Field(description="the replica (node) that printed it")
+    level: str | None = Field(description="DEBUG, INFO, WARNING or ERROR when Baseten detected one")
+
+
+class LogPage(_Exact):
+    data: list[LogLine]
+    next_cursor: str | None = Field(
+        description="pass as ?cursor= for the next page; also set when nothing more is there "
+        "yet but a running job may still print (oldest-first without until)"
+    )
+    has_more: bool = Field(description="more lines exist now beyond this page")
+
+
+class StepPoint(_Exact):
+    step: int
+    timestamp: str
+    epoch: float | None
+    loss: float | None
+    learning_rate: float | None
+    grad_norm: float | None
+    tokens_per_second: float | None
+
+
+class EvalPoint(_Exact):
+    step: int
+    timestamp: str
+    epoch: float | None
+    eval_loss: float | None
+
+
+class TrainingSummary(_Exact):
+    step: int
+    total_steps: int | None
+    percent: float | None
+    epoch: float | None
+    latest_loss: float | None
+    best_eval_loss: float | None
+    eta_seconds: float | None = Field(description="0 once completed; null when unknown or ended")
+    tokens_per_second: float | None = Field(description="mean over the last 50 steps")
+
+
+class SeriesCounts(_Exact):
+    steps: int = Field(description="step lines before downsampling")
+    evaluations: int
+
+
+class TrainingMetrics(_Exact):
+    steps: list[StepPoint] = Field(description="at most `points`, min/max per bucket kept")
+    evaluations: list[EvalPoint]
+    points: SeriesCounts
+    summary: TrainingSummary | None
+
+
+class SystemPoint(_Exact):
+    timestamp: str
+    value: float
+
+
+class NodeMetrics(_Exact):
+    node_id: str
+    gpu_utilization: dict[str, list[SystemPoint]] = Field(description="GPU rank -> 0..1 series")
+    gpu_memory_usage_bytes: dict[str, list[SystemPoint]]
+    cpu_usage: list[SystemPoint] = Field(description="cores")
+    cpu_memory_usage_bytes: list[SystemPoint]
+    ephemeral_storage_usage_bytes: list[SystemPoint]
+
+
+class SystemMetrics(_Exact):
+    nodes: list[NodeMetrics]
+
+
+class MetricsAnswer(_Exact):
+    training_project_id: str
+    training_job_id: str
+    job_name: str | None
+    status: str
+    training: TrainingMetrics | None = Field(
+        description="from the job's FT_METRICS lines; null when its script printed none"
+    )
+    system: SystemMetrics = Field(description="Baseten's system metrics, per node")
+
+
+__all__ = ["LogLine", "LogPage", "MetricsAnswer"]
