@@ -161,8 +161,8 @@ def _env(proxy: str, tmp: Path, lookback: int) -> dict[str, str]:
         "BASETEN_API_URL": proxy,
         "BASETEN_MAX_REQUESTS_PER_SECOND": "90",
         "POLL_LOOKBACK_SECONDS": str(lookback),
-        # The sandbox takes long to answer a 100,000-job search (see above).
-        "BASETEN_TIMEOUT_SECONDS": "600",
+        # The sandbox takes a while to build a 100,000-job answer.
+        "BASETEN_TIMEOUT_SECONDS": "120",
         "POLL_STATE_FILE": str(tmp / "state" / "poll-state.json"),
     }
 
@@ -219,7 +219,9 @@ def _start_running(bt: dict[str, Any]) -> None:
             "name_prefix": "live",
         },
     )
-    _control(bt["sandbox"].url, "config", {"latency_ms": bt["latency_ms"]})
+    # The sandbox's check of each answer against Baseten's spec (jsonschema, ~50 s
+    # of its CPU for a 100,000-job answer) is a cost Baseten does not have.
+    _control(bt["sandbox"].url, "config", {"latency_ms": bt["latency_ms"], "check_answers": False})
 
 
 def _first_poll(bt: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
@@ -239,8 +241,7 @@ def _first_poll(bt: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
     assert report["full_sweep"] and report["state_saved"], report
     return {
         "ms": report["duration_ms"],
-        # The sandbox builds and checks its whole answer against Baseten's OpenAPI
-        # document before sending a byte: at 100,000 jobs that is most of the time.
+        # How long the sandbox took to start answering (it builds the whole answer first).
         "baseten_answer_wait_ms": round(wait * 1000),
         "bytes": sent,
         "requests": count,
@@ -276,8 +277,7 @@ def run(
         firsts = [first_by_index[i] for i in range(len(sizes))]
 
         # The steady processes use a deployment's lookback: a full sweep of
-        # 100,000 jobs from the sandbox (which checks its whole answer against
-        # the OpenAPI document) outlasts the short one above.
+        # 100,000 jobs outlasts the short one above.
         steady_envs = [{**env, "POLL_LOOKBACK_SECONDS": str(STEADY_LOOKBACK)} for env in envs]
         functions = [launch("poll_jobs", env, threads=1) for env in steady_envs]
         for function in functions:
