@@ -21,8 +21,9 @@ usage() {
 Usage: $SCRIPT_NAME --project PROJECT --region REGION [options]
 
 Deploys train_http, train_pubsub and poll_jobs as Cloud Run functions (gen2,
-python312), a Pub/Sub topic, two service accounts, the IAM bindings they need
-and a Cloud Scheduler job that calls poll_jobs. Safe to run again.
+python312), a Pub/Sub topic, two service accounts, a Cloud Storage bucket for
+the poll's state, the IAM bindings they need and a Cloud Scheduler job that
+calls poll_jobs. Safe to run again.
 
 Required (flag or environment variable):
   --project ID                 GCP project                  [GOOGLE_CLOUD_PROJECT]
@@ -51,6 +52,9 @@ Names (all but the secrets get --name-prefix in front):
                                                                    [RUNTIME_SA_NAME]
   --scheduler-sa NAME          scheduler service account id (finetune-scheduler)
                                                                  [SCHEDULER_SA_NAME]
+  --state-bucket NAME          bucket of the poll's state, created in --region
+                               (PREFIXPROJECT-finetune-state; no prefix added)
+                                                                      [STATE_BUCKET]
 
 Behaviour:
   --schedule CRON              poll schedule ("*/5 * * * *")              [SCHEDULE]
@@ -67,8 +71,8 @@ Behaviour:
   --dry-run                    print the gcloud commands instead of running them
                                (lookups are not run: everything is assumed missing)
                                                                          [DRY_RUN=1]
-  --teardown                   delete what this script creates (not the secrets,
-                               not the enabled APIs)
+  --teardown                   delete what this script creates, the state bucket
+                               included (not the secrets, not the enabled APIs)
   -h, --help                   this text
 EOF
 }
@@ -90,6 +94,7 @@ TOPIC=${TOPIC:-training-requests}
 SCHEDULER_JOB=${SCHEDULER_JOB:-poll-training-jobs}
 RUNTIME_SA_NAME=${RUNTIME_SA_NAME:-finetune-runtime}
 SCHEDULER_SA_NAME=${SCHEDULER_SA_NAME:-finetune-scheduler}
+STATE_BUCKET=${STATE_BUCKET:-}
 SCHEDULE=${SCHEDULE:-*/5 * * * *}
 TIME_ZONE=${TIME_ZONE:-Etc/UTC}
 SCHEDULER_REGION=${SCHEDULER_REGION:-}
@@ -133,8 +138,9 @@ HTTP_MEMORY=512Mi HTTP_CPU=1 HTTP_CONCURRENCY=8 HTTP_TIMEOUT=120s HTTP_MAX_INSTA
 # and a slow Baseten should finish rather than be retried (event functions
 # allow up to 540s).
 PUBSUB_MEMORY=512Mi PUBSUB_CPU=1 PUBSUB_CONCURRENCY=8 PUBSUB_TIMEOUT=300s PUBSUB_MAX_INSTANCES=10
-# poll_jobs: one poll walks every job; two polls at once would only emit the
-# same events twice, so one instance handling one request at a time.
+# poll_jobs: one poll reads the active jobs and keeps its state in one object;
+# two polls at once would race for it (the later writer loses), so one
+# instance handling one request at a time.
 POLL_MEMORY=512Mi POLL_CPU=1 POLL_CONCURRENCY=1 POLL_TIMEOUT=300s POLL_MAX_INSTANCES=1
 # Cloud Scheduler waits a little longer than the function may run.
 SCHEDULER_ATTEMPT_DEADLINE=320s
@@ -150,13 +156,14 @@ APIS=(
 	cloudscheduler.googleapis.com
 	iam.googleapis.com
 	logging.googleapis.com
+	storage.googleapis.com
 )
 
 VALUE_FLAGS=" --project --region --name-prefix --http-function --pubsub-function --poll-function
  --topic --scheduler-job --runtime-sa --scheduler-sa --schedule --time-zone --scheduler-region
  --poll-lookback-seconds --baseten-secret --baseten-secret-version --webhook-url --webhook-secret
  --webhook-secret-version --api-keys-secret --api-keys-secret-version --env --source
- --build-service-account "
+ --build-service-account --state-bucket "
 VALUE_FLAGS=${VALUE_FLAGS//$'\n'/ }
 
 need_value() {
@@ -212,6 +219,7 @@ parse_args() {
 		--scheduler-job) SCHEDULER_JOB=$value ;;
 		--runtime-sa) RUNTIME_SA_NAME=$value ;;
 		--scheduler-sa) SCHEDULER_SA_NAME=$value ;;
+		--state-bucket) STATE_BUCKET=$value ;;
 		--schedule) SCHEDULE=$value ;;
 		--time-zone) TIME_ZONE=$value ;;
 		--scheduler-region) SCHEDULER_REGION=$value ;;
@@ -312,6 +320,13 @@ validate() {
 	fi
 	[[ $RUNTIME_SA != "$SCHEDULER_SA" ]] || die "the runtime and scheduler service accounts must differ"
 
+	# Bucket names are global: the project id (domain-scoped: its last part) makes it ours.
+	BUCKET=${STATE_BUCKET:-$NAME_PREFIX${PROJECT#*:}-finetune-state}
+	check_re "state bucket" "$BUCKET" '^[a-z0-9][-a-z0-9_]{1,61}[a-z0-9]$' \
+		"3-63 lowercase letters, digits, hyphens and underscores (pass --state-bucket NAME)"
+	[[ $BUCKET != goog* && $BUCKET != *google* ]] ||
+		die "invalid state bucket '$BUCKET': may not start with 'goog' or contain 'google'"
+
 	local secret_re='^[A-Za-z0-9_-]{1,255}$' secret_rule="letters, digits, hyphens and underscores"
 	check_re "Baseten secret name" "$BASETEN_SECRET" "$secret_re" "$secret_rule"
 	check_version "--baseten-secret-version" "$BASETEN_SECRET_VERSION"
@@ -361,7 +376,7 @@ validate() {
 		key=${kv%%=*}
 		check_re "--env key" "$key" '^[A-Z_][A-Z0-9_]*$' "upper-case letters, digits and underscores"
 		case $key in
-		GOOGLE_CLOUD_PROJECT | WEBHOOK_URL | POLL_LOOKBACK_SECONDS | THREADS)
+		GOOGLE_CLOUD_PROJECT | WEBHOOK_URL | POLL_LOOKBACK_SECONDS | THREADS | POLL_STATE_BUCKET)
 			die "--env $key: set by this script (use its own flag)" ;;
 		BASETEN_API_KEY* | WEBHOOK_SECRET* | API_KEYS*)
 			die "--env $key: secrets go through Secret Manager (--baseten-secret, --webhook-secret, --api-keys-secret), never plain env vars" ;;
@@ -548,6 +563,34 @@ grant_invoker() {
 	fi
 }
 
+# The poll's state: one object in a private bucket of its own, in the region.
+ensure_state_bucket() {
+	local settings
+	if settings=$(lookup storage buckets describe "gs://$BUCKET" \
+		"--format=value(uniform_bucket_level_access,public_access_prevention)"); then
+		if [[ $DRY_RUN -eq 1 || $settings == $'True\tenforced' ]]; then
+			info "= bucket gs://$BUCKET exists (uniform access, public access prevented)"
+		else
+			mutate storage buckets update "gs://$BUCKET" --uniform-bucket-level-access \
+				--public-access-prevention
+		fi
+	else
+		mutate storage buckets create "gs://$BUCKET" "--location=$REGION" \
+			--uniform-bucket-level-access --public-access-prevention
+	fi
+}
+
+# Object access on that bucket only (read and write the state), never project-wide.
+grant_bucket_access() {
+	local member="serviceAccount:$RUNTIME_SA" role=roles/storage.objectUser
+	if has_binding "$role" "$member" -- storage buckets get-iam-policy "gs://$BUCKET"; then
+		info "= $RUNTIME_SA can already use objects in gs://$BUCKET"
+	else
+		mutate_retry storage buckets add-iam-policy-binding "gs://$BUCKET" "--member=$member" \
+			"--role=$role"
+	fi
+}
+
 # join_env KEY=VALUE... -> one --set-env-vars value, with an alternate
 # delimiter (gcloud topic escaping) when a value holds a comma.
 join_env() {
@@ -605,6 +648,8 @@ deploy() {
 	ensure_service_account "$NAME_PREFIX$RUNTIME_SA_NAME" "$RUNTIME_SA" "Baseten training functions (runtime)"
 	ensure_service_account "$NAME_PREFIX$SCHEDULER_SA_NAME" "$SCHEDULER_SA" "Cloud Scheduler caller of $POLL_FN"
 	ensure_topic
+	ensure_state_bucket
+	grant_bucket_access
 
 	# Secrets: pin versions now, so a new version only takes effect on redeploy.
 	local v_baseten v_webhook='' v_api_keys=''
@@ -641,7 +686,8 @@ deploy() {
 
 	deploy_function "$POLL_FN" poll_jobs "$POLL_MEMORY" "$POLL_CPU" "$POLL_CONCURRENCY" \
 		"$POLL_TIMEOUT" "$POLL_MAX_INSTANCES" "$common_secrets" \
-		"$(join_env "${env[@]}" "POLL_LOOKBACK_SECONDS=$POLL_LOOKBACK" "THREADS=$POLL_CONCURRENCY")" -- \
+		"$(join_env "${env[@]}" "POLL_LOOKBACK_SECONDS=$POLL_LOOKBACK" "POLL_STATE_BUCKET=$BUCKET" \
+			"THREADS=$POLL_CONCURRENCY")" -- \
 		--trigger-http --no-allow-unauthenticated
 
 	# Who may call what: the Pub/Sub trigger (runtime SA) -> train_pubsub only;
@@ -718,6 +764,10 @@ teardown() {
 			mutate secrets remove-iam-policy-binding "$secret" "--member=$member" "--role=$role"
 		fi
 	done
+	# The bucket goes with its one object (and its IAM policy).
+	if exists storage buckets describe "gs://$BUCKET"; then
+		mutate storage rm --recursive "gs://$BUCKET"
+	fi
 	local email
 	for email in "$SCHEDULER_SA" "$RUNTIME_SA"; do
 		if exists iam service-accounts describe "$email"; then

@@ -3,6 +3,8 @@
 * ``train_http``: ``GET /healthz`` (contacts nothing).
 * ``poll_jobs``: a no-op poll, ``POST /`` with ``{}`` against an empty sandbox
   (settings, the API key and one Baseten search are on this path).
+* ``poll_jobs_gcs``: the same with the poll state in Cloud Storage (a local
+  fake-gcs-server): what the storage client's import adds to the first poll.
 * baseline: ``bench/hello_main.py``, ``GET /healthz``.
 
 Each process is started, timed to its first answer and stopped; the three are
@@ -67,10 +69,24 @@ def _poll_jobs(bt: Baseten, env: dict[str, str]) -> float:
 
 
 def run(runs: int = 7) -> dict[str, Any]:
+    from loopback.servers import LocalGcs
+
+    with LocalGcs() as gcs:
+        gcs.client().create_bucket("bench-state")
+        return _run(runs, gcs)
+
+
+def _run(runs: int, gcs: Any) -> dict[str, Any]:
+
+    def poll_jobs_gcs(bt: Baseten, env: dict[str, str]) -> float:
+        extra = {"POLL_STATE_BUCKET": "bench-state", "STORAGE_EMULATOR_HOST": gcs.host}
+        return _poll_jobs(bt, {**env, **extra})
+
     cases: dict[str, Callable[[Baseten, dict[str, str]], float]] = {
         "hello": _hello,
         "train_http": _train_http,
         "poll_jobs": _poll_jobs,
+        "poll_jobs_gcs": poll_jobs_gcs,
     }
     samples: dict[str, list[float]] = {name: [] for name in cases}
     names = list(cases)
@@ -90,7 +106,7 @@ def run(runs: int = 7) -> dict[str, Any]:
         "hello_ms": ms(hello),
         "baseten_searches": searches,
     }
-    for name in ("train_http", "poll_jobs"):
+    for name in ("train_http", "poll_jobs", "poll_jobs_gcs"):
         value = median(samples[name])
         result[f"{name}_ms"] = ms(value)
         result[f"{name}_ratio"] = round(value / hello, 2)

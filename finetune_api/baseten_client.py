@@ -12,12 +12,13 @@ error message or a log line.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import math
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -287,6 +288,7 @@ class BasetenClient:
         self._requests = 0
         self._responses_429 = 0
         self._retries = 0
+        self._bytes = 0
 
     # -- public API -------------------------------------------------------
 
@@ -351,6 +353,64 @@ class BasetenClient:
         what = "training job search"
         body = self._call("POST", "v1/training_jobs/search", what=what, json_body=payload)
         return self._list(body, "training_jobs", what)
+
+    @contextlib.contextmanager
+    def stream_search_jobs(
+        self,
+        *,
+        project_id: str | None = None,
+        statuses: Sequence[str] | None = None,
+        newest_first: bool = True,
+    ) -> Iterator[Iterator[dict[str, Any]]]:
+        """The same search, its answer parsed as it arrives: one job dict at a time.
+
+        Memory stays bounded by one job however long the history; leaving the
+        ``with`` block early closes the connection, so the rest of the answer is
+        never read. A failure before the answer starts is retried like any read;
+        one in the middle raises ``upstream_unavailable``.
+        """
+        payload = {
+            "project_id": project_id,
+            "job_id": None,
+            "statuses": list(statuses) if statuses is not None else None,
+            "order_by": [{"field": "created_at", "order": "desc" if newest_first else "asc"}],
+        }
+        what = "training job search"
+        response = self._open("POST", "v1/training_jobs/search", what=what, json_body=payload)
+        try:
+            yield self._items(response, "training_jobs.item", what)
+        finally:
+            response.close()
+
+    @contextlib.contextmanager
+    def stream_project_jobs(self, project_id: str) -> Iterator[Iterator[dict[str, Any]]]:
+        """Every job of one project, parsed as it arrives (404 for an unknown project)."""
+        what = f"jobs of training project {project_id}"
+        path = f"v1/training_projects/{self._id(project_id, what)}/jobs"
+        response = self._open("GET", path, what=what)
+        try:
+            yield (
+                {**job, "training_project_id": job.get("training_project_id") or project_id}
+                for job in self._items(response, "training_jobs.item", what)
+            )
+        finally:
+            response.close()
+
+    def _items(
+        self, response: requests.Response, prefix: str, what: str
+    ) -> Iterator[dict[str, Any]]:
+        import ijson
+        from urllib3.exceptions import HTTPError as Urllib3Error
+
+        reader = _CountingReader(response.raw, self._count_bytes)
+        try:
+            for item in ijson.items(reader, prefix, use_float=True, buf_size=_STREAM_CHUNK):
+                if isinstance(item, Mapping):
+                    yield dict(item)
+        except ijson.JSONError:
+            raise UpstreamError(f"Baseten sent an answer that is not valid JSON ({what})") from None
+        except (Urllib3Error, requests.RequestException, OSError):
+            raise upstream_error(what, transport="stopped answering mid-way") from None
 
     def list_checkpoints(self, project_id: str, job_id: str) -> list[dict[str, Any]]:
         what = "checkpoints of the training job"
@@ -530,7 +590,12 @@ class BasetenClient:
                 "requests": self._requests,
                 "retries": self._retries,
                 "responses_429": self._responses_429,
+                "bytes_received": self._bytes,
             }
+
+    def _count_bytes(self, count: int) -> None:
+        with self._stats_lock:
+            self._bytes += count
 
     def close(self) -> None:
         self._session.close()
@@ -585,6 +650,32 @@ class BasetenClient:
         params: Mapping[str, Any] | None = None,
         idempotent: bool = True,
     ) -> dict[str, Any]:
+        """One request's JSON object answer (retried, rate-limited, errors mapped)."""
+        body: dict[str, Any] = self._perform(
+            method, path, what=what, json_body=json_body, idempotent=idempotent, params=params
+        )
+        return body
+
+    def _open(
+        self, method: str, path: str, *, what: str, json_body: Any = None
+    ) -> requests.Response:
+        """The same, but the 2xx response is handed over unread, to be parsed as a stream."""
+        response: requests.Response = self._perform(
+            method, path, what=what, json_body=json_body, stream=True
+        )
+        return response
+
+    def _perform(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        json_body: Any = None,
+        idempotent: bool = True,
+        params: Mapping[str, Any] | None = None,
+        stream: bool = False,
+    ) -> Any:
         def should_retry(error: BaseException) -> bool:
             return (
                 isinstance(error, _Failure)
@@ -605,7 +696,7 @@ class BasetenClient:
         try:
             for attempt in retrying:
                 with attempt:
-                    return self._attempt(method, url, what, json_body, params)
+                    return self._attempt(method, url, what, json_body, params, stream)
         except _Failure as failure:
             error = failure.error
         # Raised outside the except block: the error carries no exception chain.
@@ -632,7 +723,13 @@ class BasetenClient:
         )
 
     def _send(
-        self, method: str, url: str, what: str, json_body: Any, params: Any = None
+        self,
+        method: str,
+        url: str,
+        what: str,
+        json_body: Any,
+        params: Any = None,
+        stream: bool = False,
     ) -> requests.Response | _Failure:
         headers = {
             "Authorization": f"Api-Key {self._api_key()}",
@@ -651,6 +748,7 @@ class BasetenClient:
                 params=params,
                 timeout=self._timeout,
                 allow_redirects=False,
+                stream=stream,
             )
         except requests.ConnectTimeout:
             return _Failure(
@@ -688,14 +786,23 @@ class BasetenClient:
             )
 
     def _attempt(
-        self, method: str, url: str, what: str, json_body: Any, params: Any = None
-    ) -> dict[str, Any]:
-        sent = self._send(method, url, what, json_body, params)
+        self,
+        method: str,
+        url: str,
+        what: str,
+        json_body: Any,
+        params: Any = None,
+        stream: bool = False,
+    ) -> Any:
+        sent = self._send(method, url, what, json_body, params, stream)
         # Raised here, outside any except block, so no requests exception (which
         # may quote headers) ever hangs off the error as its __context__.
         if isinstance(sent, _Failure):
             raise sent
         response = sent
+        if stream and 200 <= response.status_code < 300:
+            return response  # the caller parses it as it arrives
+        self._count_bytes(len(response.content))
         try:
             body: Any = response.json() if response.content else {}
         except ValueError:
@@ -730,6 +837,25 @@ class BasetenClient:
                 wait=server_wait,
             )
         raise _Failure(failure, retryable=False)
+
+
+_STREAM_CHUNK = 16 * 1024
+
+
+class _CountingReader:
+    """``read(n)`` over urllib3's raw response (decompressed), counting what it hands out."""
+
+    def __init__(self, raw: Any, count: Callable[[int], None]) -> None:
+        self._raw = raw
+        self._count = count
+
+    def read(self, size: int = -1) -> bytes:
+        if size == 0:
+            return b""  # ijson probes the type of what read() returns with read(0)
+        wanted = size if size > 0 else _STREAM_CHUNK
+        data: bytes = self._raw.read(wanted, decode_content=True)
+        self._count(len(data))
+        return data
 
 
 __all__ = [

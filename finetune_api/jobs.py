@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import heapq
+import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -51,6 +54,16 @@ class BasetenReads(Protocol):
         newest_first: bool = True,
     ) -> list[dict[str, Any]]: ...
     def list_project_jobs(self, project_id: str) -> list[dict[str, Any]]: ...
+    def stream_search_jobs(
+        self,
+        *,
+        project_id: str | None = None,
+        statuses: list[str] | None = None,
+        newest_first: bool = True,
+    ) -> AbstractContextManager[Iterator[dict[str, Any]]]: ...
+    def stream_project_jobs(
+        self, project_id: str
+    ) -> AbstractContextManager[Iterator[dict[str, Any]]]: ...
     def list_checkpoints(self, project_id: str, job_id: str) -> list[dict[str, Any]]: ...
     def stop_job(self, project_id: str, job_id: str) -> dict[str, Any]: ...
 
@@ -222,11 +235,10 @@ class JobService:
         return project_id
 
     def _jobs_with_digest(self, project_id: str, digest: str) -> list[dict[str, Any]]:
-        jobs = self._client.search_jobs(project_id=project_id, newest_first=False)
-        return sorted(
-            (job for job in jobs if split_job_name(job.get("name"))[1] == digest),
-            key=_created_order,
-        )
+        # Read as a stream: only the matches are held, not the project's history.
+        with self._client.stream_search_jobs(project_id=project_id, newest_first=False) as jobs:
+            matching = [job for job in jobs if split_job_name(job.get("name"))[1] == digest]
+        return sorted(matching, key=_created_order)
 
     def _submit_idempotent(self, request: TrainingRequest, key: str, template: Path) -> Job:
         digest = key_digest(key)
@@ -336,20 +348,34 @@ class JobService:
         return job_from_baseten(current, self._settings.baseten_remote_url)
 
     def list(self, project_id: str | None, statuses: Iterable[str], limit: int) -> list[Job]:
-        """Newest first; one project's jobs, or every project's when ``project_id`` is None."""
+        """Newest first; one project's jobs, or every project's when ``project_id`` is None.
+
+        Baseten answers the whole history in one list, so it is read as a stream
+        and only the newest ``limit`` matching jobs are ever held: memory follows
+        ``limit``, not the history.
+        """
         wanted = [normalize_status(status) for status in statuses]
+        ordered = project_id is None  # the search answers newest first
         if project_id is None:
-            candidates = self._client.search_jobs(statuses=wanted or None, newest_first=True)
+            rows = self._client.stream_search_jobs(statuses=wanted or None, newest_first=True)
         else:
             # The project's job list 404s for an unknown project (search would answer []).
-            candidates = self._client.list_project_jobs(project_id)
-        raw = [
-            job
-            for job in candidates
-            if (not wanted or job.get("current_status") in wanted) and self.allows(job)
-        ]
-        raw.sort(key=_created_order, reverse=True)
-        return [job_from_baseten(job, self._settings.baseten_remote_url) for job in raw[:limit]]
+            rows = self._client.stream_project_jobs(project_id)
+        newest: list[tuple[tuple[str, str], int, dict[str, Any]]] = []  # a min-heap
+        counter = itertools.count()
+        with rows as jobs:
+            for job in jobs:
+                if (wanted and job.get("current_status") not in wanted) or not self.allows(job):
+                    continue
+                key = _created_order(job)
+                if len(newest) < limit:
+                    heapq.heappush(newest, (key, next(counter), job))
+                elif key > newest[0][0]:
+                    heapq.heapreplace(newest, (key, next(counter), job))
+                elif ordered and key[0] < newest[0][0][0]:
+                    break  # every later row is older still: stop reading
+        raw = [job for _, _, job in sorted(newest, key=lambda entry: entry[0], reverse=True)]
+        return [job_from_baseten(job, self._settings.baseten_remote_url) for job in raw]
 
 
 def normalize_status(status: str) -> str:

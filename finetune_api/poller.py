@@ -1,19 +1,28 @@
-"""The poll behind ``poll_jobs``: what changed on Baseten inside a time window.
+"""The poll behind ``poll_jobs``: what changed on Baseten since the last poll.
 
-One search lists the jobs of every project. A job whose ``updated_at`` lies in
-the window ``[since, until]`` gets one ``training_job.<status>`` event. Jobs
-that are still running, or that changed since ``since``, have their
-checkpoints read, and each checkpoint created inside the window gets one
-``training_job.checkpoint_created`` event. Per-job work runs concurrently
+With the saved poll state (``poll_state.py``), a poll costs what the *active*
+jobs cost, not the job history:
+
+1. one search for the unfinished statuses (the active set);
+2. the project list, and for a project whose newest job changed, its jobs read
+   newest first as a stream, stopped at the one seen last time (a job may be
+   created and finish between two polls);
+3. one read of each tracked job that left the active set;
+4. one checkpoints read per running job, or per job whose status changed.
+
+A job whose status differs from the one last reported gets one
+``training_job.<status>`` event (an untracked job: when its ``updated_at`` lies
+in the window ``[since, until]``); each checkpoint created inside the window
+gets one ``training_job.checkpoint_created`` event. Events already delivered
+(the state keeps their ids) are not sent again; failed ones are, by the next
+poll. Without usable state, every ``POLL_FULL_SWEEP_HOURS``, and for an
+explicit ``since``, the poll reads every job instead (a *full sweep*, parsed as
+a stream, so memory stays bounded). Per-job work runs concurrently
 (``POLL_CONCURRENCY`` workers) under the client's shared rate limit; one job
-failing never stops the others. Event ids are stable, so overlapping windows
-and retried polls repeat ids rather than inventing new events.
-
-Cost: 1 search request, plus 1 checkpoints request per job that is not
-finished or changed inside the window; finished jobs outside the window cost
-nothing beyond their row in the search answer. A job whose status changed to
-completed, failed or deploy_failed costs 1 more: the read of its newest log
-lines for the event's ``summary`` or ``log_tail`` (``explain``).
+failing never stops the others.
+A job whose status changed to completed, failed or deploy_failed costs 1 more
+read: its newest log lines, for the event's ``summary`` or ``log_tail``
+(``explain``).
 """
 
 from __future__ import annotations
@@ -23,8 +32,9 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -32,9 +42,11 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from .decoding import decode_json
-from .errors import InvalidRequestError, ServiceError
-from .events import Event, checkpoint_event, rfc3339, status_event
+from .errors import InvalidRequestError, NotFoundError, ServiceError, UpstreamUnavailableError
+from .events import CHECKPOINT_CREATED, Event, checkpoint_event, rfc3339, status_event
 from .logs import context, get_logger, log
+from .poll_ledger import PollLedger
+from .poll_state import StateStore, TrackedJob
 from .schemas import (
     TERMINAL_STATUSES,
     Job,
@@ -56,6 +68,11 @@ NOT_STARTED_STATUSES = frozenset(
         "TRAINING_JOB_DEPLOYING",
     }
 )
+COMPLETED = "TRAINING_JOB_COMPLETED"
+#: Every known status that is not final; the poll's status search asks for these.
+ACTIVE_STATUSES = (*sorted(NOT_STARTED_STATUSES), "TRAINING_JOB_RUNNING")
+#: Jobs created this long before the last poll are read again (clock skew, slow indexing).
+NEW_JOB_OVERLAP = timedelta(minutes=10)
 # ASCII digits only (``\d`` would take any script's digits).
 _RFC3339 = re.compile(
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?"
@@ -69,7 +86,14 @@ EARLIEST_SINCE = datetime(1970, 1, 1, tzinfo=UTC)
 class JobReader(Protocol):
     """What the poll needs from the Baseten client."""
 
-    def search_jobs(self, *, newest_first: bool = True) -> list[dict[str, Any]]: ...
+    def search_jobs(
+        self, *, statuses: Sequence[str] | None = None, newest_first: bool = True
+    ) -> list[dict[str, Any]]: ...
+    def stream_search_jobs(
+        self, *, project_id: str | None = None, newest_first: bool = True
+    ) -> AbstractContextManager[Iterator[dict[str, Any]]]: ...
+    def list_projects(self) -> list[dict[str, Any]]: ...
+    def get_job(self, project_id: str, job_id: str) -> dict[str, Any]: ...
     def list_checkpoints(self, project_id: str, job_id: str) -> list[dict[str, Any]]: ...
 
 
@@ -93,6 +117,7 @@ class _JobOutcome:
     events: int = 0
     delivered: int = 0
     webhook_failures: int = 0
+    already_delivered: int = 0
     failed: bool = False
 
 
@@ -187,64 +212,56 @@ def poll(
     serving: ServingWatch | None = None,
     *,
     explain: Explainer | None = None,
+    store: StateStore | None = None,
 ) -> PollReport:
-    """Emit the events of ``[since, until=now]``; a Baseten failure listing jobs raises."""
+    """Emit the events of ``[since, until=now]``; a Baseten failure listing jobs raises.
+
+    With a ``store`` the poll reads only active jobs and those that left the
+    active set, and skips events it already delivered; without one (or when
+    the state is missing, unreadable or stale, every ``POLL_FULL_SWEEP_HOURS``,
+    and for an explicit ``since``) it reads every job, as a stream.
+    """
     started = time.perf_counter()
     until = _aware(now) if now is not None else datetime.now(UTC)
-    since = (
-        _aware(since)
-        if since is not None
-        else until - timedelta(seconds=settings.poll_lookback_seconds)
-    )
+    lookback = timedelta(seconds=settings.poll_lookback_seconds)
+    replay = since is not None
+    since = _aware(since) if since is not None else until - lookback
     if since > until:
         raise InvalidRequestError(
             "since is after the end of the window",
             details=[{"location": "since", "reason": "must not be in the future"}],
         )
 
-    # The search answers every job in one unpaged list ordered by created_at,
-    # which bounds nothing about updated_at (an old job may have just finished),
-    # so each row is looked at; a row costs its bytes, not a request.
-    work: list[tuple[dict[str, Any], bool]] = []
-    unreadable = 0
-    for raw in client.search_jobs(newest_first=True):
-        if unreadable_time(raw.get("updated_at")) or unreadable_time(raw.get("created_at")):
-            # That job's failure, counted; the poll goes on.
-            unreadable += 1
-            log(
-                _logger,
-                logging.ERROR,
-                "skipped a job whose Baseten timestamps cannot be read",
-                training_project_id=raw.get("training_project_id"),
-                training_job_id=raw.get("id"),
-            )
-            continue
-        updated = parse_time(raw.get("updated_at"))
-        created = parse_time(raw.get("created_at"))
-        if created is not None and created > until:
-            continue  # born after the window: the next poll reports it
-        finished = raw.get("current_status") in TERMINAL_STATUSES
-        changed_since = updated is None or updated >= since
-        if finished and not changed_since:
-            continue
-        status_in_window = updated is not None and since <= updated <= until
-        work.append((raw, status_in_window))
+    ledger = PollLedger(store, settings.resolved_api_url)
+    sweep_reason = _sweep_reason(settings, ledger, until, replay)
+    if sweep_reason is None:
+        work, unreadable = _incremental_work(client, ledger, until)
+    else:
+        work, unreadable = _sweep_work(client, ledger, since, until)
 
-    run = _PollRun(settings, client, sink, since, until, explain)
+    run = _PollRun(
+        settings,
+        client,
+        sink,
+        since,
+        until,
+        ledger,
+        replay=replay,
+        serving=serving is not None,
+        explain=explain,
+    )
     outcomes: list[_JobOutcome] = []
     if work:
         workers = min(settings.poll_concurrency, len(work))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="poll") as pool:
             # Each task runs in a copy of this context so log lines keep the request's trace.
-            futures = [
-                pool.submit(contextvars.copy_context().run, run.job, raw, in_window)
-                for raw, in_window in work
-            ]
+            futures = [pool.submit(contextvars.copy_context().run, run.job, item) for item in work]
             outcomes = [future.result() for future in futures]
+    ledger.finish(until=until, lookback=lookback, full_sweep=sweep_reason is not None)
 
     served = None
     if serving is not None:
-        served = serving.run(sink, [raw for raw, in_window in work if in_window], until)
+        served = serving.run(sink, run.changed_jobs(), until)
     report = PollReport(
         since=rfc3339(since),
         until=rfc3339(until),
@@ -257,22 +274,166 @@ def poll(
         jobs_failed=sum(o.failed for o in outcomes) + unreadable,
         deployments_checked=served.deployments_checked if served else 0,
         deployments_failed=served.failed if served else 0,
+        events_already_delivered=sum(o.already_delivered for o in outcomes),
+        full_sweep=sweep_reason is not None,
+        sweep_reason=sweep_reason,
+        state_saved=ledger.saved,
+        state_problem=ledger.save_problem,
     )
+    failed = report.jobs_failed or (store is not None and not report.state_saved)
     log(
         _logger,
-        logging.ERROR if report.jobs_failed else logging.INFO,
+        logging.ERROR if failed else logging.INFO,
         "poll finished",
         **report.model_dump(),
     )
     return report
 
 
+@dataclass
+class _Work:
+    """One job to look at: its search row, or None when it must be read (it left the active set)."""
+
+    job_id: str
+    raw: dict[str, Any] | None
+    tracked: TrackedJob | None
+
+
+def _sweep_reason(
+    settings: Settings, ledger: PollLedger, until: datetime, replay: bool
+) -> str | None:
+    """Why this poll must read every job, or None when the saved state suffices."""
+    if replay:
+        return "since given: replaying a window"
+    previous = ledger.previous
+    if previous is None:
+        return ledger.problem if ledger.store is None else f"state {ledger.problem}"
+    last = parse_time(previous.until)
+    if (
+        last is None
+        or last > until
+        or until - last > timedelta(seconds=settings.poll_lookback_seconds)
+    ):
+        return "state older than the lookback"
+    swept = parse_time(previous.full_sweep_at)
+    if swept is None or until - swept >= timedelta(hours=settings.poll_full_sweep_hours):
+        return f"scheduled (every {settings.poll_full_sweep_hours:g} h)"
+    return None
+
+
+def _readable(raw: dict[str, Any]) -> bool:
+    """False (logged) for a job whose Baseten timestamps cannot be read: that job's failure."""
+    if unreadable_time(raw.get("updated_at")) or unreadable_time(raw.get("created_at")):
+        log(
+            _logger,
+            logging.ERROR,
+            "skipped a job whose Baseten timestamps cannot be read",
+            training_project_id=raw.get("training_project_id"),
+            training_job_id=raw.get("id"),
+        )
+        return False
+    return True
+
+
+def _sweep_work(
+    client: JobReader, ledger: PollLedger, since: datetime, until: datetime
+) -> tuple[list[_Work], int]:
+    """Every job, read as a stream; kept: unfinished ones, changed ones, and those owed a notice.
+
+    Also answers how many jobs were skipped for unreadable timestamps.
+    """
+    work: list[_Work] = []
+    unreadable = 0
+    newest: dict[str, str] = {}  # each project's newest job: its first row, newest first
+    with client.stream_search_jobs(newest_first=True) as rows:
+        # The answer is ordered by created_at, which bounds nothing about
+        # updated_at (an old job may have just finished), so each row is looked at.
+        for raw in rows:
+            if not _readable(raw):
+                unreadable += 1
+                continue
+            created = parse_time(raw.get("created_at"))
+            if created is not None and created > until:
+                continue  # born after the window: the next poll reports it
+            job_id = str(raw.get("id"))
+            project = raw.get("training_project_id")
+            if project is not None:
+                newest.setdefault(str(project), job_id)
+            tracked = ledger.tracked(job_id)
+            status = raw.get("current_status")
+            updated = parse_time(raw.get("updated_at"))
+            if status in TERMINAL_STATUSES and updated is not None and updated < since:
+                unchanged = tracked is None or tracked.status == status
+                if unchanged and (tracked is None or tracked.owed_since is None):
+                    continue
+            work.append(_Work(job_id, raw, tracked))
+    ledger.see_projects(newest)
+    return work, unreadable
+
+
+def _incremental_work(
+    client: JobReader, ledger: PollLedger, until: datetime
+) -> tuple[list[_Work], int]:
+    """Active jobs, jobs created since the last poll, and tracked jobs that left the active set."""
+    previous = ledger.previous
+    assert previous is not None
+    rows: dict[str, dict[str, Any]] = {}
+    unreadable = 0
+    for raw in client.search_jobs(statuses=list(ACTIVE_STATUSES), newest_first=True):
+        if not _readable(raw):
+            unreadable += 1
+            continue
+        created = parse_time(raw.get("created_at"))
+        if created is None or created <= until:
+            rows[str(raw.get("id"))] = raw
+    # A job may be created and finish between two polls, never seen active. The
+    # project list names each project's newest job: where it changed, read that
+    # project's jobs newest first, as a stream, down to the one seen last time.
+    last = parse_time(previous.until)
+    assert last is not None
+    cutoff = last - NEW_JOB_OVERLAP
+    newest: dict[str, str] = {}
+    for project in client.list_projects():
+        latest = project.get("latest_job")
+        project_id = str(project.get("id"))
+        if not isinstance(latest, Mapping) or latest.get("id") is None:
+            continue
+        latest_id = newest[project_id] = str(latest["id"])
+        known = previous.projects.get(project_id)
+        created = parse_time(latest.get("created_at"))
+        if latest_id == known or (known is None and created is not None and created < cutoff):
+            continue
+        with client.stream_search_jobs(project_id=project_id, newest_first=True) as jobs:
+            for raw in jobs:
+                job_id = str(raw.get("id"))
+                if not _readable(raw):
+                    unreadable += 1
+                    continue
+                created = parse_time(raw.get("created_at"))
+                if job_id == known or (created is not None and created < cutoff):
+                    break
+                if created is None or created <= until:
+                    rows.setdefault(job_id, raw)
+    ledger.see_projects(newest)
+    work = [_Work(job_id, raw, ledger.tracked(job_id)) for job_id, raw in rows.items()]
+    work += [
+        _Work(job_id, None, tracked)
+        for job_id, tracked in previous.jobs.items()
+        if job_id not in rows
+    ]
+    return work, unreadable
+
+
 class _PollRun:
     """One poll's per-job work, shared by its worker threads.
 
+    For each job: read it if it left the active set, decide which events it
+    owes (:meth:`status_events`, then its checkpoints), emit those not already
+    delivered, and tell the ledger what to remember about it.
+
     When Baseten fails for many jobs in a row (an outage: each read would spend
-    its whole retry budget), the remaining jobs skip their checkpoint read; their
-    status events, known from the search, are still emitted.
+    its whole retry budget), the remaining jobs skip their reads; their status
+    events, known from the search, are still emitted.
     """
 
     def __init__(
@@ -282,6 +443,10 @@ class _PollRun:
         sink: EventEmitter,
         since: datetime,
         until: datetime,
+        ledger: PollLedger,
+        *,
+        replay: bool = False,
+        serving: bool = False,
         explain: Explainer | None = None,
     ) -> None:
         self.settings = settings
@@ -290,48 +455,88 @@ class _PollRun:
         self.sink = sink
         self.since = since
         self.until = until
+        self.ledger = ledger
+        self.replay = replay
+        self.serving = serving
+        self._changed: list[dict[str, Any]] = []
+        self.lookback = timedelta(seconds=settings.poll_lookback_seconds)
         self.give_up_after = max(5, settings.poll_concurrency)
         self._lock = threading.Lock()
         self._failures_in_a_row = 0
         self._gave_up = False
 
-    def job(self, raw: dict[str, Any], status_in_window: bool) -> _JobOutcome:
+    def changed_jobs(self) -> list[dict[str, Any]]:
+        """Jobs whose status was reported or changed inside the window (for the serving watch)."""
+        with self._lock:
+            return list(self._changed)
+
+    def job(self, item: _Work) -> _JobOutcome:
         outcome = _JobOutcome()
+        try:
+            self._job(item, outcome)
+        except Exception as error:  # noqa: BLE001 - one job must never stop the poll
+            log(_logger, logging.ERROR, "a job could not be polled", error=repr(error))
+            outcome.failed = True
+            if item.tracked is not None:
+                self.ledger.track(item.job_id, item.tracked)
+        return outcome
+
+    def _job(self, item: _Work, outcome: _JobOutcome) -> None:
+        raw = item.raw if item.raw is not None else self._read(item, outcome)
+        if raw is None:
+            return
         try:
             job = job_from_baseten(raw, self.settings.baseten_remote_url)
         except Exception as error:  # noqa: BLE001 - one malformed job must not stop the poll
             log(_logger, logging.ERROR, "skipped a job Baseten described oddly", error=repr(error))
             outcome.failed = True
-            return outcome
+            if item.tracked is not None:
+                self.ledger.track(item.job_id, item.tracked)
+            return
 
         with context(
             training_project_id=job.training_project_id, training_job_id=job.training_job_id
         ):
+            updated = parse_time(job.updated_at)
+            status_in_window = updated is not None and self.since <= updated <= self.until
+            tracked = item.tracked
+            if tracked is not None:
+                report_status = tracked.status != job.baseten_status or (
+                    self.replay and status_in_window
+                )
+            else:
+                report_status = status_in_window
+
+            if report_status or status_in_window:
+                with self._lock:
+                    self._changed.append(raw)
             timed: list[tuple[datetime, int, Event]] = []
-            if status_in_window:
-                moment = parse_time(job.updated_at) or self.until
-                timed.append((moment, 1, status_event(job, self._details(job))))
+            if report_status:
+                moment = updated or self.until
+                timed += [(moment, 1, event) for event in self.status_events(job)]
 
             checkpoints: list[dict[str, Any]] = []
             failure: str | None = None
-            # A job still waiting to run, whose status did not change in the
-            # window, cannot have made a checkpoint: skip that request.
-            if status_in_window or job.baseten_status not in NOT_STARTED_STATUSES:
+            # A job still waiting to run, whose status did not change, cannot
+            # have made a checkpoint: skip that request.
+            if report_status or status_in_window or job.baseten_status not in NOT_STARTED_STATUSES:
                 checkpoints, failure = self._checkpoints(
                     job.training_project_id, job.training_job_id
                 )
-            for item in checkpoints:
-                if unreadable_time(item.get("created_at")):
+            for entry in checkpoints:
+                if unreadable_time(entry.get("created_at")):
                     failure = failure or "a checkpoint's created_at cannot be read"
                     continue
-                created = parse_time(item.get("created_at"))
+                created = parse_time(entry.get("created_at"))
                 if created is None or not self.since <= created <= self.until:
                     continue
                 # A checkpoint stamped with its job's final status comes first.
-                timed.append((created, 0, checkpoint_event(job, checkpoint_from_baseten(item))))
+                timed.append((created, 0, checkpoint_event(job, checkpoint_from_baseten(entry))))
 
+            status_failed = False
             for _, _, event in sorted(timed, key=lambda entry: (entry[0], entry[1])):
-                self._emit(event, outcome)
+                if not self._emit(event, outcome):
+                    status_failed |= event.type != CHECKPOINT_CREATED
 
             if failure is not None:
                 outcome.failed = True
@@ -341,7 +546,83 @@ class _PollRun:
                     "could not read a job's checkpoints; they wait for the next poll",
                     reason=failure,
                 )
-        return outcome
+            self._remember(
+                item,
+                job.training_project_id,
+                job.baseten_status,
+                status_failed,
+                owed=failure is not None or outcome.webhook_failures > 0,
+                # The serving watch retries a deploy on completion while the
+                # completion is inside the window: keep such a job in view.
+                keep=self.serving and status_in_window and job.baseten_status == COMPLETED,
+            )
+
+    def status_events(self, job: Job) -> list[Event]:
+        """The events of ``job`` having reached its current status.
+
+        The one place a status change becomes events: add to it rather than
+        around it. ``explain`` adds a summary or a log tail (one read).
+        """
+        return [status_event(job, self._details(job))]
+
+    def _remember(
+        self,
+        item: _Work,
+        project_id: str,
+        status: str,
+        status_failed: bool,
+        *,
+        owed: bool,
+        keep: bool = False,
+    ) -> None:
+        """What the next poll must know about this job (nothing, once it is finished and told)."""
+        previous = item.tracked
+        reported = (previous.status if previous else None) if status_failed else status
+        if status not in TERMINAL_STATUSES or owed or keep:
+            owed_since = None
+            if owed:
+                owed_since = (previous.owed_since if previous else None) or rfc3339(self.until)
+                first = parse_time(owed_since)
+                if status in TERMINAL_STATUSES and first and self.until - first > self.lookback:
+                    log(_logger, logging.ERROR, "gave up notifying a finished job", status=status)
+                    return
+            self.ledger.track(item.job_id, TrackedJob(project_id, reported, owed_since))
+
+    def _read(self, item: _Work, outcome: _JobOutcome) -> dict[str, Any] | None:
+        """The current job of a tracked job that left the active set (one read)."""
+        tracked = item.tracked
+        assert tracked is not None
+        with self._lock:
+            gave_up = self._gave_up
+        try:
+            if gave_up:
+                raise UpstreamUnavailableError("skipped: Baseten failed for too many jobs in a row")
+            raw = self.client.get_job(tracked.project, item.job_id)
+        except NotFoundError:
+            log(
+                _logger,
+                logging.WARNING,
+                "a tracked job is gone from Baseten; forgetting it",
+                training_job_id=item.job_id,
+            )
+            self._count(failed=False)
+            return None
+        except Exception as error:  # noqa: BLE001 - counted and logged; retried next poll
+            transient = not isinstance(error, ServiceError) or error.transient
+            if not gave_up:
+                self._count(failed=transient)
+            outcome.failed = True
+            self.ledger.track(item.job_id, tracked)
+            log(
+                _logger,
+                logging.ERROR,
+                "could not read a job that left the active set; it waits for the next poll",
+                training_job_id=item.job_id,
+                reason=error.message if isinstance(error, ServiceError) else type(error).__name__,
+            )
+            return None
+        self._count(failed=False)
+        return raw
 
     def _details(self, job: Job) -> dict[str, Any] | None:
         """A summary or log tail for the event; at most one Baseten request, never fatal."""
@@ -382,18 +663,25 @@ class _PollRun:
             failures_in_a_row=self.give_up_after,
         )
 
-    def _emit(self, event: Event, outcome: _JobOutcome) -> None:
+    def _emit(self, event: Event, outcome: _JobOutcome) -> bool:
+        """Log and deliver ``event`` unless it was delivered before; False when delivery failed."""
+        if not self.replay and self.ledger.already_sent(event.id):
+            outcome.already_delivered += 1
+            return True
         outcome.events += 1
         try:
             result = self.sink.emit(event)
         except Exception as error:  # noqa: BLE001 - the sink should not raise; be sure
             log(_logger, logging.ERROR, "emitting an event failed", error=repr(error))
             outcome.webhook_failures += 1
-            return
+            return False
+        if result.failed:
+            outcome.webhook_failures += 1
+            return False
         if result.delivered:
             outcome.delivered += 1
-        elif result.failed:
-            outcome.webhook_failures += 1
+        self.ledger.record_sent(event, delivered=result.delivered)
+        return True
 
 
 def _aware(moment: datetime) -> datetime:

@@ -145,6 +145,7 @@ def poll(request: Request) -> Response:
         since,
         serving=services.serving,
         explain=services.insights.event_details,
+        store=services.poll_state,
     )
     return json_response(report.model_dump(mode="json"))
 

@@ -23,6 +23,7 @@ class Services:
     jobs: Any
     events: Any
     insights: Any = None
+    poll_state: Any = None
     deployments: Any = None
     serving: Any = None
 
@@ -37,6 +38,7 @@ def build_services(settings: Settings) -> Services:
     from .events import EventSink, submitted_event
     from .job_insights import JobInsights
     from .jobs import JobService
+    from .poll_state import store_from_settings
     from .secrets import SecretStore
 
     secrets = SecretStore(settings)
@@ -70,6 +72,7 @@ def build_services(settings: Settings) -> Services:
         jobs=jobs,
         events=events,
         insights=insights,
+        poll_state=store_from_settings(settings),
         deployments=deployments,
         serving=serving,
     )

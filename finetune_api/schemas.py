@@ -294,6 +294,18 @@ class PollReport(BaseModel):
     # that failed (a deploy on completion, or reading the deployments).
     deployments_checked: int = 0
     deployments_failed: int = 0
+    # Added by the poll state (all optional for older readers):
+    events_already_delivered: int = Field(
+        default=0, description="events found again but not re-sent: delivered by an earlier poll"
+    )
+    full_sweep: bool = Field(default=False, description="this poll read every job")
+    sweep_reason: str | None = Field(default=None, description="why it read every job")
+    state_saved: bool = Field(
+        default=False, description="the poll state was saved for the next poll"
+    )
+    state_problem: str | None = Field(
+        default=None, description="why the state was not saved (the next poll reads every job)"
+    )
 
 
 class ErrorDetail(BaseModel):

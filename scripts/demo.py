@@ -117,6 +117,8 @@ def main() -> int:
             "WEBHOOK_URL": receiver.url,
             "WEBHOOK_SECRET": webhook_secret,
             "POLL_LOOKBACK_SECONDS": "600",
+            # The poll's state, in a local file: no cloud needed (GCP: a bucket).
+            "POLL_STATE_FILE": str(tmp / "poll-state.json"),
             "TMPDIR": str(tmp),
         }
         say(f"Local Baseten sandbox on {sandbox.url} (jobs advance every {STEP_SECONDS:g} s)")
@@ -157,8 +159,8 @@ def main() -> int:
             finished = status in {"completed", "failed", "stopped", "deploy_failed"}
             # What Cloud Scheduler does every few minutes; the last poll sees the end.
             report = requests.post(poll, json={}, timeout=60).json()
-            # Delivery is at-least-once (each poll re-reports its window); a
-            # receiver keeps the first delivery of each webhook-id.
+            # The poll remembers what it delivered, so each notice arrives once;
+            # a receiver still keeps only the first delivery of each webhook-id.
             received = list(receiver.unique_events.values())
             if received[seen:]:
                 bar.end()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -254,6 +256,12 @@ def test_empty_poll(baseten: Sandbox) -> None:
         "jobs_failed": 0,
         "deployments_checked": 0,
         "deployments_failed": 0,
+        # Without a state store every poll reads every job and saves nothing.
+        "events_already_delivered": 0,
+        "full_sweep": True,
+        "sweep_reason": "no state store",
+        "state_saved": False,
+        "state_problem": "no state store",
     }
 
 
@@ -387,6 +395,13 @@ class _OddTimestamps:
 
     def search_jobs(self, *, newest_first: bool = True) -> list[dict[str, Any]]:
         return [dict(row) for row in self.rows]
+
+    @contextlib.contextmanager
+    def stream_search_jobs(
+        self, *, newest_first: bool = True
+    ) -> Iterator[Iterator[dict[str, Any]]]:
+        # What a poll without state reads: the same rows, one at a time.
+        yield iter(self.search_jobs(newest_first=newest_first))
 
     def list_checkpoints(self, project_id: str, job_id: str) -> list[dict[str, Any]]:
         self.checkpoint_reads.append(job_id)

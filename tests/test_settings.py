@@ -24,6 +24,8 @@ from tests.conftest import function_env
         ({"baseten_api_url": "ftp://x"}, "BASETEN_API_URL"),
         ({"poll_lookback_seconds": -5}, "POLL_LOOKBACK_SECONDS"),
         ({"allowed_accelerators": " , "}, "ALLOWED_ACCELERATORS"),
+        ({"poll_full_sweep_hours": 0}, "POLL_FULL_SWEEP_HOURS"),
+        ({"poll_full_sweep_hours": "daily"}, "POLL_FULL_SWEEP_HOURS"),
     ],
 )
 def test_malformed_settings_are_named(overrides: dict[str, object], name: str) -> None:
@@ -47,6 +49,25 @@ def test_defaults_match_the_contract() -> None:
     assert (settings.poll_lookback_seconds, settings.pubsub_max_event_age_seconds) == (1800, 3600)
     assert settings.max_body_bytes == 65536
     assert load_settings(allowed_accelerators="L4, H100").allowed_accelerators == ("L4", "H100")
+
+
+def test_poll_state_settings() -> None:
+    settings = load_settings({})
+    assert settings.poll_state_bucket is None and settings.poll_state_file is None
+    assert (settings.poll_state_object, settings.poll_full_sweep_hours) == ("poll-state.json", 24)
+    env = {
+        "POLL_STATE_BUCKET": "my-bucket",
+        "POLL_STATE_OBJECT": "dev/state.json",
+        "POLL_STATE_FILE": "~/state.json",
+        "POLL_FULL_SWEEP_HOURS": "6",
+        "STORAGE_EMULATOR_HOST": "127.0.0.1:4443",
+    }
+    settings = load_settings(env)
+    assert settings.poll_state_bucket == "my-bucket"
+    assert settings.poll_state_object == "dev/state.json"
+    assert settings.poll_state_file == Path.home() / "state.json"
+    assert settings.poll_full_sweep_hours == 6
+    assert settings.storage_emulator_host == "127.0.0.1:4443"
 
 
 def test_bad_setting_in_a_running_function(

@@ -26,6 +26,7 @@ REGION = "europe-west4"
 RUNTIME_SA = f"finetune-runtime@{PROJECT}.iam.gserviceaccount.com"
 SCHEDULER_SA = f"finetune-scheduler@{PROJECT}.iam.gserviceaccount.com"
 ACCESSOR = "roles/secretmanager.secretAccessor"
+BUCKET = f"{PROJECT}-finetune-state"
 BASE = ["--project", PROJECT, "--region", REGION]
 ALL_SECRETS = [
     "--webhook-url",
@@ -225,6 +226,8 @@ def test_first_deploy_runs_these_commands_in_this_order(deployed: Deployed) -> N
         ["iam", "service-accounts", "create", "finetune-runtime"],
         ["iam", "service-accounts", "create", "finetune-scheduler"],
         ["pubsub", "topics", "create", "training-requests"],
+        ["storage", "buckets", "create", f"gs://{BUCKET}"],
+        ["storage", "buckets", "add-iam-policy-binding", f"gs://{BUCKET}"],
         ["secrets", "add-iam-policy-binding", "baseten-api-key"],
         ["secrets", "add-iam-policy-binding", "webhook-signing"],
         ["secrets", "add-iam-policy-binding", "api-keys"],
@@ -249,7 +252,7 @@ def test_first_deploy_runs_these_commands_in_this_order(deployed: Deployed) -> N
 
 
 def test_secret_access_is_granted_per_secret_to_the_runtime_account(deployed: Deployed) -> None:
-    bindings = deployed.first.find(lambda c: "add-iam-policy-binding" in c)
+    bindings = deployed.first.find(lambda c: "add-iam-policy-binding" in c and c[0] == "secrets")
     assert [words(b)[:3] for b in bindings] == [
         ["secrets", "add-iam-policy-binding", "baseten-api-key"],
         ["secrets", "add-iam-policy-binding", "webhook-signing"],
@@ -497,6 +500,55 @@ def test_rotating_the_baseten_key_takes_effect_on_redeploy(env: Env) -> None:
         assert dict_flag(f["--set-secrets"])["BASETEN_API_KEY"] == "baseten-api-key:4"
 
 
+def test_the_state_bucket_is_private_regional_and_only_the_runtime_account_may_use_it(
+    deployed: Deployed,
+) -> None:
+    (create,) = deployed.first.find(lambda c: words(c)[:3] == ["storage", "buckets", "create"])
+    assert words(create)[3] == f"gs://{BUCKET}"
+    assert flags(create)["--location"] == REGION
+    assert "--uniform-bucket-level-access" in create and "--public-access-prevention" in create
+    (grant,) = deployed.first.find(lambda c: "add-iam-policy-binding" in c and c[0] == "storage")
+    assert flags(grant) == {
+        "--member": f"serviceAccount:{RUNTIME_SA}",
+        "--role": "roles/storage.objectUser",
+        "--project": PROJECT,
+        "--quiet": "",
+    }
+    poll = dict_flag(flags(deployed.first.deploy_of("poll-jobs"))["--set-env-vars"])
+    assert poll["POLL_STATE_BUCKET"] == BUCKET
+    for fn in ("train-http", "train-pubsub"):
+        env_vars = dict_flag(flags(deployed.first.deploy_of(fn))["--set-env-vars"])
+        assert "POLL_STATE_BUCKET" not in env_vars
+    assert "storage.googleapis.com" in words(deployed.first.mutations()[0])
+
+
+def test_an_existing_bucket_is_made_private_and_a_custom_name_is_used(env: Env) -> None:
+    (env.state / "buckets").mkdir()
+    (env.state / "buckets" / "my-state").write_text("")  # made by hand, public access allowed
+    env.deploy("--state-bucket", "my-state")
+    storage = [words(c)[:4] for c in env.mutations() if c[0] == "storage"]
+    assert storage == [
+        ["storage", "buckets", "update", "gs://my-state"],
+        ["storage", "buckets", "add-iam-policy-binding", "gs://my-state"],
+    ]
+    env.clear_log()
+    env.deploy("--state-bucket", "my-state")
+    assert [c for c in env.mutations() if c[0] == "storage"] == []
+
+
+@pytest.mark.parametrize("name", ["UPPER", "ab", "has.dot.in", "goog-state", "x" * 64])
+def test_a_bad_bucket_name_is_refused_before_anything_runs(env: Env, name: str) -> None:
+    r = env.run(*BASE, "--source", str(env.source), "--state-bucket", name)
+    assert r.returncode == 1 and "state bucket" in r.stderr
+    assert env.calls() == []
+
+
+def test_the_state_bucket_cannot_be_set_through_env(env: Env) -> None:
+    r = env.run(*BASE, "--source", str(env.source), "--env", "POLL_STATE_BUCKET=x")
+    assert r.returncode == 1 and "POLL_STATE_BUCKET" in r.stderr
+    assert env.calls() == []
+
+
 # ------------------------------------------------------------------- dry run --
 
 
@@ -603,7 +655,9 @@ def test_no_binding_is_ever_project_wide(deployed: Deployed) -> None:
         w = words(call)
         assert w[:2] != ["projects", "add-iam-policy-binding"], call
         if any("policy-binding" in x for x in w):
-            assert w[0] in {"secrets", "functions"}, call
+            assert w[0] in {"secrets", "functions", "storage"}, call
+            if w[0] == "storage":
+                assert w[:4] == ["storage", "buckets", "add-iam-policy-binding", f"gs://{BUCKET}"]
             assert "allUsers" not in flags(call).get("--member", ""), call
 
 
@@ -714,10 +768,11 @@ def test_teardown_deletes_what_deploy_created_and_keeps_the_secrets(env: Env) ->
         ["secrets", "remove-iam-policy-binding", "baseten-api-key"],
         ["secrets", "remove-iam-policy-binding", "webhook-signing"],
         ["secrets", "remove-iam-policy-binding", "api-keys"],
+        ["storage", "rm", f"gs://{BUCKET}"],
         ["iam", "service-accounts", "delete", SCHEDULER_SA],
         ["iam", "service-accounts", "delete", RUNTIME_SA],
     ]
-    for kind in ("functions", "topics", "service-accounts", "scheduler-jobs"):
+    for kind in ("functions", "topics", "service-accounts", "scheduler-jobs", "buckets"):
         assert list((env.state / kind).iterdir()) == [], kind
     assert (env.state / "secrets" / "baseten-api-key").exists()
 
@@ -739,6 +794,7 @@ def test_teardown_dry_run_prints_every_delete_and_runs_nothing(env: Env) -> None
         ["functions", "delete", "train-pubsub"],
         ["pubsub", "topics", "delete"],
         ["secrets", "remove-iam-policy-binding", "baseten-api-key"],
+        ["storage", "rm", f"gs://{BUCKET}"],
         ["iam", "service-accounts", "delete"],
         ["iam", "service-accounts", "delete"],
     ]
