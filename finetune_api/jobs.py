@@ -175,7 +175,7 @@ class JobService:
         }
 
     def resolve(self, request: TrainingRequest) -> TrainingRequest:
-        """Fill the name defaults (documented in the README)."""
+        """Fill the name defaults (documented in docs/api.md)."""
         updates: dict[str, str] = {}
         prefix = self._settings.project_name_prefix
         if request.project_name is None:

@@ -1,7 +1,7 @@
 """Every setting the service reads, from the environment, once, into one typed object.
 
 The variables are listed in ../shared/CONTRACT.md; the few extras (tuning knobs
-with safe defaults) are documented in the README.
+with safe defaults) are documented in docs/settings.md.
 
 This is a small typed reader rather than pydantic-settings on purpose: the
 functions import it on every cold start, and pydantic-settings (with pydantic)
@@ -187,7 +187,7 @@ class Settings:
     # Opt-in: read, list and stop only projects whose names start with this.
     project_name_prefix: str | None = _setting(None, _prefix)
 
-    # Extras, not in the CONTRACT table (documented in the README).
+    # Extras, not in the CONTRACT table (documented in docs/settings.md).
     baseten_timeout_seconds: float = _setting(30.0, _positive_float())
     # Baseten allows 100/s per key; starts bunch a little, so stay at or under 90.
     baseten_max_requests_per_second: float = _setting(20.0, _positive_float(90))
