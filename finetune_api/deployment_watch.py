@@ -36,7 +36,13 @@ from typing import Any, Protocol
 
 from .deployments import DeploymentService, parse_marker
 from .errors import ServiceError
-from .events import Event, deployed_event, deployment_event, deployment_failed_event
+from .events import (
+    Event,
+    deployed_event,
+    deployment_event,
+    deployment_failed_event,
+    emit_guarded,
+)
 from .logs import context, get_logger, log
 from .schemas import DeploymentRequest, job_from_baseten
 from .settings import Settings
@@ -274,12 +280,7 @@ class DeploymentWatch:
 
     def _emit(self, sink: EventEmitter, event: Event, outcome: WatchOutcome) -> None:
         outcome.events += 1
-        try:
-            result = sink.emit(event)
-        except Exception as error:  # noqa: BLE001 - the sink should not raise; be sure
-            log(_logger, logging.ERROR, "emitting an event failed", error=repr(error))
-            outcome.webhook_failures += 1
-            return
+        result = emit_guarded(sink, event)
         if result.delivered:
             outcome.delivered += 1
         elif result.failed:

@@ -307,3 +307,19 @@ __all__ = [
     "status_event",
     "submitted_event",
 ]
+
+
+class _Emitter(Protocol):
+    def emit(self, event: Event) -> DeliveryResult: ...
+
+
+def emit_guarded(sink: _Emitter, event: Event) -> DeliveryResult:
+    """``sink.emit(event)``, where a sink that raises counts as a failed delivery, logged.
+
+    The sink should never raise; a poll must not die of it if it does.
+    """
+    try:
+        return sink.emit(event)
+    except Exception as error:  # noqa: BLE001 - see the docstring
+        log(_logger, logging.ERROR, "emitting an event failed", error=repr(error))
+        return DeliveryResult(event.id, delivered=False, failed=True)

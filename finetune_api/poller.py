@@ -43,7 +43,14 @@ from pydantic import ValidationError
 
 from .decoding import decode_json
 from .errors import InvalidRequestError, NotFoundError, ServiceError, UpstreamUnavailableError
-from .events import CHECKPOINT_CREATED, Event, checkpoint_event, rfc3339, status_event
+from .events import (
+    CHECKPOINT_CREATED,
+    Event,
+    checkpoint_event,
+    emit_guarded,
+    rfc3339,
+    status_event,
+)
 from .logs import context, get_logger, log
 from .poll_ledger import PollLedger
 from .poll_state import StateStore, TrackedJob
@@ -669,12 +676,7 @@ class _PollRun:
             outcome.already_delivered += 1
             return True
         outcome.events += 1
-        try:
-            result = self.sink.emit(event)
-        except Exception as error:  # noqa: BLE001 - the sink should not raise; be sure
-            log(_logger, logging.ERROR, "emitting an event failed", error=repr(error))
-            outcome.webhook_failures += 1
-            return False
+        result = emit_guarded(self.sink, event)
         if result.failed:
             outcome.webhook_failures += 1
             return False

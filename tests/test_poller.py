@@ -419,3 +419,16 @@ def test_unreadable_baseten_timestamps_fail_that_job_not_the_poll(
     assert report.jobs_checked == 1 and report.jobs_failed == 3
     assert client.checkpoint_reads == ["j-ok"]
     assert report.events == 1  # j-ok's status change
+
+
+def test_a_sink_that_raises_counts_as_a_failed_delivery(caplog: pytest.LogCaptureFixture) -> None:
+    from finetune_api.events import Event, emit_guarded
+
+    class Raising:
+        def emit(self, event: Event) -> Any:
+            raise RuntimeError("receiver exploded")
+
+    event = Event(id="evt_j1_failed", type="training_job.failed", timestamp="t", data={})
+    result = emit_guarded(Raising(), event)
+    assert (result.event_id, result.delivered, result.failed) == ("evt_j1_failed", False, True)
+    assert [r.getMessage() for r in caplog.records] == ["emitting an event failed"]
