@@ -17,17 +17,17 @@ import time
 from collections.abc import Mapping
 from contextlib import suppress
 from pathlib import Path
-from types import TracebackType
 
 import requests
 
+from loopback.lifecycle import StartStop
 from loopback.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTIONS_FRAMEWORK = Path(sys.executable).with_name("functions-framework")
 
 
-class FunctionServer:
+class FunctionServer(StartStop):
     """``functions-framework --target TARGET`` as a child process.
 
     Its stdout and stderr go to a file so tests can read what it logged
@@ -137,15 +137,7 @@ class FunctionServer:
         self.stop()
         self._log.close()
 
-    def __enter__(self) -> FunctionServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 

