@@ -385,7 +385,7 @@ class BasetenClient:
     @contextlib.contextmanager
     def stream_project_jobs(self, project_id: str) -> Iterator[Iterator[dict[str, Any]]]:
         """Every job of one project, parsed as it arrives (404 for an unknown project)."""
-        what = f"jobs of training project {project_id}"
+        what = "jobs of a training project"  # no caller input in messages
         path = f"v1/training_projects/{self._id(project_id, what)}/jobs"
         response = self._open("GET", path, what=what)
         try:
@@ -435,7 +435,7 @@ class BasetenClient:
         oldest or newest first, at most ``limit`` (1-1000); each has ``timestamp``
         (epoch nanoseconds as a string), ``message``, ``replica`` and ``level``.
         """
-        what = f"logs of training job {job_id} of project {project_id}"
+        what = "training job logs"
         params: dict[str, Any] = {
             "start_epoch_millis": start_ms,
             "end_epoch_millis": end_ms,
@@ -459,7 +459,7 @@ class BasetenClient:
         self, project_id: str, job_id: str, *, start_ms: int | None, end_ms: int | None
     ) -> dict[str, Any]:
         """Baseten's system metrics of a job (GET operation): leader and per-node series."""
-        what = f"metrics of training job {job_id} of project {project_id}"
+        what = "training job metrics"
         params = {
             name: value
             for name, value in (("start_epoch_millis", start_ms), ("end_epoch_millis", end_ms))
@@ -488,12 +488,12 @@ class BasetenClient:
         return self._list(body, "models", "models")
 
     def get_model(self, model_id: str) -> dict[str, Any]:
-        what = f"model {model_id}"
+        what = "model"
         return self._call("GET", f"v1/models/{self._id(model_id, what)}", what=what)
 
     def list_deployments(self, model_id: str, name: str | None = None) -> list[dict[str, Any]]:
         """A model's deployments, or the one named exactly ``name``."""
-        what = f"deployments of model {model_id}"
+        what = "deployments of a model"
         path = f"v1/models/{self._id(model_id, what)}/deployments"
         body = self._call("GET", path, what=what, params={"name": name} if name else None)
         return self._list(body, "deployments", what)
@@ -502,7 +502,7 @@ class BasetenClient:
         return self._call(
             "GET",
             self._deployment_path(model_id, deployment_id),
-            what=self._dw(model_id, deployment_id),
+            what="deployment",
         )
 
     def rename_deployment(self, model_id: str, deployment_id: str, name: str) -> dict[str, Any]:
@@ -511,7 +511,7 @@ class BasetenClient:
         return self._call(
             "PATCH",
             self._deployment_path(model_id, deployment_id),
-            what=self._dw(model_id, deployment_id),
+            what="deployment",
             json_body={"name": name},
         )
 
@@ -519,7 +519,7 @@ class BasetenClient:
         return self._call(
             "POST",
             f"{self._deployment_path(model_id, deployment_id)}/deactivate",
-            what=self._dw(model_id, deployment_id),
+            what="deployment",
             json_body={},
         )
 
@@ -527,7 +527,7 @@ class BasetenClient:
         return self._call(
             "POST",
             f"{self._deployment_path(model_id, deployment_id)}/activate",
-            what=self._dw(model_id, deployment_id),
+            what="deployment",
             json_body={},
         )
 
@@ -535,12 +535,12 @@ class BasetenClient:
         return self._call(
             "DELETE",
             self._deployment_path(model_id, deployment_id),
-            what=self._dw(model_id, deployment_id),
+            what="deployment",
         )
 
     def job_artifact_urls(self, project_id: str, job_id: str) -> list[str]:
         """Presigned URLs of the archives the job was pushed with (``GET …/download``)."""
-        what = f"artifacts of training job {job_id} of project {project_id}"
+        what = "training job artifacts"
         body = self._call("GET", f"{self._job_path(project_id, job_id)}/download", what=what)
         urls = body.get("artifact_presigned_urls")
         if not isinstance(urls, list):
@@ -571,12 +571,8 @@ class BasetenClient:
         raise error
 
     def _deployment_path(self, model_id: str, deployment_id: str) -> str:
-        what = self._dw(model_id, deployment_id)
+        what = "deployment"
         return f"v1/models/{self._id(model_id, what)}/deployments/{self._id(deployment_id, what)}"
-
-    @staticmethod
-    def _dw(model_id: str, deployment_id: str) -> str:
-        return f"deployment {deployment_id} of model {model_id}"
 
     @property
     def request_count(self) -> int:

@@ -39,6 +39,7 @@ from .errors import (
 from .jobs import KeyedLocks, check_idempotency_key
 from .logs import get_logger, log
 from .schemas import NAME, Deployment, DeploymentRequest, short_status, split_job_name
+from .scope import JobScope
 from .settings import Settings
 
 _logger = get_logger("deployments")
@@ -114,6 +115,7 @@ class DeploymentService:
     ) -> None:
         self._settings = settings
         self._client = client
+        self._scope = JobScope(settings.project_name_prefix, client)
         self._deployer = deployer
         self._locks = KeyedLocks()
         self._clock = clock
@@ -162,11 +164,11 @@ class DeploymentService:
         completion passes False, so it never undoes a user's deactivation.
         """
         key = check_idempotency_key(idempotency_key)
-        job = self._client.get_job(project_id, job_id)
+        job = self._scope.read_job(project_id, job_id)
         status = str(job.get("current_status") or "")
         if status != COMPLETED:
             raise ConflictError(
-                f"training job {job_id} is {short_status(status) or 'in an unknown state'}; "
+                f"the training job is {short_status(status) or 'in an unknown state'}; "
                 "only a completed job can be deployed"
             )
         checkpoint_id = self._checkpoint(project_id, job_id, request.checkpoint_id)
@@ -236,12 +238,12 @@ class DeploymentService:
         ids = [str(c.get("checkpoint_id") or c.get("id") or "") for c in checkpoints]
         if wanted is not None:
             if wanted not in ids:
-                raise NotFoundError(f"checkpoint {wanted} of training job {job_id} not found")
+                raise NotFoundError(f"checkpoint {wanted} not found in the training job")
             return wanted
         loras = [c for c in checkpoints if str(c.get("checkpoint_type") or "").lower() == "lora"]
         if not loras:
             raise ConflictError(
-                f"training job {job_id} has no LoRA checkpoint to deploy"
+                "the training job has no LoRA checkpoint to deploy"
                 + (" (name one with checkpoint_id)" if checkpoints else "")
             )
         # The newest is the final one when the job wrote it last.
@@ -382,14 +384,33 @@ class DeploymentService:
     # -- read and deactivate -------------------------------------------------------
 
     def get(self, model_id: str, deployment_id: str) -> Deployment:
-        raw = self._client.get_deployment(model_id, deployment_id)
+        raw = self._read(model_id, deployment_id)
         model = self._client.get_model(model_id)
         return self.as_deployment({**raw, "model_id": model_id}, model.get("name"))
 
     def deactivate(self, model_id: str, deployment_id: str) -> Deployment:
         """Deactivate (stop paying for) a deployment; answer it as it is afterwards."""
+        if self._scope.limited:
+            self._read(model_id, deployment_id)
         self._client.deactivate_deployment(model_id, deployment_id)
         return self.get(model_id, deployment_id)
+
+    def _read(self, model_id: str, deployment_id: str) -> dict[str, Any]:
+        """Baseten's deployment; with PROJECT_NAME_PREFIX, only one of a job callers may see.
+
+        The training job is known from the name this service gives its deployments;
+        any other deployment answers exactly as an unknown one.
+        """
+        raw = self._client.get_deployment(model_id, deployment_id)
+        if self._scope.limited:
+            source = parse_marker(raw.get("name"))
+            try:
+                if source is None:
+                    raise NotFoundError("not a deployment of this service")
+                self._scope.read_job(source[0], source[1])
+            except NotFoundError:
+                raise NotFoundError("deployment not found on Baseten") from None
+        return raw
 
 
 __all__ = [

@@ -47,6 +47,7 @@ from .log_pages import (
 )
 from .logs import get_logger, log, scrub
 from .schemas import TERMINAL_STATUSES, Job, short_status
+from .scope import JobScope
 from .settings import Settings
 from .training_metrics import (
     TrainingSeries,
@@ -297,6 +298,7 @@ class JobInsights:
     ) -> None:
         self._settings = settings
         self._client = client
+        self._scope = JobScope(settings.project_name_prefix, client)
         self._secrets = secrets
         self._clock = clock
         self._scan_workers = scan_workers
@@ -306,7 +308,7 @@ class JobInsights:
     # -- logs ---------------------------------------------------------------------------
 
     def logs(self, project_id: str, job_id: str, query: LogQuery) -> dict[str, Any]:
-        raw_job = self._client.get_job(project_id, job_id)
+        raw_job = self._scope.read_job(project_id, job_id)
         finished = raw_job.get("current_status") in TERMINAL_STATUSES
         now = self._clock()
         cursor = query.cursor
@@ -351,7 +353,7 @@ class JobInsights:
     # -- metrics ------------------------------------------------------------------------
 
     def metrics(self, project_id: str, job_id: str, query: MetricsQuery) -> dict[str, Any]:
-        raw_job = self._client.get_job(project_id, job_id)
+        raw_job = self._scope.read_job(project_id, job_id)
         status = str(raw_job.get("current_status") or "")
         finished = status in TERMINAL_STATUSES
         key = (project_id, job_id, query.since_ns, query.until_ns, query.points, status)

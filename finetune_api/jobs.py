@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from .errors import InvalidRequestError, NotFoundError, ServiceError, UpstreamRejectedError
+from .errors import InvalidRequestError, ServiceError, UpstreamRejectedError
 from .logs import get_logger, log
 from .schemas import (
     TERMINAL_STATUSES,
@@ -36,6 +36,7 @@ from .schemas import (
     job_from_baseten,
     split_job_name,
 )
+from .scope import JobScope
 from .settings import Settings
 from .staging import staged_template
 
@@ -153,6 +154,7 @@ class JobService:
         self._settings = settings
         self._progress = progress
         self._client = client
+        self._scope = JobScope(settings.project_name_prefix, client)
         self._push = pusher
         self._announce = announce
         self._key_locks = KeyedLocks()
@@ -298,24 +300,11 @@ class JobService:
 
     def allows(self, raw_job: dict[str, Any]) -> bool:
         """Whether PROJECT_NAME_PREFIX (when set) lets callers see this Baseten job."""
-        prefix = self._settings.project_name_prefix
-        if prefix is None:
-            return True
-        project = raw_job.get("training_project")
-        name = project.get("name") if isinstance(project, dict) else None
-        # A job whose project name Baseten did not give is not shown (fail closed).
-        return isinstance(name, str) and name.startswith(prefix)
+        return self._scope.allows(raw_job)
 
     def read_job(self, project_id: str, job_id: str) -> dict[str, Any]:
-        """Baseten's job, or not_found when PROJECT_NAME_PREFIX hides it.
-
-        A hidden job answers exactly as an unknown one, so its existence is not revealed.
-        Routes added later that act on a job (logs, metrics, deployments) go through here.
-        """
-        raw = self._client.get_job(project_id, job_id)
-        if not self.allows(raw):
-            raise NotFoundError("training job not found on Baseten")
-        return raw
+        """Baseten's job, or not_found when PROJECT_NAME_PREFIX hides it (see :mod:`.scope`)."""
+        return self._scope.read_job(project_id, job_id)
 
     def get(self, project_id: str, job_id: str, *, with_checkpoints: bool = True) -> Job:
         raw = self.read_job(project_id, job_id)
@@ -330,7 +319,7 @@ class JobService:
         )
 
     def checkpoints(self, project_id: str, job_id: str) -> list[Checkpoint]:
-        if self._settings.project_name_prefix is not None:
+        if self._scope.limited:
             self.read_job(project_id, job_id)
         return self._checkpoints(project_id, job_id)
 

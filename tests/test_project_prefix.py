@@ -68,10 +68,74 @@ def test_jobs_outside_the_prefix_are_invisible_and_unstoppable(
     assert statuses[foreign_job] == "TRAINING_JOB_CREATED"  # never stopped
 
     own_url = f"{scoped.url}/jobs/{own['training_project_id']}/{own['training_job_id']}"
+    assert requests.get(f"{own_url}/logs", timeout=30).status_code == 200
+    assert requests.get(f"{own_url}/metrics", timeout=30).status_code == 200
     assert requests.get(own_url, timeout=30).status_code == 200
     assert requests.get(f"{own_url}/checkpoints", timeout=30).status_code == 200
     stopped = requests.post(f"{own_url}/stop", timeout=30)
     assert stopped.status_code == 200 and stopped.json()["status"] == "stopped"
+
+
+def test_logs_metrics_and_deploys_of_jobs_outside_the_prefix_are_not_found(
+    scoped: FunctionServer, sandbox: Sandbox
+) -> None:
+    # A completed foreign job with a checkpoint: only the prefix stands between it and a deploy.
+    [foreign] = sandbox.seed(
+        projects=1,
+        jobs_per_project=1,
+        name_prefix="other",
+        status="TRAINING_JOB_COMPLETED",
+        checkpoints_per_job=1,
+    )["projects"]
+    base = f"{scoped.url}/jobs/{foreign['id']}/{foreign['job_ids'][0]}"
+    for method, url in [
+        ("GET", f"{base}/logs"),
+        ("GET", f"{base}/metrics"),
+        ("GET", f"{base}/metrics?format=svg"),
+        ("POST", f"{base}/deployments"),
+    ]:
+        response = requests.request(method, url, timeout=30)
+        assert response.status_code == 404, (url, response.text)
+        assert response.json()["error"] == {
+            "type": "not_found",
+            "message": "training job not found on Baseten",
+        }
+    assert sandbox.state.deployments.mutations == 0
+    assert sandbox.state.deployments.all()["deployments"] == []
+
+
+def test_deployments_of_jobs_outside_the_prefix_cannot_be_read_or_deactivated(
+    scoped: FunctionServer, train_http: FunctionServer, sandbox: Sandbox
+) -> None:
+    def completed(prefix: str) -> str:
+        [project] = sandbox.seed(
+            projects=1,
+            jobs_per_project=1,
+            name_prefix=prefix,
+            status="TRAINING_JOB_COMPLETED",
+            checkpoints_per_job=1,
+        )["projects"]
+        return f"/jobs/{project['id']}/{project['job_ids'][0]}/deployments"
+
+    # Deployed by an instance without the setting, then asked of one with it.
+    foreign = requests.post(f"{train_http.url}{completed('other')}", timeout=60)
+    assert foreign.status_code == 202, foreign.text
+    path = f"/deployments/{foreign.json()['model_id']}/{foreign.json()['deployment_id']}"
+    for method, url in [("GET", path), ("POST", f"{path}/deactivate")]:
+        response = requests.request(method, f"{scoped.url}{url}", timeout=30)
+        assert response.status_code == 404, (url, response.text)
+        assert response.json()["error"] == {
+            "type": "not_found",
+            "message": "deployment not found on Baseten",
+        }
+    [kept] = sandbox.state.deployments.all()["deployments"]
+    assert kept["status"] != "INACTIVE"  # the deactivate never reached Baseten
+
+    own = requests.post(f"{scoped.url}{completed('svc-own')}", timeout=60)
+    assert own.status_code == 202, own.text
+    own_path = f"/deployments/{own.json()['model_id']}/{own.json()['deployment_id']}"
+    assert requests.get(f"{scoped.url}{own_path}", timeout=30).json() == own.json()
+    assert requests.post(f"{scoped.url}{own_path}/deactivate", timeout=30).status_code == 200
 
 
 def test_submissions_stay_inside_the_prefix(scoped: FunctionServer, sandbox: Sandbox) -> None:
