@@ -31,7 +31,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from .deployments import DeploymentService, parse_marker
@@ -46,6 +46,7 @@ from .events import (
 from .logs import context, get_logger, log
 from .schemas import DeploymentRequest, job_from_baseten
 from .settings import Settings
+from .timestamps import parse_time
 from .webhooks import DeliveryResult
 
 _logger = get_logger("deployment_watch")
@@ -249,7 +250,7 @@ class DeploymentWatch:
             for raw in deployments:
                 if parse_marker(raw.get("name")) is None:
                     continue
-                created = _parse_time(raw.get("created_at"))
+                created = parse_time(raw.get("created_at"))
                 if created is not None and created < horizon:
                     continue
                 outcome.deployments_checked += 1
@@ -285,16 +286,6 @@ class DeploymentWatch:
             outcome.delivered += 1
         elif result.failed:
             outcome.webhook_failures += 1
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 __all__ = ["DeploymentWatch", "WatchOutcome", "runtime_config_from_archive"]

@@ -22,7 +22,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from .events import Event, rfc3339
 from .logs import get_logger, log
@@ -35,22 +35,13 @@ from .poll_state import (
     TrackedJob,
     load,
 )
+from .timestamps import parse_time
 
 _logger = get_logger("poll_state")
 
 #: Delivery records are kept this long beyond the lookback (clock skew, slow polls).
 SENT_MARGIN = timedelta(minutes=10)
 _EPOCH = "1970-01-01T00:00:00Z"
-
-
-def _parse(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        return None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
 
 
 class PollLedger:
@@ -153,7 +144,7 @@ class PollLedger:
             kept = {
                 event_id: stamp
                 for event_id, stamp in sent.items()
-                if (moment := _parse(stamp)) is not None and moment >= oldest
+                if (moment := parse_time(stamp)) is not None and moment >= oldest
             }
             swept_at = (
                 rfc3339(until)
@@ -177,7 +168,7 @@ class PollLedger:
             log(_logger, logging.ERROR, "poll state not saved", problem=self.save_problem)
             return False
         if loaded.state is not None:
-            saved_until = _parse(loaded.state.until)
+            saved_until = parse_time(loaded.state.until)
             if saved_until is not None and saved_until >= until:
                 self._lose_locked()
                 return False

@@ -63,6 +63,7 @@ from .schemas import (
     job_from_baseten,
 )
 from .settings import Settings
+from .timestamps import parse_time
 from .webhooks import DeliveryResult
 
 _logger = get_logger("poller")
@@ -126,19 +127,6 @@ class _JobOutcome:
     webhook_failures: int = 0
     already_delivered: int = 0
     failed: bool = False
-
-
-def parse_time(value: Any) -> datetime | None:
-    """An aware UTC datetime from Baseten's ISO 8601 text; None when absent or unreadable."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        return moment.astimezone(UTC)
-    except (ValueError, OverflowError):
-        return None
 
 
 def unreadable_time(value: Any) -> bool:

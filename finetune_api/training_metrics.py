@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from .timestamps import parse_time
+
 MARKER = "FT_METRICS "
 STEP = "step"
 EVAL = "eval"
@@ -283,12 +285,8 @@ def final_summary(
 
 
 def seconds_between(start: str | None, end: str | None) -> float | None:
-    if not start or not end:
-        return None
-    try:
-        first = datetime.fromisoformat(start.replace("Z", "+00:00"))
-        last = datetime.fromisoformat(end.replace("Z", "+00:00"))
-    except ValueError:
+    first, last = parse_time(start), parse_time(end)
+    if first is None or last is None:
         return None
     return max(0.0, (last - first).total_seconds())
 
