@@ -46,6 +46,7 @@ from .log_pages import (
     scan_parallel,
 )
 from .logs import get_logger, log, scrub
+from .query import bounded_int
 from .schemas import TERMINAL_STATUSES, Job, short_status
 from .scope import JobScope
 from .settings import Settings
@@ -161,13 +162,9 @@ def parse_time_ns(value: Any, name: str, prefix: str = "query.") -> int | None:
 
 
 def _int(value: Any, name: str, low: int, high: int, default: int, prefix: str) -> int:
-    if value is None or value == "":
-        return default
-    if isinstance(value, str) and value.isascii() and value.isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise _bad(name, f"must be an integer from {low} to {high}", prefix)
-    return value
+    # An empty query value means "not given" here.
+    raw = None if value == "" else value
+    return bounded_int(raw, name, low, high, default, location=prefix)
 
 
 @dataclass(frozen=True)

@@ -16,18 +16,32 @@ from .errors import InvalidRequestError
 _ASCII_DIGITS = re.compile(r"[0-9]+")
 
 
-def bounded_int(raw: str | None, name: str, low: int, high: int, default: int) -> int:
-    """``raw`` (a query value) as an integer in ``[low, high]``; ``default`` when absent."""
+def bounded_int(
+    raw: str | int | None,
+    name: str,
+    low: int,
+    high: int,
+    default: int,
+    *,
+    location: str = "query.",
+) -> int:
+    """``raw`` (a query value, or an int from the Python API) in ``[low, high]``.
+
+    ``default`` when absent; ``location`` prefixes ``name`` in the error's details.
+    """
     if raw is None:
         return default
     rule = f"must be an integer from {low} to {high}"
+    value: int | None = None
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
     # No more digits than the bound has (leading zeros aside), so int() stays cheap.
-    if len(raw) <= len(str(high)) and _ASCII_DIGITS.fullmatch(raw):
+    elif isinstance(raw, str) and len(raw) <= len(str(high)) and _ASCII_DIGITS.fullmatch(raw):
         value = int(raw)
-        if low <= value <= high:
-            return value
+    if value is not None and low <= value <= high:
+        return value
     raise InvalidRequestError(
-        f"{name} {rule}", details=[{"location": f"query.{name}", "reason": rule}]
+        f"{name} {rule}", details=[{"location": f"{location}{name}", "reason": rule}]
     )
 
 

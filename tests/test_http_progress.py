@@ -57,6 +57,9 @@ def test_logs_route_pages_with_a_cursor(train_http: FunctionServer, sandbox: San
     [
         ("limit=0", "query.limit"),
         ("limit=abc", "query.limit"),
+        ("limit=" + "9" * 5000, "query.limit"),  # past int()'s digit limit: a 400, not a 500
+        ("limit=%C2%B2", "query.limit"),
+        ("limit=%D9%A3", "query.limit"),
         ("order=up", "query.order"),
         ("level=TRACE", "query.level"),
         ("since=now", "query.since"),

@@ -240,6 +240,8 @@ def test_bad_log_parameters_are_a_400_naming_them(params: dict[str, str], locati
     [
         ({"points": "1"}, "query.points"),
         ({"points": "10001"}, "query.points"),
+        ({"points": "9" * 5000}, "query.points"),  # past int()'s digit limit: a 400, not a 500
+        ({"points": "\u00b2"}, "query.points"),
         ({"format": "png"}, "query.format"),
         ({"since": "2026-01-01"}, "query.since"),
         ({"step": "1"}, "query.step"),
