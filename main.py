@@ -10,9 +10,9 @@ from cloudevents.http import CloudEvent
 from flask import Request, Response
 from werkzeug.exceptions import HTTPException
 
-from finetune_api.http_app import framework_error_response
-from finetune_api.pubsub import handle_pubsub
-from finetune_api.routes import handle_poll, handle_train_http
+from finetune_api.edge.http_app import framework_error_response
+from finetune_api.edge.pubsub import handle_pubsub
+from finetune_api.edge.routes import handle_poll, handle_train_http
 
 
 @functions_framework.http

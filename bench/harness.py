@@ -286,9 +286,9 @@ def rollup_kb(pid: int) -> dict[str, int]:
 
 def runtime_config(body: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``runtime_config.json`` exactly as the service writes it for ``body``."""
-    from finetune_api.jobs import JobService
-    from finetune_api.schemas import parse_training_request
-    from finetune_api.settings import load_settings
+    from finetune_api.core.schemas import parse_training_request
+    from finetune_api.core.settings import load_settings
+    from finetune_api.jobs.service import JobService
 
     settings = load_settings(baseten_api_key="unused", baseten_remote_url="http://unused")
     service = JobService(settings, client=None, pusher=None)

@@ -36,9 +36,9 @@ from bench.harness import (
     status_kb,
     workdir,
 )
-from finetune_api.baseten_client import BasetenClient, RateLimiter
-from finetune_api.log_pages import iter_lines, job_fetch
-from finetune_api.settings import load_settings
+from finetune_api.baseten.client import BasetenClient, RateLimiter
+from finetune_api.baseten.log_pages import iter_lines, job_fetch
+from finetune_api.core.settings import load_settings
 from loopback.functions import FunctionServer
 from loopback.servers import SandboxProcess
 

@@ -28,12 +28,12 @@ from typing import Any
 
 import requests
 
-from finetune_api.baseten_client import BasetenClient, RateLimiter
-from finetune_api.events import EventSink
-from finetune_api.logs import LOGGER_NAME, configure
-from finetune_api.poller import poll
-from finetune_api.secrets import SecretStore
-from finetune_api.settings import Settings, load_settings
+from finetune_api.baseten.client import BasetenClient, RateLimiter
+from finetune_api.core.logs import LOGGER_NAME, configure
+from finetune_api.core.secrets import SecretStore
+from finetune_api.core.settings import Settings, load_settings
+from finetune_api.notify.events import EventSink
+from finetune_api.polling.poller import poll
 from loopback.servers import SandboxProcess
 from loopback.webhook_receiver import WebhookReceiver
 

@@ -5,7 +5,7 @@ job = handle_training_request("HuggingFaceH4/Multilingual-Thinking", "openai/gpt
 job["training_job_id"], job["status"], job["dashboard_url"]
 """
 
-from .api import (
+from finetune_api.api import (
     deactivate_deployment,
     deploy_checkpoint,
     get_deployment,
@@ -14,7 +14,7 @@ from .api import (
     job_metrics,
     job_metrics_svg,
 )
-from .errors import (
+from finetune_api.core.errors import (
     ConfigurationError,
     ConflictError,
     InternalError,

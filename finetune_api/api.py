@@ -6,10 +6,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .runtime import get_services
+from finetune_api.runtime import get_services
 
 if TYPE_CHECKING:
-    from .schemas import TrainingRequest
+    from finetune_api.core.schemas import TrainingRequest
 
 
 def handle_training_request(
@@ -35,7 +35,7 @@ def handle_training_request(
     Returns the Job object as a JSON-ready dict (``training_project_id``,
     ``training_job_id``, ``status``, ``dashboard_url``, ...).
 
-    Raises a :class:`finetune_api.errors.ServiceError` subclass on failure:
+    Raises a :class:`finetune_api.core.errors.ServiceError` subclass on failure:
     ``InvalidRequestError`` (bad argument), ``UpstreamRejectedError`` (Baseten
     refused the job), ``UpstreamUnavailableError`` / ``SecretUnavailableError``
     (retry later), ``UpstreamError``, ``ConfigurationError``. Each carries
@@ -73,7 +73,7 @@ def submit_body(
 def _validate(body: Any) -> TrainingRequest:
     """The one validation pass every submission goes through."""
     # pydantic is imported by the first request that needs it, not at cold start.
-    from .schemas import parse_training_request
+    from finetune_api.core.schemas import parse_training_request
 
     return parse_training_request(body, get_services().settings)
 
@@ -137,7 +137,7 @@ def deploy_body(
     project_id: str, job_id: str, body: Any, *, idempotency_key: str | None = None
 ) -> dict[str, Any]:
     """Deploy from a decoded JSON body (``None`` = every default); HTTP shares this path."""
-    from .schemas import parse_deployment_request
+    from finetune_api.core.schemas import parse_deployment_request
 
     services = get_services()
     request = parse_deployment_request(body, services.settings)
@@ -184,7 +184,7 @@ def job_logs(
     :func:`handle_training_request` (``InvalidRequestError`` naming a bad
     argument, ``NotFoundError`` for an unknown job, ``Upstream*Error``).
     """
-    from .job_insights import log_query
+    from finetune_api.insights.job_insights import log_query
 
     values = {
         "since": since,
@@ -241,13 +241,13 @@ def metrics_answer(
     accept: str | None = None,
 ) -> tuple[dict[str, Any], str | None]:
     """The metrics answer and, when SVG was asked for, its chart (HTTP and Python share this)."""
-    from .job_insights import metrics_query
+    from finetune_api.insights.job_insights import metrics_query
 
     query = metrics_query({k: v for k, v in values.items() if v is not None}, prefix, accept=accept)
     answer: dict[str, Any] = get_services().insights.metrics(project_id, job_id, query)
     if not query.svg:
         return answer, None
     # matplotlib is imported by the first chart, never at cold start.
-    from .chart import render_svg
+    from finetune_api.insights.chart import render_svg
 
     return answer, render_svg(answer)

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .logs import get_logger
-from .settings import Settings, get_settings
+from finetune_api.core.logs import get_logger
+from finetune_api.core.settings import Settings, get_settings
 
 
 @dataclass
@@ -33,13 +33,13 @@ _lock = threading.Lock()
 
 
 def build_services(settings: Settings) -> Services:
-    from .baseten_client import BasetenClient
-    from .baseten_push import push_training_job
-    from .events import EventSink, submitted_event
-    from .job_insights import JobInsights
-    from .jobs import JobService
-    from .poll_state import store_from_settings
-    from .secrets import SecretStore
+    from finetune_api.baseten.client import BasetenClient
+    from finetune_api.baseten.push import push_training_job
+    from finetune_api.core.secrets import SecretStore
+    from finetune_api.insights.job_insights import JobInsights
+    from finetune_api.jobs.service import JobService
+    from finetune_api.notify.events import EventSink, submitted_event
+    from finetune_api.polling.stores import store_from_settings
 
     secrets = SecretStore(settings)
 
@@ -80,17 +80,17 @@ def build_services(settings: Settings) -> Services:
 
 def build_serving(settings: Settings, client: Any, api_key: Any) -> tuple[Any, Any]:
     """The deployment service and the poll's serving watch (truss loads on first deploy)."""
-    from .deployment_watch import DeploymentWatch
-    from .deployments import DeploymentService
+    from finetune_api.serving.deployments import DeploymentService
+    from finetune_api.serving.watch import DeploymentWatch
 
     class TrussDeployer:
         def instance_types(self) -> list[Any]:
-            from .baseten_deploy import instance_types
+            from finetune_api.baseten.deploy import instance_types
 
             return instance_types(settings, api_key())
 
         def create(self, request: dict[str, Any]) -> dict[str, Any]:
-            from .baseten_deploy import create_from_checkpoint
+            from finetune_api.baseten.deploy import create_from_checkpoint
 
             return create_from_checkpoint(settings, api_key(), request)
 
@@ -115,7 +115,7 @@ def reset() -> None:
     For tests and for programs that change their environment at run time.
     """
     global _services
-    from . import settings
+    from finetune_api.core import settings
 
     with _lock:
         _services = None

@@ -20,22 +20,38 @@ What a client of Baseten sees when it deploys a training checkpoint:
   (the path part of Baseten's ``https://model-{id}.api.baseten.co/...``),
   answering deterministically.
 
-Everything shares :class:`sandbox.state.SandboxState`'s lock and clock.
+Everything shares the training state's lock and clock (:class:`TrainingSide`,
+which :class:`sandbox.state.SandboxState` satisfies; this module never imports it).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from werkzeug.routing import Rule
 
 from sandbox.errors import SandboxApiError
+from sandbox.times import rfc3339
 
-if TYPE_CHECKING:
-    from sandbox.state import SandboxState
+
+class TrainingSide(Protocol):
+    """What deployments read of the training state: its lock, clock, config, jobs and S3."""
+
+    _lock: threading.RLock
+    _jobs: dict[str, Any]
+    config: Any
+    s3: Any
+
+    def now_us(self) -> int: ...
+
+    def _new_id(self, taken: dict[str, Any]) -> str: ...
+
+    def _job_or_404(self, project_id: str, job_id: str) -> Any: ...
+
 
 BUILDING = "BUILDING"
 DEPLOYING = "DEPLOYING"
@@ -286,7 +302,7 @@ def _normalized(query: str) -> str:
 class DeploymentStore:
     """Models and deployments of one sandbox; every method takes the state's lock."""
 
-    def __init__(self, state: SandboxState) -> None:
+    def __init__(self, state: TrainingSide) -> None:
         self.state = state
         self._models: dict[str, Model] = {}
         self._models_by_name: dict[str, str] = {}
@@ -357,7 +373,6 @@ class DeploymentStore:
     # -------------------------------------------------------------- rendering
 
     def _deployment_json(self, deployment: Deployment) -> dict[str, Any]:
-        from sandbox.state import rfc3339
 
         model = self._models[deployment.model_id]
         active = deployment.status == ACTIVE
@@ -389,7 +404,6 @@ class DeploymentStore:
         }
 
     def _model_json(self, model: Model) -> dict[str, Any]:
-        from sandbox.state import rfc3339
 
         latest = self._deployments[model.deployment_ids[-1]] if model.deployment_ids else None
         return {

@@ -27,13 +27,14 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
-from datetime import UTC, datetime
 from functools import lru_cache
 from operator import attrgetter
 from typing import Any
 
+from sandbox.deployments import DeploymentStore
 from sandbox.errors import SandboxApiError
 from sandbox.s3 import S3Gateway
+from sandbox.times import rfc3339
 from sandbox.training_logs import TrainingLogs
 
 PENDING = "TRAINING_JOB_PENDING"
@@ -93,13 +94,6 @@ _US = 1_000_000
 
 
 @lru_cache(maxsize=1 << 16)
-def rfc3339(us: int) -> str:
-    """``2026-11-27T06:00:00.123456Z`` for integer microseconds since the epoch."""
-    seconds, micros = divmod(us, _US)
-    moment = datetime.fromtimestamp(seconds, UTC).replace(microsecond=micros)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -353,8 +347,6 @@ class SandboxState:
         self._stats = Stats()
         self._seq = 0
         self.training = TrainingLogs()
-        from sandbox.deployments import DeploymentStore
-
         self.deployments = DeploymentStore(self)
 
     # ----------------------------------------------------------------- basics

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from finetune_api.baseten_client import BasetenClient, RateLimiter
-from finetune_api.logs import LOGGER_NAME, JsonFormatter, configure
-from finetune_api.settings import Settings, load_settings
+from finetune_api.baseten.client import BasetenClient, RateLimiter
+from finetune_api.core.logs import LOGGER_NAME, JsonFormatter, configure
+from finetune_api.core.settings import Settings, load_settings
 from loopback.servers import start_sandbox
 from loopback.webhook_receiver import WebhookReceiver
 from sandbox import Sandbox

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from finetune_api.errors import ConfigurationError
-from finetune_api.settings import load_settings
+from finetune_api.core.errors import ConfigurationError
+from finetune_api.core.settings import load_settings
 from loopback.fake_secret_manager import FakeSecretManager
 from loopback.functions import FunctionServer
 from sandbox import Sandbox

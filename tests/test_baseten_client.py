@@ -10,8 +10,8 @@ import traceback
 
 import pytest
 
-from finetune_api.baseten_client import BasetenClient, RateLimiter, upstream_error
-from finetune_api.errors import (
+from finetune_api.baseten.client import BasetenClient, RateLimiter, upstream_error
+from finetune_api.core.errors import (
     ConfigurationError,
     NotFoundError,
     ServiceError,

@@ -3,7 +3,7 @@
 ``truss train deploy_checkpoints`` builds its mutation request in
 ``_build_inference_template_request`` and picks the instance type in
 ``_get_instance_type_id``; both are called here with truss's own objects against
-the sandbox, and compared with what ``finetune_api.baseten_deploy`` produces.
+the sandbox, and compared with what ``finetune_api.baseten.deploy`` produces.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from finetune_api import baseten_deploy
-from finetune_api.deployment_watch import runtime_config_from_archive
-from finetune_api.settings import load_settings
+from finetune_api.baseten import deploy as baseten_deploy
+from finetune_api.core.settings import load_settings
+from finetune_api.serving.watch import runtime_config_from_archive
 from sandbox import Sandbox
 from tests.conftest import API_KEY
 

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = """
 import os, tempfile
-from finetune_api import chart
+from finetune_api.insights import chart
 answer = {
     "training_job_id": "j1", "job_name": "tmp-check", "status": "running",
     "training": {"steps": [{"step": 1, "loss": 2.5, "learning_rate": 1e-4},

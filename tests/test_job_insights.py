@@ -14,20 +14,20 @@ from typing import Any
 
 import pytest
 
-from finetune_api.errors import (
+from finetune_api.baseten.log_pages import Cursor, Position
+from finetune_api.core.errors import (
     InvalidRequestError,
     NotFoundError,
     UpstreamError,
     UpstreamUnavailableError,
 )
-from finetune_api.job_insights import JobInsights, log_query, metrics_query
-from finetune_api.jobs import JobService
-from finetune_api.log_pages import Cursor, Position
-from finetune_api.poller import poll
-from finetune_api.schemas import job_from_baseten
-from finetune_api.settings import Settings
-from finetune_api.training_metrics import downsample_indices, format_line
-from finetune_api.webhooks import DeliveryResult
+from finetune_api.core.schemas import job_from_baseten
+from finetune_api.core.settings import Settings
+from finetune_api.insights.job_insights import JobInsights, log_query, metrics_query
+from finetune_api.insights.training_metrics import downsample_indices, format_line
+from finetune_api.jobs.service import JobService
+from finetune_api.notify.webhooks import DeliveryResult
+from finetune_api.polling.poller import poll
 from sandbox import Sandbox
 from tests.poll_fixtures import (  # noqa: F401 - fixtures
     API_KEY,
@@ -45,7 +45,7 @@ METRICS_ROUTE = "GET /v1/training_projects/<project_id>/jobs/<job_id>/metrics"
 
 
 def rfc3339(ns: int) -> str:
-    from finetune_api.training_metrics import ns_to_rfc3339
+    from finetune_api.insights.training_metrics import ns_to_rfc3339
 
     return ns_to_rfc3339(ns)
 
@@ -494,8 +494,8 @@ def test_job_from_baseten_stays_the_same_shape() -> None:
 
 
 def test_answers_match_their_documented_schemas(baseten: Sandbox, insights: JobInsights) -> None:
-    from finetune_api.insight_schemas import LogPage, MetricsAnswer
-    from finetune_api.openapi import openapi_document
+    from finetune_api.edge.openapi import openapi_document
+    from finetune_api.insights.schemas import LogPage, MetricsAnswer
 
     project_id, job_id = seed(baseten)
     baseten.synthesize_logs(job_id, steps=100, seconds=60, validation=True, nodes=2)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import requests
 
-from finetune_api.baseten_client import BasetenClient
-from finetune_api.errors import NotFoundError
-from finetune_api.jobs import JobService
+from finetune_api.baseten.client import BasetenClient
+from finetune_api.core.errors import NotFoundError
+from finetune_api.jobs.service import JobService
 from sandbox import COMPLETED, RUNNING, Sandbox
 from tests.poll_fixtures import (  # noqa: F401 - fixtures
     API_KEY,

@@ -90,3 +90,108 @@ def test_gcloudignore_keeps_loopback_out_of_every_upload() -> None:
     assert let_in  # the check sees the let-in lines
     assert not [line for line in let_in if "loopback" in line]
     assert lines.index("loopback/") > max(lines.index(line) for line in let_in)  # last wins
+
+
+# --- Inside finetune_api: rooms import each other only downward -------------------------
+
+# Bottom to top; docs/development.md draws the same map. "" is the package root
+# (``api``, ``runtime``, ``__init__``): the composition root, above every domain room.
+ROOMS = ("core", "baseten", "notify", "jobs", "insights", "serving", "polling", "", "edge")
+PACKAGE = ROOT / "finetune_api"
+
+
+def _module_name(path: Path, root: Path = ROOT) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports_of(path: Path, root: Path = ROOT) -> set[str]:
+    """Every module ``path`` imports (absolute or relative, lazy ones and type-only included)."""
+    package_parts = _module_name(path, root).split(".")
+    if path.name != "__init__.py":
+        package_parts = package_parts[:-1]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package_parts[: len(package_parts) - node.level + 1]
+                module = ".".join([*base, node.module] if node.module else base)
+            else:
+                module = node.module or ""
+            found.add(module)
+            # ``from pkg import mod`` imports the module pkg.mod when there is one.
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _room(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in ROOMS) else ""
+
+
+def upward_imports(package: Path, root: Path = ROOT) -> list[str]:
+    """``a -> b`` for every import of a module in a higher room, or in an unknown one."""
+    modules = {_module_name(p, root) for p in package.rglob("*.py")}
+    wrong = []
+    for path in sorted(package.rglob("*.py")):
+        here = _module_name(path, root)
+        for target in sorted(_imports_of(path, root) & modules):
+            mine, theirs = _room(here), _room(target)
+            if mine not in ROOMS or theirs not in ROOMS:
+                wrong.append(f"{here} -> {target} (a room missing from ROOMS)")
+            elif ROOMS.index(theirs) > ROOMS.index(mine):
+                wrong.append(f"{here} -> {target}")
+    return wrong
+
+
+def import_cycles(package: Path, root: Path = ROOT) -> list[tuple[str, str]]:
+    """Pairs of modules that import each other (a package's ``__init__`` aside)."""
+    modules = {_module_name(p, root): p for p in package.rglob("*.py") if p.name != "__init__.py"}
+    graph = {name: _imports_of(path, root) & modules.keys() for name, path in modules.items()}
+    return sorted((a, b) for a in graph for b in graph[a] if a < b and a in graph.get(b, set()))
+
+
+def test_rooms_import_only_downward() -> None:
+    assert {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"} == {
+        room for room in ROOMS if room
+    }
+    assert upward_imports(PACKAGE) == []
+
+
+def test_at_most_ten_modules_sit_directly_in_the_package() -> None:
+    assert len(list(PACKAGE.glob("*.py"))) <= 10
+
+
+def test_every_room_says_what_lives_there_and_what_it_may_import() -> None:
+    for room in filter(None, ROOMS):
+        doc = ast.get_docstring(ast.parse((PACKAGE / room / "__init__.py").read_text()))
+        assert doc and "May import" in doc, room
+
+
+def test_no_two_modules_import_each_other() -> None:
+    assert import_cycles(PACKAGE) == []
+    assert import_cycles(ROOT / "sandbox") == []
+
+
+def test_the_check_catches_an_upward_import_and_a_cycle(tmp_path: Path) -> None:
+    package = tmp_path / "finetune_api"
+    for room in ("core", "edge"):
+        (package / room).mkdir(parents=True)
+        (package / room / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "core" / "errors.py").write_text("from finetune_api.edge import routes\n")
+    (package / "edge" / "routes.py").write_text("from ..core.errors import X\n")
+    assert upward_imports(package, tmp_path) == [
+        "finetune_api.core.errors -> finetune_api.edge",
+        "finetune_api.core.errors -> finetune_api.edge.routes",
+    ]
+    assert import_cycles(package, tmp_path) == [
+        ("finetune_api.core.errors", "finetune_api.edge.routes")
+    ]
+    (package / "core" / "errors.py").write_text("X = 1\n")
+    assert upward_imports(package, tmp_path) == []
+    assert import_cycles(package, tmp_path) == []

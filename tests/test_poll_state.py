@@ -19,22 +19,21 @@ from typing import Any
 import pytest
 import requests
 
-from finetune_api.baseten_client import BasetenClient
-from finetune_api.events import Event, EventSink
-from finetune_api.gcs_state import GcsStateStore
-from finetune_api.poll_state import (
+from finetune_api.baseten.client import BasetenClient
+from finetune_api.core.schemas import PollReport
+from finetune_api.core.settings import Settings
+from finetune_api.notify.events import Event, EventSink
+from finetune_api.notify.webhooks import DeliveryResult, WebhookSender
+from finetune_api.polling.gcs_store import GcsStateStore
+from finetune_api.polling.poller import poll
+from finetune_api.polling.state import (
     ABSENT,
     LocalStateStore,
     PollState,
     StateConflict,
     StateStore,
-    default_state_file,
-    store_from_settings,
 )
-from finetune_api.poller import poll
-from finetune_api.schemas import PollReport
-from finetune_api.settings import Settings
-from finetune_api.webhooks import DeliveryResult, WebhookSender
+from finetune_api.polling.stores import default_state_file, store_from_settings
 from loopback.servers import LocalGcs
 from loopback.webhook_receiver import WebhookReceiver
 from sandbox import COMPLETED, FAILED, RUNNING, Sandbox
@@ -313,7 +312,7 @@ def test_state_of_another_baseten_is_not_used(world: World) -> None:
     world.poll()
     other = world.settings(baseten_api_url="http://127.0.0.1:9")  # nothing listens there
     store = world.store()
-    from finetune_api.poll_state import load
+    from finetune_api.polling.state import load
 
     loaded = load(store, other.resolved_api_url)
     assert loaded.state is None and loaded.problem == "unreadable: it describes another Baseten"
@@ -433,7 +432,7 @@ def test_the_local_store_is_the_default(tmp_path: Path) -> None:
 
 
 def make_settings_plain(**overrides: Any) -> Settings:
-    from finetune_api.settings import load_settings
+    from finetune_api.core.settings import load_settings
 
     return load_settings({}, **overrides)
 

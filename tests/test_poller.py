@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from finetune_api.errors import InvalidRequestError, UpstreamUnavailableError
-from finetune_api.events import EventSink
-from finetune_api.poller import parse_since, parse_time, poll
-from finetune_api.schemas import PollReport
-from finetune_api.secrets import SecretStore
-from finetune_api.settings import Settings
-from finetune_api.webhooks import WebhookSender
+from finetune_api.core.errors import InvalidRequestError, UpstreamUnavailableError
+from finetune_api.core.schemas import PollReport
+from finetune_api.core.secrets import SecretStore
+from finetune_api.core.settings import Settings
+from finetune_api.notify.events import EventSink
+from finetune_api.notify.webhooks import WebhookSender
+from finetune_api.polling.poller import parse_since, parse_time, poll
 from loopback.webhook_receiver import WebhookReceiver, unused_url
 from sandbox import COMPLETED, FAILED, RUNNING, Sandbox
 from tests.poll_fixtures import (  # noqa: F401 - fixtures
@@ -422,7 +422,7 @@ def test_unreadable_baseten_timestamps_fail_that_job_not_the_poll(
 
 
 def test_a_sink_that_raises_counts_as_a_failed_delivery(caplog: pytest.LogCaptureFixture) -> None:
-    from finetune_api.events import Event, emit_guarded
+    from finetune_api.notify.events import Event, emit_guarded
 
     class Raising:
         def emit(self, event: Event) -> Any:

@@ -16,7 +16,7 @@ import requests
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 
-from finetune_api.jobs import key_digest
+from finetune_api.jobs.service import key_digest
 from loopback.fake_secret_manager import FakeSecretManager
 from loopback.functions import FunctionServer
 from sandbox import Sandbox

@@ -13,7 +13,7 @@ import pytest
 
 import finetune_api
 from finetune_api import runtime
-from finetune_api.errors import UpstreamUnavailableError
+from finetune_api.core.errors import UpstreamUnavailableError
 from loopback.servers import running_sandbox
 from tests.conftest import API_KEY
 

@@ -134,7 +134,8 @@ def test_fastapi_example(configured: Sandbox) -> None:
 def test_each_submission_is_validated_once(
     configured: Sandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from finetune_api import api, schemas
+    from finetune_api import api
+    from finetune_api.core import schemas
 
     validations: list[Any] = []
     original = schemas.TrainingRequest.model_validate.__func__  # type: ignore[attr-defined]

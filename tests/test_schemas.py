@@ -6,15 +6,15 @@ from typing import Any
 
 import pytest
 
-from finetune_api.errors import InvalidRequestError
-from finetune_api.jobs import check_idempotency_key, default_job_name, default_project_name
-from finetune_api.schemas import (
+from finetune_api.core.errors import InvalidRequestError
+from finetune_api.core.schemas import (
     job_from_baseten,
     parse_training_request,
     short_status,
     split_job_name,
 )
-from finetune_api.settings import load_settings
+from finetune_api.core.settings import load_settings
+from finetune_api.jobs.service import check_idempotency_key, default_job_name, default_project_name
 
 SETTINGS = load_settings(allowed_accelerators="H100,L4", max_gpus_per_node=4, max_nodes=2)
 VALID = {"dataset_id": "HuggingFaceH4/Multilingual-Thinking", "model_id": "openai/gpt-oss-20b"}
@@ -187,7 +187,7 @@ def test_keyed_locks_serialize_one_key_and_forget_it_afterwards() -> None:
     import threading
     import time
 
-    from finetune_api.jobs import KeyedLocks
+    from finetune_api.jobs.service import KeyedLocks
 
     locks = KeyedLocks()
     inside: list[int] = []

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from finetune_api.errors import ConfigurationError, SecretUnavailableError
-from finetune_api.secrets import SecretStore, secret_version_name
-from finetune_api.settings import load_settings
+from finetune_api.core.errors import ConfigurationError, SecretUnavailableError
+from finetune_api.core.secrets import SecretStore, secret_version_name
+from finetune_api.core.settings import load_settings
 from loopback.fake_secret_manager import FakeSecretManager
 
 KEY = "bt-secret-key-0123456789"

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from finetune_api.timestamps import parse_time
-from finetune_api.training_metrics import seconds_between
+from finetune_api.core.timestamps import parse_time
+from finetune_api.insights.training_metrics import seconds_between
 
 NOON = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 

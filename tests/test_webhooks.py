@@ -12,8 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from standardwebhooks import Webhook
 
-from finetune_api.errors import SecretUnavailableError
-from finetune_api.events import (
+from finetune_api.core.errors import SecretUnavailableError
+from finetune_api.core.schemas import Checkpoint, Job
+from finetune_api.core.settings import load_settings
+from finetune_api.notify.events import (
     Event,
     EventSink,
     checkpoint_event,
@@ -21,9 +23,7 @@ from finetune_api.events import (
     status_event,
     submitted_event,
 )
-from finetune_api.schemas import Checkpoint, Job
-from finetune_api.settings import load_settings
-from finetune_api.webhooks import WebhookSender
+from finetune_api.notify.webhooks import WebhookSender
 from loopback.webhook_receiver import WebhookReceiver, unused_url
 from tests.poll_fixtures import (  # noqa: F401 - fixtures
     WEBHOOK_SECRET,
@@ -284,7 +284,7 @@ def test_sink_without_webhook_only_logs(service_logs: LogLines) -> None:
 def test_sink_delivers_with_secret_from_settings(
     receiver: WebhookReceiver, service_logs: LogLines
 ) -> None:
-    from finetune_api.secrets import SecretStore
+    from finetune_api.core.secrets import SecretStore
 
     settings = load_settings(webhook_url=receiver.url, webhook_secret=WEBHOOK_SECRET)
     sink = EventSink(settings, SecretStore(settings))

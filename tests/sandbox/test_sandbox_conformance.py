@@ -1,7 +1,7 @@
 """The sandbox against Baseten's vendored OpenAPI document (sandbox/spec/).
 
 Every operation the sandbox implements is walked through truss's own
-``BasetenApi`` and through our client (``finetune_api.baseten_client``), in
+``BasetenApi`` and through our client (``finetune_api.baseten.client``), in
 each mode and fault mode, and every answer is validated against the
 operation's response schema by the sandbox itself (``sandbox.conformance``);
 the ledger says how many were validated and that none broke the spec.
@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from finetune_api.baseten_client import BasetenClient, RateLimiter
-from finetune_api.errors import ServiceError
+from finetune_api.baseten.client import BasetenClient, RateLimiter
+from finetune_api.core.errors import ServiceError
 from sandbox import CREATED, PENDING, Sandbox
 from sandbox.conformance import LEDGER, Ledger, Rejection, vendored_spec
 from sandbox.refresh_spec import _shape, sandbox_operations

@@ -34,7 +34,7 @@ def _metrics(http: Http, job: dict[str, Any], **params: Any) -> Any:
 
 
 def _metric_records(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    from finetune_api.training_metrics import parse_line
+    from finetune_api.insights.training_metrics import parse_line
 
     return [record for line in lines if (record := parse_line(line["message"]))]
 

@@ -159,7 +159,7 @@ class TrainRun:
     @property
     def metrics(self) -> list[dict[str, Any]]:
         """The records of train.py's FT_METRICS lines on stdout, read by the service's parser."""
-        from finetune_api.training_metrics import parse_line
+        from finetune_api.insights.training_metrics import parse_line
 
         return [record for line in self.stdout.splitlines() if (record := parse_line(line))]
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from template_helpers import EXAMPLE_RUNTIME_CONFIG
 
-schemas = pytest.importorskip("finetune_api.schemas")
+schemas = pytest.importorskip("finetune_api.core.schemas")
 
 
 def _bounds(name: str) -> dict[str, Any]:

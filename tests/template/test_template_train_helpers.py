@@ -78,7 +78,7 @@ def test_train_py_honours_exactly_the_hyperparameters_the_service_accepts(
 ) -> None:
     """Same names, same defaults: a parameter added to the request schema but not to
     train.py (or the other way round) fails here, not silently in a paid job."""
-    schemas = pytest.importorskip("finetune_api.schemas")
+    schemas = pytest.importorskip("finetune_api.core.schemas")
     service_defaults = schemas.Hyperparameters().model_dump()
     assert service_defaults == train_py.dataclasses.asdict(train_py.Hyperparameters())
 

@@ -1,0 +1,10 @@
+"""The small core every room stands on: settings, errors, logs, secrets, schemas, parsing.
+
+Holds: ``settings`` (every setting, typed, read once), ``errors`` (one exception per
+CONTRACT error type), ``logs`` (the JSON log format and redaction), ``secrets`` /
+``secret_values`` (Secret Manager, API_KEYS), ``schemas`` (request/response models,
+Baseten -> Job), ``timestamps`` (the one time parser), ``decoding`` (untrusted JSON
+bytes) and ``query`` (strict query-string numbers).
+
+May import: nothing else of ``finetune_api`` (the bottom layer).
+"""

@@ -1,0 +1,426 @@
+"""Request and response schemas (pydantic), and the Baseten → Job conversion.
+
+Every rule of ../shared/CONTRACT.md's ``POST /jobs`` table lives here, so the
+HTTP route, the Pub/Sub trigger and the Python API validate identically.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
+
+from finetune_api.core.errors import InvalidRequestError
+
+_ID_PART = r"(?![.-])(?!.*(?:\.\.|--))[A-Za-z0-9._-]{1,96}(?<![.-])"
+HF_REPO_ID = re.compile(rf"{_ID_PART}(?:/{_ID_PART})?")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+
+# The suffix the idempotency key adds to the Baseten job name; a user's own
+# job_name may not end in it, so names always round-trip.
+IDEMPOTENCY_SUFFIX = re.compile(r"^(?P<name>.*)-ik-(?P<digest>[0-9a-f]{20})$")
+IDEMPOTENCY_SUFFIX_LENGTH = len("-ik-") + 20
+
+
+def _repo_id(value: str) -> str:
+    if not HF_REPO_ID.fullmatch(value):
+        raise ValueError(
+            "must be a Hugging Face repo id 'name' or 'owner/name': each part 1-96 of "
+            "A-Z a-z 0-9 . _ -, not starting or ending with . or -, no .. or --"
+        )
+    return value
+
+
+def _name(value: str) -> str:
+    if not NAME.fullmatch(value):
+        raise ValueError("must be 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit")
+    return value
+
+
+RepoId = Annotated[
+    str,
+    AfterValidator(_repo_id),
+    WithJsonSchema({"type": "string", "pattern": "^[A-Za-z0-9._-]{1,96}(/[A-Za-z0-9._-]{1,96})?$"}),
+]
+Name = Annotated[
+    str, AfterValidator(_name), WithJsonSchema({"type": "string", "pattern": NAME.pattern})
+]
+
+_STRICT = ConfigDict(extra="forbid", strict=True)
+MAX_SEED = 2**32 - 1
+
+
+class Hyperparameters(BaseModel):
+    """LoRA supervised fine-tuning knobs; every one reaches train.py."""
+
+    model_config = _STRICT
+
+    learning_rate: float = Field(default=2e-4, gt=0, le=1)
+    num_epochs: int = Field(default=1, ge=1, le=100)
+    batch_size: int = Field(default=4, ge=1, le=1024)
+    gradient_accumulation_steps: int = Field(default=4, ge=1, le=1024)
+    max_seq_length: int = Field(default=2048, ge=16, le=131072)
+    lora_rank: int = Field(default=16, ge=1, le=512)
+    lora_alpha: int = Field(default=32, ge=1, le=4096)
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
+    # NumPy's seeding (transformers.set_seed) takes 0 to 2**32 - 1 and nothing more.
+    seed: int = Field(default=42, ge=0, le=MAX_SEED)
+    validation_split: float = Field(
+        default=0.0,
+        ge=0,
+        lt=0.5,
+        description="fraction held out and evaluated at each epoch's end (0: no evaluation)",
+    )
+
+
+class Compute(BaseModel):
+    """Overrides of the template's compute; limits come from the settings."""
+
+    model_config = _STRICT
+
+    accelerator: str | None = None
+    gpu_count: int | None = Field(default=None, ge=1)
+    node_count: int | None = Field(default=None, ge=1)
+
+    @field_validator("accelerator")
+    @classmethod
+    def _allowed(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _check_accelerator(value, info)
+
+    @field_validator("gpu_count")
+    @classmethod
+    def _gpus(cls, value: int | None, info: ValidationInfo) -> int | None:
+        return _check_gpus(value, info)
+
+    @field_validator("node_count")
+    @classmethod
+    def _nodes(cls, value: int | None, info: ValidationInfo) -> int | None:
+        limit = _limit(info, "max_nodes", None)
+        if value is not None and limit is not None and value > limit:
+            raise ValueError(f"must be at most {limit} (MAX_NODES)")
+        return value
+
+
+def _check_accelerator(value: str | None, info: ValidationInfo) -> str | None:
+    allowed = _limit(info, "allowed_accelerators", None)
+    if value is not None and allowed is not None and value not in allowed:
+        raise ValueError(f"must be one of {', '.join(allowed)}")
+    return value
+
+
+def _check_gpus(value: int | None, info: ValidationInfo) -> int | None:
+    limit = _limit(info, "max_gpus_per_node", None)
+    if value is not None and limit is not None and value > limit:
+        raise ValueError(f"must be at most {limit} (MAX_GPUS_PER_NODE)")
+    return value
+
+
+def _limit(info: ValidationInfo, name: str, default: Any) -> Any:
+    settings = (info.context or {}).get("settings")
+    return getattr(settings, name, default) if settings is not None else default
+
+
+class DeployCompute(BaseModel):
+    """What a deployment runs on: one node; the spend guards apply."""
+
+    model_config = _STRICT
+
+    accelerator: str | None = Field(default=None, description="default: the first allowed one")
+    gpu_count: int = Field(default=1, ge=1)
+
+    @field_validator("accelerator")
+    @classmethod
+    def _allowed(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _check_accelerator(value, info)
+
+    @field_validator("gpu_count")
+    @classmethod
+    def _gpus(cls, value: int, info: ValidationInfo) -> int:
+        checked = _check_gpus(value, info)
+        assert checked is not None
+        return checked
+
+
+class DeployOnCompletion(BaseModel):
+    """``deploy`` of a submit request: serve the final checkpoint when the job completes."""
+
+    model_config = _STRICT
+
+    on_completion: bool
+    model_name: Name | None = Field(default=None, description="default: from the job name")
+    compute: DeployCompute = Field(default_factory=DeployCompute)
+
+
+class DeploymentRequest(BaseModel):
+    """The optional body of ``POST /jobs/{project_id}/{job_id}/deployments``."""
+
+    model_config = _STRICT
+
+    checkpoint_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="default: the job's newest LoRA checkpoint (its final one)",
+    )
+    model_name: Name | None = Field(
+        default=None, description="Baseten model name; default: derived from the job name"
+    )
+    compute: DeployCompute = Field(default_factory=DeployCompute)
+    dry_run: bool = Field(default=False, description="validate with Baseten, create nothing")
+
+
+class Deployment(BaseModel):
+    """What every deployment route answers (CONTRACT "Deployment")."""
+
+    model_id: str | None
+    deployment_id: str | None
+    model_name: str | None = None
+    status: str
+    training_project_id: str | None = None
+    training_job_id: str | None = None
+    checkpoint_id: str | None = None
+    predict_url: str | None = None
+    dashboard_url: str | None = None
+    created_at: str | None = None
+    idempotent_replay: bool = False
+
+
+class TrainingRequest(BaseModel):
+    """The body of ``POST /jobs`` and of a Pub/Sub message."""
+
+    model_config = _STRICT
+
+    dataset_id: RepoId = Field(description="Hugging Face dataset repo id: name or owner/name")
+    model_id: RepoId = Field(description="Hugging Face model repo id: name or owner/name")
+    project_name: Name | None = Field(
+        default=None, description="Baseten training project; default ft-<model_id with / as ->"
+    )
+    job_name: Name | None = Field(
+        default=None, description="Baseten job name; default <model name>-<UTC timestamp>"
+    )
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    compute: Compute = Field(default_factory=Compute)
+    deploy: DeployOnCompletion | None = Field(
+        default=None, description="deploy the final checkpoint when the job completes"
+    )
+
+    @field_validator("job_name")
+    @classmethod
+    def _not_reserved(cls, value: str | None) -> str | None:
+        if value is not None and IDEMPOTENCY_SUFFIX.match(value):
+            raise ValueError("may not end in -ik-<20 hex digits> (reserved for idempotency keys)")
+        return value
+
+
+class Checkpoint(BaseModel):
+    checkpoint_id: str
+    checkpoint_type: str | None = None
+    base_model: str | None = None
+    size_bytes: int | None = None
+    created_at: str | None = None
+    lora_adapter_config: dict[str, Any] | None = None
+
+
+class Job(BaseModel):
+    """What every job route answers (CONTRACT "Job object")."""
+
+    training_project_id: str
+    training_project_name: str | None = None
+    training_job_id: str
+    job_name: str | None = None
+    status: str
+    baseten_status: str
+    error_message: str | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+    dashboard_url: str
+    idempotent_replay: bool = False
+
+
+class Progress(BaseModel):
+    """How far a running or finished job got, from the newest lines of its log."""
+
+    step: int
+    total_steps: int | None = None
+    percent: float | None = None
+    epoch: float | None = None
+    latest_loss: float | None = None
+    eta_seconds: float | None = None
+
+
+class JobWithCheckpoints(Job):
+    checkpoints: list[Checkpoint] = Field(default_factory=list)
+    progress: Progress | None = Field(
+        default=None, description="null before the job runs or when its script prints no steps"
+    )
+
+
+class JobList(BaseModel):
+    data: list[Job]
+
+
+class CheckpointList(BaseModel):
+    data: list[Checkpoint]
+
+
+class PollRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    since: str | None = Field(default=None, description="RFC 3339 start of the window")
+
+
+class PollReport(BaseModel):
+    since: str
+    until: str
+    jobs_checked: int
+    events: int
+    webhooks_delivered: int
+    webhooks_failed: int
+    duration_ms: int
+    # Jobs whose checkpoints could not be read (each logged at ERROR); the others
+    # are still reported, and the next overlapping window retries these.
+    jobs_failed: int = 0
+    # Deployments this service created, watched in this poll; and serving work
+    # that failed (a deploy on completion, or reading the deployments).
+    deployments_checked: int = 0
+    deployments_failed: int = 0
+    # Added by the poll state (all optional for older readers):
+    events_already_delivered: int = Field(
+        default=0, description="events found again but not re-sent: delivered by an earlier poll"
+    )
+    full_sweep: bool = Field(default=False, description="this poll read every job")
+    sweep_reason: str | None = Field(default=None, description="why it read every job")
+    state_saved: bool = Field(
+        default=False, description="the poll state was saved for the next poll"
+    )
+    state_problem: str | None = Field(
+        default=None, description="why the state was not saved (the next poll reads every job)"
+    )
+
+
+class ErrorDetail(BaseModel):
+    location: str
+    reason: str
+
+
+class ErrorInfo(BaseModel):
+    type: str
+    message: str
+    details: list[ErrorDetail] | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorInfo
+
+
+def validation_details(error: ValidationError, prefix: str = "") -> list[dict[str, Any]]:
+    """One ``{"location", "reason"}`` entry per offending field; input values are never echoed."""
+    details = []
+    for item in error.errors(include_input=False, include_url=False):
+        location = ".".join(str(part) for part in item["loc"])
+        if prefix:
+            location = f"{prefix}.{location}" if location else prefix
+        reason = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "string_pattern_mismatch":
+            reason = "has characters or a shape that is not allowed"
+        details.append({"location": location or "body", "reason": reason})
+    return details
+
+
+def parse_deployment_request(data: Any, settings: Any) -> DeploymentRequest:
+    """Validate the (optional) body of a deploy request; ``None`` means all defaults."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InvalidRequestError("request body must be a JSON object")
+    try:
+        return DeploymentRequest.model_validate(data, context={"settings": settings})
+    except ValidationError as error:
+        details = validation_details(error)
+        fields = ", ".join(sorted({d["location"] for d in details}))
+        raise InvalidRequestError(
+            f"invalid deployment request: {fields}", details=details
+        ) from None
+
+
+def parse_training_request(data: Any, settings: Any) -> TrainingRequest:
+    """Validate ``data`` (already decoded JSON) against every CONTRACT rule."""
+    if not isinstance(data, dict):
+        raise InvalidRequestError("request body must be a JSON object")
+    try:
+        return TrainingRequest.model_validate(data, context={"settings": settings})
+    except ValidationError as error:
+        details = validation_details(error)
+        fields = ", ".join(sorted({d["location"] for d in details}))
+        raise InvalidRequestError(f"invalid training request: {fields}", details=details) from None
+
+
+# Baseten statuses after which a job never changes again; any other (including
+# one we do not know yet, e.g. a preemption) is treated as still moving.
+TERMINAL_STATUSES = frozenset(
+    {
+        "TRAINING_JOB_COMPLETED",
+        "TRAINING_JOB_FAILED",
+        "TRAINING_JOB_STOPPED",
+        "TRAINING_JOB_DEPLOY_FAILED",
+    }
+)
+
+
+def short_status(baseten_status: str) -> str:
+    """``TRAINING_JOB_RUNNING`` → ``running``; unknown statuses pass through the same way."""
+    return baseten_status.removeprefix("TRAINING_JOB_").lower()
+
+
+def split_job_name(name: str | None) -> tuple[str | None, str | None]:
+    """Baseten job name → (the user's job name, idempotency key digest or None)."""
+    if not name:
+        return name, None
+    match = IDEMPOTENCY_SUFFIX.match(name)
+    if match:
+        return match["name"] or None, match["digest"]
+    return name, None
+
+
+def job_from_baseten(
+    job: dict[str, Any], app_url: str, *, project: dict[str, Any] | None = None
+) -> Job:
+    """Convert Baseten's ``training_job`` dict into our Job."""
+    project = project or job.get("training_project") or {}
+    project_id = str(job.get("training_project_id") or project.get("id") or "")
+    job_id = str(job["id"])
+    baseten_status = str(job.get("current_status") or "TRAINING_JOB_UNKNOWN")
+    name, _ = split_job_name(job.get("name"))
+    return Job(
+        training_project_id=project_id,
+        training_project_name=project.get("name"),
+        training_job_id=job_id,
+        job_name=name,
+        status=short_status(baseten_status),
+        baseten_status=baseten_status,
+        error_message=job.get("error_message"),
+        created_at=job.get("created_at"),
+        updated_at=job.get("updated_at"),
+        dashboard_url=f"{app_url.rstrip('/')}/training/{project_id}/logs/{job_id}",
+    )
+
+
+def checkpoint_from_baseten(checkpoint: dict[str, Any]) -> Checkpoint:
+    return Checkpoint(
+        checkpoint_id=str(checkpoint.get("checkpoint_id") or checkpoint.get("id")),
+        checkpoint_type=checkpoint.get("checkpoint_type"),
+        base_model=checkpoint.get("base_model"),
+        size_bytes=checkpoint.get("size_bytes"),
+        created_at=checkpoint.get("created_at"),
+        lora_adapter_config=checkpoint.get("lora_adapter_config"),
+    )

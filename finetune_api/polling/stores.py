@@ -1,0 +1,30 @@
+"""Which store keeps the poll's state: Cloud Storage (``POLL_STATE_BUCKET``) or a local file.
+
+The one place that knows both stores, so neither store module imports the other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from finetune_api.polling.state import LocalStateStore, StateStore
+
+
+def default_state_file() -> Path:
+    """Where the local store keeps the state when ``POLL_STATE_FILE`` is not set."""
+    return Path.home() / ".cache" / "finetune-api" / "poll-state.json"
+
+
+def store_from_settings(settings: Any) -> StateStore:
+    """A Cloud Storage store when ``POLL_STATE_BUCKET`` is set, else the local file."""
+    if settings.poll_state_bucket:
+        from finetune_api.polling.gcs_store import GcsStateStore
+
+        return GcsStateStore(
+            settings.poll_state_bucket,
+            settings.poll_state_object,
+            emulator_host=settings.storage_emulator_host,
+            project=settings.google_cloud_project,
+        )
+    return LocalStateStore(settings.poll_state_file or default_state_file())
