@@ -1,4 +1,4 @@
-"""The poll state in one Cloud Storage object (the only module that imports google-cloud-storage).
+"""The poll state in one Cloud Storage object (client from core.cloud_storage).
 
 Reads return the object's generation; every write carries
 ``ifGenerationMatch`` with the generation read (``0`` when there was none), so
@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from finetune_api.core.cloud_storage import describe, storage_client
 from finetune_api.polling.state import ABSENT, StateConflict, StateUnavailable
 
 #: Cloud Storage allows about one write per second to one object.
@@ -49,21 +50,7 @@ class GcsStateStore:
     def _blob(self) -> Any:
         with self._lock:
             if self._client is None:
-                from google.cloud import storage  # type: ignore[attr-defined]
-
-                if self._emulator_host:
-                    from google.auth.credentials import AnonymousCredentials
-
-                    host = self._emulator_host
-                    if not host.startswith(("http://", "https://")):
-                        host = f"http://{host}"
-                    self._client = storage.Client(
-                        project=self._project or "local",
-                        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-                        client_options={"api_endpoint": host},
-                    )
-                else:
-                    self._client = storage.Client(project=self._project)
+                self._client = storage_client(self._emulator_host, self._project)
             return self._client.bucket(self.bucket).blob(self.name)
 
     def _retry(self) -> Any:
@@ -82,7 +69,7 @@ class GcsStateStore:
         except exceptions.NotFound:
             return None, ABSENT
         except Exception as error:  # noqa: BLE001 - any failure of the store is an outage here
-            raise StateUnavailable(_describe(error)) from None
+            raise StateUnavailable(describe(error)) from None
         return data, str(blob.generation)
 
     def save(self, data: bytes, token: str) -> str:
@@ -100,14 +87,8 @@ class GcsStateStore:
         except exceptions.PreconditionFailed:
             raise StateConflict(f"{self.description} was saved by someone else") from None
         except Exception as error:  # noqa: BLE001 - any other failure is an outage
-            raise StateUnavailable(_describe(error)) from None
+            raise StateUnavailable(describe(error)) from None
         return str(blob.generation)
-
-
-def _describe(error: BaseException) -> str:
-    """A short reason: the class and HTTP code, never a URL with tokens or a header."""
-    code = getattr(error, "code", None)
-    return f"{type(error).__name__}" + (f" (HTTP {code})" if isinstance(code, int) else "")
 
 
 __all__ = ["GcsStateStore"]
