@@ -67,7 +67,11 @@ def submit_body(
     exactly as in ``POST /jobs``, and the validated request goes straight to the
     job service.
     """
-    return _submit(_validate(body), idempotency_key=idempotency_key, message_id=message_id)
+    request = _validate(body)
+    if request.dry_run:
+        answer: dict[str, Any] = get_services().jobs.dry_run(request)
+        return answer
+    return _submit(request, idempotency_key=idempotency_key, message_id=message_id)
 
 
 def _validate(body: Any) -> TrainingRequest:

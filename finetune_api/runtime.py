@@ -26,6 +26,7 @@ class Services:
     poll_state: Any = None
     deployments: Any = None
     serving: Any = None
+    files: Any = None
 
 
 _services: Services | None = None
@@ -63,7 +64,8 @@ def build_services(settings: Settings) -> Services:
             get_logger("runtime").exception("could not emit training_job.submitted")
 
     insights = JobInsights(settings, client, secrets)
-    jobs = JobService(settings, client, push, announce, progress=insights.progress)
+    files = build_files(settings)
+    jobs = JobService(settings, client, push, announce, progress=insights.progress, files=files)
     deployments, serving = build_serving(settings, client, api_key)
     return Services(
         settings=settings,
@@ -75,6 +77,18 @@ def build_services(settings: Settings) -> Services:
         poll_state=store_from_settings(settings),
         deployments=deployments,
         serving=serving,
+        files=files,
+    )
+
+
+def build_files(settings: Settings) -> Any:
+    from finetune_api.files.service import FileService
+    from finetune_api.files.stores import store_from_settings as files_store
+
+    return FileService(
+        files_store(settings),
+        max_line_bytes=settings.max_line_bytes,
+        url_ttl_seconds=settings.data_url_ttl_seconds,
     )
 
 

@@ -73,6 +73,8 @@ def function_env(
         "BASETEN_INFERENCE_URL": sandbox.url + "/model-{model_id}",
         "BASETEN_TIMEOUT_SECONDS": "3",
         "TMPDIR": str(tmp),
+        # Uploaded files live beside TMPDIR (which must stay empty), never in ~/.cache.
+        "FILES_DIR": str(tmp.parent / f"{tmp.name}-files"),
         **extra,
     }
 

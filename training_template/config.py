@@ -108,13 +108,22 @@ def _secret_name(config: dict[str, Any]) -> str:
     return name
 
 
+def _uses_hub(config: dict[str, Any]) -> bool:
+    has_file = config.get("training_file") is not None
+    if has_file == (config.get("dataset_id") is not None):
+        raise ValueError(f"{RUNTIME_CONFIG_FILE}: give exactly one of dataset_id and training_file")
+    return not has_file
+
+
 def _build_project(config: dict[str, Any]) -> TrainingProject:
     compute = _resolve_compute(config)
     resolved = {**config, "compute": compute}
     runtime = Runtime(
         start_commands=[START_COMMAND],
         environment_variables={
-            "DATASET_ID": _required_str(config, "dataset_id"),
+            # A job trains on a hub dataset (DATASET_ID) or on the checked file that
+            # runtime_config.json's training_file describes; never both.
+            **({"DATASET_ID": _required_str(config, "dataset_id")} if _uses_hub(config) else {}),
             "MODEL_ID": _required_str(config, "model_id"),
             "RUNTIME_CONFIG": json.dumps(resolved),
             "HF_TOKEN": SecretReference(name=_secret_name(config)),

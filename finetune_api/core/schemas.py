@@ -18,6 +18,7 @@ from pydantic import (
     ValidationInfo,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 
 from finetune_api.core.errors import InvalidRequestError
@@ -57,6 +58,9 @@ Name = Annotated[
 ]
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
+
+# A File id or gs://bucket/object; checked against the store by the file service.
+DataRef = Annotated[str, Field(min_length=1, max_length=1100)]
 MAX_SEED = 2**32 - 1
 
 
@@ -200,7 +204,10 @@ class TrainingRequest(BaseModel):
 
     model_config = _STRICT
 
-    dataset_id: RepoId = Field(description="Hugging Face dataset repo id: name or owner/name")
+    dataset_id: RepoId | None = Field(
+        default=None,
+        description="Hugging Face dataset repo id: name or owner/name (or give training_file)",
+    )
     model_id: RepoId = Field(description="Hugging Face model repo id: name or owner/name")
     project_name: Name | None = Field(
         default=None, description="Baseten training project; default ft-<model_id with / as ->"
@@ -213,6 +220,21 @@ class TrainingRequest(BaseModel):
     deploy: DeployOnCompletion | None = Field(
         default=None, description="deploy the final checkpoint when the job completes"
     )
+    training_file: DataRef | None = Field(
+        default=None, description="a File id (file-…) or gs://bucket/object: JSONL to train on"
+    )
+    validation_file: DataRef | None = Field(
+        default=None, description="same forms; eval_loss is computed on it (no validation_split)"
+    )
+    dry_run: bool = Field(
+        default=False, description="check everything (the data included), create nothing"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TrainingRequest:
+        if self.validation_file is not None and self.hyperparameters.validation_split:
+            raise ValueError("give validation_file or hyperparameters.validation_split, not both")
+        return self
 
     @field_validator("job_name")
     @classmethod
@@ -357,12 +379,26 @@ def parse_training_request(data: Any, settings: Any) -> TrainingRequest:
     """Validate ``data`` (already decoded JSON) against every CONTRACT rule."""
     if not isinstance(data, dict):
         raise InvalidRequestError("request body must be a JSON object")
+    # Checked beside the schema so it is reported with every other missing field.
+    sources = [data.get(name) is not None for name in ("dataset_id", "training_file")]
+    details = (
+        []
+        if sum(sources) == 1
+        else [
+            {
+                "location": "training_file" if all(sources) else "dataset_id",
+                "reason": "give exactly one of dataset_id and training_file",
+            }
+        ]
+    )
     try:
-        return TrainingRequest.model_validate(data, context={"settings": settings})
+        request = TrainingRequest.model_validate(data, context={"settings": settings})
     except ValidationError as error:
-        details = validation_details(error)
+        details = validation_details(error) + details
+    if details:
         fields = ", ".join(sorted({d["location"] for d in details}))
         raise InvalidRequestError(f"invalid training request: {fields}", details=details) from None
+    return request
 
 
 # Baseten statuses after which a job never changes again; any other (including

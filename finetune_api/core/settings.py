@@ -209,6 +209,16 @@ class Settings:
     poll_state_file: Path | None = _setting(None, _optional_path)
     poll_full_sweep_hours: float = _setting(24.0, _positive_float(24 * 30))
     storage_emulator_host: str | None = _setting(None, _optional_text)
+    # Your own data (issue 20): where uploaded files live (a bucket, else a local
+    # folder), how long they are kept, how big a multipart upload may be.
+    files_bucket: str | None = _setting(None, _optional_text)
+    files_retention_days: int = _setting(30, _int(1, 3650))
+    max_upload_bytes: int = _setting(33554432, _int(1))
+    files_dir: Path | None = _setting(None, _optional_path)
+    # Longest line of a JSONL file, and how long the read URL a job gets is valid
+    # (at most 7 days: the limit of a V4 signed URL).
+    max_line_bytes: int = _setting(4 * 1024 * 1024, _int(1024, 64 * 1024 * 1024))
+    data_url_ttl_seconds: int = _setting(7 * 86400, _int(60, 7 * 86400))
 
     @property
     def resolved_api_url(self) -> str:

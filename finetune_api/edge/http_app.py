@@ -59,6 +59,12 @@ TRAIN_ROUTES = Map(
             methods=["POST"],
         ),
         Rule(f"/jobs/<{_ID}:project_id>/<{_ID}:job_id>/logs", endpoint="logs", methods=["GET"]),
+        Rule("/files", endpoint="create_file", methods=["POST"]),
+        Rule("/files", endpoint="list_files", methods=["GET"]),
+        Rule(f"/files/<{_ID}:file_id>", endpoint="get_file", methods=["GET"]),
+        Rule(f"/files/<{_ID}:file_id>", endpoint="delete_file", methods=["DELETE"]),
+        Rule(f"/files/<{_ID}:file_id>/complete", endpoint="complete_file", methods=["POST"]),
+        Rule(f"/files/<{_ID}:file_id>/content", endpoint="file_content", methods=["PUT"]),
         Rule(
             f"/jobs/<{_ID}:project_id>/<{_ID}:job_id>/metrics", endpoint="metrics", methods=["GET"]
         ),

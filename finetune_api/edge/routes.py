@@ -5,9 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Request, Response
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from finetune_api.api import submit_body
-from finetune_api.core.errors import InvalidRequestError
+from finetune_api.core.errors import (
+    InvalidRequestError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
 from finetune_api.core.query import bounded_int
 from finetune_api.edge.auth import HEADER, require_api_key
 from finetune_api.edge.http_app import (
@@ -48,7 +53,7 @@ def submit(request: Request) -> Response:
     body = read_json_body(request, services.settings.max_body_bytes)
     key = request.headers.get("Idempotency-Key")
     job = submit_body(body, idempotency_key=key)
-    return json_response(job, 200 if job["idempotent_replay"] else 201)
+    return json_response(job, 200 if job.get("dry_run") or job["idempotent_replay"] else 201)
 
 
 def list_jobs(request: Request) -> Response:
@@ -137,6 +142,93 @@ def deactivate(request: Request, model_id: str, deployment_id: str) -> Response:
     return json_response(deployment.model_dump(mode="json"))
 
 
+# -- files (issue 20: your own data) ----------------------------------------------------
+
+LARGE_FILE_PATH = (
+    "for a larger file, POST /files with JSON {filename, bytes, purpose} to get an "
+    "upload_url, PUT the bytes there, then POST /files/{id}/complete"
+)
+
+
+def create_file(request: Request) -> Response:
+    """Multipart: the file itself, checked at once. JSON: open the large-file path."""
+    services = get_services()
+    files = services.files
+    if request.mimetype == "multipart/form-data":
+        limit = services.settings.max_upload_bytes
+        too_big = PayloadTooLargeError(
+            f"upload is larger than {limit} bytes (MAX_UPLOAD_BYTES); {LARGE_FILE_PATH}"
+        )
+        if request.content_length is not None and request.content_length > limit:
+            raise too_big
+        request.max_content_length = limit
+        try:
+            upload = request.files.get("file")
+            purpose = request.form.get("purpose")
+        except RequestEntityTooLarge:
+            raise too_big from None
+        if upload is None:
+            raise InvalidRequestError(
+                "multipart body has no 'file' part",
+                details=[{"location": "body.file", "reason": "required"}],
+            )
+        try:
+            record = files.upload(upload.filename, upload.stream, purpose)
+        finally:
+            upload.close()
+        return json_response(record, 201)
+    if request.mimetype != "application/json" and request.content_length:
+        raise UnsupportedMediaTypeError(
+            "Content-Type must be multipart/form-data (the file) or application/json"
+        )
+    body = read_json_body(request, services.settings.max_body_bytes)
+    if not isinstance(body, dict):
+        raise InvalidRequestError("request body must be a JSON object")
+    unknown = sorted(set(body) - {"filename", "bytes", "purpose"})
+    if unknown:
+        raise InvalidRequestError(
+            "unknown field(s): " + ", ".join(unknown),
+            details=[{"location": name, "reason": "not allowed"} for name in unknown],
+        )
+    record = files.start_upload(body.get("filename"), body.get("bytes"), body.get("purpose"))
+    if record.get("upload_url") is None:
+        # The local store: the session is this service's own PUT …/content.
+        record["upload_url"] = f"{request.url_root.rstrip('/')}/files/{record['id']}/content"
+    return json_response(record, 201)
+
+
+def file_content(request: Request, file_id: str) -> Response:
+    """The local store's upload session: the body streams to disk, never held in memory."""
+    if request.content_length is None:
+        raise InvalidRequestError("send Content-Length with the file's bytes")
+    get_services().files.receive(file_id, request.stream, request.content_length)
+    return Response(status=200)
+
+
+def complete_file(request: Request, file_id: str) -> Response:
+    return json_response(get_services().files.complete(file_id))
+
+
+def list_files(request: Request) -> Response:
+    query = _query(request)
+    unknown = sorted(set(query) - {"limit", "after"})
+    if unknown:
+        raise InvalidRequestError(
+            "unknown query parameter(s): " + ", ".join(unknown),
+            details=[{"location": f"query.{name}", "reason": "not allowed"} for name in unknown],
+        )
+    limit = bounded_int(query.get("limit"), "limit", 1, 100, default=20)
+    return json_response(get_services().files.list(limit, query.get("after") or None))
+
+
+def get_file(request: Request, file_id: str) -> Response:
+    return json_response(get_services().files.get(file_id))
+
+
+def delete_file(request: Request, file_id: str) -> Response:
+    return json_response(get_services().files.delete(file_id))
+
+
 def poll(request: Request) -> Response:
     from finetune_api.polling.poller import parse_since
     from finetune_api.polling.poller import poll as run_poll
@@ -169,6 +261,12 @@ TRAIN_HANDLERS: dict[str, Any] = {
     "deploy": deploy,
     "get_deployment": get_deployment,
     "deactivate": deactivate,
+    "create_file": create_file,
+    "file_content": file_content,
+    "complete_file": complete_file,
+    "list_files": list_files,
+    "get_file": get_file,
+    "delete_file": delete_file,
 }
 POLL_HANDLERS: dict[str, Any] = {"healthz": healthz, "poll": poll}
 

@@ -69,6 +69,11 @@ class BasetenReads(Protocol):
     def stop_job(self, project_id: str, job_id: str) -> dict[str, Any]: ...
 
 
+class DataResolver(Protocol):
+    def resolve(self, field: str, ref: str) -> dict[str, Any]: ...
+    def each_example(self, handoff: dict[str, Any], visit: Any) -> None: ...
+
+
 Pusher = Callable[[Path], dict[str, Any]]
 ProgressReader = Callable[[dict[str, Any]], dict[str, Any] | None]
 Announcer = Callable[[Job, str | None, str | None], None]
@@ -150,8 +155,18 @@ class JobService:
         pusher: Pusher,
         announce: Announcer | None = None,
         progress: ProgressReader | None = None,
+        files: DataResolver | None = None,
+        *,
+        tokenizer: Any = None,
+        throughput: Any = None,
+        price: Any = None,
     ) -> None:
         self._settings = settings
+        self._files = files
+        # Dry-run estimates (see jobs/estimate.py): each optional.
+        self._tokenizer = tokenizer
+        self._throughput = throughput
+        self._price = price
         self._progress = progress
         self._client = client
         self._scope = JobScope(settings.project_name_prefix, client)
@@ -162,9 +177,31 @@ class JobService:
 
     # -- submit -----------------------------------------------------------------
 
-    def runtime_config(self, request: TrainingRequest, baseten_job_name: str) -> dict[str, Any]:
+    def data(self, request: TrainingRequest) -> dict[str, Any]:
+        """The checked files a request names, as the job receives them (else a 400).
+
+        Resolved before anything is created: a File in error or still pending, an
+        unknown one, a missing or unreadable object or a malformed URI stops here.
+        """
+        data: dict[str, Any] = {"training_file": None, "validation_file": None}
+        for field in data:
+            ref = getattr(request, field)
+            if ref is None:
+                continue
+            if self._files is None:
+                raise InvalidRequestError(f"{field}: this service keeps no files")
+            data[field] = self._files.resolve(field, ref)
+        return data
+
+    def runtime_config(
+        self,
+        request: TrainingRequest,
+        baseten_job_name: str,
+        data: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """What reaches the job as runtime_config.json and RUNTIME_CONFIG."""
         return {
+            **(data or {"training_file": None, "validation_file": None}),
             "dataset_id": request.dataset_id,
             "model_id": request.model_id,
             "project_name": request.project_name,
@@ -174,6 +211,38 @@ class JobService:
             "hf_token_secret_name": self._settings.hf_token_secret_name,
             # Read back by poll_jobs (GET .../download) to deploy on completion.
             "deploy": request.deploy.model_dump() if request.deploy is not None else None,
+        }
+
+    def dry_run(self, request: TrainingRequest) -> dict[str, Any]:
+        """Check everything a submit would, the data included, and create nothing."""
+        request = self.resolve(request)
+        data = self.data(request)
+        hp = request.hyperparameters
+        tally = None
+        if data["training_file"] is not None and self._files is not None:
+            from finetune_api.jobs.estimate import RuleCounter, Tally
+
+            counter = self._tokenizer(request.model_id) if self._tokenizer else None
+            tally = Tally(hp.max_seq_length, counter or RuleCounter())
+            self._files.each_example(data["training_file"], tally)
+        from finetune_api.jobs.estimate import estimate
+
+        shown = self.runtime_config(request, str(request.job_name), data)
+        for field in ("training_file", "validation_file"):
+            if shown[field] is not None:
+                shown[field] = {k: v for k, v in shown[field].items() if k != "url"}
+        return {
+            "dry_run": True,
+            "request": shown,
+            "estimate": estimate(
+                tally,
+                num_epochs=hp.num_epochs,
+                model_id=request.model_id,
+                accelerator=request.compute.accelerator or "default",
+                gpu_count=request.compute.gpu_count or 1,
+                throughput=self._throughput,
+                price=self._price,
+            ),
         }
 
     def resolve(self, request: TrainingRequest) -> TrainingRequest:
@@ -208,10 +277,11 @@ class JobService:
         request = self.resolve(request)
         template = template_dir or self._settings.training_template_dir
         key = check_idempotency_key(idempotency_key)
+        data = self.data(request)
         if key is None:
-            job = self._create(request, str(request.job_name), template)
+            job = self._create(request, str(request.job_name), template, data)
         else:
-            job = self._submit_idempotent(request, key, template)
+            job = self._submit_idempotent(request, key, template, data)
         log(
             _logger,
             20,
@@ -224,8 +294,11 @@ class JobService:
             self._announce(job, key, message_id)
         return job
 
-    def _create(self, request: TrainingRequest, baseten_name: str, template: Path) -> Job:
-        with staged_template(template, self.runtime_config(request, baseten_name)) as config:
+    def _create(
+        self, request: TrainingRequest, baseten_name: str, template: Path, data: dict[str, Any]
+    ) -> Job:
+        runtime_config = self.runtime_config(request, baseten_name, data)
+        with staged_template(template, runtime_config) as config:
             raw = self._push(config)
         return job_from_baseten(raw, self._settings.baseten_remote_url)
 
@@ -242,7 +315,9 @@ class JobService:
             matching = [job for job in jobs if split_job_name(job.get("name"))[1] == digest]
         return sorted(matching, key=_created_order)
 
-    def _submit_idempotent(self, request: TrainingRequest, key: str, template: Path) -> Job:
+    def _submit_idempotent(
+        self, request: TrainingRequest, key: str, template: Path, data: dict[str, Any]
+    ) -> Job:
         digest = key_digest(key)
         project_name = str(request.project_name)
         # Same-instance duplicates wait here and become cheap replays.
@@ -251,7 +326,7 @@ class JobService:
             existing = self._jobs_with_digest(project_id, digest)
             if existing:
                 return self._as_replay(existing[0], project_id)
-            created = self._create(request, f"{request.job_name}-ik-{digest}", template)
+            created = self._create(request, f"{request.job_name}-ik-{digest}", template, data)
             # The pushed job names the project authoritatively (a cached id may be stale).
             project_id = created.training_project_id
             self._project_ids[project_name] = project_id

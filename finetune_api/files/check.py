@@ -1,0 +1,231 @@
+"""The streamed check of a JSONL training file: one pass, bounded memory, exact counts.
+
+Bytes arrive in chunks of any size (an upload, a Cloud Storage download); lines
+are cut as they come and checked one by one, so a 1 GiB file costs one line of
+memory (at most ``max_line_bytes``) plus the chunk in hand. A line longer than
+that is skipped to its end without being held.
+
+Every line is one example. It must be UTF-8, one JSON object, and in the file's
+format, which the first valid line decides and every other line must follow:
+
+- ``chat``: ``{"messages": [{"role": "system"|"user"|"assistant", "content": "…"}, …]}``
+  with non-empty string contents and at least one assistant turn;
+- ``text``: ``{"text": "…"}`` (non-empty);
+- ``prompt_completion``: ``{"prompt": "…", "completion": "…"}`` (completion non-empty).
+
+``examples``, ``invalid_examples`` and every error's ``line`` are exact; only the
+first ``MAX_ERRORS`` errors are kept. A UTF-8 byte order mark at the very start
+is accepted (and hashed, like every byte: the sha256 is of the file as stored).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+FORMATS = ("chat", "text", "prompt_completion")
+ROLES = frozenset({"system", "user", "assistant"})
+MAX_ERRORS = 100
+DEFAULT_MAX_LINE_BYTES = 4 * 1024 * 1024
+_BOM = b"\xef\xbb\xbf"
+_GZIP = b"\x1f\x8b"
+
+
+class LineError(ValueError):
+    """Why one line is not a valid example (the message is the reason users see)."""
+
+
+def example_format(value: Any) -> str:
+    """The format one decoded line is written in, or LineError saying why it has none."""
+    if not isinstance(value, dict):
+        kind = "array" if isinstance(value, list) else type(value).__name__
+        raise LineError(f"a JSON {kind}, not an object")
+    if "messages" in value:
+        return "chat"
+    if "text" in value:
+        return "text"
+    if "prompt" in value or "completion" in value:
+        return "prompt_completion"
+    raise LineError("no 'messages', 'text' or 'prompt'/'completion' key")
+
+
+def _non_empty_text(value: Any, where: str) -> None:
+    if not isinstance(value, str):
+        raise LineError(f"{where} must be a string")
+    if not value.strip():
+        raise LineError(f"{where} is empty")
+
+
+def check_example(value: dict[str, Any], fmt: str) -> None:
+    """LineError unless ``value`` is a valid example of ``fmt``."""
+    if fmt == "chat":
+        messages = value.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise LineError("'messages' must be a non-empty list")
+        answered = False
+        for index, message in enumerate(messages):
+            if not isinstance(message, dict):
+                raise LineError(f"messages[{index}] must be an object")
+            role = message.get("role")
+            if role not in ROLES:
+                raise LineError(f"messages[{index}].role must be system, user or assistant")
+            _non_empty_text(message.get("content"), f"messages[{index}].content")
+            answered = answered or role == "assistant"
+        if not answered:
+            raise LineError("no assistant message: nothing to learn from")
+    elif fmt == "text":
+        _non_empty_text(value.get("text"), "'text'")
+    else:
+        prompt = value.get("prompt")
+        if not isinstance(prompt, str):
+            raise LineError("'prompt' must be a string")
+        _non_empty_text(value.get("completion"), "'completion'")
+
+
+@dataclass
+class CheckResult:
+    """What one pass over a file found."""
+
+    bytes: int
+    sha256: str
+    format: str | None
+    examples: int
+    invalid_examples: int
+    errors: list[dict[str, Any]]
+
+    @property
+    def ok(self) -> bool:
+        return self.examples > 0 and self.invalid_examples == 0 and not self.errors
+
+    def validation(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "examples": self.examples,
+            "invalid_examples": self.invalid_examples,
+            "errors": self.errors,
+        }
+
+
+@dataclass
+class JsonlCheck:
+    """Feed chunks with :meth:`feed`, then :meth:`finish` for the result."""
+
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    format: str | None = None
+    # Called with each valid example, in order (the dry run counts tokens this way).
+    on_example: Callable[[dict[str, Any]], None] | None = None
+    _digest: Any = field(default_factory=hashlib.sha256)
+    _size: int = 0
+    _line: int = 0
+    _carry: bytearray = field(default_factory=bytearray)
+    _skipping: bool = False  # inside an over-long line, dropping bytes until its end
+    _examples: int = 0
+    _invalid: int = 0
+    _errors: list[dict[str, Any]] = field(default_factory=list)
+    _file_errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def feed(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        if self._size == 0 and chunk.startswith(_GZIP):
+            self._file_error("the file is gzip-compressed: upload the uncompressed JSONL")
+        self._digest.update(chunk)
+        start = self._size
+        self._size += len(chunk)
+        if start == 0 and chunk.startswith(_BOM):
+            chunk = chunk[len(_BOM) :]
+        lines = chunk.split(b"\n")
+        last = lines.pop()
+        for piece in lines:
+            if self._skipping:
+                self._skipping = False
+                self._carry.clear()
+                continue
+            if self._carry:
+                self._carry += piece
+                self._check_line(bytes(self._carry))
+                self._carry.clear()
+            else:
+                self._check_line(piece)
+        if self._skipping:
+            return
+        self._carry += last
+        if len(self._carry) > self.max_line_bytes:
+            self._line += 1
+            self._reject(f"line is longer than {self.max_line_bytes} bytes")
+            self._carry.clear()
+            self._skipping = True
+
+    def finish(self) -> CheckResult:
+        if self._carry and not self._skipping:
+            self._check_line(bytes(self._carry))
+        self._carry.clear()
+        if self._examples == 0 and not self._file_errors:
+            reason = "the file is empty" if self._size == 0 else "no valid example in the file"
+            self._file_error(reason)
+        return CheckResult(
+            bytes=self._size,
+            sha256=self._digest.hexdigest(),
+            format=self.format,
+            examples=self._examples,
+            invalid_examples=self._invalid,
+            errors=(self._file_errors + self._errors)[:MAX_ERRORS],
+        )
+
+    # -- one line ----------------------------------------------------------------
+
+    def _file_error(self, reason: str) -> None:
+        if not any(error["reason"] == reason for error in self._file_errors):
+            self._file_errors.append({"line": None, "reason": reason})
+
+    def _reject(self, reason: str) -> None:
+        self._invalid += 1
+        if len(self._errors) < MAX_ERRORS:
+            self._errors.append({"line": self._line, "reason": reason})
+
+    def _check_line(self, raw: bytes) -> None:
+        self._line += 1
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        if len(raw) > self.max_line_bytes:
+            self._reject(f"line is longer than {self.max_line_bytes} bytes")
+            return
+        if not raw.strip():
+            self._reject("empty line")
+            return
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            self._reject("not valid UTF-8")
+            return
+        try:
+            value = json.loads(text)
+        except RecursionError:
+            self._reject("JSON nested too deeply")
+            return
+        except ValueError:
+            self._reject("not valid JSON")
+            return
+        try:
+            fmt = example_format(value)
+            if self.format is not None and fmt != self.format:
+                raise LineError(f"a {fmt} example in a {self.format} file")
+            check_example(value, fmt)
+        except LineError as error:
+            self._reject(str(error))
+            return
+        self.format = fmt
+        self._examples += 1
+        if self.on_example is not None:
+            self.on_example(value)
+
+
+def check_chunks(chunks: Any, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> CheckResult:
+    """Check every chunk of an iterable of bytes."""
+    check = JsonlCheck(max_line_bytes=max_line_bytes)
+    for chunk in chunks:
+        check.feed(chunk)
+    return check.finish()

@@ -1,0 +1,449 @@
+"""Where files live: a Cloud Storage bucket (``FILES_BUCKET``) or a local folder (the default).
+
+Both stores keep the same two things per File, under the same names:
+
+- ``files/meta/<id>.json``: the File record (small JSON), written with a
+  precondition on the version read, so two instances never overwrite each other;
+- ``files/data/<id>.jsonl``: the bytes, exactly as uploaded.
+
+File ids sort newest first (see :func:`new_file_id`), so listing the ``meta/``
+prefix in name order *is* the newest-first list, and ``after`` is a start offset:
+a page costs ``limit`` reads whatever the history. Two uploads of the same bytes
+are two Files with two copies (nothing is shared: deleting one never touches
+the other).
+
+The stores also read ``gs://`` objects that callers name (with the service's own
+identity) and hand the training job a short-lived read URL for the exact bytes
+that were checked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import tempfile
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from finetune_api.core.cloud_storage import describe, storage_client
+
+META = "files/meta/"
+DATA = "files/data/"
+CHECKS = "files/checks/"
+CHUNK = 8 * 1024 * 1024
+_ID_SPAN = 2**48  # milliseconds: until the year 10889
+
+
+class StorageUnavailable(Exception):
+    """The store failed (outage, timeout): retry later; nothing was decided."""
+
+
+class ObjectMissing(Exception):
+    """The named object does not exist (or has no bytes yet)."""
+
+
+class ObjectForbidden(Exception):
+    """The service's identity may not read the named object."""
+
+
+class Conflict(Exception):
+    """Someone else changed the record since it was read."""
+
+
+def new_file_id(now_ms: int | None = None) -> str:
+    """``file-`` + 12 hex of (2**48 - now in ms) + 12 random hex: newer ids sort first."""
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    return f"file-{_ID_SPAN - now:012x}{secrets.token_hex(6)}"
+
+
+def is_file_id(value: str) -> bool:
+    rest = value[5:]
+    return (
+        value.startswith("file-") and len(rest) == 24 and all(c in "0123456789abcdef" for c in rest)
+    )
+
+
+Sink = Callable[[bytes], None]
+
+
+class FileStore(Protocol):
+    description: str
+
+    def read_meta(self, file_id: str) -> tuple[dict[str, Any], str] | None: ...
+    def write_meta(self, record: dict[str, Any], token: str | None) -> str: ...
+    def list_meta(self, after: str | None, limit: int) -> list[dict[str, Any]]: ...
+    def delete(self, file_id: str) -> None: ...
+    def write_data(self, file_id: str, source: BinaryIO) -> None: ...
+    def data_size(self, file_id: str) -> int | None: ...
+    def stream_data(self, file_id: str, sink: Sink) -> None: ...
+    def upload_session(self, file_id: str, size: int) -> str | None: ...
+    def data_url(self, file_id: str, ttl_seconds: int) -> str: ...
+    def object_generation(self, bucket: str, name: str) -> str: ...
+    def stream_object(self, bucket: str, name: str, generation: str, sink: Sink) -> None: ...
+    def object_url(self, bucket: str, name: str, generation: str, ttl_seconds: int) -> str: ...
+    def read_check(self, key: str) -> dict[str, Any] | None: ...
+    def write_check(self, key: str, record: dict[str, Any]) -> None: ...
+
+
+# --------------------------------------------------------------------------- local
+
+
+class LocalFileStore:
+    """A folder on this machine (``FILES_DIR``, default ``~/.cache/finetune-api/files``).
+
+    For ``make run`` and tests without a bucket. Its large-file path is the
+    service's own ``PUT /files/{id}/content`` (streamed to disk, never held), and
+    the job reads ``file://`` paths: this store only makes sense when the
+    training job runs on the same machine (the sandbox). ``gs://`` objects need a
+    bucket-backed service and are refused here with a clear message.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.description = str(root)
+        self._lock = threading.Lock()
+
+    def _meta(self, file_id: str) -> Path:
+        return self.root / META / f"{file_id}.json"
+
+    def _data(self, file_id: str) -> Path:
+        return self.root / DATA / f"{file_id}.jsonl"
+
+    def read_meta(self, file_id: str) -> tuple[dict[str, Any], str] | None:
+        try:
+            text = self._meta(file_id).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise StorageUnavailable(error.strerror or "cannot read") from None
+        record = json.loads(text)
+        return record, str(record.get("_version", 0))
+
+    def write_meta(self, record: dict[str, Any], token: str | None) -> str:
+        path = self._meta(record["id"])
+        with self._lock:
+            current = self.read_meta(record["id"])
+            if (current is None) != (token is None) or (
+                current is not None and current[1] != token
+            ):
+                raise Conflict(record["id"])
+            version = 1 if current is None else int(current[1]) + 1
+            _atomic_write(path, json.dumps({**record, "_version": version}).encode())
+        return str(version)
+
+    def list_meta(self, after: str | None, limit: int) -> list[dict[str, Any]]:
+        folder = self.root / META
+        try:
+            names = sorted(e.name for e in os.scandir(folder) if e.name.endswith(".json"))
+        except FileNotFoundError:
+            return []
+        ids = [name[: -len(".json")] for name in names]
+        if after is not None:
+            ids = [file_id for file_id in ids if file_id > after]
+        records = []
+        for file_id in ids:
+            found = self.read_meta(file_id)
+            if found is not None:
+                records.append(found[0])
+            if len(records) == limit:
+                break
+        return records
+
+    def delete(self, file_id: str) -> None:
+        for path in (self._data(file_id), self._meta(file_id)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def write_data(self, file_id: str, source: BinaryIO) -> None:
+        path = self._data(file_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                while chunk := source.read(CHUNK):
+                    out.write(chunk)
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+
+    def data_size(self, file_id: str) -> int | None:
+        try:
+            return self._data(file_id).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def stream_data(self, file_id: str, sink: Sink) -> None:
+        try:
+            with self._data(file_id).open("rb") as source:
+                while chunk := source.read(CHUNK):
+                    sink(chunk)
+        except FileNotFoundError:
+            raise ObjectMissing(file_id) from None
+
+    def upload_session(self, file_id: str, size: int) -> str | None:
+        return None  # the route answers with its own PUT /files/{id}/content
+
+    def data_url(self, file_id: str, ttl_seconds: int) -> str:
+        return self._data(file_id).resolve().as_uri()
+
+    def _no_buckets(self) -> StorageUnavailable:
+        return StorageUnavailable("gs:// objects need FILES_BUCKET (Cloud Storage)")
+
+    def object_generation(self, bucket: str, name: str) -> str:
+        raise ObjectForbidden("gs:// objects are read only when FILES_BUCKET is set")
+
+    def stream_object(self, bucket: str, name: str, generation: str, sink: Sink) -> None:
+        raise self._no_buckets()
+
+    def object_url(self, bucket: str, name: str, generation: str, ttl_seconds: int) -> str:
+        raise self._no_buckets()
+
+    def read_check(self, key: str) -> dict[str, Any] | None:
+        return None
+
+    def write_check(self, key: str, record: dict[str, Any]) -> None:
+        return None
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".meta-")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+# --------------------------------------------------------------------------- Cloud Storage
+
+
+class _SinkWriter:
+    """A write-only file object that hands every chunk the client downloads to ``sink``."""
+
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
+
+    def write(self, data: bytes) -> int:
+        self._sink(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        return None
+
+
+class GcsFileStore:
+    """The bucket ``FILES_BUCKET``, through the real ``google-cloud-storage`` client."""
+
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        emulator_host: str | None = None,
+        project: str | None = None,
+        deadline_seconds: float = 30.0,
+    ) -> None:
+        self.bucket_name = bucket
+        self.description = f"gs://{bucket}"
+        self._emulator_host = emulator_host
+        self._project = project
+        self._deadline = deadline_seconds
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def _storage(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = storage_client(self._emulator_host, self._project)
+            return self._client
+
+    def _bucket(self, name: str | None = None) -> Any:
+        return self._storage().bucket(name or self.bucket_name)
+
+    def _retry(self) -> Any:
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        return DEFAULT_RETRY.with_timeout(self._deadline)
+
+    @contextlib.contextmanager
+    def _calls(self) -> Iterator[None]:
+        """Map the client's failures onto this module's four outcomes."""
+        from google.api_core import exceptions
+
+        try:
+            yield
+        except exceptions.NotFound:
+            raise ObjectMissing("not found") from None
+        except exceptions.Forbidden:
+            raise ObjectForbidden("forbidden") from None
+        except exceptions.PreconditionFailed:
+            raise Conflict("changed") from None
+        except (ObjectMissing, ObjectForbidden, Conflict, StorageUnavailable):
+            raise
+        except Exception as error:  # noqa: BLE001 - anything else is an outage
+            raise StorageUnavailable(describe(error)) from None
+
+    def read_meta(self, file_id: str) -> tuple[dict[str, Any], str] | None:
+        blob = self._bucket().blob(f"{META}{file_id}.json")
+        try:
+            with self._calls():
+                data = blob.download_as_bytes(timeout=self._deadline, retry=self._retry())
+        except ObjectMissing:
+            return None
+        return json.loads(data), str(blob.generation)
+
+    def write_meta(self, record: dict[str, Any], token: str | None) -> str:
+        blob = self._bucket().blob(f"{META}{record['id']}.json")
+        with self._calls():
+            blob.upload_from_string(
+                json.dumps(record),
+                content_type="application/json",
+                if_generation_match=0 if token is None else int(token),
+                timeout=self._deadline,
+                retry=self._retry(),
+            )
+        return str(blob.generation)
+
+    def list_meta(self, after: str | None, limit: int) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = []
+        with self._calls():
+            blobs = self._storage().list_blobs(
+                self.bucket_name,
+                prefix=META,
+                start_offset=f"{META}{after}.json\x00" if after else None,
+                max_results=limit,
+                timeout=self._deadline,
+                retry=self._retry(),
+            )
+            for blob in blobs:
+                records.append(json.loads(blob.download_as_bytes(timeout=self._deadline)))
+        return records
+
+    def delete(self, file_id: str) -> None:
+        for name in (f"{DATA}{file_id}.jsonl", f"{META}{file_id}.json"):
+            with contextlib.suppress(ObjectMissing), self._calls():
+                self._bucket().blob(name).delete(timeout=self._deadline, retry=self._retry())
+
+    def write_data(self, file_id: str, source: BinaryIO) -> None:
+        blob = self._bucket().blob(f"{DATA}{file_id}.jsonl", chunk_size=CHUNK)
+        with self._calls():
+            blob.upload_from_file(source, content_type="application/jsonl", timeout=self._deadline)
+
+    def data_size(self, file_id: str) -> int | None:
+        with self._calls():
+            blob = self._bucket().get_blob(f"{DATA}{file_id}.jsonl", timeout=self._deadline)
+        return None if blob is None else int(blob.size)
+
+    def _stream(self, blob: Any, sink: Sink) -> None:
+        with self._calls():
+            self._storage().download_blob_to_file(
+                blob, _SinkWriter(sink), timeout=self._deadline, retry=self._retry()
+            )
+
+    def stream_data(self, file_id: str, sink: Sink) -> None:
+        self._stream(self._bucket().blob(f"{DATA}{file_id}.jsonl"), sink)
+
+    def upload_session(self, file_id: str, size: int) -> str | None:
+        blob = self._bucket().blob(f"{DATA}{file_id}.jsonl")
+        with self._calls():
+            url: str = blob.create_resumable_upload_session(
+                content_type="application/jsonl", size=size, timeout=self._deadline
+            )
+        return url
+
+    def _read_url(self, blob: Any, ttl_seconds: int, generation: str | None) -> str:
+        if self._emulator_host:
+            # The emulator checks no signature: a plain media URL of that generation.
+            host = self._emulator_host
+            if not host.startswith(("http://", "https://")):
+                host = f"http://{host}"
+            name = urllib.parse.quote(blob.name, safe="")
+            query = {"alt": "media", **({"generation": generation} if generation else {})}
+            return (
+                f"{host}/download/storage/v1/b/{blob.bucket.name}/o/{name}?"
+                + urllib.parse.urlencode(query)
+            )
+        return _signed_url(self._storage(), blob, ttl_seconds, generation)
+
+    def data_url(self, file_id: str, ttl_seconds: int) -> str:
+        return self._read_url(self._bucket().blob(f"{DATA}{file_id}.jsonl"), ttl_seconds, None)
+
+    def object_generation(self, bucket: str, name: str) -> str:
+        with self._calls():
+            blob = self._bucket(bucket).get_blob(name, timeout=self._deadline)
+        if blob is None:
+            raise ObjectMissing(name)
+        return str(blob.generation)
+
+    def stream_object(self, bucket: str, name: str, generation: str, sink: Sink) -> None:
+        self._stream(self._bucket(bucket).blob(name, generation=int(generation)), sink)
+
+    def object_url(self, bucket: str, name: str, generation: str, ttl_seconds: int) -> str:
+        blob = self._bucket(bucket).blob(name, generation=int(generation))
+        return self._read_url(blob, ttl_seconds, generation)
+
+    def read_check(self, key: str) -> dict[str, Any] | None:
+        blob = self._bucket().blob(f"{CHECKS}{key}.json")
+        try:
+            with self._calls():
+                data = blob.download_as_bytes(timeout=self._deadline)
+        except ObjectMissing:
+            return None
+        result: dict[str, Any] = json.loads(data)
+        return result
+
+    def write_check(self, key: str, record: dict[str, Any]) -> None:
+        blob = self._bucket().blob(f"{CHECKS}{key}.json")
+        with contextlib.suppress(Conflict), self._calls():
+            blob.upload_from_string(
+                json.dumps(record), content_type="application/json", if_generation_match=0
+            )
+
+
+def _signed_url(client: Any, blob: Any, ttl_seconds: int, generation: str | None) -> str:
+    """A V4 signed GET URL. On Cloud Run the runtime identity signs through IAM
+    (``signBlob``; deploy.sh grants it Token Creator on itself): no key file exists."""
+    from google.auth.credentials import Signing
+    from google.auth.transport.requests import Request
+
+    credentials = client._credentials
+    options: dict[str, Any] = {}
+    if not isinstance(credentials, Signing):
+        if not credentials.valid:
+            credentials.refresh(Request())
+        options = {
+            "service_account_email": credentials.service_account_email,
+            "access_token": credentials.token,
+        }
+    query = {"generation": generation} if generation else None
+    url: str = blob.generate_signed_url(
+        version="v4",
+        expiration=timedelta(seconds=ttl_seconds),
+        method="GET",
+        query_parameters=query,
+        **options,
+    )
+    return url
+
+
+def store_from_settings(settings: Any) -> FileStore:
+    if settings.files_bucket:
+        return GcsFileStore(
+            settings.files_bucket,
+            emulator_host=settings.storage_emulator_host,
+            project=settings.google_cloud_project,
+        )
+    root = settings.files_dir or Path.home() / ".cache" / "finetune-api" / "files"
+    return LocalFileStore(Path(root))

@@ -1,0 +1,117 @@
+"""What a job would cost before it starts: examples, tokens, trained tokens, GPU hours, dollars.
+
+Counted, never invented: tokens come from the model's own tokenizer when it can
+be fetched (``tokens_method: "tokenizer"``), otherwise from the documented rule
+(``"estimate"``: one token per 4 UTF-8 bytes of text, rounded up per example).
+GPU hours and cost are ``null`` unless this service measured the throughput of
+earlier jobs of the same model and accelerator, and knows the price; then
+``cost_basis`` says where each number came from, else why there is none.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+BYTES_PER_TOKEN = 4
+
+
+def example_text(example: dict[str, Any]) -> str:
+    """The text of one example as the template trains on it (roles and turns joined)."""
+    if "messages" in example:
+        return "\n".join(f"{m['role']}: {m['content']}" for m in example["messages"])
+    if "text" in example:
+        return str(example["text"])
+    return f"{example.get('prompt', '')}{example.get('completion', '')}"
+
+
+def rule_tokens(example: dict[str, Any]) -> int:
+    return max(1, math.ceil(len(example_text(example).encode("utf-8")) / BYTES_PER_TOKEN))
+
+
+class TokenCounter(Protocol):
+    method: str
+
+    def count(self, example: dict[str, Any]) -> int: ...
+
+
+@dataclass
+class RuleCounter:
+    method: str = "estimate"
+
+    def count(self, example: dict[str, Any]) -> int:
+        return rule_tokens(example)
+
+
+# model_id -> a counter (the tokenizer's, or None when it cannot be fetched)
+TokenizerSource = Callable[[str], TokenCounter | None]
+# (model_id, accelerator, gpu_count) -> (tokens per second, basis) or (None, reason)
+ThroughputSource = Callable[[str, str, int], tuple[float | None, str]]
+# (accelerator, gpu_count) -> (USD per hour, basis) or (None, reason)
+PriceSource = Callable[[str, int], tuple[float | None, str]]
+
+
+@dataclass
+class Tally:
+    max_seq_length: int
+    counter: TokenCounter
+    examples: int = 0
+    tokens: int = 0
+    over: int = 0
+
+    def __call__(self, example: dict[str, Any]) -> None:
+        tokens = self.counter.count(example)
+        self.examples += 1
+        self.tokens += tokens
+        self.over += tokens > self.max_seq_length
+
+
+def estimate(
+    tally: Tally | None,
+    *,
+    num_epochs: int,
+    model_id: str,
+    accelerator: str,
+    gpu_count: int,
+    throughput: ThroughputSource | None = None,
+    price: PriceSource | None = None,
+) -> dict[str, Any]:
+    """The ``estimate`` object of a dry run (CONTRACT "Your own data")."""
+    if tally is None:  # a hub dataset: its rows are not ours to read here
+        return {
+            "examples": None,
+            "tokens": None,
+            "tokens_method": None,
+            "examples_over_max_seq_length": None,
+            "trained_tokens": None,
+            "gpu_hours": None,
+            "cost_usd": None,
+            "cost_basis": "a Hugging Face dataset is not counted before the job: "
+            "upload it as a training_file to get an estimate",
+        }
+    trained = tally.tokens * num_epochs
+    rate, rate_basis = (
+        throughput(model_id, accelerator, gpu_count)
+        if throughput
+        else (None, "no throughput measured yet for this model and accelerator")
+    )
+    gpu_hours = cost = None
+    basis = rate_basis
+    if rate:
+        gpu_hours = round(trained / rate / 3600 * gpu_count, 4)
+        hourly, price_basis = price(accelerator, gpu_count) if price else (None, "no price known")
+        basis = f"{rate_basis}; {price_basis}"
+        if hourly is not None:
+            cost = round(trained / rate / 3600 * hourly, 2)
+    return {
+        "examples": tally.examples,
+        "tokens": tally.tokens,
+        "tokens_method": tally.counter.method,
+        "examples_over_max_seq_length": tally.over,
+        "trained_tokens": trained,
+        "gpu_hours": gpu_hours,
+        "cost_usd": cost,
+        "cost_basis": basis,
+    }
