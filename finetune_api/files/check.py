@@ -133,10 +133,7 @@ class JsonlCheck:
         if self._size == 0 and chunk.startswith(_GZIP):
             self._file_error("the file is gzip-compressed: upload the uncompressed JSONL")
         self._digest.update(chunk)
-        start = self._size
         self._size += len(chunk)
-        if start == 0 and chunk.startswith(_BOM):
-            chunk = chunk[len(_BOM) :]
         lines = chunk.split(b"\n")
         last = lines.pop()
         for piece in lines:
@@ -188,6 +185,8 @@ class JsonlCheck:
 
     def _check_line(self, raw: bytes) -> None:
         self._line += 1
+        if self._line == 1 and raw.startswith(_BOM):
+            raw = raw[len(_BOM) :]
         if raw.endswith(b"\r"):
             raw = raw[:-1]
         if len(raw) > self.max_line_bytes:
