@@ -62,6 +62,8 @@ class FunctionServer(StartStop):
         }
         if path is not None:
             self._env["PATH"] = str(path)
+        #: The settings the function runs with (read-only for callers).
+        self.env: Mapping[str, str] = dict(env)
         self._log = tempfile.TemporaryFile(mode="w+b")  # noqa: SIM115 - closed in stop()
         self._proc: subprocess.Popen[bytes] | None = None
         #: ``time.perf_counter()`` just before the process was spawned.
