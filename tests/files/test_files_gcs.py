@@ -1,0 +1,197 @@
+"""Files in Cloud Storage: the real google-cloud-storage client against fake-gcs-server.
+
+train_http runs with ``FILES_BUCKET`` and ``STORAGE_EMULATOR_HOST`` pointing at a
+pass-through proxy (loopback/gcs_proxy.py) in front of fake-gcs-server, so a
+bucket the service may not read answers a real 403 and an outage a real 503.
+Mocked, because it cannot run here: IAM (the proxy's 403) and V4 signing
+through IAM signBlob (the signing test uses a locally generated key instead).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from loopback.fake_secret_manager import FakeSecretManager
+from loopback.functions import FunctionServer
+from loopback.gcs_proxy import GcsProxy
+from loopback.servers import LocalGcs, LocalS3
+from sandbox import Sandbox
+from tests.conftest import function_env
+
+BUCKET, USERS, PRIVATE = "ft-files", "team-data", "someone-elses"
+MODEL = "Qwen/Qwen3-0.6B"
+CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hey"}]}
+GOOD = (json.dumps(CHAT) + "\n").encode() * 40
+
+
+@pytest.fixture(scope="module")
+def gcs() -> Iterator[tuple[LocalGcs, GcsProxy]]:
+    with LocalGcs() as server, GcsProxy(server.url) as proxy:
+        client = server.client()
+        for name in (BUCKET, USERS, PRIVATE):
+            client.create_bucket(name)
+        client.bucket(USERS).blob("chats/good.jsonl").upload_from_string(GOOD)
+        client.bucket(USERS).blob("chats/bad.jsonl").upload_from_string(b"a,b\n" + GOOD)
+        client.bucket(PRIVATE).blob("x.jsonl").upload_from_string(GOOD)
+        proxy.forbidden_buckets.add(PRIVATE)
+        yield server, proxy
+
+
+@pytest.fixture(scope="module")
+def server(
+    gcs: tuple[LocalGcs, GcsProxy],
+    sandbox_server: Sandbox,
+    secret_manager: FakeSecretManager,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[FunctionServer]:
+    tmp = tmp_path_factory.mktemp("gcs-function-tmp")
+    env = function_env(
+        sandbox_server,
+        secret_manager,
+        tmp,
+        FILES_BUCKET=BUCKET,
+        STORAGE_EMULATOR_HOST=gcs[1].host,
+    )
+    with FunctionServer("train_http", env) as function:
+        yield function
+    assert list(tmp.iterdir()) == []  # /tmp left as found
+
+
+def objects(gcs: tuple[LocalGcs, GcsProxy], prefix: str = "files/") -> list[str]:
+    return sorted(b.name for b in gcs[0].client().list_blobs(BUCKET, prefix=prefix))
+
+
+def submit(server: FunctionServer, body: dict[str, Any]) -> requests.Response:
+    return requests.post(f"{server.url}/jobs", json=body, timeout=60)
+
+
+def test_multipart_upload_lands_in_the_bucket(
+    server: FunctionServer, gcs: tuple[LocalGcs, GcsProxy]
+) -> None:
+    response = requests.post(
+        f"{server.url}/files",
+        files={"file": ("chats.jsonl", GOOD)},
+        data={"purpose": "fine-tune"},
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    file = response.json()
+    assert file["status"] == "processed" and file["validation"]["examples"] == 40
+    blob = gcs[0].client().bucket(BUCKET).blob(f"files/data/{file['id']}.jsonl")
+    assert blob.download_as_bytes() == GOOD
+    assert requests.get(f"{server.url}/files/{file['id']}", timeout=10).json() == file
+    listed = requests.get(f"{server.url}/files", params={"limit": 1}, timeout=10).json()
+    assert listed["data"][0]["id"] == file["id"]
+
+
+def test_the_resumable_session_path(server: FunctionServer, gcs: tuple[LocalGcs, GcsProxy]) -> None:
+    opened = requests.post(
+        f"{server.url}/files",
+        json={"filename": "big.jsonl", "bytes": len(GOOD), "purpose": "fine-tune"},
+        timeout=10,
+    ).json()
+    assert opened["status"] == "pending_upload"
+    assert opened["upload_url"].startswith(gcs[0].url)  # straight to storage, not the function
+    complete = f"{server.url}/files/{opened['id']}/complete"
+    early = requests.post(complete, timeout=10)
+    assert early.status_code == 409
+    assert requests.get(f"{server.url}/files/{opened['id']}", timeout=10).json()["status"] == (
+        "pending_upload"
+    )
+    # The client sends its bytes to the session (one PUT; a real client may send chunks).
+    put = requests.put(opened["upload_url"], data=GOOD, timeout=30)
+    assert put.status_code in (200, 201), put.text
+    # A storage outage during the check: 503, and the File stays retryable.
+    gcs[1].fail_media = True
+    try:
+        outage = requests.post(complete, timeout=60)
+    finally:
+        gcs[1].fail_media = False
+    assert outage.status_code == 503 and outage.headers.get("Retry-After")
+    assert requests.get(f"{server.url}/files/{opened['id']}", timeout=10).json()["status"] == (
+        "pending_upload"
+    )
+    done = requests.post(complete, timeout=30).json()
+    assert done["status"] == "processed" and done["sha256"] == hashlib.sha256(GOOD).hexdigest()
+    assert done["validation"]["examples"] == 40
+
+
+def test_a_gs_object_is_checked_and_handed_to_the_job_pinned(
+    server: FunctionServer, sandbox: Sandbox, s3: LocalS3, gcs: tuple[LocalGcs, GcsProxy]
+) -> None:
+    ref = f"gs://{USERS}/chats/good.jsonl"
+    response = submit(server, {"training_file": ref, "model_id": MODEL})
+    assert response.status_code == 201, response.text
+    [recorded] = sandbox.jobs()
+    [artifact] = recorded["request"]["runtime"]["artifacts"]
+    blob = s3.client().get_object(Bucket=artifact["s3_bucket"], Key=artifact["s3_key"])
+    with tarfile.open(fileobj=io.BytesIO(blob["Body"].read())) as archive:
+        staged = json.load(archive.extractfile("runtime_config.json"))  # type: ignore[arg-type]
+    handed = staged["training_file"]
+    generation = gcs[0].client().bucket(USERS).get_blob("chats/good.jsonl").generation
+    assert handed["source"] == ref and handed["generation"] == str(generation)
+    assert handed["sha256"] == hashlib.sha256(GOOD).hexdigest() and handed["examples"] == 40
+    # The URL the job gets reads exactly those bytes, at that generation.
+    assert requests.get(handed["url"], timeout=10).content == GOOD
+    # The check is remembered per generation: a second job reads no bytes again.
+    assert any(name.startswith("files/checks/") for name in objects(gcs))
+
+
+@pytest.mark.parametrize(
+    ("ref", "reason"),
+    [
+        (f"gs://{USERS}/chats/missing.jsonl", "does not exist"),
+        (f"gs://{USERS}/", "malformed gs:// URI"),
+        ("gs://UPPER/x.jsonl", "malformed gs:// URI"),
+        (f"gs://{PRIVATE}/x.jsonl", "may not read that Cloud Storage object"),
+        (f"gs://{USERS}/chats/bad.jsonl", "failed its check (1 invalid lines; first: line 1"),
+    ],
+)
+def test_bad_gs_objects_are_distinct_clear_400s(
+    server: FunctionServer, sandbox: Sandbox, ref: str, reason: str
+) -> None:
+    response = submit(server, {"training_file": ref, "model_id": MODEL})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert reason in error["message"] and error["details"][0]["location"] == "training_file"
+    assert sandbox.jobs() == []
+
+
+def test_signed_url_for_a_real_bucket_is_v4_and_short_lived(tmp_path: Path) -> None:
+    """Outside the emulator the job gets a V4 signed URL (here signed by a generated key)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from google.cloud import storage  # type: ignore[attr-defined]
+    from google.oauth2 import service_account
+
+    from finetune_api.files.stores import GcsFileStore
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    info = {
+        "type": "service_account",
+        "client_email": "runner@p.iam.gserviceaccount.com",
+        "private_key": pem,
+        "private_key_id": "1",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }
+    credentials = service_account.Credentials.from_service_account_info(info)  # type: ignore[no-untyped-call]
+    store = GcsFileStore(BUCKET)
+    store._client = storage.Client(project="p", credentials=credentials)
+    url = store.object_url(USERS, "chats/good.jsonl", "123", 3600)
+    assert url.startswith(f"https://storage.googleapis.com/{USERS}/chats/good.jsonl?")
+    assert "X-Goog-Algorithm=GOOG4-RSA-SHA256" in url and "X-Goog-Expires=3600" in url
+    assert "generation=123" in url and "X-Goog-Signature=" in url
