@@ -7,6 +7,7 @@ each test; here each case also checks the sandbox saw no request at all.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -168,7 +169,26 @@ def test_openapi_describes_every_route(train_http: FunctionServer) -> None:
     }
     request_schema = document["components"]["schemas"]["TrainingRequest"]
     assert request_schema["additionalProperties"] is False
-    assert set(request_schema["required"]) == {"dataset_id", "model_id"}
+    # dataset_id or training_file: exactly one, checked beside the schema.
+    assert set(request_schema["required"]) == {"model_id"}
+    assert {"dataset_id", "training_file", "validation_file", "dry_run"} <= set(
+        request_schema["properties"]
+    )
+
+
+def test_openapi_documents_every_route_and_method() -> None:
+    """Every rule train_http routes is in the document, with each of its methods."""
+    from finetune_api.edge.http_app import TRAIN_ROUTES
+    from finetune_api.edge.openapi import openapi_document
+
+    paths = openapi_document()["paths"]
+    missing = []
+    for rule in TRAIN_ROUTES.iter_rules():
+        path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            if method.lower() not in paths.get(path, {}):
+                missing.append(f"{method} {path}")
+    assert missing == []
 
 
 def test_request_logs_are_structured_with_trace(train_http: FunctionServer) -> None:

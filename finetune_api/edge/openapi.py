@@ -20,6 +20,7 @@ from finetune_api.core.schemas import (
     PollRequest,
     TrainingRequest,
 )
+from finetune_api.files.schemas import DryRun, File, FileDeleted, FileList, LargeFileRequest
 from finetune_api.insights.schemas import LogPage, MetricsAnswer
 
 _MODELS: tuple[type[BaseModel], ...] = (
@@ -35,6 +36,11 @@ _MODELS: tuple[type[BaseModel], ...] = (
     Deployment,
     LogPage,
     MetricsAnswer,
+    File,
+    FileList,
+    FileDeleted,
+    LargeFileRequest,
+    DryRun,
 )
 
 
@@ -157,6 +163,112 @@ def _deployment_paths(common: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+_FILE_ID = [{"name": "file_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+
+
+def _file_paths(common: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "/files": {
+            "post": {
+                "summary": "Upload a JSONL file (multipart), or open the large-file path (JSON)",
+                "description": "multipart/form-data with `file` and `purpose=fine-tune`, up to "
+                "MAX_UPLOAD_BYTES: the answer is the File, already checked (processed or "
+                "error). JSON {filename, bytes, purpose}: a File pending_upload with an "
+                "upload_url (a Cloud Storage resumable session): PUT the bytes there, then "
+                "POST /files/{file_id}/complete.",
+                "operationId": "createFile",
+                "security": _API_KEY,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["file", "purpose"],
+                                "properties": {
+                                    "file": {"type": "string", "format": "binary"},
+                                    "purpose": {"const": "fine-tune"},
+                                },
+                            }
+                        },
+                        "application/json": {"schema": _ref(LargeFileRequest)},
+                    },
+                },
+                "responses": {
+                    "201": _json(File, "the File"),
+                    **_errors(400, 413, 415),
+                    **common,
+                },
+            },
+            "get": {
+                "summary": "List files, newest first",
+                "operationId": "listFiles",
+                "security": _API_KEY,
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                    },
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": "the last id of the previous page",
+                    },
+                ],
+                "responses": {"200": _json(FileList, "files"), **_errors(400), **common},
+            },
+        },
+        "/files/{file_id}": {
+            "get": {
+                "summary": "Read a File",
+                "operationId": "getFile",
+                "security": _API_KEY,
+                "parameters": _FILE_ID,
+                "responses": {"200": _json(File, "the File"), **_errors(404), **common},
+            },
+            "delete": {
+                "summary": "Delete a File and its bytes",
+                "operationId": "deleteFile",
+                "security": _API_KEY,
+                "parameters": _FILE_ID,
+                "responses": {"200": _json(FileDeleted, "deleted"), **_errors(404), **common},
+            },
+        },
+        "/files/{file_id}/complete": {
+            "post": {
+                "summary": "Check what was uploaded to upload_url",
+                "description": "409 (the File stays pending_upload) while nothing or not all "
+                "of it arrived; 503 when storage fails during the check (retry).",
+                "operationId": "completeFile",
+                "security": _API_KEY,
+                "parameters": _FILE_ID,
+                "responses": {
+                    "200": _json(File, "the checked File"),
+                    **_errors(404, 409),
+                    **common,
+                },
+            }
+        },
+        "/files/{file_id}/content": {
+            "put": {
+                "summary": "Upload session of the local store (no FILES_BUCKET): the bytes",
+                "description": "Only the upload_url of a service without FILES_BUCKET points "
+                "here; with a bucket, bytes go to Cloud Storage, never through the function.",
+                "operationId": "putFileContent",
+                "security": _API_KEY,
+                "parameters": _FILE_ID,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+                },
+                "responses": {"200": {"description": "stored"}, **_errors(400, 404, 409), **common},
+            }
+        },
+    }
+
+
 @functools.cache
 def openapi_document() -> dict[str, Any]:
     _, definitions = models_json_schema(
@@ -184,7 +296,12 @@ def openapi_document() -> dict[str, Any]:
                 },
                 "responses": {
                     "201": _json(Job, "job created"),
-                    "200": _json(Job, "idempotent replay: the original job"),
+                    "200": {
+                        "description": "idempotent replay (the original job), or a dry run",
+                        "content": {
+                            "application/json": {"schema": {"oneOf": [_ref(Job), _ref(DryRun)]}}
+                        },
+                    },
                     **_errors(400, 413, 415, 422),
                     **common,
                 },
@@ -329,6 +446,7 @@ def openapi_document() -> dict[str, Any]:
         },
         "responses": {"200": _json(PollReport, "poll report"), **_errors(400), **common},
     }
+    paths.update(_file_paths(common))
     paths["/poll"] = {
         "post": poll,
         "get": {**poll, "operationId": "pollJobsGet", "requestBody": None},

@@ -15,6 +15,7 @@ from typing import Any
 
 import requests
 
+from finetune_api.files.schemas import DryRun, File
 from loopback.functions import FunctionServer
 from loopback.servers import LocalS3
 from sandbox import Sandbox
@@ -67,6 +68,9 @@ def test_an_upload_is_checked_stored_and_listed(train_http: FunctionServer) -> N
         "errors": [],
     }
     assert "upload_url" not in file
+    assert File.model_validate(file).model_dump(exclude_none=True) == {
+        k: v for k, v in file.items() if v is not None
+    }
     assert requests.get(f"{train_http.url}/files/{file['id']}", timeout=10).json() == file
     stored = files_dir(train_http) / "files" / "data" / f"{file['id']}.jsonl"
     assert stored.read_bytes() == GOOD
@@ -259,6 +263,7 @@ def test_a_dry_run_checks_and_estimates_and_creates_nothing(
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["dry_run"] is True
+    DryRun.model_validate(answer)  # the answer is what /openapi.json says
     assert answer["request"]["training_file"]["sha256"] == file["sha256"]
     assert "url" not in answer["request"]["training_file"]
     estimate = answer["estimate"]
