@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 
 def handle_training_request(
-    dataset_id: str,
+    dataset_id: str | None,
     model_id: str,
     project_name: str | None = None,
     training_template_dir: Path | str | None = None,
@@ -24,8 +24,13 @@ def handle_training_request(
     deploy: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
     message_id: str | None = None,
+    training_file: str | None = None,
+    validation_file: str | None = None,
 ) -> dict[str, Any]:
     """Start a Baseten training job fine-tuning ``model_id`` on ``dataset_id``.
+
+    Or on your own data: ``dataset_id=None, training_file="file-…"`` (or
+    ``"gs://bucket/object"``), optionally with ``validation_file``.
 
     Validates exactly as ``POST /jobs`` does, stages the training template
     (``training_template_dir`` or the configured one) and pushes it to
@@ -41,8 +46,11 @@ def handle_training_request(
     (retry later), ``UpstreamError``, ``ConfigurationError``. Each carries
     ``.status`` and ``.body`` (the CONTRACT error JSON).
     """
-    body: dict[str, Any] = {"dataset_id": dataset_id, "model_id": model_id}
+    body: dict[str, Any] = {"model_id": model_id}
     optional = {
+        "dataset_id": dataset_id,
+        "training_file": training_file,
+        "validation_file": validation_file,
         "project_name": project_name,
         "job_name": job_name,
         "hyperparameters": hyperparameters,

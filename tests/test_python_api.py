@@ -168,3 +168,24 @@ def test_logs_and_metrics_functions_raise_the_same_exceptions(configured: Sandbo
     ]
     with pytest.raises(finetune_api.NotFoundError):
         finetune_api.job_metrics(project_id, "nosuchjob")
+
+
+def test_a_training_file_through_the_python_api(
+    configured: Sandbox, s3: LocalS3, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import io
+
+    monkeypatch.setenv("FILES_DIR", str(tmp_path / "files"))
+    runtime.reset()
+    chat = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
+    data = (json.dumps(chat) + "\n").encode() * 3
+    file = runtime.get_services().files.upload("c.jsonl", io.BytesIO(data), "fine-tune")
+    job = finetune_api.handle_training_request(None, MODEL, training_file=file["id"])
+    [recorded] = configured.jobs()
+    assert recorded["job"]["id"] == job["training_job_id"]
+    env = recorded["request"]["runtime"]["environment_variables"]
+    assert json.loads(env["RUNTIME_CONFIG"])["training_file"]["sha256"] == file["sha256"]
+    with pytest.raises(finetune_api.InvalidRequestError) as refused:
+        finetune_api.handle_training_request(DATASET, MODEL, training_file=file["id"])
+    assert "exactly one of dataset_id and training_file" in str(refused.value.body)
+    assert len(configured.jobs()) == 1
