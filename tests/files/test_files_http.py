@@ -6,6 +6,7 @@ default that ``make run`` uses. Cloud Storage is covered in test_files_gcs.py.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -272,4 +273,47 @@ def test_a_dry_run_checks_and_estimates_and_creates_nothing(
     assert estimate["examples_over_max_seq_length"] == 12  # every chat is > 16 tokens
     assert estimate["gpu_hours"] is None and estimate["cost_usd"] is None
     assert estimate["cost_basis"]
+    assert sandbox.jobs() == []
+
+
+BAD_FILES = {
+    "latin-1.jsonl": ('{"text": "caf\u00e9"}\n'.encode("latin-1"), (1, "not valid UTF-8")),
+    "chats.jsonl.gz": (
+        gzip.compress(GOOD),
+        (None, "the file is gzip-compressed: upload the uncompressed JSONL"),
+    ),
+    "array.jsonl": (b"[1, 2, 3]\n", (1, "a JSON array, not an object")),
+    "huge-line.jsonl": (
+        b'{"text": "' + b"x" * (10 * 1024 * 1024) + b'"}\n',
+        (1, "line is longer than 4194304 bytes"),
+    ),
+    "no-assistant.jsonl": (
+        b'{"messages": [{"role": "user", "content": "hi"}]}\n',
+        (1, "no assistant message: nothing to learn from"),
+    ),
+    "robot.jsonl": (
+        b'{"messages": [{"role": "robot", "content": "hi"}]}\n',
+        (1, "messages[0].role must be system, user or assistant"),
+    ),
+    "empty-content.jsonl": (
+        b'{"messages": [{"role": "user", "content": "hi"}, '
+        b'{"role": "assistant", "content": ""}]}\n',
+        (1, "messages[1].content is empty"),
+    ),
+    "empty.jsonl": (b"", (None, "the file is empty")),
+    "blank.jsonl": (b"\n\n", (None, "no valid example in the file")),
+}
+
+
+def test_each_bad_file_is_stored_as_error_with_its_reason(
+    train_http: FunctionServer, sandbox: Sandbox
+) -> None:
+    for name, (data, (line_no, reason)) in BAD_FILES.items():
+        file = upload(train_http, data, name).json()
+        assert file["status"] == "error", name
+        assert {"line": line_no, "reason": reason} in file["validation"]["errors"], name
+        refused = submit(train_http, {"training_file": file["id"], "model_id": MODEL})
+        assert refused.status_code == 400, name
+    bom = upload(train_http, b"\xef\xbb\xbf" + GOOD, "bom.jsonl").json()
+    assert bom["status"] == "processed" and bom["validation"]["examples"] == 12
     assert sandbox.jobs() == []
