@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Deploy the three Cloud Run functions (gen2) of this project to a GCP project:
-# private, scheduled, with pinned Secret Manager versions. Idempotent: run it
-# again and only `functions deploy` / `scheduler jobs update` are re-issued.
+# private, scheduled, with pinned Secret Manager versions, and the private
+# bucket of users' training files. Idempotent: run it again and only
+# `functions deploy` / `scheduler jobs update` are re-issued.
 # `./deploy.sh --help` for the flags.
 set -euo pipefail
 
@@ -21,9 +22,10 @@ usage() {
 Usage: $SCRIPT_NAME --project PROJECT --region REGION [options]
 
 Deploys train_http, train_pubsub and poll_jobs as Cloud Run functions (gen2,
-python312), a Pub/Sub topic, two service accounts, a Cloud Storage bucket for
-the poll's state, the IAM bindings they need and a Cloud Scheduler job that
-calls poll_jobs. Safe to run again.
+python312), a Pub/Sub topic, two service accounts, two Cloud Storage buckets
+(the poll's state; users' uploaded training files, deleted after
+--files-retention-days), the IAM bindings they need and a Cloud Scheduler job
+that calls poll_jobs. Safe to run again.
 
 Required (flag or environment variable):
   --project ID                 GCP project                  [GOOGLE_CLOUD_PROJECT]
@@ -55,6 +57,9 @@ Names (all but the secrets get --name-prefix in front):
   --state-bucket NAME          bucket of the poll's state, created in --region
                                (PREFIXPROJECT-finetune-state; no prefix added)
                                                                       [STATE_BUCKET]
+  --files-bucket NAME          bucket of users' uploaded training files, created
+                               in --region (PREFIXPROJECT-finetune-files; no
+                               prefix added)                         [FILES_BUCKET]
 
 Behaviour:
   --schedule CRON              poll schedule ("*/5 * * * *")              [SCHEDULE]
@@ -62,6 +67,9 @@ Behaviour:
   --scheduler-region REGION    Cloud Scheduler location (--region)  [SCHEDULER_REGION]
   --poll-lookback-seconds N    POLL_LOOKBACK_SECONDS (2 x the schedule interval,
                                at least 600)                 [POLL_LOOKBACK_SECONDS]
+  --files-retention-days N     uploaded files (and their records) are deleted
+                               this many days after upload, 1-3650 (30)
+                                                              [FILES_RETENTION_DAYS]
   --env KEY=VALUE              extra non-secret env var for all three functions
                                (repeatable), e.g. BASETEN_TEAM_ID=...
   --source DIR                 source to upload (this script's folder)  [SOURCE_DIR]
@@ -71,8 +79,9 @@ Behaviour:
   --dry-run                    print the gcloud commands instead of running them
                                (lookups are not run: everything is assumed missing)
                                                                          [DRY_RUN=1]
-  --teardown                   delete what this script creates, the state bucket
-                               included (not the secrets, not the enabled APIs)
+  --teardown                   delete what this script creates, both buckets
+                               included: users' uploaded files are deleted too
+                               (not the secrets, not the enabled APIs)
   -h, --help                   this text
 EOF
 }
@@ -95,6 +104,8 @@ SCHEDULER_JOB=${SCHEDULER_JOB:-poll-training-jobs}
 RUNTIME_SA_NAME=${RUNTIME_SA_NAME:-finetune-runtime}
 SCHEDULER_SA_NAME=${SCHEDULER_SA_NAME:-finetune-scheduler}
 STATE_BUCKET=${STATE_BUCKET:-}
+FILES_BUCKET=${FILES_BUCKET:-}
+FILES_RETENTION_DAYS=${FILES_RETENTION_DAYS:-}
 SCHEDULE=${SCHEDULE:-*/5 * * * *}
 TIME_ZONE=${TIME_ZONE:-Etc/UTC}
 SCHEDULER_REGION=${SCHEDULER_REGION:-}
@@ -157,13 +168,15 @@ APIS=(
 	iam.googleapis.com
 	logging.googleapis.com
 	storage.googleapis.com
+	# signBlob: the runtime account signs the read URL a training job gets.
+	iamcredentials.googleapis.com
 )
 
 VALUE_FLAGS=" --project --region --name-prefix --http-function --pubsub-function --poll-function
  --topic --scheduler-job --runtime-sa --scheduler-sa --schedule --time-zone --scheduler-region
  --poll-lookback-seconds --baseten-secret --baseten-secret-version --webhook-url --webhook-secret
  --webhook-secret-version --api-keys-secret --api-keys-secret-version --env --source
- --build-service-account --state-bucket "
+ --build-service-account --state-bucket --files-bucket --files-retention-days "
 VALUE_FLAGS=${VALUE_FLAGS//$'\n'/ }
 
 need_value() {
@@ -220,6 +233,8 @@ parse_args() {
 		--runtime-sa) RUNTIME_SA_NAME=$value ;;
 		--scheduler-sa) SCHEDULER_SA_NAME=$value ;;
 		--state-bucket) STATE_BUCKET=$value ;;
+		--files-bucket) FILES_BUCKET=$value ;;
+		--files-retention-days) FILES_RETENTION_DAYS=$value ;;
 		--schedule) SCHEDULE=$value ;;
 		--time-zone) TIME_ZONE=$value ;;
 		--scheduler-region) SCHEDULER_REGION=$value ;;
@@ -326,6 +341,13 @@ validate() {
 		"3-63 lowercase letters, digits, hyphens and underscores (pass --state-bucket NAME)"
 	[[ $BUCKET != goog* && $BUCKET != *google* ]] ||
 		die "invalid state bucket '$BUCKET': may not start with 'goog' or contain 'google'"
+	FILES=${FILES_BUCKET:-$NAME_PREFIX${PROJECT#*:}-finetune-files}
+	check_re "files bucket" "$FILES" '^[a-z0-9][-a-z0-9_]{1,61}[a-z0-9]$' \
+		"3-63 lowercase letters, digits, hyphens and underscores (pass --files-bucket NAME)"
+	[[ $FILES != goog* && $FILES != *google* ]] ||
+		die "invalid files bucket '$FILES': may not start with 'goog' or contain 'google'"
+	# Its lifecycle rule would delete the poll's state with the old files.
+	[[ $FILES != "$BUCKET" ]] || die "the files bucket and the state bucket must differ ('$FILES')"
 
 	local secret_re='^[A-Za-z0-9_-]{1,255}$' secret_rule="letters, digits, hyphens and underscores"
 	check_re "Baseten secret name" "$BASETEN_SECRET" "$secret_re" "$secret_rule"
@@ -349,6 +371,12 @@ validate() {
 			die "--webhook-url needs --webhook-secret NAME (the Secret Manager secret holding the whsec_... signing secret)"
 	elif [[ -n $WEBHOOK_SECRET ]]; then
 		die "--webhook-secret is only used with --webhook-url URL"
+	fi
+	if [[ -n $FILES_RETENTION_DAYS ]]; then
+		check_re "--files-retention-days" "$FILES_RETENTION_DAYS" '^[1-9][0-9]{0,3}$' \
+			"a number of days from 1 to 3650"
+		[[ $FILES_RETENTION_DAYS -le 3650 ]] ||
+			die "invalid --files-retention-days '$FILES_RETENTION_DAYS': a number of days from 1 to 3650"
 	fi
 	if [[ $PUBLIC -eq 1 && -z $API_KEYS_SECRET ]]; then
 		die "--public makes train_http callable by anyone on the internet; it is refused unless --api-keys-secret NAME is given so every call needs an X-Api-Key"
@@ -378,6 +406,8 @@ validate() {
 		case $key in
 		GOOGLE_CLOUD_PROJECT | WEBHOOK_URL | POLL_LOOKBACK_SECONDS | THREADS | POLL_STATE_BUCKET)
 			die "--env $key: set by this script (use its own flag)" ;;
+		FILES_BUCKET | FILES_RETENTION_DAYS)
+			die "--env $key: set by this script (use --files-bucket / --files-retention-days: the bucket's lifecycle rule must match)" ;;
 		BASETEN_API_KEY* | WEBHOOK_SECRET* | API_KEYS*)
 			die "--env $key: secrets go through Secret Manager (--baseten-secret, --webhook-secret, --api-keys-secret), never plain env vars" ;;
 		PORT | K_SERVICE | K_REVISION | K_CONFIGURATION | FUNCTION_TARGET | FUNCTION_SIGNATURE_TYPE)
@@ -424,6 +454,34 @@ mutate_retry() {
 		fi
 	done
 	die "gave up after 5 attempts: gcloud $*"
+}
+
+# Files gcloud reads (the lifecycle rule) are written to a private temporary
+# folder, removed when the script exits (after an error or Ctrl-C too).
+WORK_DIR=
+cleanup() {
+	if [[ -n $WORK_DIR ]]; then rm -rf -- "$WORK_DIR"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# write_work_file NAME TEXT: WORK_FILE = the path of a new file NAME holding TEXT.
+# Not written in dry-run (it would be gone when the commands are run): NAME
+# stands for it and TEXT is printed as a comment.
+WORK_FILE=
+write_work_file() {
+	if [[ $DRY_RUN -eq 1 ]]; then
+		WORK_FILE=$1
+		printf '# not written in dry-run: %s holding %s\n' "$1" "$2" >&3
+		return 0
+	fi
+	if [[ -z $WORK_DIR ]]; then
+		WORK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/finetune-deploy.XXXXXXXX") ||
+			die "cannot create a temporary folder (TMPDIR=${TMPDIR:-/tmp})"
+	fi
+	WORK_FILE=$WORK_DIR/$1
+	printf '%s\n' "$2" >"$WORK_FILE"
 }
 
 # In dry-run, lookups are not run: a deploy assumes nothing exists yet, a
@@ -580,13 +638,53 @@ ensure_state_bucket() {
 	fi
 }
 
-# Object access on that bucket only (read and write the state), never project-wide.
-grant_bucket_access() {
-	local member="serviceAccount:$RUNTIME_SA" role=roles/storage.objectUser
-	if has_binding "$role" "$member" -- storage buckets get-iam-policy "gs://$BUCKET"; then
-		info "= $RUNTIME_SA can already use objects in gs://$BUCKET"
+# Users' uploaded training files (FILES_BUCKET): a private bucket of its own in
+# the region, whose lifecycle rule deletes every object (a File's bytes and its
+# record) FILES_RETENTION_DAYS after it was written. An existing bucket is
+# brought to these settings; its lifecycle is replaced by this one rule.
+ensure_files_bucket() {
+	local days=${FILES_RETENTION_DAYS:-30} settings want lifecycle
+	printf -v lifecycle '{"rule":[{"action":{"type":"Delete"},"condition":{"age":%s}}]}' "$days"
+	# uniform access, public access prevention, number of rules, the rule's
+	# action, its age and how many conditions it has.
+	printf -v want '%s\t%s\t%s\t%s\t%s\t%s' True enforced 1 Delete "$days" 1
+	if settings=$(lookup storage buckets describe "gs://$FILES" \
+		"--format=value(uniform_bucket_level_access,public_access_prevention,lifecycle_config.rule.len(),lifecycle_config.rule[0].action.type,lifecycle_config.rule[0].condition.age,lifecycle_config.rule[0].condition.len())"); then
+		if [[ $DRY_RUN -eq 1 || $settings == "$want" ]]; then
+			info "= bucket gs://$FILES exists (uniform access, public access prevented, objects deleted after $days days)"
+		else
+			write_work_file lifecycle.json "$lifecycle"
+			mutate storage buckets update "gs://$FILES" --uniform-bucket-level-access \
+				--public-access-prevention "--lifecycle-file=$WORK_FILE"
+		fi
 	else
-		mutate_retry storage buckets add-iam-policy-binding "gs://$BUCKET" "--member=$member" \
+		write_work_file lifecycle.json "$lifecycle"
+		mutate storage buckets create "gs://$FILES" "--location=$REGION" \
+			--uniform-bucket-level-access --public-access-prevention "--lifecycle-file=$WORK_FILE"
+	fi
+}
+
+# grant_bucket_access BUCKET: object access (read, write, delete, list) on that
+# bucket only, never project-wide.
+grant_bucket_access() {
+	local bucket=$1 member="serviceAccount:$RUNTIME_SA" role=roles/storage.objectUser
+	if has_binding "$role" "$member" -- storage buckets get-iam-policy "gs://$bucket"; then
+		info "= $RUNTIME_SA can already use objects in gs://$bucket"
+	else
+		mutate_retry storage buckets add-iam-policy-binding "gs://$bucket" "--member=$member" \
+			"--role=$role"
+	fi
+}
+
+# The runtime account signs the short-lived V4 URL that hands a training job its
+# data through IAM signBlob, so no key file ever exists: Token Creator on
+# itself, and on no other account.
+grant_self_signing() {
+	local member="serviceAccount:$RUNTIME_SA" role=roles/iam.serviceAccountTokenCreator
+	if has_binding "$role" "$member" -- iam service-accounts get-iam-policy "$RUNTIME_SA"; then
+		info "= $RUNTIME_SA may already sign as itself"
+	else
+		mutate_retry iam service-accounts add-iam-policy-binding "$RUNTIME_SA" "--member=$member" \
 			"--role=$role"
 	fi
 }
@@ -649,7 +747,10 @@ deploy() {
 	ensure_service_account "$NAME_PREFIX$SCHEDULER_SA_NAME" "$SCHEDULER_SA" "Cloud Scheduler caller of $POLL_FN"
 	ensure_topic
 	ensure_state_bucket
-	grant_bucket_access
+	grant_bucket_access "$BUCKET"
+	ensure_files_bucket
+	grant_bucket_access "$FILES"
+	grant_self_signing
 
 	# Secrets: pin versions now, so a new version only takes effect on redeploy.
 	local v_baseten v_webhook='' v_api_keys=''
@@ -671,17 +772,21 @@ deploy() {
 	local -a env=("GOOGLE_CLOUD_PROJECT=$PROJECT")
 	if [[ -n $WEBHOOK_URL ]]; then env+=("WEBHOOK_URL=$WEBHOOK_URL"); fi
 	env+=("${EXTRA_ENV[@]}")
+	# Both submit paths resolve training_file (a File id or gs:// object), so
+	# both need the bucket; poll_jobs never reads a file.
+	local -a files_env=("FILES_BUCKET=$FILES")
+	if [[ -n $FILES_RETENTION_DAYS ]]; then files_env+=("FILES_RETENTION_DAYS=$FILES_RETENTION_DAYS"); fi
 
 	deploy_function "$PUBSUB_FN" train_pubsub "$PUBSUB_MEMORY" "$PUBSUB_CPU" "$PUBSUB_CONCURRENCY" \
 		"$PUBSUB_TIMEOUT" "$PUBSUB_MAX_INSTANCES" "$common_secrets" \
-		"$(join_env "${env[@]}" "THREADS=$PUBSUB_CONCURRENCY")" -- \
+		"$(join_env "${env[@]}" "${files_env[@]}" "THREADS=$PUBSUB_CONCURRENCY")" -- \
 		"--trigger-topic=$TOPIC_NAME" --retry "--trigger-service-account=$RUNTIME_SA"
 
 	local access=--no-allow-unauthenticated
 	if [[ $PUBLIC -eq 1 ]]; then access=--allow-unauthenticated; fi
 	deploy_function "$HTTP_FN" train_http "$HTTP_MEMORY" "$HTTP_CPU" "$HTTP_CONCURRENCY" \
 		"$HTTP_TIMEOUT" "$HTTP_MAX_INSTANCES" "$http_secrets" \
-		"$(join_env "${env[@]}" "THREADS=$HTTP_CONCURRENCY")" -- \
+		"$(join_env "${env[@]}" "${files_env[@]}" "THREADS=$HTTP_CONCURRENCY")" -- \
 		--trigger-http "$access"
 
 	deploy_function "$POLL_FN" poll_jobs "$POLL_MEMORY" "$POLL_CPU" "$POLL_CONCURRENCY" \
@@ -738,6 +843,10 @@ poll_jobs ($POLL_FN): $poll_url  (runs "$SCHEDULE" via job $JOB_NAME)
 
 Other callers need roles/run.invoker on the one function they call:
   gcloud functions add-invoker-policy-binding $HTTP_FN --region=$REGION --project=$PROJECT --member=user:SOMEONE@EXAMPLE.COM
+
+Uploaded files live in gs://$FILES (deleted ${FILES_RETENTION_DAYS:-30} days after upload). To train on
+gs:// objects of another bucket, let the runtime account read that bucket:
+  gcloud storage buckets add-iam-policy-binding gs://BUCKET --member=serviceAccount:$RUNTIME_SA --role=roles/storage.objectViewer
 EOF
 }
 
@@ -767,6 +876,11 @@ teardown() {
 	# The bucket goes with its one object (and its IAM policy).
 	if exists storage buckets describe "gs://$BUCKET"; then
 		mutate storage rm --recursive "gs://$BUCKET"
+	fi
+	# Users' uploaded training files go with theirs, for good.
+	if exists storage buckets describe "gs://$FILES"; then
+		info "warning: gs://$FILES holds the training files users uploaded (and their records): removing the bucket deletes every one of them for good"
+		mutate storage rm --recursive "gs://$FILES"
 	fi
 	local email
 	for email in "$SCHEDULER_SA" "$RUNTIME_SA"; do

@@ -6,6 +6,7 @@ second run sees the first one's resources. Nothing here talks to Google.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -27,6 +28,9 @@ RUNTIME_SA = f"finetune-runtime@{PROJECT}.iam.gserviceaccount.com"
 SCHEDULER_SA = f"finetune-scheduler@{PROJECT}.iam.gserviceaccount.com"
 ACCESSOR = "roles/secretmanager.secretAccessor"
 BUCKET = f"{PROJECT}-finetune-state"
+FILES_BUCKET = f"{PROJECT}-finetune-files"
+OBJECT_USER = "roles/storage.objectUser"
+TOKEN_CREATOR = "roles/iam.serviceAccountTokenCreator"
 BASE = ["--project", PROJECT, "--region", REGION]
 ALL_SECRETS = [
     "--webhook-url",
@@ -228,6 +232,9 @@ def test_first_deploy_runs_these_commands_in_this_order(deployed: Deployed) -> N
         ["pubsub", "topics", "create", "training-requests"],
         ["storage", "buckets", "create", f"gs://{BUCKET}"],
         ["storage", "buckets", "add-iam-policy-binding", f"gs://{BUCKET}"],
+        ["storage", "buckets", "create", f"gs://{FILES_BUCKET}"],
+        ["storage", "buckets", "add-iam-policy-binding", f"gs://{FILES_BUCKET}"],
+        ["iam", "service-accounts", "add-iam-policy-binding", RUNTIME_SA],
         ["secrets", "add-iam-policy-binding", "baseten-api-key"],
         ["secrets", "add-iam-policy-binding", "webhook-signing"],
         ["secrets", "add-iam-policy-binding", "api-keys"],
@@ -244,6 +251,7 @@ def test_first_deploy_runs_these_commands_in_this_order(deployed: Deployed) -> N
         "cloudfunctions.googleapis.com", "run.googleapis.com", "cloudbuild.googleapis.com",
         "artifactregistry.googleapis.com", "eventarc.googleapis.com", "pubsub.googleapis.com",
         "secretmanager.googleapis.com", "cloudscheduler.googleapis.com", "iam.googleapis.com",
+        "storage.googleapis.com", "iamcredentials.googleapis.com",
     } <= enabled  # fmt: skip
 
     # Every call names the project explicitly; nothing relies on gcloud config.
@@ -503,11 +511,15 @@ def test_rotating_the_baseten_key_takes_effect_on_redeploy(env: Env) -> None:
 def test_the_state_bucket_is_private_regional_and_only_the_runtime_account_may_use_it(
     deployed: Deployed,
 ) -> None:
-    (create,) = deployed.first.find(lambda c: words(c)[:3] == ["storage", "buckets", "create"])
-    assert words(create)[3] == f"gs://{BUCKET}"
+    (create,) = deployed.first.find(
+        lambda c: words(c)[:4] == ["storage", "buckets", "create", f"gs://{BUCKET}"]
+    )
+    assert "--lifecycle-file" not in flags(create)  # the poll's state is never expired
     assert flags(create)["--location"] == REGION
     assert "--uniform-bucket-level-access" in create and "--public-access-prevention" in create
-    (grant,) = deployed.first.find(lambda c: "add-iam-policy-binding" in c and c[0] == "storage")
+    (grant,) = deployed.first.find(
+        lambda c: words(c)[:4] == ["storage", "buckets", "add-iam-policy-binding", f"gs://{BUCKET}"]
+    )
     assert flags(grant) == {
         "--member": f"serviceAccount:{RUNTIME_SA}",
         "--role": "roles/storage.objectUser",
@@ -526,7 +538,7 @@ def test_an_existing_bucket_is_made_private_and_a_custom_name_is_used(env: Env) 
     (env.state / "buckets").mkdir()
     (env.state / "buckets" / "my-state").write_text("")  # made by hand, public access allowed
     env.deploy("--state-bucket", "my-state")
-    storage = [words(c)[:4] for c in env.mutations() if c[0] == "storage"]
+    storage = [words(c)[:4] for c in env.mutations() if "gs://my-state" in c]
     assert storage == [
         ["storage", "buckets", "update", "gs://my-state"],
         ["storage", "buckets", "add-iam-policy-binding", "gs://my-state"],
@@ -547,6 +559,285 @@ def test_the_state_bucket_cannot_be_set_through_env(env: Env) -> None:
     r = env.run(*BASE, "--source", str(env.source), "--env", "POLL_STATE_BUCKET=x")
     assert r.returncode == 1 and "POLL_STATE_BUCKET" in r.stderr
     assert env.calls() == []
+
+
+# -------------------------------------------------------------- files bucket --
+
+LIFECYCLE_30 = '{"rule":[{"action":{"type":"Delete"},"condition":{"age":30}}]}'
+
+
+def lifecycle_of(env: Env, bucket: str = FILES_BUCKET) -> dict[str, object]:
+    """The lifecycle rule gcloud was last given for the bucket (the fake keeps a copy)."""
+    parsed: dict[str, object] = json.loads((env.state / "bucket-lifecycle" / bucket).read_text())
+    return parsed
+
+
+def seed_bucket(env: Env, name: str, args: str = "", lifecycle: str | None = None) -> None:
+    """A bucket made by hand: its creation arguments, and its lifecycle JSON if any."""
+    (env.state / "buckets").mkdir(exist_ok=True)
+    (env.state / "buckets" / name).write_text(args)
+    if lifecycle is not None:
+        (env.state / "bucket-lifecycle").mkdir(exist_ok=True)
+        (env.state / "bucket-lifecycle" / name).write_text(lifecycle)
+
+
+def test_the_files_bucket_is_private_regional_and_deletes_files_after_30_days(
+    deployed: Deployed,
+) -> None:
+    (create,) = deployed.first.find(
+        lambda c: words(c)[:4] == ["storage", "buckets", "create", f"gs://{FILES_BUCKET}"]
+    )
+    f = flags(create)
+    assert f["--location"] == REGION
+    assert "--uniform-bucket-level-access" in f and "--public-access-prevention" in f
+    # The rule goes in with the bucket: no moment without it.
+    assert f["--lifecycle-file"].endswith("/lifecycle.json")
+    assert lifecycle_of(deployed.env) == {
+        "rule": [{"action": {"type": "Delete"}, "condition": {"age": 30}}]
+    }
+    # The file was written to a temporary folder that is gone once the script ends.
+    assert not Path(f["--lifecycle-file"]).parent.exists()
+
+
+def test_only_the_runtime_account_may_use_the_files_bucket(deployed: Deployed) -> None:
+    grants = deployed.first.find(
+        lambda c: (
+            words(c)[:4] == ["storage", "buckets", "add-iam-policy-binding", f"gs://{FILES_BUCKET}"]
+        )
+    )
+    assert [flags(g) for g in grants] == [
+        {
+            "--member": f"serviceAccount:{RUNTIME_SA}",
+            "--role": OBJECT_USER,
+            "--project": PROJECT,
+            "--quiet": "",
+        }
+    ]
+    # No storage role anywhere but on the two buckets (and never project-wide).
+    for call in deployed.first:
+        assert not (words(call)[0] == "projects" and "add-iam-policy-binding" in words(call))
+        if any("roles/storage." in a for a in call):
+            assert words(call)[:3] == ["storage", "buckets", "add-iam-policy-binding"], call
+
+
+def test_the_runtime_account_may_sign_as_itself_and_nothing_else(deployed: Deployed) -> None:
+    """It signs the job's V4 read URL through IAM signBlob: no key file is made."""
+    grants = deployed.first.find(lambda c: flags(c).get("--role") == TOKEN_CREATOR)
+    assert [(words(g), flags(g)["--member"]) for g in grants] == [
+        (
+            ["iam", "service-accounts", "add-iam-policy-binding", RUNTIME_SA],
+            f"serviceAccount:{RUNTIME_SA}",
+        )
+    ]
+    assert (deployed.env.state / "sa-iam" / RUNTIME_SA).read_text().splitlines() == [
+        f"{TOKEN_CREATOR},serviceAccount:{RUNTIME_SA}"
+    ]
+    assert not (deployed.env.state / "sa-iam" / SCHEDULER_SA).exists()
+    assert not [c for c in deployed.first + deployed.second if "keys" in words(c)[:3]]
+    # signBlob is the IAM Service Account Credentials API.
+    assert "iamcredentials.googleapis.com" in words(deployed.first.mutations()[0])
+
+
+def test_the_files_bucket_reaches_both_submit_paths_not_the_poll(deployed: Deployed) -> None:
+    for fn in ("train-http", "train-pubsub"):
+        env_vars = dict_flag(flags(deployed.first.deploy_of(fn))["--set-env-vars"])
+        assert env_vars["FILES_BUCKET"] == FILES_BUCKET, fn
+        assert "FILES_RETENTION_DAYS" not in env_vars, fn  # the settings' default, 30
+    poll = dict_flag(flags(deployed.first.deploy_of("poll-jobs"))["--set-env-vars"])
+    assert "FILES_BUCKET" not in poll and "FILES_RETENTION_DAYS" not in poll
+
+
+def test_retention_days_set_the_rule_and_the_setting(env: Env) -> None:
+    env.deploy("--files-retention-days", "90")
+    assert lifecycle_of(env)["rule"] == [{"action": {"type": "Delete"}, "condition": {"age": 90}}]
+    for fn in ("train-http", "train-pubsub"):
+        env_vars = dict_flag(flags(env.deploy_of(fn))["--set-env-vars"])
+        assert env_vars["FILES_RETENTION_DAYS"] == "90", fn
+    assert "FILES_RETENTION_DAYS" not in flags(env.deploy_of("poll-jobs"))["--set-env-vars"]
+
+    # A new retention on a later run replaces the rule; the same one changes nothing.
+    env.clear_log()
+    env.deploy(extra={"FILES_RETENTION_DAYS": "7"})
+    (update,) = env.find(lambda c: words(c)[:3] == ["storage", "buckets", "update"])
+    assert words(update)[3] == f"gs://{FILES_BUCKET}"
+    assert lifecycle_of(env)["rule"] == [{"action": {"type": "Delete"}, "condition": {"age": 7}}]
+    env.clear_log()
+    env.deploy("--files-retention-days", "7")
+    assert [c for c in env.mutations() if c[0] == "storage"] == []
+
+
+def test_a_custom_files_bucket_name_from_a_flag_the_environment_or_the_prefix(env: Env) -> None:
+    plan = env.plan(extra={"FILES_BUCKET": "from-env-files"})
+    assert plan.find(
+        lambda c: words(c)[:4] == ["storage", "buckets", "create", "gs://from-env-files"]
+    )
+
+    plan = env.plan("--name-prefix", "dev-")
+    http = dict_flag(flags(plan.deploy_of("dev-train-http"))["--set-env-vars"])
+    assert http["FILES_BUCKET"] == f"dev-{FILES_BUCKET}"
+
+    env.deploy("--files-bucket", "my-files")
+    http = dict_flag(flags(env.deploy_of("train-http"))["--set-env-vars"])
+    assert http["FILES_BUCKET"] == "my-files"
+    assert (env.state / "buckets" / "my-files").exists()
+    assert lifecycle_of(env, "my-files") == json.loads(LIFECYCLE_30)
+
+
+def test_an_existing_files_bucket_is_brought_to_the_right_settings(env: Env) -> None:
+    # Made by hand: public access allowed, a 7-day rule and another one.
+    seed_bucket(
+        env,
+        "my-files",
+        lifecycle='{"rule": [{"action": {"type": "Delete"}, "condition": {"age": 7}},'
+        ' {"action": {"type": "SetStorageClass", "storageClass": "COLDLINE"},'
+        ' "condition": {"age": 1}}]}',
+    )
+    env.deploy("--files-bucket", "my-files")
+    calls = [c for c in env.mutations() if "gs://my-files" in c]
+    assert [words(c)[:4] for c in calls] == [
+        ["storage", "buckets", "update", "gs://my-files"],
+        ["storage", "buckets", "add-iam-policy-binding", "gs://my-files"],
+    ]
+    f = flags(calls[0])
+    assert "--uniform-bucket-level-access" in f and "--public-access-prevention" in f
+    assert lifecycle_of(env, "my-files") == json.loads(LIFECYCLE_30)
+    env.clear_log()
+    env.deploy("--files-bucket", "my-files")
+    assert [c for c in env.mutations() if c[0] == "storage"] == []
+
+
+@pytest.mark.parametrize(
+    "lifecycle",
+    [
+        None,  # no rule at all
+        '{"rule":[{"action":{"type":"Delete"},"condition":{"age":30,"matchesPrefix":["a/"]}}]}',
+        '{"rule":[{"action":{"type":"SetStorageClass"},"condition":{"age":30}}]}',
+    ],
+)
+def test_a_files_bucket_without_exactly_the_rule_gets_it(env: Env, lifecycle: str | None) -> None:
+    seed_bucket(
+        env,
+        FILES_BUCKET,
+        "--uniform-bucket-level-access\n--public-access-prevention\n",
+        lifecycle,
+    )
+    env.deploy()
+    (update,) = env.find(lambda c: words(c)[:3] == ["storage", "buckets", "update"])
+    assert words(update)[3] == f"gs://{FILES_BUCKET}"
+    assert lifecycle_of(env) == json.loads(LIFECYCLE_30)
+
+
+def test_a_files_bucket_already_right_is_left_alone(env: Env) -> None:
+    seed_bucket(
+        env,
+        FILES_BUCKET,
+        "--uniform-bucket-level-access\n--public-access-prevention\n",
+        '{"rule": [{"action": {"type": "Delete"}, "condition": {"age": 30}}]}',
+    )
+    r = env.deploy()
+    assert not env.find(lambda c: f"gs://{FILES_BUCKET}" in c and "add-iam" not in words(c)[2])
+    assert f"= bucket gs://{FILES_BUCKET} exists" in r.stderr
+
+
+def test_the_lifecycle_file_is_removed_even_when_the_deploy_fails(env: Env) -> None:
+    tmp = env.tmp / "scratch"
+    tmp.mkdir()
+    r = env.run(
+        *BASE,
+        "--source",
+        str(env.source),
+        extra={"TMPDIR": str(tmp), "FAKE_GCLOUD_FAIL": "functions deploy train-http"},
+    )
+    assert r.returncode != 0
+    (create,) = env.find(
+        lambda c: words(c)[:4] == ["storage", "buckets", "create", f"gs://{FILES_BUCKET}"]
+    )
+    assert Path(flags(create)["--lifecycle-file"]).is_relative_to(tmp)
+    assert list(tmp.iterdir()) == []
+    assert lifecycle_of(env) == json.loads(LIFECYCLE_30)
+
+
+def test_dry_run_shows_the_lifecycle_rule_and_writes_nothing(env: Env, tmp_path: Path) -> None:
+    tmp = tmp_path / "scratch"
+    tmp.mkdir()
+    r = env.deploy("--dry-run", "--files-retention-days", "45", extra={"TMPDIR": str(tmp)})
+    assert list(tmp.iterdir()) == []
+    expected = '{"rule":[{"action":{"type":"Delete"},"condition":{"age":45}}]}'
+    assert f"# not written in dry-run: lifecycle.json holding {expected}" in r.stdout.splitlines()
+    prefix = f"gcloud storage buckets create gs://{FILES_BUCKET} "
+    (line,) = [ln for ln in r.stdout.splitlines() if ln.startswith(prefix)]
+    assert line.endswith("--lifecycle-file=lifecycle.json --project=acme-train --quiet")
+
+
+def test_signing_on_a_fresh_account_is_retried(env: Env) -> None:
+    env.deploy(
+        extra={
+            "FAKE_GCLOUD_FAIL": "iam service-accounts add-iam-policy-binding",
+            "FAKE_GCLOUD_FAIL_TIMES": "2",
+        }
+    )
+    attempts = env.find(
+        lambda c: words(c)[:3] == ["iam", "service-accounts", "add-iam-policy-binding"]
+    )
+    assert len(attempts) == 3
+    assert (env.state / "sa-iam" / RUNTIME_SA).read_text().strip() == (
+        f"{TOKEN_CREATOR},serviceAccount:{RUNTIME_SA}"
+    )
+
+
+@pytest.mark.parametrize(
+    "name", ["UPPER", "ab", "has.dot.in", "goog-files", "my-google-files", "x" * 64, "a b"]
+)
+def test_a_bad_files_bucket_name_is_refused_before_anything_runs(env: Env, name: str) -> None:
+    r = env.run(*BASE, "--source", str(env.source), "--files-bucket", name)
+    assert r.returncode == 1 and "files bucket" in r.stderr, r.stderr
+    assert env.calls() == []
+    r = env.run(*BASE, "--source", str(env.source), extra={"FILES_BUCKET": name})
+    assert r.returncode == 1 and "files bucket" in r.stderr, r.stderr
+    assert env.calls() == []
+
+
+def test_the_files_bucket_cannot_be_the_state_bucket(env: Env) -> None:
+    r = env.run(*BASE, "--source", str(env.source), "--files-bucket", BUCKET)
+    assert r.returncode == 1 and "must differ" in r.stderr
+    r = env.run(*BASE, "--teardown", "--files-bucket", "same", "--state-bucket", "same")
+    assert r.returncode == 1 and "must differ" in r.stderr
+    assert env.calls() == []
+
+
+@pytest.mark.parametrize("days", ["0", "3651", "10000", "-1", "030", "30d", "thirty", "1e3", ""])
+def test_a_bad_retention_is_refused_before_anything_runs(env: Env, days: str) -> None:
+    r = env.run(*BASE, "--source", str(env.source), f"--files-retention-days={days}")
+    if days == "":
+        # An empty value is "not set" (the default, 30), as for every other setting.
+        assert r.returncode == 0, r.stderr
+        return
+    assert r.returncode == 1 and "--files-retention-days" in r.stderr, r.stderr
+    assert "1 to 3650" in r.stderr
+    assert env.calls() == []
+    r = env.run(*BASE, "--source", str(env.source), extra={"FILES_RETENTION_DAYS": days})
+    assert r.returncode == 1 and "--files-retention-days" in r.stderr
+    assert env.calls() == []
+
+
+@pytest.mark.parametrize("days", ["1", "3650"])
+def test_retention_bounds_are_accepted(env: Env, days: str) -> None:
+    plan = env.plan("--files-retention-days", days)
+    http = dict_flag(flags(plan.deploy_of("train-http"))["--set-env-vars"])
+    assert http["FILES_RETENTION_DAYS"] == days
+
+
+@pytest.mark.parametrize("key", ["FILES_BUCKET", "FILES_RETENTION_DAYS"])
+def test_the_files_settings_cannot_be_set_through_env(env: Env, key: str) -> None:
+    r = env.run(*BASE, "--source", str(env.source), "--env", f"{key}=x")
+    assert r.returncode == 1 and key in r.stderr and "--files-" in r.stderr
+    assert env.calls() == []
+
+
+def test_help_documents_the_files_flags(env: Env) -> None:
+    r = env.run("--help")
+    assert "--files-bucket NAME" in r.stdout and "--files-retention-days N" in r.stdout
+    assert "users' uploaded files are deleted" in r.stdout
 
 
 # ------------------------------------------------------------------- dry run --
@@ -655,9 +946,16 @@ def test_no_binding_is_ever_project_wide(deployed: Deployed) -> None:
         w = words(call)
         assert w[:2] != ["projects", "add-iam-policy-binding"], call
         if any("policy-binding" in x for x in w):
-            assert w[0] in {"secrets", "functions", "storage"}, call
+            assert w[0] in {"secrets", "functions", "storage", "iam"}, call
             if w[0] == "storage":
-                assert w[:4] == ["storage", "buckets", "add-iam-policy-binding", f"gs://{BUCKET}"]
+                assert w[:3] == ["storage", "buckets", "add-iam-policy-binding"], call
+                assert w[3] in {f"gs://{BUCKET}", f"gs://{FILES_BUCKET}"}, call
+                assert flags(call)["--role"] == OBJECT_USER, call
+            if w[0] == "iam":
+                # Token Creator on the runtime account itself, on nothing else.
+                assert w[:4] == ["iam", "service-accounts", "add-iam-policy-binding", RUNTIME_SA]
+                assert flags(call)["--member"] == f"serviceAccount:{RUNTIME_SA}", call
+                assert flags(call)["--role"] == TOKEN_CREATOR, call
             assert "allUsers" not in flags(call).get("--member", ""), call
 
 
@@ -769,11 +1067,16 @@ def test_teardown_deletes_what_deploy_created_and_keeps_the_secrets(env: Env) ->
         ["secrets", "remove-iam-policy-binding", "webhook-signing"],
         ["secrets", "remove-iam-policy-binding", "api-keys"],
         ["storage", "rm", f"gs://{BUCKET}"],
+        ["storage", "rm", f"gs://{FILES_BUCKET}"],
         ["iam", "service-accounts", "delete", SCHEDULER_SA],
         ["iam", "service-accounts", "delete", RUNTIME_SA],
     ]
-    for kind in ("functions", "topics", "service-accounts", "scheduler-jobs", "buckets"):
+    kinds = ("functions", "topics", "service-accounts", "scheduler-jobs", "buckets")
+    for kind in (*kinds, "bucket-iam", "bucket-lifecycle", "sa-iam"):
         assert list((env.state / kind).iterdir()) == [], kind
+    # Users' uploaded files go with their bucket: said plainly, before it happens.
+    warning = f"warning: gs://{FILES_BUCKET} holds the training files users uploaded"
+    assert warning in r.stderr and "deletes every one of them for good" in r.stderr
     assert (env.state / "secrets" / "baseten-api-key").exists()
 
     env.clear_log()
@@ -795,9 +1098,11 @@ def test_teardown_dry_run_prints_every_delete_and_runs_nothing(env: Env) -> None
         ["pubsub", "topics", "delete"],
         ["secrets", "remove-iam-policy-binding", "baseten-api-key"],
         ["storage", "rm", f"gs://{BUCKET}"],
+        ["storage", "rm", f"gs://{FILES_BUCKET}"],
         ["iam", "service-accounts", "delete"],
         ["iam", "service-accounts", "delete"],
     ]
+    assert f"gs://{FILES_BUCKET} holds the training files users uploaded" in r.stderr
 
 
 # ------------------------------------------------------------- static checks --
