@@ -17,7 +17,7 @@ import hashlib
 import heapq
 import itertools
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +31,7 @@ from finetune_api.core.schemas import (
     Job,
     JobWithCheckpoints,
     Progress,
+    ResumedFrom,
     TrainingRequest,
     checkpoint_from_baseten,
     job_from_baseten,
@@ -162,8 +163,16 @@ class JobService:
 
     # -- submit -----------------------------------------------------------------
 
-    def runtime_config(self, request: TrainingRequest, baseten_job_name: str) -> dict[str, Any]:
-        """What reaches the job as runtime_config.json and RUNTIME_CONFIG."""
+    def runtime_config(
+        self,
+        request: TrainingRequest,
+        baseten_job_name: str,
+        extra: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """What reaches the job as runtime_config.json and RUNTIME_CONFIG.
+
+        ``extra`` adds keys (a resume's ``resume_from`` and ``attempt``).
+        """
         return {
             "dataset_id": request.dataset_id,
             "model_id": request.model_id,
@@ -174,6 +183,9 @@ class JobService:
             "hf_token_secret_name": self._settings.hf_token_secret_name,
             # Read back by poll_jobs (GET .../download) to deploy on completion.
             "deploy": request.deploy.model_dump() if request.deploy is not None else None,
+            # Read back by poll_jobs to resume the job when it fails (polling/retry.py).
+            "retry": request.retry.model_dump() if request.retry is not None else None,
+            **(extra or {}),
         }
 
     def resolve(self, request: TrainingRequest) -> TrainingRequest:
@@ -205,13 +217,36 @@ class JobService:
         template_dir: Path | None = None,
     ) -> Job:
         """Create a training job; with a key, the same key always yields the same job."""
-        request = self.resolve(request)
+        return self.start(
+            self.resolve(request),
+            idempotency_key=idempotency_key,
+            message_id=message_id,
+            template_dir=template_dir,
+        )
+
+    def start(
+        self,
+        request: TrainingRequest,
+        *,
+        idempotency_key: str | None = None,
+        message_id: str | None = None,
+        template_dir: Path | None = None,
+        extra_config: Mapping[str, Any] | None = None,
+        resumed_from: ResumedFrom | None = None,
+    ) -> Job:
+        """Push an already resolved request (see :meth:`resolve`); idempotent with a key.
+
+        ``extra_config`` adds keys to the job's runtime_config.json and
+        ``resumed_from`` is set on the answer (resume uses both).
+        """
         template = template_dir or self._settings.training_template_dir
         key = check_idempotency_key(idempotency_key)
         if key is None:
-            job = self._create(request, str(request.job_name), template)
+            job = self._create(request, str(request.job_name), template, extra_config)
         else:
-            job = self._submit_idempotent(request, key, template)
+            job = self._submit_idempotent(request, key, template, extra_config)
+        if resumed_from is not None:
+            job = job.model_copy(update={"resumed_from": resumed_from})
         log(
             _logger,
             20,
@@ -224,8 +259,15 @@ class JobService:
             self._announce(job, key, message_id)
         return job
 
-    def _create(self, request: TrainingRequest, baseten_name: str, template: Path) -> Job:
-        with staged_template(template, self.runtime_config(request, baseten_name)) as config:
+    def _create(
+        self,
+        request: TrainingRequest,
+        baseten_name: str,
+        template: Path,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Job:
+        runtime_config = self.runtime_config(request, baseten_name, extra)
+        with staged_template(template, runtime_config) as config:
             raw = self._push(config)
         return job_from_baseten(raw, self._settings.baseten_remote_url)
 
@@ -242,7 +284,13 @@ class JobService:
             matching = [job for job in jobs if split_job_name(job.get("name"))[1] == digest]
         return sorted(matching, key=_created_order)
 
-    def _submit_idempotent(self, request: TrainingRequest, key: str, template: Path) -> Job:
+    def _submit_idempotent(
+        self,
+        request: TrainingRequest,
+        key: str,
+        template: Path,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Job:
         digest = key_digest(key)
         project_name = str(request.project_name)
         # Same-instance duplicates wait here and become cheap replays.
@@ -251,7 +299,7 @@ class JobService:
             existing = self._jobs_with_digest(project_id, digest)
             if existing:
                 return self._as_replay(existing[0], project_id)
-            created = self._create(request, f"{request.job_name}-ik-{digest}", template)
+            created = self._create(request, f"{request.job_name}-ik-{digest}", template, extra)
             # The pushed job names the project authoritatively (a cached id may be stale).
             project_id = created.training_project_id
             self._project_ids[project_name] = project_id
