@@ -121,14 +121,24 @@ class ResumeService:
         config = self._config(project_id, job_id)
         return self._start(raw, project_id, config, checkpoint_id, request, key=key, attempt=None)
 
-    def retry(self, raw: dict[str, Any], config: dict[str, Any], *, attempt: int) -> Job:
+    def retry(
+        self,
+        raw: dict[str, Any],
+        config: dict[str, Any],
+        *,
+        attempt: int,
+        checkpoints: list[dict[str, Any]] | None = None,
+    ) -> Job:
         """Start a failed job again: from its newest checkpoint, or from the start.
 
         Idempotent per failed job (its key derives from the job's id).
+        ``checkpoints``: the job's, when the caller has just read them (else one read).
         """
         project_id = str(raw.get("training_project_id") or "")
         job_id = str(raw["id"])
-        checkpoint_id = newest_checkpoint(self._client.list_checkpoints(project_id, job_id))
+        if checkpoints is None:
+            checkpoints = self._client.list_checkpoints(project_id, job_id)
+        checkpoint_id = newest_checkpoint(checkpoints)
         return self._start(
             raw,
             project_id,

@@ -556,7 +556,8 @@ class _PollRun:
                     status_failed |= event.type != CHECKPOINT_CREATED
 
             if plan is not None and plan.attempts_left > 0:
-                retry_problem, retry_failed = self._retry(job, raw, plan, outcome)
+                known = checkpoints if failure is None else None
+                retry_problem, retry_failed = self._retry(job, raw, plan, known, outcome)
                 status_failed |= retry_failed
             if retry_problem is not None:
                 outcome.failed = True
@@ -611,7 +612,12 @@ class _PollRun:
             return None, reason
 
     def _retry(
-        self, job: Job, raw: dict[str, Any], plan: RetryPlan, outcome: _JobOutcome
+        self,
+        job: Job,
+        raw: dict[str, Any],
+        plan: RetryPlan,
+        checkpoints: list[dict[str, Any]] | None,
+        outcome: _JobOutcome,
     ) -> tuple[str | None, bool]:
         """Start the failed job again and emit ``training_job.retried``.
 
@@ -619,7 +625,7 @@ class _PollRun:
         """
         assert self.retry is not None
         try:
-            new = self.retry.retry(raw, plan)
+            new = self.retry.retry(raw, plan, checkpoints)
         except Exception as error:  # noqa: BLE001 - the next poll tries again
             reason = (
                 f"{error.type}: {error.message}"

@@ -10,7 +10,7 @@ job, 0 or null for the submitted one). When the poll sees such a job reach
    also tells the ``training_job.failed`` event how many attempts are left;
 2. when attempts are left, resumes the job through
    :meth:`~finetune_api.jobs.resume.ResumeService.retry`: from its newest
-   checkpoint (one checkpoints read), or from the start when it has none; the
+   checkpoint (the poll has just read them), or from the start when it has none; the
    new job's runtime_config.json says ``attempt`` + 1 and ``resume_from`` names
    the failed job, so the chain is visible;
 3. emits ``training_job.retried`` (id ``evt_<failed job>_retried``).
@@ -103,14 +103,24 @@ class RetryWatch:
         project_id = str(raw.get("training_project_id") or "")
         return plan_from_config(self._configs.read(project_id, str(raw["id"])))
 
-    def retry(self, raw: dict[str, Any], plan: RetryPlan) -> Job:
-        """The job that continues ``raw`` (created once; later calls answer the same job)."""
+    def retry(
+        self,
+        raw: dict[str, Any],
+        plan: RetryPlan,
+        checkpoints: list[dict[str, Any]] | None = None,
+    ) -> Job:
+        """The job that continues ``raw`` (created once; later calls answer the same job).
+
+        ``checkpoints``: the failed job's, when the poll has just read them.
+        """
         job_id = str(raw["id"])
         with self._lock:
             known = self._started.get(job_id)
         if known is not None:
             return known
-        job = self._resume.retry(raw, plan.config, attempt=plan.next_attempt)
+        job = self._resume.retry(
+            raw, plan.config, attempt=plan.next_attempt, checkpoints=checkpoints
+        )
         with self._lock:
             self._started[job_id] = job
             while len(self._started) > _MEMORY:
