@@ -299,3 +299,32 @@ def test_a_job_outside_project_name_prefix_cannot_be_resumed(
     # Inside the prefix it works.
     own = failed_with_checkpoints(train_http, sandbox, project_name="svc-team")
     assert resume(scoped_server, own).status_code == 201
+
+
+def test_openapi_documents_resume_retry_and_their_events(train_http: FunctionServer) -> None:
+    from openapi_spec_validator import validate
+
+    document = requests.get(f"{train_http.url}/openapi.json", timeout=10).json()
+    validate(document)
+    operation = document["paths"]["/jobs/{project_id}/{job_id}/resume"]["post"]
+    assert set(operation["responses"]) >= {"201", "200", "400", "404", "409", "422", "502", "503"}
+    assert "Idempotency-Key" in [p["name"] for p in operation["parameters"]]
+    schemas = document["components"]["schemas"]
+    assert set(schemas["ResumeRequest"]["properties"]) == {
+        "checkpoint_id",
+        "hyperparameters",
+        "compute",
+        "job_name",
+    }
+    assert "resumed_from" not in schemas["Job"]["properties"]  # the Job stays as it was
+    assert "resumed_from" in schemas["ResumedJob"]["required"]
+    retry = schemas["RetryPolicy"]["properties"]["max_attempts"]
+    assert (retry["minimum"], retry["maximum"]) == (1, 5)
+    assert "retry" in schemas["TrainingRequest"]["properties"]
+    assert set(document["webhooks"]) == {"training_job.failed", "training_job.retried"}
+    assert set(schemas["RetriedEventData"]["properties"]) == {
+        "failed_job",
+        "job",
+        "attempt",
+        "max_attempts",
+    }

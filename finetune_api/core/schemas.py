@@ -301,10 +301,13 @@ class Job(BaseModel):
     updated_at: str | None = None
     dashboard_url: str
     idempotent_replay: bool = False
-    resumed_from: ResumedFrom | None = Field(
-        default=None,
-        description="set on the answers of resume and on retried jobs' events: "
-        "the job (and checkpoint) this one continues",
+
+
+class ResumedJob(Job):
+    """The Job a resume (or the poll's retry) started: it names what it continues."""
+
+    resumed_from: ResumedFrom = Field(
+        description="the job (and checkpoint; null when started over) this one continues"
     )
 
 

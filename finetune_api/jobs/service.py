@@ -32,6 +32,7 @@ from finetune_api.core.schemas import (
     JobWithCheckpoints,
     Progress,
     ResumedFrom,
+    ResumedJob,
     TrainingRequest,
     checkpoint_from_baseten,
     job_from_baseten,
@@ -246,7 +247,7 @@ class JobService:
         else:
             job = self._submit_idempotent(request, key, template, extra_config)
         if resumed_from is not None:
-            job = job.model_copy(update={"resumed_from": resumed_from})
+            job = ResumedJob(**job.model_dump(), resumed_from=resumed_from)
         log(
             _logger,
             20,
