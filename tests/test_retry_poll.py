@@ -218,3 +218,31 @@ def test_poll_cost_per_failed_job(
     )
     assert with_retry == usual + download + retry
     assert len(sandbox.jobs()) == 3
+
+
+def test_two_instances_polling_at_once_leave_one_live_retry(
+    train_http: FunctionServer,
+    sandbox: Sandbox,
+    secret_manager: FakeSecretManager,
+    receiver: WebhookReceiver,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Across instances the key's digest decides, as for submit: a racing duplicate is
+    stopped at once and both polls announce the same new job under the same event id."""
+    job = submit(train_http, retry={"max_attempts": 1})
+    sandbox.add_checkpoint(job["training_job_id"])
+    sandbox.set_status(job["training_job_id"], FAILED, "boom")
+    sandbox.configure(create_delay_ms=400)  # both pushes overlap
+    with (
+        poller(sandbox, secret_manager, tmp_path / "a", receiver.url) as one,
+        poller(sandbox, secret_manager, tmp_path / "b", receiver.url) as two,
+        ThreadPoolExecutor(2) as pool,
+    ):
+        reports = list(pool.map(lambda server: poll(server, {}), [one, two]))
+    assert all(report["jobs_failed"] == 0 for report in reports)
+    created = sandbox.jobs()[1:]
+    live = [e for e in created if e["job"]["current_status"] != "TRAINING_JOB_STOPPED"]
+    assert len(live) == 1 and 1 <= len(created) <= 2
+    retried = [e for e in receiver.events if e["type"] == "training_job.retried"]
+    assert {e["id"] for e in retried} == {f"evt_{job['training_job_id']}_retried"}
+    assert {e["data"]["job"]["training_job_id"] for e in retried} == {live[0]["job"]["id"]}
