@@ -246,3 +246,31 @@ def test_two_instances_polling_at_once_leave_one_live_retry(
     retried = [e for e in receiver.events if e["type"] == "training_job.retried"]
     assert {e["id"] for e in retried} == {f"evt_{job['training_job_id']}_retried"}
     assert {e["data"]["job"]["training_job_id"] for e in retried} == {live[0]["job"]["id"]}
+
+
+def test_a_retry_baseten_refuses_for_now_is_made_by_the_next_poll(
+    train_http: FunctionServer,
+    sandbox: Sandbox,
+    secret_manager: FakeSecretManager,
+    receiver: WebhookReceiver,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    job = submit(train_http, retry={"max_attempts": 1})
+    sandbox.add_checkpoint(job["training_job_id"])
+    with poller(sandbox, secret_manager, tmp_path, receiver.url) as server:
+        poll(server, {})
+        sandbox.set_status(job["training_job_id"], FAILED, "boom")
+        sandbox.add_fault(method="POST", path=r"^v1/training_projects/[^/]+/jobs$", status=503)
+        first = poll(server, {})
+        assert first["jobs_failed"] == 1
+        assert len(sandbox.jobs()) == 1
+        assert of_type(receiver, "training_job.retried") == []
+        sandbox.clear_faults()
+        second = poll(server, {})
+        assert second["jobs_failed"] == 0
+        third = poll(server, {})
+        output = server.output()
+    assert len(sandbox.jobs()) == 2 and third["jobs_failed"] == 0
+    [retried] = of_type(receiver, "training_job.retried")
+    assert retried["data"]["job"]["training_job_id"] == sandbox.jobs()[1]["job"]["id"]
+    assert "could not retry a failed job; the next poll tries again" in output
