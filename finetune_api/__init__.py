@@ -13,6 +13,7 @@ from finetune_api.api import (
     job_logs,
     job_metrics,
     job_metrics_svg,
+    resume_job,
 )
 from finetune_api.core.errors import (
     ConfigurationError,
@@ -53,4 +54,5 @@ __all__ = [
     "job_logs",
     "job_metrics",
     "job_metrics_svg",
+    "resume_job",
 ]

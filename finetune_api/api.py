@@ -22,6 +22,7 @@ def handle_training_request(
     hyperparameters: dict[str, Any] | None = None,
     compute: dict[str, Any] | None = None,
     deploy: dict[str, Any] | None = None,
+    retry: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
     message_id: str | None = None,
     training_file: str | None = None,
@@ -56,6 +57,7 @@ def handle_training_request(
         "hyperparameters": hyperparameters,
         "compute": compute,
         "deploy": deploy,
+        "retry": retry,
     }
     body.update({name: value for name, value in optional.items() if value is not None})
     return _submit(
@@ -103,6 +105,49 @@ def _submit(
         message_id=message_id,
         template_dir=template_dir,
     )
+    result: dict[str, Any] = job.model_dump(mode="json")
+    return result
+
+
+def resume_job(
+    project_id: str,
+    job_id: str,
+    *,
+    checkpoint_id: str | None = None,
+    hyperparameters: dict[str, Any] | None = None,
+    compute: dict[str, Any] | None = None,
+    job_name: str | None = None,
+    idempotency_key: str | None = None,
+) -> dict[str, Any]:
+    """Start a new job that continues a finished one from a checkpoint.
+
+    As ``POST /jobs/{project_id}/{job_id}/resume``: the newest checkpoint unless
+    ``checkpoint_id``; the job's own request (read back from the job) with
+    ``hyperparameters`` / ``compute`` fields and ``job_name`` replaced where
+    given. Returns the new Job with ``resumed_from``. Raises
+    ``InvalidRequestError``, ``NotFoundError`` (unknown job or checkpoint),
+    ``ConflictError`` (the job is still running or has no checkpoint) and the
+    upstream errors of :func:`handle_training_request`.
+    """
+    values = {
+        "checkpoint_id": checkpoint_id,
+        "hyperparameters": hyperparameters,
+        "compute": compute,
+        "job_name": job_name,
+    }
+    body = {name: value for name, value in values.items() if value is not None}
+    return resume_body(project_id, job_id, body, idempotency_key=idempotency_key)
+
+
+def resume_body(
+    project_id: str, job_id: str, body: Any, *, idempotency_key: str | None = None
+) -> dict[str, Any]:
+    """Resume from a decoded JSON body (``None`` = every default); HTTP shares this path."""
+    from finetune_api.core.schemas import parse_resume_request
+
+    services = get_services()
+    request = parse_resume_request(body, services.settings)
+    job = services.resume.resume(project_id, job_id, request, idempotency_key=idempotency_key)
     result: dict[str, Any] = job.model_dump(mode="json")
     return result
 

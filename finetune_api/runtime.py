@@ -27,6 +27,8 @@ class Services:
     deployments: Any = None
     serving: Any = None
     files: Any = None
+    resume: Any = None
+    retry: Any = None
 
 
 _services: Services | None = None
@@ -38,8 +40,11 @@ def build_services(settings: Settings) -> Services:
     from finetune_api.baseten.push import push_training_job
     from finetune_api.core.secrets import SecretStore
     from finetune_api.insights.job_insights import JobInsights
+    from finetune_api.jobs.resume import ResumeService
+    from finetune_api.jobs.runtime_config import RuntimeConfigs
     from finetune_api.jobs.service import JobService
     from finetune_api.notify.events import EventSink, submitted_event
+    from finetune_api.polling.retry import RetryWatch
     from finetune_api.polling.stores import store_from_settings
 
     secrets = SecretStore(settings)
@@ -66,7 +71,10 @@ def build_services(settings: Settings) -> Services:
     insights = JobInsights(settings, client, secrets)
     files = build_files(settings)
     jobs = JobService(settings, client, push, announce, progress=insights.progress, files=files)
-    deployments, serving = build_serving(settings, client, api_key)
+    # Each job's own request, read back through Baseten; shared by its three readers.
+    configs = RuntimeConfigs(client)
+    resume = ResumeService(settings, client, jobs, configs)
+    deployments, serving = build_serving(settings, client, api_key, configs)
     return Services(
         settings=settings,
         secrets=secrets,
@@ -78,6 +86,8 @@ def build_services(settings: Settings) -> Services:
         deployments=deployments,
         serving=serving,
         files=files,
+        resume=resume,
+        retry=RetryWatch(resume, configs),
     )
 
 
@@ -92,7 +102,9 @@ def build_files(settings: Settings) -> Any:
     )
 
 
-def build_serving(settings: Settings, client: Any, api_key: Any) -> tuple[Any, Any]:
+def build_serving(
+    settings: Settings, client: Any, api_key: Any, configs: Any = None
+) -> tuple[Any, Any]:
     """The deployment service and the poll's serving watch (truss loads on first deploy)."""
     from finetune_api.serving.deployments import DeploymentService
     from finetune_api.serving.watch import DeploymentWatch
@@ -109,7 +121,7 @@ def build_serving(settings: Settings, client: Any, api_key: Any) -> tuple[Any, A
             return create_from_checkpoint(settings, api_key(), request)
 
     deployments = DeploymentService(settings, client, TrussDeployer())
-    return deployments, DeploymentWatch(settings, client, deployments)
+    return deployments, DeploymentWatch(settings, client, deployments, configs)
 
 
 def get_services() -> Services:

@@ -31,6 +31,7 @@ from functools import lru_cache
 from operator import attrgetter
 from typing import Any
 
+from sandbox import checkpoint_loading
 from sandbox.deployments import DeploymentStore
 from sandbox.errors import SandboxApiError
 from sandbox.s3 import S3Gateway
@@ -189,6 +190,8 @@ class Job:
     running_steps_done: int = 0
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
     checkpoint_seq: int = 0
+    #: What runtime.load_checkpoint_config would load (see checkpoint_loading); None: nothing.
+    load_checkpoints: dict[str, Any] | None = None
 
 
 @dataclass
@@ -778,10 +781,42 @@ class SandboxState:
         """Store an already validated ``training_job`` body; answer ``{"training_job"}``."""
         with self._lock:
             project = self._project_or_404(project_id)
+            self._advance_all(self.now_us())
+            loads = checkpoint_loading.resolve(
+                training_job.get("runtime", {}).get("load_checkpoint_config"),
+                "training_job.runtime.load_checkpoint_config",
+                self._known_job,
+            )
             job = self._new_job(project, training_job, self.now_us())
+            job.load_checkpoints = loads
             job.fail_message = self.config.fail_new_jobs
             self._advance_all(self.now_us())
             return {"training_job": self._job_json(job)}
+
+    def _known_job(
+        self, job_id: str | None, project_name: str | None
+    ) -> checkpoint_loading.KnownJob | None:
+        """A job as a checkpoint to load names it (see checkpoint_loading.JobLookup)."""
+        project: Project | None = None
+        if project_name is not None:
+            project_id = self._projects_by_name.get(project_name)
+            project = self._projects.get(project_id) if project_id else None
+            if project is None:
+                return None
+        if job_id is None:
+            if project is None or not project.job_ids:
+                return None
+            job_id = project.job_ids[-1]
+        job = self._jobs.get(job_id)
+        if job is None or (project is not None and job.project_id != project.id):
+            return None
+        owner = self._projects[job.project_id]
+        return checkpoint_loading.KnownJob(
+            id=job.id,
+            project_id=owner.id,
+            project_name=owner.name,
+            checkpoint_ids=tuple(str(cp["checkpoint_id"]) for cp in job.checkpoints),
+        )
 
     def _new_job(self, project: Project, training_job: dict[str, Any], now: int) -> Job:
         runtime = training_job.get("runtime", {})
@@ -1040,6 +1075,7 @@ class SandboxState:
                         ),
                         "request": job.request,
                         "checkpoints": self._checkpoints_json(job),
+                        "load_checkpoints": job.load_checkpoints,
                     }
                     for job in jobs
                 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from sandbox import checkpoint_loading
 from sandbox.errors import SandboxApiError
 
 ACCELERATORS = frozenset(
@@ -223,7 +224,9 @@ def _runtime(value: Any, path: str) -> None:
             _bool(cp["enabled"], f"{cp_path}.enabled")
         _str(cp.get("checkpoint_path"), f"{cp_path}.checkpoint_path", nullable=True)
         _int(cp.get("volume_size_gib"), f"{cp_path}.volume_size_gib", minimum=1, nullable=True)
-    _nullable_obj(runtime.get("load_checkpoint_config"), f"{path}.load_checkpoint_config")
+    checkpoint_loading.check_shape(
+        runtime.get("load_checkpoint_config"), f"{path}.load_checkpoint_config"
+    )
     _nullable_obj(runtime.get("cache_config"), f"{path}.cache_config")
     _artifacts(runtime["artifacts"], f"{path}.artifacts")
 

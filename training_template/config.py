@@ -19,9 +19,11 @@ from typing import Any
 
 from truss.base.truss_config import AcceleratorSpec
 from truss_train.definitions import (
+    BasetenCheckpoint,
     CheckpointingConfig,
     Compute,
     Image,
+    LoadCheckpointConfig,
     Runtime,
     SecretReference,
     TrainingJob,
@@ -115,6 +117,34 @@ def _uses_hub(config: dict[str, Any]) -> bool:
     return not has_file
 
 
+def _load_checkpoint(config: dict[str, Any]) -> LoadCheckpointConfig | None:
+    """Baseten's ``load_checkpoint_config`` for ``resume_from`` (null: start fresh).
+
+    ``resume_from`` = ``{"training_project_id", "training_job_id", "checkpoint_id"}``,
+    written by the service's resume; a null ``checkpoint_id`` (a retry of a job that
+    made no checkpoint) loads nothing. Baseten downloads the named checkpoint
+    before train.py starts, to ``$BT_LOAD_CHECKPOINT_DIR/rank-0/``.
+    """
+    resume = config.get("resume_from")
+    if resume is None:
+        return None
+    if not isinstance(resume, dict):
+        raise ValueError(f"{RUNTIME_CONFIG_FILE}: 'resume_from' must be an object or null")
+    checkpoint_id = resume.get("checkpoint_id")
+    if checkpoint_id is None:
+        return None
+    job_id = resume.get("training_job_id")
+    for key, value in (("checkpoint_id", checkpoint_id), ("training_job_id", job_id)):
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{RUNTIME_CONFIG_FILE}: resume_from.{key} must be a string")
+    return LoadCheckpointConfig(
+        enabled=True,
+        checkpoints=[
+            BasetenCheckpoint.from_named_checkpoint(checkpoint_name=checkpoint_id, job_id=job_id)
+        ],
+    )
+
+
 def _build_project(config: dict[str, Any]) -> TrainingProject:
     compute = _resolve_compute(config)
     resolved = {**config, "compute": compute}
@@ -129,6 +159,7 @@ def _build_project(config: dict[str, Any]) -> TrainingProject:
             "HF_TOKEN": SecretReference(name=_secret_name(config)),
         },
         checkpointing_config=CheckpointingConfig(enabled=True),
+        load_checkpoint_config=_load_checkpoint(config),
     )
     job = TrainingJob(
         name=_required_str(config, "job_name"),

@@ -199,6 +199,19 @@ class Deployment(BaseModel):
     idempotent_replay: bool = False
 
 
+class RetryPolicy(BaseModel):
+    """``retry`` of a submit request: resume the job by itself when it fails."""
+
+    model_config = _STRICT
+
+    max_attempts: int = Field(
+        ge=1,
+        le=5,
+        description="how many times the poll may start the job again after a failure "
+        "(from its newest checkpoint, or from the start when it has none)",
+    )
+
+
 class TrainingRequest(BaseModel):
     """The body of ``POST /jobs`` and of a Pub/Sub message."""
 
@@ -236,12 +249,56 @@ class TrainingRequest(BaseModel):
             raise ValueError("give validation_file or hyperparameters.validation_split, not both")
         return self
 
+    retry: RetryPolicy | None = Field(
+        default=None, description="resume the job by itself when it fails (not when stopped)"
+    )
+
     @field_validator("job_name")
     @classmethod
     def _not_reserved(cls, value: str | None) -> str | None:
         if value is not None and IDEMPOTENCY_SUFFIX.match(value):
             raise ValueError("may not end in -ik-<20 hex digits> (reserved for idempotency keys)")
         return value
+
+
+class ResumeRequest(BaseModel):
+    """The optional body of ``POST /jobs/{project_id}/{job_id}/resume``.
+
+    Everything else (data, model, the other hyperparameters, compute, deploy,
+    retry) is the resumed job's own request, read back from the job itself.
+    """
+
+    model_config = _STRICT
+
+    checkpoint_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="default: the job's newest checkpoint",
+    )
+    hyperparameters: Hyperparameters | None = Field(
+        default=None,
+        description="only the fields given replace the job's own (e.g. num_epochs)",
+    )
+    compute: Compute | None = Field(
+        default=None, description="only the fields given replace the job's own"
+    )
+    job_name: Name | None = Field(default=None, description="default: the resumed job's name")
+
+    @field_validator("job_name")
+    @classmethod
+    def _not_reserved(cls, value: str | None) -> str | None:
+        if value is not None and IDEMPOTENCY_SUFFIX.match(value):
+            raise ValueError("may not end in -ik-<20 hex digits> (reserved for idempotency keys)")
+        return value
+
+
+class ResumedFrom(BaseModel):
+    """Which job (and checkpoint) a job continues; checkpoint_id null: started over."""
+
+    training_project_id: str
+    training_job_id: str
+    checkpoint_id: str | None = None
 
 
 class Checkpoint(BaseModel):
@@ -267,6 +324,14 @@ class Job(BaseModel):
     updated_at: str | None = None
     dashboard_url: str
     idempotent_replay: bool = False
+
+
+class ResumedJob(Job):
+    """The Job a resume (or the poll's retry) started: it names what it continues."""
+
+    resumed_from: ResumedFrom = Field(
+        description="the job (and checkpoint; null when started over) this one continues"
+    )
 
 
 class Progress(BaseModel):
@@ -373,6 +438,20 @@ def parse_deployment_request(data: Any, settings: Any) -> DeploymentRequest:
         raise InvalidRequestError(
             f"invalid deployment request: {fields}", details=details
         ) from None
+
+
+def parse_resume_request(data: Any, settings: Any) -> ResumeRequest:
+    """Validate the (optional) body of a resume request; ``None`` means all defaults."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InvalidRequestError("request body must be a JSON object")
+    try:
+        return ResumeRequest.model_validate(data, context={"settings": settings})
+    except ValidationError as error:
+        details = validation_details(error)
+        fields = ", ".join(sorted({d["location"] for d in details}))
+        raise InvalidRequestError(f"invalid resume request: {fields}", details=details) from None
 
 
 def parse_training_request(data: Any, settings: Any) -> TrainingRequest:

@@ -49,6 +49,11 @@ TRAIN_ROUTES = Map(
             methods=["POST"],
         ),
         Rule(
+            f"/jobs/<{_ID}:project_id>/<{_ID}:job_id>/resume",
+            endpoint="resume",
+            methods=["POST"],
+        ),
+        Rule(
             f"/deployments/<{_ID}:model_id>/<{_ID}:deployment_id>",
             endpoint="get_deployment",
             methods=["GET"],

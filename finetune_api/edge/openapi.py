@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
 
 from finetune_api.core.schemas import (
@@ -18,10 +18,53 @@ from finetune_api.core.schemas import (
     JobWithCheckpoints,
     PollReport,
     PollRequest,
+    ResumedJob,
+    ResumeRequest,
     TrainingRequest,
 )
 from finetune_api.files.schemas import DryRun, File, FileDeleted, FileList, LargeFileRequest
 from finetune_api.insights.schemas import LogPage, MetricsAnswer
+
+
+class RetryState(BaseModel):
+    """``data.retry`` of ``training_job.failed`` for a job submitted with ``retry``."""
+
+    attempts_used: int = Field(description="retries that led to this job (0: the submitted one)")
+    max_attempts: int
+    attempts_left: int = Field(description="0: this was the last attempt; nothing starts again")
+    will_retry: bool
+
+
+class FailedEventData(Job):
+    retry: RetryState | None = Field(
+        default=None, description="present when the job was submitted with retry"
+    )
+
+
+class FailedEvent(BaseModel):
+    """``training_job.failed`` (the other ``training_job.<status>`` events carry the Job)."""
+
+    id: str = Field(description="evt_<job>_failed")
+    type: str = Field(json_schema_extra={"const": "training_job.failed"})
+    timestamp: str
+    data: FailedEventData
+
+
+class RetriedEventData(BaseModel):
+    failed_job: Job
+    job: ResumedJob = Field(description="the new job; its resumed_from names the failed one")
+    attempt: int = Field(ge=1, le=5, description="1 for the first retry")
+    max_attempts: int = Field(ge=1, le=5)
+
+
+class RetriedEvent(BaseModel):
+    """``training_job.retried``: poll_jobs started a failed job again (once per failure)."""
+
+    id: str = Field(description="evt_<failed job>_retried")
+    type: str = Field(json_schema_extra={"const": "training_job.retried"})
+    timestamp: str
+    data: RetriedEventData
+
 
 _MODELS: tuple[type[BaseModel], ...] = (
     TrainingRequest,
@@ -41,6 +84,10 @@ _MODELS: tuple[type[BaseModel], ...] = (
     FileDeleted,
     LargeFileRequest,
     DryRun,
+    ResumeRequest,
+    ResumedJob,
+    FailedEvent,
+    RetriedEvent,
 )
 
 
@@ -269,6 +316,57 @@ def _file_paths(common: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _resume_paths(common: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "/jobs/{project_id}/{job_id}/resume": {
+            "post": {
+                "summary": "Start a new job that continues an ended one from a checkpoint",
+                "description": "The newest checkpoint unless checkpoint_id. The new job runs "
+                "the job's own request (read back from the job), with the fields of "
+                "hyperparameters and compute given here replaced, in the same project; "
+                "Baseten loads the checkpoint before the training code starts "
+                "(runtime.load_checkpoint_config). 409 while the job runs or when it has no "
+                "checkpoint; 404 for an unknown job or checkpoint (or a job outside "
+                "PROJECT_NAME_PREFIX).",
+                "operationId": "resumeJob",
+                "security": _API_KEY,
+                "parameters": [
+                    *_PATH_IDS,
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                        "description": "same key → same new job (200, idempotent_replay: true)",
+                    },
+                ],
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref(ResumeRequest)}},
+                },
+                "responses": {
+                    "201": _json(ResumedJob, "the new job, with resumed_from"),
+                    "200": _json(ResumedJob, "idempotent replay: the job created with this key"),
+                    **_errors(400, 404, 409, 413, 415, 422),
+                    **common,
+                },
+            }
+        }
+    }
+
+
+def _event(model: type[BaseModel], summary: str) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "description": "POSTed to WEBHOOK_URL, signed per Standard Webhooks "
+            "(webhook-id = the event id), and logged as one structured line.",
+            "requestBody": {"content": {"application/json": {"schema": _ref(model)}}},
+            "responses": {"2XX": {"description": "received"}},
+        }
+    }
+
+
 @functools.cache
 def openapi_document() -> dict[str, Any]:
     _, definitions = models_json_schema(
@@ -406,6 +504,7 @@ def openapi_document() -> dict[str, Any]:
             }
         },
         **_deployment_paths(common),
+        **_resume_paths(common),
         "/healthz": {
             "get": {
                 "summary": "Liveness; contacts nothing",
@@ -457,10 +556,18 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "Baseten fine-tuning functions",
             "version": "1.0.0",
-            "description": "Start, read, list and stop Baseten training jobs; read their logs, "
-            "metrics and progress; deploy their checkpoints as Baseten models.",
+            "description": "Start, read, list, stop and resume Baseten training jobs; read "
+            "their logs, metrics and progress; deploy their checkpoints as Baseten models.",
         },
         "paths": paths,
+        "webhooks": {
+            "training_job.failed": _event(
+                FailedEvent, "A job failed; with retry, whether attempts are left"
+            ),
+            "training_job.retried": _event(
+                RetriedEvent, "poll_jobs started a failed job again (submit's retry)"
+            ),
+        },
         "components": {
             "schemas": definitions["$defs"],
             "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"}},

@@ -132,6 +132,16 @@ def deploy(request: Request, project_id: str, job_id: str) -> Response:
     return json_response(deployment, 200 if replay_or_dry else 202)
 
 
+def resume(request: Request, project_id: str, job_id: str) -> Response:
+    from finetune_api.api import resume_body
+
+    services = get_services()
+    body = read_json_body(request, services.settings.max_body_bytes, required=False)
+    key = request.headers.get("Idempotency-Key")
+    job = resume_body(project_id, job_id, body, idempotency_key=key)
+    return json_response(job, 200 if job["idempotent_replay"] else 201)
+
+
 def get_deployment(request: Request, model_id: str, deployment_id: str) -> Response:
     deployment = get_services().deployments.get(model_id, deployment_id)
     return json_response(deployment.model_dump(mode="json"))
@@ -244,6 +254,7 @@ def poll(request: Request) -> Response:
         serving=services.serving,
         explain=services.insights.event_details,
         store=services.poll_state,
+        retry=services.retry,
     )
     return json_response(report.model_dump(mode="json"))
 
@@ -259,6 +270,7 @@ TRAIN_HANDLERS: dict[str, Any] = {
     "logs": logs,
     "metrics": metrics,
     "deploy": deploy,
+    "resume": resume,
     "get_deployment": get_deployment,
     "deactivate": deactivate,
     "create_file": create_file,

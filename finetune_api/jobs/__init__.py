@@ -1,7 +1,9 @@
 """Training jobs: submit (idempotent), read, list, stop; the project scope; the template staging.
 
 Holds: ``service`` (the job service), ``scope`` (PROJECT_NAME_PREFIX), ``staging``
-(per-request copy of the template + runtime_config.json).
+(per-request copy of the template + runtime_config.json), ``runtime_config`` (a
+job's runtime_config.json read back through Baseten), ``resume`` (a new job
+continuing an ended one from a checkpoint).
 
 May import: ``core``, ``baseten``, ``notify``.
 """

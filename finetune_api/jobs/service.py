@@ -17,7 +17,7 @@ import hashlib
 import heapq
 import itertools
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +31,8 @@ from finetune_api.core.schemas import (
     Job,
     JobWithCheckpoints,
     Progress,
+    ResumedFrom,
+    ResumedJob,
     TrainingRequest,
     checkpoint_from_baseten,
     job_from_baseten,
@@ -197,11 +199,15 @@ class JobService:
         self,
         request: TrainingRequest,
         baseten_job_name: str,
-        data: dict[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """What reaches the job as runtime_config.json and RUNTIME_CONFIG."""
+        """What reaches the job as runtime_config.json and RUNTIME_CONFIG.
+
+        ``extra`` adds keys (a resume's ``resume_from`` and ``attempt``).
+        """
         return {
-            **(data or {"training_file": None, "validation_file": None}),
+            "training_file": None,
+            "validation_file": None,
             "dataset_id": request.dataset_id,
             "model_id": request.model_id,
             "project_name": request.project_name,
@@ -211,6 +217,9 @@ class JobService:
             "hf_token_secret_name": self._settings.hf_token_secret_name,
             # Read back by poll_jobs (GET .../download) to deploy on completion.
             "deploy": request.deploy.model_dump() if request.deploy is not None else None,
+            # Read back by poll_jobs to resume the job when it fails (polling/retry.py).
+            "retry": request.retry.model_dump() if request.retry is not None else None,
+            **(extra or {}),
         }
 
     def dry_run(self, request: TrainingRequest) -> dict[str, Any]:
@@ -274,14 +283,38 @@ class JobService:
         template_dir: Path | None = None,
     ) -> Job:
         """Create a training job; with a key, the same key always yields the same job."""
-        request = self.resolve(request)
+        return self.start(
+            self.resolve(request),
+            idempotency_key=idempotency_key,
+            message_id=message_id,
+            template_dir=template_dir,
+        )
+
+    def start(
+        self,
+        request: TrainingRequest,
+        *,
+        idempotency_key: str | None = None,
+        message_id: str | None = None,
+        template_dir: Path | None = None,
+        extra_config: Mapping[str, Any] | None = None,
+        resumed_from: ResumedFrom | None = None,
+    ) -> Job:
+        """Push an already resolved request (see :meth:`resolve`); idempotent with a key.
+
+        ``extra_config`` adds keys to the job's runtime_config.json and
+        ``resumed_from`` is set on the answer (resume uses both).
+        """
         template = template_dir or self._settings.training_template_dir
         key = check_idempotency_key(idempotency_key)
-        data = self.data(request)
+        # The checked files, resolved (and their read URLs signed) before anything exists.
+        extra = {**self.data(request), **(extra_config or {})}
         if key is None:
-            job = self._create(request, str(request.job_name), template, data)
+            job = self._create(request, str(request.job_name), template, extra)
         else:
-            job = self._submit_idempotent(request, key, template, data)
+            job = self._submit_idempotent(request, key, template, extra)
+        if resumed_from is not None:
+            job = ResumedJob(**job.model_dump(), resumed_from=resumed_from)
         log(
             _logger,
             20,
@@ -295,9 +328,13 @@ class JobService:
         return job
 
     def _create(
-        self, request: TrainingRequest, baseten_name: str, template: Path, data: dict[str, Any]
+        self,
+        request: TrainingRequest,
+        baseten_name: str,
+        template: Path,
+        extra: Mapping[str, Any] | None = None,
     ) -> Job:
-        runtime_config = self.runtime_config(request, baseten_name, data)
+        runtime_config = self.runtime_config(request, baseten_name, extra)
         with staged_template(template, runtime_config) as config:
             raw = self._push(config)
         return job_from_baseten(raw, self._settings.baseten_remote_url)
@@ -316,7 +353,11 @@ class JobService:
         return sorted(matching, key=_created_order)
 
     def _submit_idempotent(
-        self, request: TrainingRequest, key: str, template: Path, data: dict[str, Any]
+        self,
+        request: TrainingRequest,
+        key: str,
+        template: Path,
+        extra: Mapping[str, Any] | None = None,
     ) -> Job:
         digest = key_digest(key)
         project_name = str(request.project_name)
@@ -326,7 +367,7 @@ class JobService:
             existing = self._jobs_with_digest(project_id, digest)
             if existing:
                 return self._as_replay(existing[0], project_id)
-            created = self._create(request, f"{request.job_name}-ik-{digest}", template, data)
+            created = self._create(request, f"{request.job_name}-ik-{digest}", template, extra)
             # The pushed job names the project authoritatively (a cached id may be stale).
             project_id = created.training_project_id
             self._project_ids[project_name] = project_id

@@ -34,6 +34,7 @@ CHECKPOINT_CREATED = "training_job.checkpoint_created"
 SUBMITTED = "training_job.submitted"
 DEPLOYED = "training_job.deployed"
 DEPLOYMENT_FAILED = "training_job.deployment_failed"
+RETRIED = "training_job.retried"
 DEPLOYMENT_PREFIX = "deployment."
 # Events about a job that ended badly are logged at ERROR so alerting can key on severity.
 ERROR_STATUSES = frozenset({"failed", "deploy_failed"})
@@ -51,15 +52,20 @@ class Event(BaseModel):
     timestamp: str = Field(description="RFC 3339 time of what happened")
     data: dict[str, Any] = Field(description="the Job object (plus checkpoint / submission)")
 
-    @property
-    def project_id(self) -> str | None:
-        value = self.data.get("training_project_id")
+    def _field(self, name: str) -> str | None:
+        value = self.data.get(name)
+        nested = self.data.get("job")  # training_job.retried: the new job
+        if value is None and isinstance(nested, dict):
+            value = nested.get(name)
         return str(value) if value is not None else None
 
     @property
+    def project_id(self) -> str | None:
+        return self._field("training_project_id")
+
+    @property
     def job_id(self) -> str | None:
-        value = self.data.get("training_job_id")
-        return str(value) if value is not None else None
+        return self._field("training_job_id")
 
     def body(self) -> str:
         """The compact JSON body sent to the webhook (and signed)."""
@@ -176,6 +182,26 @@ def deployment_failed_event(
         type=DEPLOYMENT_FAILED,
         timestamp=_now(),
         data=data,
+    )
+
+
+def retried_event(failed_job: Job, job: Job, *, attempt: int, max_attempts: int) -> Event:
+    """``training_job.retried``: the poll started a failed job again (``job``, the new one).
+
+    One per failure: its id names the failed job, so every poll and instance
+    that sees the same failure produces the same event.
+    """
+    new = job.model_copy(update={"idempotent_replay": False})
+    return Event(
+        id=event_id(failed_job.training_job_id, "retried"),
+        type=RETRIED,
+        timestamp=job.created_at or _now(),
+        data={
+            "failed_job": _job_data(failed_job),
+            "job": _job_data(new),
+            "attempt": attempt,
+            "max_attempts": max_attempts,
+        },
     )
 
 

@@ -22,7 +22,9 @@ a stream, so memory stays bounded). Per-job work runs concurrently
 failing never stops the others.
 A job whose status changed to completed, failed or deploy_failed costs 1 more
 read: its newest log lines, for the event's ``summary`` or ``log_tail``
-(``explain``).
+(``explain``). A job that failed costs 1 more Baseten read for its own request
+(``GET …/download``, plus the archive from storage), and, when it asked for a
+retry and has attempts left, the retry (``polling/retry.py``).
 """
 
 from __future__ import annotations
@@ -64,11 +66,13 @@ from finetune_api.notify.events import (
     Event,
     checkpoint_event,
     emit_guarded,
+    retried_event,
     rfc3339,
     status_event,
 )
 from finetune_api.notify.webhooks import DeliveryResult
 from finetune_api.polling.ledger import PollLedger
+from finetune_api.polling.retry import FAILED, RetryPlan, RetryWatch
 from finetune_api.polling.state import StateStore, TrackedJob
 
 _logger = get_logger("poller")
@@ -213,6 +217,7 @@ def poll(
     *,
     explain: Explainer | None = None,
     store: StateStore | None = None,
+    retry: RetryWatch | None = None,
 ) -> PollReport:
     """Emit the events of ``[since, until=now]``; a Baseten failure listing jobs raises.
 
@@ -249,6 +254,7 @@ def poll(
         replay=replay,
         serving=serving is not None,
         explain=explain,
+        retry=retry,
     )
     outcomes: list[_JobOutcome] = []
     if work:
@@ -448,8 +454,10 @@ class _PollRun:
         replay: bool = False,
         serving: bool = False,
         explain: Explainer | None = None,
+        retry: RetryWatch | None = None,
     ) -> None:
         self.settings = settings
+        self.retry = retry
         self.explain = explain
         self.client = client
         self.sink = sink
@@ -511,9 +519,18 @@ class _PollRun:
                 with self._lock:
                     self._changed.append(raw)
             timed: list[tuple[datetime, int, Event]] = []
+            plan: RetryPlan | None = None
+            retry_problem: str | None = None
+            if (
+                self.retry is not None
+                and job.baseten_status == FAILED
+                and (report_status or status_in_window)
+            ):
+                plan, retry_problem = self._retry_plan(raw)
             if report_status:
                 moment = updated or self.until
-                timed += [(moment, 1, event) for event in self.status_events(job)]
+                extra = plan.details() if plan is not None else None
+                timed += [(moment, 1, event) for event in self.status_events(job, extra)]
 
             checkpoints: list[dict[str, Any]] = []
             failure: str | None = None
@@ -538,6 +555,12 @@ class _PollRun:
                 if not self._emit(event, outcome):
                     status_failed |= event.type != CHECKPOINT_CREATED
 
+            if plan is not None and plan.attempts_left > 0:
+                known = checkpoints if failure is None else None
+                retry_problem, retry_failed = self._retry(job, raw, plan, known, outcome)
+                status_failed |= retry_failed
+            if retry_problem is not None:
+                outcome.failed = True
             if failure is not None:
                 outcome.failed = True
                 log(
@@ -554,16 +577,72 @@ class _PollRun:
                 owed=failure is not None or outcome.webhook_failures > 0,
                 # The serving watch retries a deploy on completion while the
                 # completion is inside the window: keep such a job in view.
-                keep=self.serving and status_in_window and job.baseten_status == COMPLETED,
+                keep=(self.serving and status_in_window and job.baseten_status == COMPLETED)
+                # A retry that could not start yet is tried again by the next poll.
+                or retry_problem is not None,
             )
 
-    def status_events(self, job: Job) -> list[Event]:
+    def status_events(self, job: Job, extra: dict[str, Any] | None = None) -> list[Event]:
         """The events of ``job`` having reached its current status.
 
         The one place a status change becomes events: add to it rather than
-        around it. ``explain`` adds a summary or a log tail (one read).
+        around it. ``explain`` adds a summary or a log tail (one read);
+        ``extra`` adds more (a failed job's ``retry``).
         """
-        return [status_event(job, self._details(job))]
+        details = {**(self._details(job) or {}), **(extra or {})}
+        return [status_event(job, details or None)]
+
+    def _retry_plan(self, raw: dict[str, Any]) -> tuple[RetryPlan | None, str | None]:
+        """What the failed job's own request says about retrying it (one read, remembered)."""
+        assert self.retry is not None
+        try:
+            return self.retry.plan(raw), None
+        except Exception as error:  # noqa: BLE001 - the next poll tries again
+            reason = (
+                f"{error.type}: {error.message}"
+                if isinstance(error, ServiceError)
+                else f"unexpected {type(error).__name__}"
+            )
+            log(
+                _logger,
+                logging.ERROR,
+                "could not read a failed job's request to retry it; the next poll tries again",
+                reason=reason,
+            )
+            return None, reason
+
+    def _retry(
+        self,
+        job: Job,
+        raw: dict[str, Any],
+        plan: RetryPlan,
+        checkpoints: list[dict[str, Any]] | None,
+        outcome: _JobOutcome,
+    ) -> tuple[str | None, bool]:
+        """Start the failed job again and emit ``training_job.retried``.
+
+        Answers (why it could not start, or None; whether the event's delivery failed).
+        """
+        assert self.retry is not None
+        try:
+            new = self.retry.retry(raw, plan, checkpoints)
+        except Exception as error:  # noqa: BLE001 - the next poll tries again
+            reason = (
+                f"{error.type}: {error.message}"
+                if isinstance(error, ServiceError)
+                else f"unexpected {type(error).__name__}"
+            )
+            log(
+                _logger,
+                logging.ERROR,
+                "could not retry a failed job; the next poll tries again",
+                reason=reason,
+                attempt=plan.next_attempt,
+                max_attempts=plan.max_attempts,
+            )
+            return reason, False
+        event = retried_event(job, new, attempt=plan.next_attempt, max_attempts=plan.max_attempts)
+        return None, not self._emit(event, outcome)
 
     def _remember(
         self,

@@ -23,10 +23,7 @@ request per model.
 
 from __future__ import annotations
 
-import io
-import json
 import logging
-import tarfile
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -39,6 +36,7 @@ from finetune_api.core.logs import context, get_logger, log
 from finetune_api.core.schemas import DeploymentRequest, job_from_baseten
 from finetune_api.core.settings import Settings
 from finetune_api.core.timestamps import parse_time
+from finetune_api.jobs.runtime_config import RuntimeConfigs, runtime_config_from_archive
 from finetune_api.notify.events import (
     Event,
     deployed_event,
@@ -52,9 +50,6 @@ from finetune_api.serving.deployments import DeploymentService, parse_marker
 _logger = get_logger("deployment_watch")
 
 COMPLETED = "TRAINING_JOB_COMPLETED"
-RUNTIME_CONFIG = "runtime_config.json"
-MAX_ARCHIVE_BYTES = 64 * 1024 * 1024
-MAX_CONFIG_BYTES = 1024 * 1024
 _MEMORY = 4096
 
 
@@ -78,41 +73,22 @@ class WatchOutcome:
     failed: int = 0
 
 
-def runtime_config_from_archive(data: bytes) -> dict[str, Any] | None:
-    """``runtime_config.json`` of a pushed template archive (a tar, compressed or not)."""
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
-            members = [
-                m
-                for m in archive.getmembers()
-                if m.isfile() and m.name.rsplit("/", 1)[-1] == RUNTIME_CONFIG
-            ]
-            if not members:
-                return None
-            member = min(members, key=lambda m: m.name.count("/"))
-            if member.size > MAX_CONFIG_BYTES:
-                return None
-            handle = archive.extractfile(member)
-            if handle is None:
-                return None
-            config = json.loads(handle.read().decode("utf-8"))
-    except (tarfile.TarError, ValueError, UnicodeDecodeError, OSError):
-        return None
-    return config if isinstance(config, dict) else None
-
-
 class DeploymentWatch:
     """Process-wide and thread-safe; what it remembers only saves repeats."""
 
     def __init__(
-        self, settings: Settings, client: ServingReads, service: DeploymentService
+        self,
+        settings: Settings,
+        client: ServingReads,
+        service: DeploymentService,
+        configs: RuntimeConfigs | None = None,
     ) -> None:
         self._settings = settings
         self._client = client
         self._service = service
+        self._configs = configs or RuntimeConfigs(client)
         self._lock = threading.Lock()
         self._reported: OrderedDict[str, str] = OrderedDict()
-        self._specs: OrderedDict[str, dict[str, Any] | None] = OrderedDict()
         self._attempts: dict[str, int] = {}
         # Jobs this instance already deployed: later polls need not replay them.
         self._deployed: OrderedDict[str, None] = OrderedDict()
@@ -142,23 +118,9 @@ class DeploymentWatch:
     # -- deploy on completion -----------------------------------------------
 
     def _deploy_spec(self, project_id: str, job_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            if job_id in self._specs:
-                return self._specs[job_id]
-        spec: dict[str, Any] | None = None
-        for url in self._client.job_artifact_urls(project_id, job_id):
-            config = runtime_config_from_archive(
-                self._client.fetch_artifact(url, MAX_ARCHIVE_BYTES)
-            )
-            if config is not None:
-                deploy = config.get("deploy")
-                spec = deploy if isinstance(deploy, dict) else None
-                break
-        with self._lock:
-            self._specs[job_id] = spec
-            while len(self._specs) > _MEMORY:
-                self._specs.popitem(last=False)
-        return spec
+        config = self._configs.read(project_id, job_id)
+        deploy = config.get("deploy") if config is not None else None
+        return deploy if isinstance(deploy, dict) else None
 
     def _deploy_on_completion(
         self, sink: EventEmitter, raw: dict[str, Any], outcome: WatchOutcome
