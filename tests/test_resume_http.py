@@ -328,3 +328,33 @@ def test_openapi_documents_resume_retry_and_their_events(train_http: FunctionSer
         "attempt",
         "max_attempts",
     }
+
+
+def test_a_job_on_an_uploaded_file_resumes_on_the_same_checked_bytes(
+    train_http: FunctionServer, sandbox: Sandbox
+) -> None:
+    chat = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
+    data = (json.dumps(chat) + "\n").encode() * 4
+    file = requests.post(
+        f"{train_http.url}/files",
+        files={"file": ("c.jsonl", data)},
+        data={"purpose": "fine-tune"},
+        timeout=30,
+    ).json()
+    body = {"training_file": file["id"], "model_id": BODY["model_id"]}
+    response = requests.post(f"{train_http.url}/jobs", json=body, timeout=60)
+    assert response.status_code == 201, response.text
+    job = response.json()
+    sandbox.add_checkpoint(job["training_job_id"])
+    sandbox.set_status(job["training_job_id"], FAILED, "preempted")
+    resumed = resume(train_http, job)
+    assert resumed.status_code == 201, resumed.text
+    first, second = (runtime_config(entry) for entry in sandbox.jobs())
+    assert second["dataset_id"] is None
+    assert second["training_file"]["source"] == file["id"]
+    assert second["training_file"]["sha256"] == first["training_file"]["sha256"] == file["sha256"]
+    # Once the File is gone, a resume is refused like a submit, and creates nothing.
+    requests.delete(f"{train_http.url}/files/{file['id']}", timeout=10)
+    gone = resume(train_http, job)
+    assert gone.status_code == 400 and "no such File" in gone.json()["error"]["message"]
+    assert len(sandbox.jobs()) == 2
