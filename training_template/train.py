@@ -508,6 +508,16 @@ def format_dataset(dataset: Any, name: str = "training split") -> tuple[Any, str
     return kept, fmt
 
 
+def render_chat(messages: Sequence[Mapping[str, Any]], tokenizer: Any) -> str:
+    """The text a chat example becomes through the tokenizer's chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise TemplateError(
+            "the dataset is chat ('messages') but the model's tokenizer has no chat template"
+        )
+    rendered: str = tokenizer.apply_chat_template(list(messages), tokenize=False)
+    return rendered
+
+
 # ----------------------------------------------------------------- the user's own files
 
 
@@ -653,57 +663,46 @@ def load_data_file(data_file: DataFile, path: Path) -> tuple[Any, str]:
     return dataset, fmt
 
 
-def load_training_data(
-    config: RuntimeConfig, token: str | None, directory: Path | None = None
-) -> tuple[Any, str, Any]:
-    """(train dataset, format, validation dataset or None) from DATASET_ID or the user's files.
+def fetch_user_files(config: RuntimeConfig, directory: Path | None = None) -> dict[str, Path]:
+    """The request's training_file / validation_file, fetched and verified: {field: path}.
 
-    On any failure the user's files fetched so far are removed again.
+    Runs before any heavy import (a changed file stops the job in a second) and
+    before the re-launch on several GPUs (one download per node; the processes
+    then find the verified copy). On any failure nothing fetched here is kept.
     """
-    if config.training_file is None:
-        dataset, fmt = format_dataset(load_training_dataset(str(config.dataset_id), token))
-        eval_dataset = None
-        if config.validation_file is not None:
-            eval_dataset = _fetched_eval_set(config.validation_file, fmt, directory)
-        return dataset, fmt, eval_dataset
     directory = directory or data_dir()
-    fetched: list[Path] = []
+    fetched: dict[str, Path] = {}
     try:
-        fetched.append(fetch_data_file(config.training_file, directory))
-        dataset, fmt = load_data_file(config.training_file, fetched[-1])
-        eval_dataset = None
-        if config.validation_file is not None:
-            eval_dataset = _fetched_eval_set(config.validation_file, fmt, directory)
+        for data_file in (config.training_file, config.validation_file):
+            if data_file is not None:
+                fetched[data_file.field] = fetch_data_file(data_file, directory)
     except BaseException:
-        for path in fetched:
+        for path in fetched.values():
             path.unlink(missing_ok=True)
         _remove_if_empty(directory)
         raise
-    return dataset, fmt, eval_dataset
+    return fetched
 
 
-def _fetched_eval_set(data_file: DataFile, fmt: str, directory: Path | None) -> Any:
-    path = fetch_data_file(data_file, directory or data_dir())
-    try:
-        eval_dataset, eval_fmt = load_data_file(data_file, path)
+def load_training_data(
+    config: RuntimeConfig, token: str | None, fetched: Mapping[str, Path] | None = None
+) -> tuple[Any, str, Any]:
+    """(train dataset, format, validation dataset or None) from DATASET_ID or the user's
+    files (fetched by fetch_user_files, which runs here when ``fetched`` is None)."""
+    if fetched is None:
+        fetched = fetch_user_files(config)
+    if config.training_file is not None:
+        dataset, fmt = load_data_file(config.training_file, fetched["training_file"])
+    else:
+        dataset, fmt = format_dataset(load_training_dataset(str(config.dataset_id), token))
+    eval_dataset = None
+    if config.validation_file is not None:
+        eval_dataset, eval_fmt = load_data_file(config.validation_file, fetched["validation_file"])
         if eval_fmt != fmt:
             raise TemplateError(
                 f"validation_file: its rows are {eval_fmt!r} but the training data is {fmt!r}"
             )
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    return eval_dataset
-
-
-def render_chat(messages: Sequence[Mapping[str, Any]], tokenizer: Any) -> str:
-    """The text a chat example becomes through the tokenizer's chat template."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise TemplateError(
-            "the dataset is chat ('messages') but the model's tokenizer has no chat template"
-        )
-    rendered: str = tokenizer.apply_chat_template(list(messages), tokenize=False)
-    return rendered
+    return dataset, fmt, eval_dataset
 
 
 # --------------------------------------------------------------------------- resume
@@ -1202,10 +1201,30 @@ def _summary_record(
     }
 
 
-def train(config: RuntimeConfig, environ: Mapping[str, str]) -> dict[str, Any]:
-    """Run the fine-tuning; returns the summary written to final/training_summary.json."""
-    # A checkpoint that cannot be resumed fails here, before torch is even imported.
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """What main() checks and fetches before the heavy imports and any re-launch."""
+
+    resume: Checkpoint | None
+    files: dict[str, Path]
+
+
+def prepare(config: RuntimeConfig, environ: Mapping[str, str]) -> Prepared:
+    """The checkpoint to resume from (checked) and the user's files (fetched, verified).
+
+    Either failing stops the job in about a second, before torch is imported.
+    """
     resume = resolve_resume(config, environ)
+    return Prepared(resume=resume, files=fetch_user_files(config))
+
+
+def train(
+    config: RuntimeConfig, environ: Mapping[str, str], prepared: Prepared | None = None
+) -> dict[str, Any]:
+    """Run the fine-tuning; returns the summary written to final/training_summary.json."""
+    if prepared is None:
+        prepared = prepare(config, environ)
+    resume = prepared.resume
 
     import torch
     from accelerate import PartialState
@@ -1241,7 +1260,7 @@ def train(config: RuntimeConfig, environ: Mapping[str, str]) -> dict[str, Any]:
 
     # Each node downloads once; its other processes then read the local copy / cache.
     with state.local_main_process_first():
-        dataset, fmt, eval_dataset = load_training_data(config, token)
+        dataset, fmt, eval_dataset = load_training_data(config, token, prepared.files)
         tokenizer = load_tokenizer(config.model_id, token)
         # Fails here, before the model download, when a chat dataset meets a
         # tokenizer without a chat template.
@@ -1358,6 +1377,7 @@ def main(environ: Mapping[str, str] | None = None) -> int:
         config = load_runtime_config(env)
         if "HF_TOKEN" in os.environ and not os.environ["HF_TOKEN"]:
             del os.environ["HF_TOKEN"]  # an empty token would be sent and rejected
+        prepared = prepare(config, env)
         import torch
 
         command = distributed_launch_command(torch.cuda.device_count(), env, __file__)
@@ -1365,7 +1385,7 @@ def main(environ: Mapping[str, str] | None = None) -> int:
             log.info("re-launching on every GPU: %s", " ".join(command))
             sys.stdout.flush()
             os.execv(command[0], command)  # noqa: S606 (fixed argv, no shell)
-        train(config, env)
+        train(config, env, prepared)
     except TemplateError as exc:
         print(f"train.py: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_USAGE

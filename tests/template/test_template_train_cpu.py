@@ -300,8 +300,9 @@ def test_unsupported_dataset_shape_fails_with_one_line_naming_the_columns(
     assert run.returncode == 2, run.describe()
     last_line = run.stderr.strip().splitlines()[-1]
     assert last_line == (
-        "train.py: error: unsupported dataset shape: expected a 'messages' column (chat) "
-        "or a 'text' column, found columns: 'question', 'answer'"
+        "train.py: error: unsupported dataset shape: expected a 'messages' column (chat), "
+        "a 'text' column, or 'prompt' and 'completion' columns, found columns: "
+        "'question', 'answer'"
     )
     assert "Traceback" not in run.stderr
     assert not run.final_dir.exists()
