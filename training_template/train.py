@@ -800,7 +800,15 @@ def _check_safetensors(path: Path, what: str) -> None:
             (length,) = struct.unpack("<Q", handle.read(8))
             if length > 100 * 1024 * 1024:
                 raise ValueError("header too large")
-            header = json.loads(handle.read(length))
+            raw_header = handle.read(length)
+            if len(raw_header) < length:
+                raise ValueError("truncated")
+            try:
+                header = json.loads(raw_header)
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                raise ValueError("damaged header") from None
+            if not isinstance(header, dict):
+                raise ValueError("damaged header")
         ends = [
             entry["data_offsets"][1]
             for key, entry in header.items()
