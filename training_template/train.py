@@ -19,9 +19,9 @@ one recorded when the file was checked; a mismatch stops the job). Rows with a
 shape stops the job with a one-line reason. ``validation_file``, when given, is the
 evaluation set (instead of ``validation_split``).
 
-Writes, under BT_CHECKPOINT_DIR, one resumable ``checkpoint-<step>`` per epoch
-(adapter, optimizer, scheduler, RNG state, trainer_state.json and this script's
-``ft_checkpoint.json`` marker) and ``final/`` (LoRA adapter, tokenizer,
+Writes, under BT_CHECKPOINT_DIR, a resumable ``checkpoint-<step>`` at each epoch's end
+and at least every quarter of the run (adapter, optimizer, scheduler, RNG state,
+trainer_state.json and this script's ``ft_checkpoint.json`` marker) and ``final/`` (LoRA adapter, tokenizer,
 training_summary.json). With a checkpoint under BT_LOAD_CHECKPOINT_DIR the run
 restores all of that and continues at the next step.
 
@@ -75,6 +75,10 @@ LORA_TARGET_MODULES = "all-linear"
 LR_SCHEDULER = "cosine"
 WARMUP_RATIO = 0.03
 LOGGING_STEPS = 1
+# Resumable checkpoints: at each epoch's end, and in between at least this many per run
+# (every ceil(total_steps / MIN_CHECKPOINTS) steps), so a failed one-epoch job loses at
+# most a quarter of its steps. See checkpoint_steps().
+MIN_CHECKPOINTS = 4
 MASTER_PORT = 29500
 # transformers.set_seed seeds NumPy, which takes 0 to 2**32 - 1.
 MAX_SEED = 2**32 - 1
@@ -1035,6 +1039,38 @@ def _metrics_callback() -> Any:
     return MetricsLineCallback()
 
 
+def checkpoint_steps(max_steps: int, num_epochs: int) -> set[int]:
+    """The optimizer steps after which a checkpoint is saved: every epoch's end and
+    every ceil(max_steps / MIN_CHECKPOINTS) steps."""
+    if max_steps < 1:
+        return set()
+    per_epoch = max(max_steps // max(num_epochs, 1), 1)
+    every = max(math.ceil(max_steps / MIN_CHECKPOINTS), 1)
+    steps = set(range(every, max_steps + 1, every))
+    steps |= {min(epoch * per_epoch, max_steps) for epoch in range(1, num_epochs + 1)}
+    steps.add(max_steps)
+    return steps
+
+
+def _checkpoint_schedule_callback() -> Any:
+    """Asks the trainer to save after each step of checkpoint_steps() (the trainer's own
+    save strategy is off, so no step is saved twice)."""
+    from transformers import TrainerCallback
+
+    class CheckpointScheduleCallback(TrainerCallback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.steps: set[int] = set()
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            self.steps = checkpoint_steps(state.max_steps, math.ceil(args.num_train_epochs))
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            if state.global_step in self.steps:
+                control.should_save = True
+
+    return CheckpointScheduleCallback()
+
+
 def _checkpoint_marker_callback(marker: Mapping[str, Any]) -> Any:
     """Writes ``ft_checkpoint.json`` into each checkpoint once the trainer has saved it.
 
@@ -1141,7 +1177,7 @@ def trainer_configs(
         warmup_steps=WARMUP_RATIO,
         logging_steps=LOGGING_STEPS,
         logging_first_step=True,
-        save_strategy="epoch",
+        save_strategy="no",  # checkpoint_steps() decides, through a callback
         report_to="none",
         disable_tqdm=True,
         ddp_find_unused_parameters=False if distributed else None,
@@ -1315,7 +1351,7 @@ def train(
         bf16=bf16,
         distributed=distributed,
         eval_dataset=eval_dataset,
-        callbacks=[metrics, _checkpoint_marker_callback(marker)],
+        callbacks=[metrics, _checkpoint_schedule_callback(), _checkpoint_marker_callback(marker)],
     )
     result = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
     final_dir = out_dir / FINAL_DIR

@@ -3,13 +3,15 @@
 The CPU proof runs `python train.py` as the job does (a working area holding the
 uploaded template, BT_CHECKPOINT_DIR, BT_LOAD_CHECKPOINT_DIR), on the tiny Llama:
 
-- an uninterrupted run of 6 steps, checkpointing every 2 (one checkpoint per epoch);
+- an uninterrupted run of 6 steps (2 epochs of 3), checkpointing every 2 steps and at
+  each epoch's end (checkpoint-2, -3, -4, -6);
 - the same job killed with SIGKILL as soon as it printed step 3's line, i.e. after
   checkpoint-2 was complete on disk and before it could finish (a real stop, not a
   shorter run: a max-steps cut would change the learning-rate schedule);
 - a new job with that checkpoint where Baseten puts it
-  (``$BT_LOAD_CHECKPOINT_DIR/rank-0/checkpoint-2/``), which must continue at step 3 and
-  reproduce the uninterrupted run's steps 3-6 and end at the same step and total.
+  (``$BT_LOAD_CHECKPOINT_DIR/rank-0/checkpoint-2/``), which must continue at step 3, in
+  the middle of the first epoch (so the data position is restored too), reproduce the
+  uninterrupted run's steps 3-6 and end at the same step and total.
 
 The unit tests build checkpoint folders by hand to cover the layouts and the refusals.
 """
@@ -41,16 +43,16 @@ from template_helpers import (
 BASE = "acme/base-model"
 HP = {
     "learning_rate": 0.01,
-    "num_epochs": 3,
+    "num_epochs": 2,
     "batch_size": 2,
-    "gradient_accumulation_steps": 3,
+    "gradient_accumulation_steps": 2,
     "max_seq_length": 8,
     "lora_rank": 4,
     "lora_alpha": 8,
     "lora_dropout": 0.1,  # dropout draws random numbers: the RNG state must be restored
     "seed": 5,
 }
-N_EXAMPLES = 12  # / batch 2 = 6 batches / accumulation 3 = 2 steps per epoch; 3 epochs
+N_EXAMPLES = 12  # / batch 2 = 6 batches / accumulation 2 = 3 steps per epoch; 2 epochs
 TOTAL_STEPS = 6
 CHECKPOINT_EVERY = 2
 RESUME_FROM = {
@@ -233,6 +235,23 @@ def test_an_adapter_only_folder_such_as_final_is_refused_with_the_way_out(
     )
 
 
+@pytest.mark.parametrize(
+    ("max_steps", "epochs", "expected"),
+    [
+        (6, 2, {2, 3, 4, 6}),
+        (8, 2, {2, 4, 6, 8}),
+        (1000, 1, {250, 500, 750, 1000}),
+        (10, 1, {3, 6, 9, 10}),
+        (3, 3, {1, 2, 3}),
+        (0, 1, set()),
+    ],
+)
+def test_checkpoints_at_each_epoch_end_and_at_least_four_per_run(
+    train_py: ModuleType, max_steps: int, epochs: int, expected: set[int]
+) -> None:
+    assert train_py.checkpoint_steps(max_steps, epochs) == expected
+
+
 # ----------------------------------------------------------------------- one final loss
 
 
@@ -376,11 +395,13 @@ def resumed(
 
 
 def test_the_uninterrupted_run_checkpoints_every_two_steps_with_all_resume_needs(
-    uninterrupted: TrainRun,
+    uninterrupted: TrainRun, train_py: ModuleType
 ) -> None:
     assert [r["step"] for r in uninterrupted.progress] == list(range(1, TOTAL_STEPS + 1))
-    names = sorted(p.name for p in uninterrupted.checkpoint_dir.glob("checkpoint-*"))
-    assert names == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    names = {p.name for p in uninterrupted.checkpoint_dir.glob("checkpoint-*")}
+    # Every ceil(6 / MIN_CHECKPOINTS) = 2 steps, and at each epoch's end (step 3, 6).
+    assert train_py.checkpoint_steps(TOTAL_STEPS, 2) == {2, 3, 4, 6}
+    assert names == {"checkpoint-2", "checkpoint-3", "checkpoint-4", "checkpoint-6"}
     folder = uninterrupted.checkpoint_dir / "checkpoint-2"
     for name in (
         "adapter_model.safetensors",
@@ -434,8 +455,9 @@ def test_the_resumed_run_continues_at_the_next_step_and_matches_the_uninterrupte
     }
     assert 'resume_from {"checkpoint_id": "checkpoint-2"' in resumed.stdout
     assert "continuing at step 3 of 6" in resumed.stdout
+    assert resumed.progress[0]["epoch"] == pytest.approx(1.0)  # mid-run: epoch 1 ends at 3
     names = sorted(p.name for p in resumed.checkpoint_dir.glob("checkpoint-*"))
-    assert names == ["checkpoint-4", "checkpoint-6"]
+    assert names == ["checkpoint-3", "checkpoint-4", "checkpoint-6"]
 
 
 def test_summary_line_and_summary_file_agree_with_the_last_step_line(
