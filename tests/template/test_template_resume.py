@@ -315,6 +315,7 @@ def uninterrupted(
 class KilledRun(SimpleNamespace):
     returncode: int
     stdout: str
+    stderr: str
     checkpoint_dir: Path
 
 
@@ -364,7 +365,12 @@ def killed(
             watchdog.cancel()
             proc.kill()
             proc.stdout.close()
-    return KilledRun(returncode=proc.returncode, stdout="".join(lines), checkpoint_dir=checkpoints)
+    return KilledRun(
+        returncode=proc.returncode,
+        stdout="".join(lines),
+        stderr=(workdir / "stderr.txt").read_text(),
+        checkpoint_dir=checkpoints,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -422,7 +428,7 @@ def test_the_uninterrupted_run_checkpoints_every_two_steps_with_all_resume_needs
 
 
 def test_the_killed_run_stopped_after_its_first_checkpoint(killed: KilledRun) -> None:
-    assert killed.returncode == -signal.SIGKILL
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
     assert (killed.checkpoint_dir / "checkpoint-2" / "ft_checkpoint.json").is_file()
     assert not (killed.checkpoint_dir / "checkpoint-6").exists()
     assert not (killed.checkpoint_dir / "final").exists()

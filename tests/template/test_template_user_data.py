@@ -282,6 +282,34 @@ def test_a_failed_validation_file_removes_the_training_file_too(
     assert dataset["text"] == [sentence(i) for i in range(50)]
 
 
+def test_a_validation_file_is_the_eval_set_beside_a_dataset_id_too(
+    train_py: ModuleType, rows_file: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("datasets")
+    eval_path = write_jsonl(tmp_path / "eval.jsonl", [{"text": sentence(i)} for i in (90, 91)])
+    raw = {
+        **EXAMPLE_RUNTIME_CONFIG,
+        "dataset_id": str(rows_file),
+        "validation_file": file_entry(eval_path, eval_path.as_uri(), source="gs://b/eval"),
+    }
+    config = train_py.load_runtime_config({"RUNTIME_CONFIG": json.dumps(raw)})
+    fetched = train_py.fetch_user_files(config, tmp_path / "user_data")
+    assert list(fetched) == ["validation_file"]
+    dataset, fmt, eval_dataset = train_py.load_training_data(config, None, fetched)
+    assert (len(dataset), fmt) == (50, "text")
+    assert eval_dataset["text"] == [sentence(90), sentence(91)]
+
+    chat = write_jsonl(tmp_path / "chat.jsonl", chat_rows(0, 2))
+    raw["validation_file"] = file_entry(chat, chat.as_uri())
+    config = train_py.load_runtime_config({"RUNTIME_CONFIG": json.dumps(raw)})
+    fetched = train_py.fetch_user_files(config, tmp_path / "other")
+    with pytest.raises(
+        train_py.TemplateError,
+        match=r"^validation_file: its rows are 'messages' but the training data is 'text'$",
+    ):
+        train_py.load_training_data(config, None, fetched)
+
+
 def test_a_file_whose_rows_differ_from_the_recorded_format_is_refused(
     train_py: ModuleType, rows_file: Path, tmp_path: Path
 ) -> None:
