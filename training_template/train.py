@@ -21,9 +21,9 @@ evaluation set (instead of ``validation_split``).
 
 Writes, under BT_CHECKPOINT_DIR, a resumable ``checkpoint-<step>`` at each epoch's end
 and at least every quarter of the run (adapter, optimizer, scheduler, RNG state,
-trainer_state.json and this script's ``ft_checkpoint.json`` marker) and ``final/`` (LoRA adapter, tokenizer,
-training_summary.json). With a checkpoint under BT_LOAD_CHECKPOINT_DIR the run
-restores all of that and continues at the next step.
+trainer_state.json and this script's ``ft_checkpoint.json`` marker), and ``final/``
+(LoRA adapter, tokenizer, training_summary.json). With a checkpoint under
+BT_LOAD_CHECKPOINT_DIR the run restores all of that and continues at the next step.
 
 Progress is reported in machine-readable log lines: the marker ``FT_METRICS`` and one
 JSON object, one line per optimizer step (``type`` "step": step, total_steps, epoch,
@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import http.client
 import json
 import logging
 import math
@@ -92,7 +93,6 @@ DATA_DIR = "user_data"
 DOWNLOAD_CHUNK_BYTES = 1 << 20
 DOWNLOAD_TIMEOUT_SECONDS = 60
 DOWNLOAD_ATTEMPTS = 3
-DATA_FILE_FIELDS = ("training_file", "validation_file")
 # A File's format (as the service's check names it) and the rows train.py reads.
 FILE_FORMATS = {"chat": "messages", "text": "text", "prompt_completion": "prompt_completion"}
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
@@ -258,7 +258,7 @@ def parse_data_file(raw: Any, field: str) -> DataFile | None:
     if scheme not in ("http", "https", "file"):
         raise TemplateError(
             f"RUNTIME_CONFIG: {field}.url must be an http, https or file URL, "
-            f"not {scheme or 'a relative one'!r}"
+            + (f"not {scheme!r}" if scheme else "not a relative one")
         )
     sha256 = raw.get("sha256")
     if not isinstance(sha256, str) or not SHA256_PATTERN.fullmatch(sha256.lower()):
@@ -571,7 +571,8 @@ def _download(data_file: DataFile, part: Path) -> tuple[str, int]:
                 f"{field}: cannot read {data_file.source}: {reason.strerror or reason}"
             ) from None
         raise _Transient(f"{field}: download of {data_file.source} failed: {reason}") from None
-    except (TimeoutError, ConnectionError) as exc:
+    except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+        # e.g. a read timeout, a reset, or IncompleteRead when the server stops early
         raise _Transient(f"{field}: download of {data_file.source} failed: {exc}") from None
     return digest.hexdigest(), size
 
