@@ -548,6 +548,7 @@ def _download(data_file: DataFile, part: Path) -> tuple[str, int]:
             ) as response,
             part.open("wb") as out,
         ):
+            announced = _content_length(response)
             while chunk := response.read(DOWNLOAD_CHUNK_BYTES):
                 size += len(chunk)
                 if limit is not None and size > limit:
@@ -557,6 +558,12 @@ def _download(data_file: DataFile, part: Path) -> tuple[str, int]:
                     )
                 digest.update(chunk)
                 out.write(chunk)
+        if announced is not None and size < announced:
+            # read(n) returns b"" when the server hangs up early; that is no changed file
+            raise _Transient(
+                f"{field}: download of {data_file.source} failed: the connection closed "
+                f"after {size} of {announced} bytes"
+            )
     except urllib.error.HTTPError as exc:  # before URLError: it is one
         message = f"{field}: download of {data_file.source} failed: HTTP {exc.code}"
         if exc.code >= 500 or exc.code == 429:
@@ -575,6 +582,14 @@ def _download(data_file: DataFile, part: Path) -> tuple[str, int]:
         # e.g. a read timeout, a reset, or IncompleteRead when the server stops early
         raise _Transient(f"{field}: download of {data_file.source} failed: {exc}") from None
     return digest.hexdigest(), size
+
+
+def _content_length(response: Any) -> int | None:
+    value = response.headers.get("Content-Length")
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def fetch_data_file(data_file: DataFile, directory: Path) -> Path:

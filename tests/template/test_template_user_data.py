@@ -36,6 +36,7 @@ class _Server:
         self.root = root
         self.requests: list[str] = []
         self.fail_next: list[int] = []  # statuses to answer before serving normally
+        self.cut_short = False  # promise the whole file, send 10 bytes, hang up
         server = self
 
         class Handler(SimpleHTTPRequestHandler):
@@ -43,6 +44,13 @@ class _Server:
                 server.requests.append(self.path)
                 if server.fail_next:
                     self.send_error(server.fail_next.pop(0))
+                    return
+                if server.cut_short:
+                    self.send_response(200)
+                    self.send_header("Content-Length", "100000")
+                    self.end_headers()
+                    self.wfile.write(b'{"text": "')
+                    self.close_connection = True
                     return
                 super().do_GET()
 
@@ -52,7 +60,9 @@ class _Server:
         self.httpd = ThreadingHTTPServer(
             ("127.0.0.1", 0), functools.partial(Handler, directory=str(root))
         )
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     def url(self, name: str) -> str:
         host, port = self.httpd.server_address[:2]
@@ -249,6 +259,27 @@ def test_a_refused_download_is_a_clear_error_without_the_url(
         train_py.fetch_data_file(data_file(train_py, entry), tmp_path / "user_data")
     assert str(caught.value) == message
     assert len(http_files.requests) == 1  # a 4xx is not retried
+    assert not (tmp_path / "user_data").exists()
+
+
+def test_a_body_cut_short_is_retried_then_a_clear_error(
+    train_py: ModuleType,
+    rows_file: Path,
+    tmp_path: Path,
+    http_files: _Server,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(train_py.time, "sleep", lambda _: None)
+    http_files.cut_short = True
+    entry = file_entry(rows_file, http_files.url("upload.jsonl"))
+    with pytest.raises(train_py.TemplateError) as caught:
+        train_py.fetch_data_file(data_file(train_py, entry), tmp_path / "user_data")
+    # Not a "sha256 mismatch": the file did not change, the connection broke.
+    assert str(caught.value) == (
+        "training_file: download of file-abc123 failed: the connection closed after 10 of "
+        "100000 bytes (after 3 attempts)"
+    )
+    assert len(http_files.requests) == 3
     assert not (tmp_path / "user_data").exists()
 
 
