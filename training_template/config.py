@@ -101,6 +101,36 @@ def _resolve_compute(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _data_environment(config: dict[str, Any]) -> dict[str, str]:
+    """DATASET_ID when the request names a dataset; nothing for the user's own file.
+
+    Exactly one of ``dataset_id`` and ``training_file`` is set. train.py reads the
+    file objects (``training_file``, ``validation_file``) from RUNTIME_CONFIG.
+    """
+    dataset_id = config.get("dataset_id")
+    training_file = config.get("training_file")
+    if (dataset_id is None) == (training_file is None):
+        raise ValueError(
+            f"{RUNTIME_CONFIG_FILE}: exactly one of 'dataset_id' and 'training_file' must be "
+            f"set ({'both are' if dataset_id is not None else 'neither is'})"
+        )
+    if dataset_id is not None:
+        return {"DATASET_ID": _required_str(config, "dataset_id")}
+    for key in ("training_file", "validation_file"):
+        value = config.get(key)
+        if value is None and key == "validation_file":
+            continue
+        if (
+            not isinstance(value, dict)
+            or not isinstance(value.get("url"), str)
+            or not isinstance(value.get("sha256"), str)
+        ):
+            raise ValueError(
+                f"{RUNTIME_CONFIG_FILE}: {key!r} must be an object with string 'url' and 'sha256'"
+            )
+    return {}
+
+
 def _secret_name(config: dict[str, Any]) -> str:
     name = config.get("hf_token_secret_name")
     if name is None:
@@ -108,13 +138,6 @@ def _secret_name(config: dict[str, Any]) -> str:
     if not isinstance(name, str) or not name:
         raise ValueError(f"{RUNTIME_CONFIG_FILE}: 'hf_token_secret_name' must be a string")
     return name
-
-
-def _uses_hub(config: dict[str, Any]) -> bool:
-    has_file = config.get("training_file") is not None
-    if has_file == (config.get("dataset_id") is not None):
-        raise ValueError(f"{RUNTIME_CONFIG_FILE}: give exactly one of dataset_id and training_file")
-    return not has_file
 
 
 def _load_checkpoint(config: dict[str, Any]) -> LoadCheckpointConfig | None:
@@ -151,9 +174,7 @@ def _build_project(config: dict[str, Any]) -> TrainingProject:
     runtime = Runtime(
         start_commands=[START_COMMAND],
         environment_variables={
-            # A job trains on a hub dataset (DATASET_ID) or on the checked file that
-            # runtime_config.json's training_file describes; never both.
-            **({"DATASET_ID": _required_str(config, "dataset_id")} if _uses_hub(config) else {}),
+            **_data_environment(config),
             "MODEL_ID": _required_str(config, "model_id"),
             "RUNTIME_CONFIG": json.dumps(resolved),
             "HF_TOKEN": SecretReference(name=_secret_name(config)),

@@ -24,6 +24,7 @@ one new job across polls and instances.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Protocol
 
 from finetune_api.core.errors import ConflictError, NotFoundError
@@ -58,15 +59,24 @@ def retry_key(failed_job_id: str) -> str:
     return f"retry-{failed_job_id}"
 
 
+_TRAINER_CHECKPOINT = re.compile(r"checkpoint-\d+")
+
+
 def newest_checkpoint(checkpoints: list[dict[str, Any]]) -> str | None:
-    """The id of the newest checkpoint (latest ``created_at``; Baseten lists oldest first)."""
-    best: tuple[str, int] | None = None
+    """The id of the newest resumable checkpoint (latest ``created_at``; Baseten: oldest first).
+
+    The template's ``final`` folder holds the adapter only (no optimizer, scheduler or
+    step): a trainer checkpoint (``checkpoint-<step>``, the last one at the same step)
+    is preferred; only a job without any falls back to its newest checkpoint.
+    """
+    best: tuple[bool, str, int] | None = None
     chosen: str | None = None
     for index, item in enumerate(checkpoints):
         checkpoint_id = item.get("checkpoint_id")
         if not isinstance(checkpoint_id, str) or not checkpoint_id:
             continue
-        rank = (str(item.get("created_at") or ""), index)
+        resumable = bool(_TRAINER_CHECKPOINT.fullmatch(checkpoint_id))
+        rank = (resumable, str(item.get("created_at") or ""), index)
         if best is None or rank > best:
             best, chosen = rank, checkpoint_id
     return chosen

@@ -22,8 +22,8 @@ from template_helpers import (
     RunTrain,
     TrainRun,
     build_tokenizer,
-    job_environment,
     missing_training_stack,
+    prepare_job,
     save_tiny_model,
 )
 
@@ -102,22 +102,16 @@ def run_train(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunTrain]:
     """
 
     def _run(timeout: float = 240, **env: Any) -> TrainRun:
-        workdir = tmp_path_factory.mktemp("job")
-        app = workdir / "app"
-        shutil.copytree(TEMPLATE_DIR, app, ignore=shutil.ignore_patterns("__pycache__"))
-        if isinstance(env.get("RUNTIME_CONFIG"), dict):
-            env["RUNTIME_CONFIG"] = json.dumps(env["RUNTIME_CONFIG"])
-        env.setdefault("BT_CHECKPOINT_DIR", str(workdir / "checkpoints"))
-        overrides = {key: (None if value is None else str(value)) for key, value in env.items()}
+        app, environ, checkpoints = prepare_job(tmp_path_factory.mktemp("job"), env)
         proc = subprocess.run(
             [sys.executable, "train.py"],
             cwd=app,
-            env=job_environment(workdir / "hf-home", overrides),
+            env=environ,
             capture_output=True,
             text=True,
             timeout=timeout,
             check=False,
         )
-        return TrainRun(proc, Path(env["BT_CHECKPOINT_DIR"] or workdir / "checkpoints"))
+        return TrainRun(proc, checkpoints, app)
 
     yield _run

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -144,12 +145,18 @@ def save_tiny_gpt_oss(directory: Path) -> Path:
 class TrainRun:
     """The outcome of one `python train.py` in a copy of the template."""
 
-    def __init__(self, proc: subprocess.CompletedProcess[str], checkpoint_dir: Path) -> None:
+    def __init__(
+        self,
+        proc: subprocess.CompletedProcess[str],
+        checkpoint_dir: Path,
+        app_dir: Path | None = None,
+    ) -> None:
         self.returncode = proc.returncode
         self.stdout = proc.stdout
         self.stderr = proc.stderr
         self.checkpoint_dir = checkpoint_dir
         self.final_dir = checkpoint_dir / "final"
+        self.app_dir = app_dir  # the job's working directory (the uploaded template)
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -167,6 +174,16 @@ class TrainRun:
     def progress(self) -> list[dict[str, Any]]:
         """The step records (one per optimizer step)."""
         return [record for record in self.metrics if record["type"] == "step"]
+
+    @property
+    def summary_line(self) -> dict[str, Any]:
+        """The one FT_METRICS summary record."""
+        [record] = [record for record in self.metrics if record["type"] == "summary"]
+        return record
+
+    @property
+    def error_line(self) -> str:
+        return self.stderr.strip().splitlines()[-1] if self.stderr.strip() else ""
 
     def describe(self) -> str:
         return f"rc={self.returncode}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
@@ -210,3 +227,21 @@ def job_environment(hf_home: Path, overrides: dict[str, str | None]) -> dict[str
         else:
             env[key] = value
     return env
+
+
+def prepare_job(workdir: Path, env: dict[str, Any]) -> tuple[Path, dict[str, str], Path]:
+    """A job's working area as Baseten lays it out: the uploaded template in
+    ``workdir/app`` (the job's working directory), its environment, and its
+    BT_CHECKPOINT_DIR (``workdir/checkpoints`` unless ``env`` names one).
+
+    Returns (app folder, environment, checkpoint folder).
+    """
+    app = workdir / "app"
+    shutil.copytree(TEMPLATE_DIR, app, ignore=shutil.ignore_patterns("__pycache__"))
+    env = dict(env)
+    if isinstance(env.get("RUNTIME_CONFIG"), dict):
+        env["RUNTIME_CONFIG"] = json.dumps(env["RUNTIME_CONFIG"])
+    env.setdefault("BT_CHECKPOINT_DIR", str(workdir / "checkpoints"))
+    overrides = {key: (None if value is None else str(value)) for key, value in env.items()}
+    checkpoints = Path(env["BT_CHECKPOINT_DIR"] or workdir / "checkpoints")
+    return app, job_environment(workdir / "hf-home", overrides), checkpoints

@@ -252,3 +252,48 @@ def test_config_py_imports_only_the_standard_library_and_truss() -> None:
             assert node.level == 0, "config.py's folder is not on sys.path when truss runs it"
             imported.add((node.module or "").split(".")[0])
     assert imported - sys.stdlib_module_names <= {"truss", "truss_train"}
+
+
+TRAINING_FILE = {
+    "source": "file-abc123",
+    "url": "https://storage.googleapis.com/b/o?X-Goog-Signature=abc",
+    "sha256": "0" * 64,
+    "bytes": 1234,
+    "format": "chat",
+    "examples": 42,
+}
+
+
+def test_a_users_file_reaches_the_job_in_runtime_config_without_dataset_id(stage: Stage) -> None:
+    config = example(dataset_id=None, training_file=TRAINING_FILE, validation_file=None)
+    with loaded(stage, config) as project:
+        env = project.job.runtime.environment_variables
+    assert set(env) == EXPECTED_ENV - {"DATASET_ID"}
+    resolved = json.loads(env["RUNTIME_CONFIG"])
+    assert resolved["training_file"] == TRAINING_FILE
+    assert resolved["dataset_id"] is None
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"training_file": TRAINING_FILE},
+            "exactly one of 'dataset_id' and 'training_file' must be set (both are)",
+        ),
+        ({"dataset_id": None}, "exactly one of 'dataset_id' and 'training_file' must be set"),
+        (
+            {"dataset_id": None, "training_file": "file-abc123"},
+            "'training_file' must be an object with string 'url' and 'sha256'",
+        ),
+        (
+            {"dataset_id": None, "training_file": TRAINING_FILE, "validation_file": {"url": 1}},
+            "'validation_file' must be an object with string 'url' and 'sha256'",
+        ),
+    ],
+)
+def test_the_data_source_is_exactly_one_of_dataset_id_and_training_file(
+    stage: Stage, change: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)), loaded(stage, example(**change)):
+        pass

@@ -130,10 +130,11 @@ def test_text_run_writes_adapter_and_tokenizer_checkpoints(text_run: TrainRun) -
         "training_summary.json",
     ):
         assert (text_run.final_dir / name).is_file(), name
-    # One resumable checkpoint per epoch, as the Baseten checkpoint list shows them.
-    epochs = sorted(p.name for p in text_run.checkpoint_dir.glob("checkpoint-*"))
-    assert epochs == ["checkpoint-4", "checkpoint-8"]
-    for name in epochs:
+    # Resumable checkpoints, as the Baseten checkpoint list shows them: each epoch's end
+    # (4, 8) and every ceil(8 / MIN_CHECKPOINTS) = 2 steps.
+    saved = sorted(p.name for p in text_run.checkpoint_dir.glob("checkpoint-*"))
+    assert saved == ["checkpoint-2", "checkpoint-4", "checkpoint-6", "checkpoint-8"]
+    for name in saved:
         assert (text_run.checkpoint_dir / name / "adapter_model.safetensors").is_file()
         assert (text_run.checkpoint_dir / name / "tokenizer.json").is_file()
 
@@ -300,8 +301,9 @@ def test_unsupported_dataset_shape_fails_with_one_line_naming_the_columns(
     assert run.returncode == 2, run.describe()
     last_line = run.stderr.strip().splitlines()[-1]
     assert last_line == (
-        "train.py: error: unsupported dataset shape: expected a 'messages' column (chat) "
-        "or a 'text' column, found columns: 'question', 'answer'"
+        "train.py: error: unsupported dataset shape: expected a 'messages' column (chat), "
+        "a 'text' column, or 'prompt' and 'completion' columns, found columns: "
+        "'question', 'answer'"
     )
     assert "Traceback" not in run.stderr
     assert not run.final_dir.exists()

@@ -202,14 +202,16 @@ def test_expected_optimizer_steps(train_py: ModuleType) -> None:
 def test_messages_win_over_text_and_text_is_accepted(train_py: ModuleType) -> None:
     assert train_py.detect_format(["text", "messages"]) == "messages"
     assert train_py.detect_format(["id", "text"]) == "text"
+    assert train_py.detect_format(["completion", "prompt", "id"]) == "prompt_completion"
+    assert train_py.detect_format(["text", "prompt", "completion"]) == "text"
 
 
 def test_other_shapes_are_rejected_naming_the_columns(train_py: ModuleType) -> None:
     with pytest.raises(train_py.TemplateError) as caught:
-        train_py.detect_format(["prompt", "completion"])
+        train_py.detect_format(["prompt", "answer"])
     assert str(caught.value) == (
-        "unsupported dataset shape: expected a 'messages' column (chat) or a 'text' column, "
-        "found columns: 'prompt', 'completion'"
+        "unsupported dataset shape: expected a 'messages' column (chat), a 'text' column, "
+        "or 'prompt' and 'completion' columns, found columns: 'prompt', 'answer'"
     )
     with pytest.raises(train_py.TemplateError, match="found columns: none"):
         train_py.detect_format([])
@@ -243,6 +245,27 @@ def test_format_dataset_checks_chat_messages(train_py: ModuleType) -> None:
     empty = Dataset.from_list([{"text": ""}])
     with pytest.raises(train_py.TemplateError, match="no non-empty 'text' rows"):
         train_py.format_dataset(empty)
+
+
+@needs_datasets
+def test_format_dataset_keeps_prompt_and_completion(train_py: ModuleType) -> None:
+    from datasets import Dataset
+
+    dataset = Dataset.from_list(
+        [
+            {"prompt": "the quick", "completion": " fox", "id": 1},
+            {"prompt": "a lazy", "completion": "  ", "id": 2},  # nothing to learn: dropped
+            {"prompt": "", "completion": "dog", "id": 3},  # an empty prompt is fine
+        ]
+    )
+    formatted, fmt = train_py.format_dataset(dataset)
+    assert fmt == "prompt_completion"
+    assert formatted.column_names == ["prompt", "completion"]
+    assert formatted["completion"] == [" fox", "dog"]
+
+    numbers = Dataset.from_list([{"prompt": "a", "completion": 1}])
+    with pytest.raises(train_py.TemplateError, match="column 'completion' must hold strings"):
+        train_py.format_dataset(numbers)
 
 
 def test_chat_examples_render_through_the_tokenizer_chat_template(
