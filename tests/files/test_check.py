@@ -132,7 +132,7 @@ def test_an_over_long_line_is_skipped_without_being_held() -> None:
         (b"", "the file is empty"),
         (b"\n\n  \n", "no valid example in the file"),
         (
-            gzip.compress(line(CHAT) * 3),
+            gzip.compress(line(CHAT) * 3, mtime=0),
             "the file is gzip-compressed: upload the uncompressed JSONL",
         ),
     ],
