@@ -152,7 +152,7 @@ def test_auto_paging_lists_each_job_once_newest_first_and_filters_by_metadata(
     baseten_ids = [job.model_extra["training_job_id"] for job in listed]
     assert baseten_ids[:6] == list(reversed(made))
     even = list(sdk.fine_tuning.jobs.list(limit=1, metadata={"batch": "b0"}))
-    assert [j.model_extra["training_job_id"] for j in even] == [made[3], made[0]]
+    assert [j.model_extra["training_job_id"] for j in even] == [made[4], made[0]]
     assert all(j.metadata == {"batch": "b0"} for j in even)
     assert list(sdk.fine_tuning.jobs.list(metadata={"batch": "none"})) == []
 

@@ -295,7 +295,7 @@ class FineTuningJobs:
                 project_id,
                 baseten_id,
                 {**raw, "id": baseten_id, "name": raw.get("name") or record.get("job_name")},
-                record.get("deploy_model_name"),
+                [record.get("deploy_model_name"), record.get("suffix")],
             )
             if deployment is not None:
                 from finetune_api.compat.models import model_name

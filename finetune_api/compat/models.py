@@ -64,24 +64,34 @@ class ModelDirectory:
         self._checked: dict[tuple[str, str], float] = {}
 
     def find_for_job(
-        self, project_id: str, job_id: str, raw_job: dict[str, Any], model_name_hint: str | None
+        self, project_id: str, job_id: str, raw_job: dict[str, Any], names: list[str | None]
     ) -> dict[str, Any] | None:
-        """A serving deployment of the job (newest first), or None."""
-        name = model_name_hint or default_model_name(raw_job)
-        try:
-            models = [m for m in self._client.list_models(name) if m.get("name") == name]
-            found = []
-            for model in models:
-                for deployment in self._client.list_deployments(str(model["id"])):
-                    source = parse_marker(deployment.get("name"))
-                    if source is None or source[:2] != (project_id, job_id):
-                        continue
-                    if str(deployment.get("status")) in SERVING:
-                        found.append(
-                            {**deployment, "model_id": str(model["id"]), "model_name": name}
-                        )
-        except ServiceError:
-            return None
+        """A serving deployment of the job (newest first), or None.
+
+        Looked for under the model names it may have been deployed as: ``names`` (the
+        job's ``deploy.model_name``, its ``suffix``), then the default (the job name).
+        """
+        found = []
+        seen: set[str] = set()
+        for name in [*names, default_model_name(raw_job)]:
+            if not name or name in seen:
+                continue
+            seen.add(name)
+            try:
+                models = [m for m in self._client.list_models(name) if m.get("name") == name]
+                for model in models:
+                    for deployment in self._client.list_deployments(str(model["id"])):
+                        source = parse_marker(deployment.get("name"))
+                        if source is None or source[:2] != (project_id, job_id):
+                            continue
+                        if str(deployment.get("status")) in SERVING:
+                            found.append(
+                                {**deployment, "model_id": str(model["id"]), "model_name": name}
+                            )
+            except ServiceError:
+                continue
+            if found:
+                break
         found.sort(key=lambda d: str(d.get("created_at") or ""), reverse=True)
         return found[0] if found else None
 
