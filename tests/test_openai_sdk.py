@@ -290,14 +290,10 @@ def test_chat_rate_limited_by_baseten_is_a_rate_limit_error(
 
 
 def _big_file(path: Path, size: int) -> Path:
-    line = json.dumps({"prompt": "p" * 400, "completion": "c" * 600}) + "\n"
-    count = size // len(line)
-    with path.open("w") as out:
-        for _ in range(count):
-            out.write(line)
-        rest = size - count * len(line)
-        if rest:
-            out.write(json.dumps({"text": "t" * max(1, rest - 13)})[: rest - 1] + "\n")
+    """Valid JSONL of at least ``size`` bytes (whole lines)."""
+    line = (json.dumps({"prompt": "p" * 400, "completion": "c" * 600}) + "\n").encode()
+    with path.open("wb") as out:
+        out.write(line * (size // len(line) + 1))
     return path
 
 
