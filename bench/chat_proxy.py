@@ -11,7 +11,7 @@ to the first body byte, ``stream: true`` requests sent alternately
 * to ``train_http``'s ``/v1/chat/completions`` with the service's key and the
   fine-tuned model's name (the proxy: auth, the model check, the forward).
 
-Goal: median proxy TTFB ≤ 1.2× the direct one. The same is measured with
+Goal: median proxy TTFB <= 1.2 times the direct one. The same is measured with
 ``first_token_ms`` 0 to show the proxy's own overhead in milliseconds.
 """
 
