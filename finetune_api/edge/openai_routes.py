@@ -261,8 +261,12 @@ def create_job(request: Request) -> Response:
 
 def list_jobs(request: Request) -> Response:
     query = _query(request, {"limit", "after", "metadata"})
-    if "metadata" in query and query["metadata"] != "null":
-        raise InvalidRequestError("metadata: filter with metadata[key]=value")
+    if "metadata" in query:
+        # OpenAI's metadata=null (jobs without metadata) would need a scan: not offered.
+        raise InvalidRequestError(
+            "metadata: filter with metadata[key]=value (metadata=null is not supported)",
+            details=[{"location": "metadata", "reason": "use metadata[key]=value"}],
+        )
     metadata = {
         name[len("metadata[") : -1]: value
         for name, value in query.items()
