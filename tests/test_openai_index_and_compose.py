@@ -119,7 +119,6 @@ def gcs_world(
             STORAGE_EMULATOR_HOST=gcs.url,
         )
         with FunctionServer("train_http", env, threads=8) as server:
-            server.start()
             yield server, sandbox_server
 
 

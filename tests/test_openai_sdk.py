@@ -24,7 +24,7 @@ import requests
 from loopback.fake_secret_manager import FakeSecretManager
 from loopback.functions import FunctionServer
 from sandbox import Sandbox
-from tests.conftest import function_env
+from tests.conftest import API_KEY, function_env
 
 KEY = "sk-test-openai-surface-0001"
 MODEL = "Qwen/Qwen3-0.6B"
@@ -43,9 +43,11 @@ def world(
     tmp = tmp_path_factory.mktemp("openai-tmp")
     env = function_env(sandbox_server, secret_manager, tmp, API_KEYS=KEY)
     with FunctionServer("train_http", env, threads=16) as server:
-        server.start()
         yield server, sandbox_server
+        output = server.output()
     assert sorted(p.name for p in tmp.iterdir()) == []
+    # Neither the Baseten key nor the service's own key is ever logged.
+    assert API_KEY not in output and KEY not in output
 
 
 def client(server: FunctionServer, key: str = KEY) -> openai.OpenAI:
@@ -226,6 +228,40 @@ def test_chat_with_the_fine_tuned_model_streamed_and_not(
     assert arrivals[-1] - arrivals[0] > 0.5, arrivals
 
 
+def test_deploy_on_completion_names_the_fine_tuned_model_after_the_suffix(
+    world: tuple[FunctionServer, Sandbox],
+    secret_manager: FakeSecretManager,
+    training_file: str,
+    tmp_path: Path,
+) -> None:
+    server, sandbox = world
+    sdk = client(server)
+    job = sdk.fine_tuning.jobs.create(
+        model=MODEL,
+        training_file=training_file,
+        suffix="auto-bot",
+        extra_body={"deploy": {"on_completion": True}},
+    )
+    baseten_job = job.model_extra["training_job_id"]
+    sandbox.advance(baseten_job, steps=6)
+    env = function_env(sandbox, secret_manager, tmp_path, POLL_STATE_FILE=str(tmp_path / "s.json"))
+    with FunctionServer("poll_jobs", env) as poller:
+        report = requests.post(poller.url, json={}, timeout=60).json()
+    assert report["deployments_checked"] >= 1 and report["deployments_failed"] == 0, report
+    [deployment] = [
+        d
+        for d in sandbox.state.deployments.all()["deployments"]
+        if d["name"].startswith(f"ft.{job.model_extra['training_project_id']}.{baseten_job}.")
+    ]
+    sandbox.state.deployments.force_status(deployment["id"], {"status": "ACTIVE"})
+    model = sdk.fine_tuning.jobs.retrieve(job.id).fine_tuned_model
+    assert model == f"ft:auto-bot:{deployment['model_id']}:{deployment['id']}"
+    listed = next(j for j in sdk.fine_tuning.jobs.list() if j.id == job.id)
+    assert listed.fine_tuned_model == model and listed.status == "succeeded"
+    answer = sdk.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    assert "auto-bot" in (answer.choices[0].message.content or "")
+
+
 def test_errors_raise_the_sdks_own_classes(
     world: tuple[FunctionServer, Sandbox], training_file: str
 ) -> None:
@@ -263,11 +299,11 @@ def test_errors_raise_the_sdks_own_classes(
         == 200
     )
     # Baseten's 429 (after our own retries) reaches the caller as the SDK's RateLimitError.
+    job = next(iter(sdk.fine_tuning.jobs.list(limit=1)))
     sandbox.add_fault(
         path="^v1/training_projects/.*/jobs/[^/]+$", method="GET", status=429, count=20
     )
     try:
-        job = next(iter(sdk.fine_tuning.jobs.list(limit=1)))
         with pytest.raises(openai.RateLimitError):
             sdk.fine_tuning.jobs.retrieve(job.id)
     finally:
