@@ -123,6 +123,29 @@ def test_job_create_retrieve_while_the_sandbox_moves_it(
         assert checkpoint.metrics.train_loss is not None
 
 
+def test_a_running_job_has_an_estimated_finish(
+    world: tuple[FunctionServer, Sandbox], training_file: str
+) -> None:
+    server, sandbox = world
+    sdk = client(server)
+    job = sdk.fine_tuning.jobs.create(model=MODEL, training_file=training_file)
+    sandbox.configure(step_seconds=1.0, running_steps=4)  # the job's clock runs: lines appear
+    try:
+        estimates = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            current = sdk.fine_tuning.jobs.retrieve(job.id)
+            if current.status == "running" and current.estimated_finish is not None:
+                estimates.append(current.estimated_finish)
+            if current.status == "succeeded":
+                break
+            time.sleep(0.3)
+    finally:
+        sandbox.configure(step_seconds=None, running_steps=2)
+    assert estimates, "no estimate while running"
+    assert all(job.created_at <= e <= time.time() + 60 for e in estimates)
+
+
 def test_auto_paging_lists_each_job_once_newest_first_and_filters_by_metadata(
     world: tuple[FunctionServer, Sandbox], training_file: str
 ) -> None:
