@@ -11,6 +11,7 @@ does. The File is then an ordinary File: the same list, the same check, the same
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from typing import Any, BinaryIO
@@ -211,6 +212,9 @@ class UploadService:
         try:
             self._store.write_upload(done, token)
         except Conflict:
+            # A concurrent complete won: its File is the Upload's; drop this copy.
+            with contextlib.suppress(StorageUnavailable):
+                self._store.delete(file_id)
             return _public(self._read(upload_id)[0])
         except StorageUnavailable as error:
             raise _unavailable(error) from None
