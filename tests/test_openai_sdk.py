@@ -249,6 +249,16 @@ def test_chat_with_the_fine_tuned_model_streamed_and_not(
             f"{sandbox.url}/_sandbox/deployments/config", json={"token_ms": 0}, timeout=10
         ).raise_for_status()
     assert arrivals[-1] - arrivals[0] > 0.5, arrivals
+    # Deactivated: the model is gone from the list and a chat is a 404.
+    model_id, deployment_id = model.split(":")[-2:]
+    requests.post(
+        f"{server.url}/deployments/{model_id}/{deployment_id}/deactivate",
+        headers={"X-Api-Key": KEY},
+        timeout=60,
+    ).raise_for_status()
+    assert model not in [m.id for m in sdk.models.list()]
+    with pytest.raises(openai.NotFoundError):
+        sdk.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
 
 
 def test_deploy_on_completion_names_the_fine_tuned_model_after_the_suffix(
@@ -290,6 +300,7 @@ def test_errors_raise_the_sdks_own_classes(
 ) -> None:
     server, sandbox = world
     sdk = client(server)
+    job = next(iter(sdk.fine_tuning.jobs.list(limit=1)))
     for bad in ("ftjob-nope", "ftjob-000000000000-abc-def", "x" * 150):
         with pytest.raises(openai.NotFoundError) as caught:
             sdk.fine_tuning.jobs.retrieve(bad)
@@ -315,6 +326,14 @@ def test_errors_raise_the_sdks_own_classes(
         sdk.fine_tuning.jobs.create(
             model=MODEL, training_file=training_file, metadata={f"k{i}": "v" for i in range(17)}
         )
+    # Baseten failing is the SDK's InternalServerError (502 upstream_error).
+    sandbox.add_fault(path="^v1/training_projects/.*/jobs/[^/]+$", method="GET", status=500)
+    try:
+        with pytest.raises(openai.InternalServerError) as failed:
+            sdk.fine_tuning.jobs.retrieve(job.id)
+        assert failed.value.status_code == 502
+    finally:
+        sandbox.clear_faults()
     with pytest.raises(openai.AuthenticationError):
         client(server, "sk-wrong").fine_tuning.jobs.list()
     assert (
@@ -322,7 +341,6 @@ def test_errors_raise_the_sdks_own_classes(
         == 200
     )
     # Baseten's 429 (after our own retries) reaches the caller as the SDK's RateLimitError.
-    job = next(iter(sdk.fine_tuning.jobs.list(limit=1)))
     sandbox.add_fault(
         path="^v1/training_projects/.*/jobs/[^/]+$", method="GET", status=429, count=20
     )
