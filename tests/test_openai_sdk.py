@@ -109,6 +109,10 @@ def test_job_create_retrieve_while_the_sandbox_moves_it(
     assert seen[0] == "queued" and "running" in seen and seen[-1] == "succeeded"
     final = sdk.fine_tuning.jobs.retrieve(job.id)
     assert final.finished_at is not None and final.finished_at >= final.created_at
+    # The last step line's cumulative token count (the sandbox: 4096 per step, 25 per epoch).
+    assert final.trained_tokens == 2 * 25 * 4096
+    listed = next(j for j in sdk.fine_tuning.jobs.list() if j.id == job.id)
+    assert (listed.trained_tokens, listed.finished_at) == (final.trained_tokens, final.finished_at)
     events = list(sdk.fine_tuning.jobs.list_events(job.id, limit=5))
     assert events[0].message == "The job has successfully completed"
     assert events[-1].message == "Created fine-tuning job"

@@ -278,8 +278,12 @@ class FineTuningJobs:
         status = openai_status(baseten_status)
         terminal = baseten_status in TERMINAL_STATUSES
         finished_at = _unix(raw.get("updated_at")) if terminal else None
-        if found and terminal and record.get("final_status") is None:
-            self._index.settle(record, found[1], baseten_status, finished_at)
+        trained_tokens = record.get("trained_tokens")
+        if terminal and not record.get("final_status"):
+            # Once per job: its last step line's token count (null while it runs, as at OpenAI).
+            trained_tokens = self._trained_tokens(job_id, raw)
+            if found:
+                self._index.settle(record, found[1], baseten_status, finished_at, trained_tokens)
         estimated_finish = None
         if with_progress and status == "running":
             progress = self._insights.progress(raw)
@@ -332,7 +336,7 @@ class FineTuningJobs:
             "validation_file": record.get("validation_file"),
             "hyperparameters": hyperparameters,
             "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
-            "trained_tokens": None,
+            "trained_tokens": trained_tokens,
             "estimated_finish": estimated_finish,
             "error": error,
             "result_files": [],
@@ -345,6 +349,24 @@ class FineTuningJobs:
             "baseten_status": baseten_status,
             "dashboard_url": f"{app}/training/{project_id}/logs/{baseten_id}",
         }
+
+    def _trained_tokens(self, job_id: str, raw: dict[str, Any]) -> int | None:
+        """``tokens_seen`` of the newest step (or summary) line the template printed."""
+        from finetune_api.insights.training_metrics import parse_line
+
+        project_id, baseten_id = self._ids(job_id)
+        try:
+            _, lines = self._insights.newest_series(
+                {**raw, "training_project_id": project_id, "id": baseten_id}, 100
+            )
+        except ServiceError:
+            return None
+        for line in reversed(lines):
+            record = parse_line(line.message)
+            seen = (record or {}).get("tokens_seen")
+            if isinstance(seen, int) and not isinstance(seen, bool) and seen >= 0:
+                return seen
+        return None
 
     def list(self, after: str | None, limit: int, metadata: dict[str, str]) -> dict[str, Any]:
         """A page of the index, newest first; Baseten is read only for jobs still moving."""

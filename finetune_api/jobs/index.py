@@ -296,10 +296,20 @@ class JobIndex:
         return json.loads(found[0]), found[1]
 
     def settle(
-        self, record: dict[str, Any], token: str, final_status: str, finished_at: int | None
+        self,
+        record: dict[str, Any],
+        token: str,
+        final_status: str,
+        finished_at: int | None,
+        trained_tokens: int | None = None,
     ) -> None:
-        """Remember a terminal status so later pages need not ask Baseten (best effort)."""
-        updated = {**record, "final_status": final_status, "finished_at": finished_at}
+        """Remember how a job ended so later pages need not ask Baseten (best effort)."""
+        updated = {
+            **record,
+            "final_status": final_status,
+            "finished_at": finished_at,
+            "trained_tokens": trained_tokens,
+        }
         with contextlib.suppress(IndexConflict, IndexUnavailable):
             self._store.replace(f"{INDEX}{record['id']}.json", json.dumps(updated).encode(), token)
 
