@@ -40,6 +40,8 @@ BENCHMARKS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "metrics": ("bench.metrics_bench", {"steps": 100_000, "runs": 3}, {"steps": 20_000, "runs": 1}),
     "deploy_race": ("bench.deploy_race", {"rounds": 5}, {"rounds": 2}),
     "poll_history": ("bench.poll_history", {}, {"sizes": (0, 10_000), "polls": 3}),
+    "chat_proxy": ("bench.chat_proxy", {"rounds": 30}, {"rounds": 8}),
+    "openai_list": ("bench.openai_list", {}, {"sizes": (20, 200)}),
 }
 CHILD_TIMEOUT_S = 900
 
@@ -361,6 +363,44 @@ def _history_rows(r: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _chat_rows(r: dict[str, Any]) -> list[Row]:
+    paced, bare = r["paced"], r["bare"]
+    return [
+        _row(
+            f"streamed chat, time to first byte (model's first token {paced['first_token_ms']:.0f}"
+            " ms): /v1/chat/completions vs the deployment",
+            f"{paced['proxy_median_ms']:.1f} ms",
+            f"{paced['direct_median_ms']:.1f} ms",
+            paced["ratio"],
+            "<= 1.20x",
+            paced["ratio"] <= 1.2,
+        ),
+        _row(
+            "  the same with an instant model: the proxy's own overhead",
+            f"{bare['proxy_median_ms']:.1f} ms (+{bare['overhead_ms']:.1f} ms)",
+            f"{bare['direct_median_ms']:.1f} ms",
+            bare["ratio"],
+        ),
+    ]
+
+
+def _openai_list_rows(r: dict[str, Any]) -> list[Row]:
+    rows = []
+    for item in r["pages"]:
+        rows.append(
+            _row(
+                f"/v1/fine_tuning/jobs?limit={r['limit']}, {item['page']} page, "
+                f"{item['history']} jobs indexed (index part)",
+                f"{item['median_ms']:.1f} ms; {item['listings']} listing, {item['reads']} reads",
+                "-",
+                None,
+                "1 listing, reads = items <= limit",
+                item["reads"] == item["items"] <= r["limit"] and item["listings"] == 1,
+            )
+        )
+    return rows
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "cold_start": _cold_rows,
     "first_submit": _first_rows,
@@ -371,6 +411,8 @@ ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "metrics": _metrics_rows,
     "deploy_race": _deploy_race_rows,
     "poll_history": _history_rows,
+    "chat_proxy": _chat_rows,
+    "openai_list": _openai_list_rows,
 }
 
 

@@ -29,6 +29,9 @@ class Services:
     files: Any = None
     resume: Any = None
     retry: Any = None
+    index: Any = None
+    api_key: Any = None
+    openai: Any = None  # built on the first /v1/ request (see openai_services)
 
 
 _services: Services | None = None
@@ -40,6 +43,7 @@ def build_services(settings: Settings) -> Services:
     from finetune_api.baseten.push import push_training_job
     from finetune_api.core.secrets import SecretStore
     from finetune_api.insights.job_insights import JobInsights
+    from finetune_api.jobs.index import index_from_settings
     from finetune_api.jobs.resume import ResumeService
     from finetune_api.jobs.runtime_config import RuntimeConfigs
     from finetune_api.jobs.service import JobService
@@ -70,7 +74,16 @@ def build_services(settings: Settings) -> Services:
 
     insights = JobInsights(settings, client, secrets)
     files = build_files(settings)
-    jobs = JobService(settings, client, push, announce, progress=insights.progress, files=files)
+    index = index_from_settings(settings)
+    jobs = JobService(
+        settings,
+        client,
+        push,
+        announce,
+        progress=insights.progress,
+        files=files,
+        index=index.record,
+    )
     # Each job's own request, read back through Baseten; shared by its three readers.
     configs = RuntimeConfigs(client)
     resume = ResumeService(settings, client, jobs, configs)
@@ -88,6 +101,8 @@ def build_services(settings: Settings) -> Services:
         files=files,
         resume=resume,
         retry=RetryWatch(resume, configs),
+        index=index,
+        api_key=api_key,
     )
 
 
@@ -124,6 +139,59 @@ def build_serving(
     return deployments, DeploymentWatch(settings, client, deployments, configs)
 
 
+@dataclass
+class OpenAIServices:
+    """What ``/v1/`` needs beyond the services: the OpenAI-shaped views of them."""
+
+    uploads: Any
+    jobs: Any
+    models: Any
+    chat: Any
+
+
+def build_openai(services: Services) -> OpenAIServices:
+    from finetune_api.compat.chat import ChatProxy
+    from finetune_api.compat.jobs import FineTuningJobs
+    from finetune_api.compat.models import ModelDirectory
+    from finetune_api.files.stores import store_from_settings as files_store
+    from finetune_api.files.uploads import UploadService
+
+    settings = services.settings
+    jobs = services.jobs
+
+    def allows(project_id: str, job_id: str) -> bool:
+        from finetune_api.core.errors import NotFoundError
+
+        if not settings.project_name_prefix:
+            return True
+        try:
+            jobs.read_job(project_id, job_id)
+        except NotFoundError:
+            return False
+        return True
+
+    models = ModelDirectory(services.client, allows)
+    uploads = UploadService(
+        files_store(settings), services.files, max_part_bytes=settings.max_upload_bytes
+    )
+    return OpenAIServices(
+        uploads=uploads,
+        jobs=FineTuningJobs(settings, jobs, services.index, services.insights, models),
+        models=models,
+        chat=ChatProxy(settings.inference_url, services.api_key, models),
+    )
+
+
+def openai_services() -> OpenAIServices:
+    services = get_services()
+    if services.openai is None:
+        with _lock:
+            if services.openai is None:
+                services.openai = build_openai(services)
+    built: OpenAIServices = services.openai
+    return built
+
+
 def get_services() -> Services:
     """The shared services (settings errors surface here as ConfigurationError)."""
     global _services
@@ -148,4 +216,11 @@ def reset() -> None:
         settings.reset()
 
 
-__all__ = ["Services", "build_services", "get_services", "reset"]
+__all__ = [
+    "OpenAIServices",
+    "Services",
+    "build_services",
+    "get_services",
+    "openai_services",
+    "reset",
+]

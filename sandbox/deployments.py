@@ -29,6 +29,8 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -310,6 +312,10 @@ class DeploymentStore:
         # The deployment clock ticks with the job clock unless configured apart.
         self.deploy_step_seconds: float | None = state.config.step_seconds
         self.fail_new_deployments: str | None = None
+        # Inference pacing (for time-to-first-byte measurements): before the first
+        # streamed chunk (and before a whole answer), and between streamed chunks.
+        self.first_token_ms = 0.0
+        self.token_ms = 0.0
         self.mutations = 0
 
     def reset(self) -> None:
@@ -319,6 +325,8 @@ class DeploymentStore:
             self._deployments.clear()
             self.deploy_step_seconds = self.state.config.step_seconds
             self.fail_new_deployments = None
+            self.first_token_ms = 0.0
+            self.token_ms = 0.0
             self.mutations = 0
 
     def configure(self, changes: dict[str, Any]) -> dict[str, Any]:
@@ -344,9 +352,17 @@ class DeploymentStore:
                         400, "VALIDATION_ERROR", "fail_new_deployments: expected null or a message"
                     )
                 self.fail_new_deployments = message
+            for name in ("first_token_ms", "token_ms"):
+                if name in changes:
+                    value = changes[name]
+                    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                        raise SandboxApiError(400, "VALIDATION_ERROR", f"{name}: expected >= 0")
+                    setattr(self, name, float(value))
             return {
                 "deploy_step_seconds": self.deploy_step_seconds,
                 "fail_new_deployments": self.fail_new_deployments,
+                "first_token_ms": self.first_token_ms,
+                "token_ms": self.token_ms,
             }
 
     # ------------------------------------------------------------------ clock
@@ -650,7 +666,17 @@ class DeploymentStore:
 
     # -------------------------------------------------------------- inference
 
-    def chat(self, model_id: str, deployment_id: str, body: Any) -> dict[str, Any]:
+    def chat(self, model_id: str, deployment_id: str, body: Any) -> dict[str, Any] | EventStream:
+        """A ``chat.completion``; with ``stream: true``, ``chat.completion.chunk`` events
+        (one per word, then ``[DONE]``), paced by ``first_token_ms`` and ``token_ms``."""
+        answer = self._chat(model_id, deployment_id, body)
+        first, gap = self.first_token_ms / 1000, self.token_ms / 1000
+        if body.get("stream") is not True:
+            time.sleep(first)
+            return answer
+        return EventStream(_chunks(answer, first, gap))
+
+    def _chat(self, model_id: str, deployment_id: str, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             raise SandboxApiError(400, "VALIDATION_ERROR", "body.messages: expected a list")
         question = ""
@@ -725,6 +751,36 @@ class DeploymentStore:
                 ],
                 "mutations": self.mutations,
             }
+
+
+class EventStream:
+    """A ``text/event-stream`` answer: the server sends each chunk as it is made."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self.chunks = chunks
+
+
+def _chunks(answer: dict[str, Any], first: float, gap: float) -> Iterator[bytes]:
+    base = {
+        "id": answer["id"],
+        "object": "chat.completion.chunk",
+        "created": answer["created"],
+        "model": answer["model"],
+    }
+
+    def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return f"data: {json.dumps(chunk)}\n\n".encode()
+
+    time.sleep(first)
+    yield event({"role": "assistant", "content": ""})
+    words = answer["choices"][0]["message"]["content"].split(" ")
+    for index, word in enumerate(words):
+        if gap:
+            time.sleep(gap)
+        yield event({"content": word if index == 0 else f" {word}"})
+    yield event({}, "stop")
+    yield b"data: [DONE]\n\n"
 
 
 def _name_query(request: Any) -> str | None:

@@ -154,7 +154,10 @@ def _presented_key(header: str | None) -> str | None:
 
 
 def _to_response(reply: Reply) -> Response:
-    if isinstance(reply.body, str):
+    if isinstance(reply.body, deployments.EventStream):
+        response = Response(reply.body.chunks, reply.status, content_type="text/event-stream")
+        response.headers["Cache-Control"] = "no-cache"
+    elif isinstance(reply.body, str):
         response = Response(reply.body, reply.status, content_type="text/plain; charset=utf-8")
     else:
         response = Response(json.dumps(reply.body), reply.status, content_type="application/json")

@@ -45,6 +45,8 @@ LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _RANK = {name: index for index, name in enumerate(LEVELS)}
 STEPS_PER_EPOCH = 25
 DEFAULT_RUN_SECONDS = 60.0
+# Tokens each simulated optimizer step trains on (the step lines' cumulative tokens_seen).
+TOKENS_PER_STEP = 4096
 MARKER = "FT_METRICS "
 _LEVEL_IN_TEXT = re.compile(r"\b(DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL)\b")
 
@@ -206,6 +208,8 @@ def plan_run(job_id: str, shape: RunShape, start: int, end: int) -> list[tuple[i
             "learning_rate": lr,
             "grad_norm": round(0.25 + 1.4 * math.exp(-2.0 * step / total) + rng.uniform(0, 0.1), 4),
             "tokens_per_second": round(tokens * rng.uniform(0.95, 1.05), 1),
+            # Cumulative, as the template's num_input_tokens_seen.
+            "tokens_seen": step * TOKENS_PER_STEP,
         }
         lines.append((ns, (_prefix(ns, "INFO", 0) + _metrics(record), leader, "INFO")))
         node = step % shape.nodes

@@ -8,7 +8,9 @@ shows every event and checkpoint, a live progress bar (step/total, loss, ETA)
 from the job's own log lines, and writes the loss curve as SVG (``demo-output/``
 in the current folder, or ``DEMO_OUTPUT_DIR``); then deploys the final
 checkpoint as a model, waits for it to go active, asks it one question through
-its OpenAI-style chat-completions endpoint, prints the answer and deactivates
+its OpenAI-style chat-completions endpoint, prints the answer, tells the same
+story through the unmodified ``openai`` SDK (``scripts/openai_demo.py``: chat with
+the fine-tuned model, upload a file, start, list, cancel a job) and deactivates
 the deployment.
 No Baseten account is needed and nothing costs money. Everything started here
 is stopped on exit, Ctrl-C included.
@@ -108,6 +110,7 @@ def main() -> int:
         stack.callback(sandbox.stop)
         receiver = stack.enter_context(WebhookReceiver(webhook_secret))
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="finetune-demo-")))
+        files = stack.enter_context(tempfile.TemporaryDirectory(prefix="finetune-demo-files-"))
         env = {
             "BASETEN_API_KEY": api_key,
             "BASETEN_REMOTE_URL": sandbox.url,
@@ -120,6 +123,8 @@ def main() -> int:
             # The poll's state, in a local file: no cloud needed (GCP: a bucket).
             "POLL_STATE_FILE": str(tmp / "poll-state.json"),
             "TMPDIR": str(tmp),
+            # Uploaded files and the job index, in a local folder (GCP: FILES_BUCKET).
+            "FILES_DIR": files,
         }
         say(f"Local Baseten sandbox on {sandbox.url} (jobs advance every {STEP_SECONDS:g} s)")
         train = stack.enter_context(FunctionServer("train_http", env)).url
@@ -245,6 +250,11 @@ def serve_and_ask(
         say(f"→ {answer.status_code} {answer.text}")
         return False
     say(f"  answer: {answer.json()['choices'][0]['message']['content']}")
+    # The same service through the unmodified OpenAI SDK (scripts/openai_demo.py).
+    from scripts.openai_demo import story
+
+    if not story(base, say=say):
+        return False
     # A deployment costs money while it has replicas: stop paying when done.
     stopped = requests.post(f"{path}/deactivate", timeout=60).json()
     say(f"\n$ curl -X POST {path}/deactivate\n→ deployment {stopped['status']}")

@@ -16,6 +16,7 @@ from finetune_api.core.errors import (
     NotFoundError,
     ServiceError,
     UpstreamError,
+    UpstreamRateLimitedError,
     UpstreamRejectedError,
     UpstreamUnavailableError,
 )
@@ -160,7 +161,8 @@ def test_upstream_error_mapping_table() -> None:
         400: UpstreamRejectedError,
         409: UpstreamRejectedError,
         422: UpstreamRejectedError,
-        429: UpstreamUnavailableError,
+        # Still upstream_unavailable (503) on our own routes; /v1/ answers it as a 429.
+        429: UpstreamRateLimitedError,
         500: UpstreamError,
         503: UpstreamError,
     }
@@ -170,6 +172,7 @@ def test_upstream_error_mapping_table() -> None:
     assert rejected.message == "Baseten rejected the request: name too long"
     limited = upstream_error("x", status=429, retry_after=2.2)
     assert limited.retry_after == 3
+    assert isinstance(limited, UpstreamUnavailableError) and limited.status == 503
     assert isinstance(upstream_error("x", transport="timed out"), UpstreamUnavailableError)
 
 

@@ -96,7 +96,19 @@ def test_gcloudignore_keeps_loopback_out_of_every_upload() -> None:
 
 # Bottom to top; docs/development.md draws the same map. "" is the package root
 # (``api``, ``runtime``, ``__init__``): the composition root, above every domain room.
-ROOMS = ("core", "baseten", "notify", "files", "jobs", "insights", "serving", "polling", "", "edge")
+ROOMS = (
+    "core",
+    "baseten",
+    "notify",
+    "files",
+    "jobs",
+    "insights",
+    "serving",
+    "polling",
+    "compat",
+    "",
+    "edge",
+)
 PACKAGE = ROOT / "finetune_api"
 
 

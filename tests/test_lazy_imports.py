@@ -24,8 +24,15 @@ after_read = {m: m in sys.modules for m in ("truss", "truss_train", "matplotlib"
 # The metrics route (JSON) fails the same way, and never loads the plotting library.
 metrics_status = client.get("/jobs/p1/j1/metrics").status_code
 after_metrics = "matplotlib" in sys.modules
+# The OpenAI-compatible surface loads on its first /v1/ request only, and never the SDK.
+V1 = ("finetune_api.edge.openai_routes", "finetune_api.compat.jobs", "finetune_api.compat.chat",
+      "finetune_api.files.uploads", "openai")
+before_v1 = {m: m in sys.modules for m in V1}
+v1_status = client.get("/v1/fine_tuning/jobs/ftjob-nope").status_code
+after_v1 = {m: m in sys.modules for m in V1}
 seen = {"start": after_start, "health": after_health, "read": after_read, "status": status,
-        "metrics": [metrics_status, after_metrics], "start_mpl": "matplotlib" in sys.modules}
+        "metrics": [metrics_status, after_metrics], "start_mpl": "matplotlib" in sys.modules,
+        "before_v1": before_v1, "after_v1": after_v1, "v1_status": v1_status}
 print(json.dumps(seen))
 """
 
@@ -47,3 +54,7 @@ def test_truss_and_pydantic_are_not_imported_at_start() -> None:
     assert seen["read"] == {"truss": False, "truss_train": False, "matplotlib": False}
     assert seen["metrics"] == [503, False]
     assert seen["status"] == 503
+    assert not any(seen["before_v1"].values()), seen["before_v1"]
+    assert seen["v1_status"] == 404
+    assert seen["after_v1"]["finetune_api.edge.openai_routes"]
+    assert not seen["after_v1"]["openai"]

@@ -37,6 +37,7 @@ from finetune_api.core.errors import (
     NotFoundError,
     ServiceError,
     UpstreamError,
+    UpstreamRateLimitedError,
     UpstreamRejectedError,
     UpstreamUnavailableError,
 )
@@ -147,7 +148,7 @@ def upstream_error(
             f"Baseten refused our credentials (HTTP {status}); check BASETEN_API_KEY ({what})"
         )
     if status == 429:
-        return UpstreamUnavailableError(
+        return UpstreamRateLimitedError(
             f"Baseten is rate-limiting us (HTTP 429) ({what})",
             retry_after=_whole_seconds(retry_after),
         )

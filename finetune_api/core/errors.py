@@ -114,6 +114,11 @@ class UpstreamUnavailableError(ServiceError):
         )
 
 
+class UpstreamRateLimitedError(UpstreamUnavailableError):
+    """Baseten answered 429 after our own retries: ``upstream_unavailable`` (503) on the
+    service's own routes, a 429 on the OpenAI-compatible ``/v1/`` routes."""
+
+
 class SecretUnavailableError(ServiceError):
     """Secret Manager could not give us a secret we need."""
 
@@ -151,6 +156,7 @@ __all__ = [
     "UnauthorizedError",
     "UnsupportedMediaTypeError",
     "UpstreamError",
+    "UpstreamRateLimitedError",
     "UpstreamRejectedError",
     "UpstreamUnavailableError",
 ]

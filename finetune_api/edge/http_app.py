@@ -115,7 +115,9 @@ def framework_error_response(error: Exception) -> Response:
     return error_response(InvalidRequestError("request body could not be decoded"))
 
 
-def http_error_response(error: HTTPException) -> Response:
+def http_error_response(
+    error: HTTPException, render: Callable[[ServiceError], Response] = error_response
+) -> Response:
     """A werkzeug routing or protocol error as the CONTRACT JSON body.
 
     Used for our own routing and for the framework's (``main.py`` registers it
@@ -125,20 +127,18 @@ def http_error_response(error: HTTPException) -> Response:
     """
     if isinstance(error, MethodNotAllowed):
         allowed = ", ".join(sorted(error.valid_methods or []))
-        response = error_response(
-            MethodNotAllowedError(f"this method is not allowed here; use {allowed}")
-        )
+        response = render(MethodNotAllowedError(f"this method is not allowed here; use {allowed}"))
         response.headers["Allow"] = allowed
         return response
     if isinstance(error, NotFound | RequestRedirect) or (error.code or 0) < 400:
-        return error_response(NotFoundError("no such route"))
+        return render(NotFoundError("no such route"))
     if error.code == 413:
-        return error_response(PayloadTooLargeError("request body is too large"))
+        return render(PayloadTooLargeError("request body is too large"))
     if error.code == 415:
-        return error_response(UnsupportedMediaTypeError("Content-Type must be application/json"))
+        return render(UnsupportedMediaTypeError("Content-Type must be application/json"))
     if (error.code or 500) >= 500:
-        return error_response(InternalError("internal error"))
-    return error_response(InvalidRequestError("the request is malformed"))
+        return render(InternalError("internal error"))
+    return render(InvalidRequestError("the request is malformed"))
 
 
 def read_json_body(request: Request, max_bytes: int, *, required: bool = True) -> Any:
@@ -166,8 +166,9 @@ def serve(
     public: frozenset[str] = frozenset({"healthz"}),
     authorize: Callable[[Request], None] | None = None,
     project: str | None = None,
+    render: Callable[[ServiceError], Response] = error_response,
 ) -> Response:
-    """Route ``request``, run its handler, map every failure, log one line."""
+    """Route ``request``, run its handler, map every failure (through ``render``), log one line."""
     started = time.perf_counter()
     endpoint = "unmatched"
     with logs.context(**logs.trace_fields(dict(request.headers), project)):
@@ -178,12 +179,12 @@ def serve(
                 authorize(request)
             response = handlers[endpoint](request, **arguments)
         except ServiceError as error:
-            response = error_response(error)
+            response = render(error)
         except HTTPException as error:
-            response = http_error_response(error)
+            response = http_error_response(error, render)
         except Exception:
             _logger.exception("unhandled error", extra={"fields": {"route": endpoint}})
-            response = error_response(InternalError("internal error"))
+            response = render(InternalError("internal error"))
         latency = time.perf_counter() - started
         logs.log(
             _logger,

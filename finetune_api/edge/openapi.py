@@ -551,13 +551,17 @@ def openapi_document() -> dict[str, Any]:
         "get": {**poll, "operationId": "pollJobsGet", "requestBody": None},
     }
     del paths["/poll"]["get"]["requestBody"]
+    from finetune_api.edge.openapi_v1 import SCHEMAS, v1_paths
+
+    paths.update(v1_paths())
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "Baseten fine-tuning functions",
             "version": "1.0.0",
             "description": "Start, read, list, stop and resume Baseten training jobs; read "
-            "their logs, metrics and progress; deploy their checkpoints as Baseten models.",
+            "their logs, metrics and progress; deploy their checkpoints as Baseten models. Under "
+            "/v1/, the same through OpenAI's fine-tuning, files, uploads, models and chat API.",
         },
         "paths": paths,
         "webhooks": {
@@ -569,7 +573,10 @@ def openapi_document() -> dict[str, Any]:
             ),
         },
         "components": {
-            "schemas": definitions["$defs"],
-            "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"}},
+            "schemas": {**definitions["$defs"], **SCHEMAS},
+            "securitySchemes": {
+                "ApiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
+                "Bearer": {"type": "http", "scheme": "bearer", "description": "same API_KEYS"},
+            },
         },
     }

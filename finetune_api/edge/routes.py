@@ -284,6 +284,11 @@ POLL_HANDLERS: dict[str, Any] = {"healthz": healthz, "poll": poll}
 
 
 def handle_train_http(request: Request) -> Response:
+    if request.path == "/v1" or request.path.startswith("/v1/"):
+        # The OpenAI-compatible surface loads on its first request only.
+        from finetune_api.edge.openai_routes import handle_v1
+
+        return handle_v1(request, _project())
     return serve(request, TRAIN_ROUTES, TRAIN_HANDLERS, authorize=_authorize, project=_project())
 
 

@@ -37,6 +37,8 @@ from finetune_api.core.cloud_storage import describe, storage_client
 META = "files/meta/"
 DATA = "files/data/"
 CHECKS = "files/checks/"
+UPLOADS = "files/uploads/"  # <upload id>.json (the Upload record) and <upload id>/<part id>
+COMPOSE_MAX = 32  # Cloud Storage composes at most 32 sources per call
 CHUNK = 8 * 1024 * 1024
 _ID_SPAN = 2**48  # milliseconds: until the year 10889
 
@@ -90,6 +92,13 @@ class FileStore(Protocol):
     def object_url(self, bucket: str, name: str, generation: str, ttl_seconds: int) -> str: ...
     def read_check(self, key: str) -> dict[str, Any] | None: ...
     def write_check(self, key: str, record: dict[str, Any]) -> None: ...
+    # The Uploads API (``/v1/uploads``): parts kept as they arrive, joined on complete.
+    def read_upload(self, upload_id: str) -> tuple[dict[str, Any], str] | None: ...
+    def write_upload(self, record: dict[str, Any], token: str | None) -> str: ...
+    def write_part(self, upload_id: str, part_id: str, source: BinaryIO) -> int: ...
+    def part_sizes(self, upload_id: str, part_ids: list[str]) -> list[int | None]: ...
+    def join_parts(self, upload_id: str, part_ids: list[str], file_id: str) -> None: ...
+    def delete_parts(self, upload_id: str) -> None: ...
 
 
 # --------------------------------------------------------------------------- local
@@ -212,6 +221,84 @@ class LocalFileStore:
 
     def write_check(self, key: str, record: dict[str, Any]) -> None:
         return None
+
+    # -- uploads (the Uploads API) -------------------------------------------------
+
+    def _upload(self, upload_id: str) -> Path:
+        return self.root / UPLOADS / f"{upload_id}.json"
+
+    def _part(self, upload_id: str, part_id: str) -> Path:
+        return self.root / UPLOADS / upload_id / part_id
+
+    def read_upload(self, upload_id: str) -> tuple[dict[str, Any], str] | None:
+        try:
+            record = json.loads(self._upload(upload_id).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise StorageUnavailable(error.strerror or "cannot read") from None
+        return record, str(record.get("_version", 0))
+
+    def write_upload(self, record: dict[str, Any], token: str | None) -> str:
+        with self._lock:
+            current = self.read_upload(record["id"])
+            if (current is None) != (token is None) or (
+                current is not None and current[1] != token
+            ):
+                raise Conflict(record["id"])
+            version = 1 if current is None else int(current[1]) + 1
+            _atomic_write(
+                self._upload(record["id"]), json.dumps({**record, "_version": version}).encode()
+            )
+        return str(version)
+
+    def write_part(self, upload_id: str, part_id: str, source: BinaryIO) -> int:
+        path = self._part(upload_id, part_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        size = 0
+        with path.open("wb") as out:
+            while chunk := source.read(CHUNK):
+                out.write(chunk)
+                size += len(chunk)
+        return size
+
+    def part_sizes(self, upload_id: str, part_ids: list[str]) -> list[int | None]:
+        sizes: list[int | None] = []
+        for part_id in part_ids:
+            try:
+                sizes.append(self._part(upload_id, part_id).stat().st_size)
+            except FileNotFoundError:
+                sizes.append(None)
+        return sizes
+
+    def join_parts(self, upload_id: str, part_ids: list[str], file_id: str) -> None:
+        """No compose on a disk: the parts are concatenated, in order, into the File's data."""
+        path = self._data(file_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".join-")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                for part_id in part_ids:
+                    with self._part(upload_id, part_id).open("rb") as source:
+                        while chunk := source.read(CHUNK):
+                            out.write(chunk)
+            os.replace(temporary, path)
+        except FileNotFoundError:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise ObjectMissing("part") from None
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+
+    def delete_parts(self, upload_id: str) -> None:
+        folder = self.root / UPLOADS / upload_id
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(folder):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+            folder.rmdir()
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -410,6 +497,103 @@ class GcsFileStore:
             blob.upload_from_string(
                 json.dumps(record), content_type="application/json", if_generation_match=0
             )
+
+    # -- uploads (the Uploads API) -------------------------------------------------
+
+    def read_upload(self, upload_id: str) -> tuple[dict[str, Any], str] | None:
+        blob = self._bucket().blob(f"{UPLOADS}{upload_id}.json")
+        try:
+            with self._calls():
+                data = blob.download_as_bytes(timeout=self._deadline, retry=self._retry())
+        except ObjectMissing:
+            return None
+        return json.loads(data), str(blob.generation)
+
+    def write_upload(self, record: dict[str, Any], token: str | None) -> str:
+        blob = self._bucket().blob(f"{UPLOADS}{record['id']}.json")
+        with self._calls():
+            blob.upload_from_string(
+                json.dumps(record),
+                content_type="application/json",
+                if_generation_match=0 if token is None else int(token),
+                timeout=self._deadline,
+                retry=self._retry(),
+            )
+        return str(blob.generation)
+
+    def write_part(self, upload_id: str, part_id: str, source: BinaryIO) -> int:
+        """The part goes to Cloud Storage as it arrives (streamed in 8 MiB chunks)."""
+        counter = _CountingReader(source)
+        blob = self._bucket().blob(f"{UPLOADS}{upload_id}/{part_id}", chunk_size=CHUNK)
+        with self._calls():
+            blob.upload_from_file(
+                counter, content_type="application/octet-stream", timeout=self._deadline
+            )
+        return counter.count
+
+    def part_sizes(self, upload_id: str, part_ids: list[str]) -> list[int | None]:
+        sizes: list[int | None] = []
+        for part_id in part_ids:
+            with self._calls():
+                blob = self._bucket().get_blob(
+                    f"{UPLOADS}{upload_id}/{part_id}", timeout=self._deadline
+                )
+            sizes.append(None if blob is None else int(blob.size))
+        return sizes
+
+    def join_parts(self, upload_id: str, part_ids: list[str], file_id: str) -> None:
+        """Cloud Storage compose, in rounds of at most 32 sources, into the File's data.
+
+        The bytes never pass through the function: each round composes groups of
+        32 into intermediate objects, until one call can make the final object.
+        """
+        bucket = self._bucket()
+        sources = [bucket.blob(f"{UPLOADS}{upload_id}/{part_id}") for part_id in part_ids]
+        round_number = 0
+        with self._calls():
+            while len(sources) > COMPOSE_MAX:
+                round_number += 1
+                joined = []
+                for index in range(0, len(sources), COMPOSE_MAX):
+                    target = bucket.blob(f"{UPLOADS}{upload_id}/round-{round_number}-{index}")
+                    target.content_type = "application/octet-stream"
+                    target.compose(
+                        sources[index : index + COMPOSE_MAX],
+                        timeout=self._deadline,
+                        retry=self._retry(),
+                    )
+                    joined.append(target)
+                sources = joined
+            final = bucket.blob(f"{DATA}{file_id}.jsonl")
+            final.content_type = "application/jsonl"
+            final.compose(sources, timeout=self._deadline, retry=self._retry())
+
+    def delete_parts(self, upload_id: str) -> None:
+        with self._calls():
+            blobs = list(
+                self._storage().list_blobs(
+                    self.bucket_name, prefix=f"{UPLOADS}{upload_id}/", timeout=self._deadline
+                )
+            )
+        for blob in blobs:
+            with contextlib.suppress(ObjectMissing), self._calls():
+                blob.delete(timeout=self._deadline)
+
+
+class _CountingReader:
+    """A read-only file object that counts the bytes read through it."""
+
+    def __init__(self, source: BinaryIO) -> None:
+        self._source = source
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._source.read(size)
+        self.count += len(data)
+        return data
+
+    def tell(self) -> int:
+        return self.count
 
 
 def _signed_url(client: Any, blob: Any, ttl_seconds: int, generation: str | None) -> str:

@@ -79,6 +79,9 @@ class DataResolver(Protocol):
 Pusher = Callable[[Path], dict[str, Any]]
 ProgressReader = Callable[[dict[str, Any]], dict[str, Any] | None]
 Announcer = Callable[[Job, str | None, str | None], None]
+# Called with every job a submit created or replayed, its request and the caller's
+# labels (metadata, suffix): the job index (see jobs/index.py).
+Indexer = Callable[[Job, TrainingRequest, dict[str, Any] | None], Any]
 
 
 def key_digest(idempotency_key: str) -> str:
@@ -162,8 +165,10 @@ class JobService:
         tokenizer: Any = None,
         throughput: Any = None,
         price: Any = None,
+        index: Indexer | None = None,
     ) -> None:
         self._settings = settings
+        self._index = index
         self._files = files
         # Dry-run estimates (see jobs/estimate.py): each optional.
         self._tokenizer = tokenizer
@@ -281,13 +286,18 @@ class JobService:
         idempotency_key: str | None = None,
         message_id: str | None = None,
         template_dir: Path | None = None,
+        labels: dict[str, Any] | None = None,
     ) -> Job:
-        """Create a training job; with a key, the same key always yields the same job."""
+        """Create a training job; with a key, the same key always yields the same job.
+
+        ``labels`` (``metadata``, ``suffix``) are kept in the job index, not on Baseten.
+        """
         return self.start(
             self.resolve(request),
             idempotency_key=idempotency_key,
             message_id=message_id,
             template_dir=template_dir,
+            labels=labels,
         )
 
     def start(
@@ -299,11 +309,13 @@ class JobService:
         template_dir: Path | None = None,
         extra_config: Mapping[str, Any] | None = None,
         resumed_from: ResumedFrom | None = None,
+        labels: dict[str, Any] | None = None,
     ) -> Job:
         """Push an already resolved request (see :meth:`resolve`); idempotent with a key.
 
         ``extra_config`` adds keys to the job's runtime_config.json and
-        ``resumed_from`` is set on the answer (resume uses both).
+        ``resumed_from`` is set on the answer (resume uses both). ``labels``
+        (``metadata``, ``suffix``) are kept in the job index, not on Baseten.
         """
         template = template_dir or self._settings.training_template_dir
         key = check_idempotency_key(idempotency_key)
@@ -323,6 +335,8 @@ class JobService:
             training_job_id=job.training_job_id,
             idempotent_replay=job.idempotent_replay,
         )
+        if self._index is not None:
+            self._index(job, request, labels)
         if self._announce is not None:
             self._announce(job, key, message_id)
         return job

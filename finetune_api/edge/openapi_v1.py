@@ -1,0 +1,456 @@
+"""The ``/v1/`` part of the OpenAPI document: OpenAI's shapes as this service answers them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_SECURITY: list[dict[str, list[str]]] = [{"Bearer": []}, {"ApiKey": []}]
+_STR = {"type": "string"}
+_INT = {"type": "integer"}
+_NULL_STR = {"type": ["string", "null"]}
+_NULL_INT = {"type": ["integer", "null"]}
+
+
+def _obj(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def _list_of(name: str) -> dict[str, Any]:
+    return _obj(
+        {
+            "object": {"const": "list"},
+            "data": {"type": "array", "items": {"$ref": f"#/components/schemas/{name}"}},
+            "has_more": {"type": "boolean"},
+            "first_id": _NULL_STR,
+            "last_id": _NULL_STR,
+        },
+        ["object", "data", "has_more"],
+    )
+
+
+_HYPERPARAMETERS = _obj(
+    {
+        "n_epochs": {
+            "oneOf": [{"const": "auto"}, {"type": "integer", "minimum": 1, "maximum": 100}]
+        },
+        "batch_size": {
+            "oneOf": [{"const": "auto"}, {"type": "integer", "minimum": 1, "maximum": 1024}]
+        },
+        "learning_rate_multiplier": {
+            "oneOf": [{"const": "auto"}, {"type": "number", "exclusiveMinimum": 0}],
+            "description": "multiplies the base learning rate 2e-4 (LoRA)",
+        },
+    }
+)
+
+SCHEMAS: dict[str, Any] = {
+    "OpenAIError": _obj(
+        {
+            "error": _obj(
+                {
+                    "message": _STR,
+                    "type": _STR,
+                    "param": _NULL_STR,
+                    "code": _NULL_STR,
+                },
+                ["message", "type", "param", "code"],
+            )
+        },
+        ["error"],
+    ),
+    "OpenAIFile": _obj(
+        {
+            "id": _STR,
+            "object": {"const": "file"},
+            "bytes": _NULL_INT,
+            "created_at": _INT,
+            "filename": _STR,
+            "purpose": {"const": "fine-tune"},
+            "status": {"enum": ["pending_upload", "processed", "error"]},
+            "sha256": _NULL_STR,
+            "validation": {"type": ["object", "null"]},
+        },
+        ["id", "object", "created_at", "filename", "purpose", "status"],
+    ),
+    "OpenAIUpload": _obj(
+        {
+            "id": _STR,
+            "object": {"const": "upload"},
+            "bytes": _INT,
+            "created_at": _INT,
+            "expires_at": _INT,
+            "filename": _STR,
+            "purpose": _STR,
+            "status": {"enum": ["pending", "completed", "cancelled"]},
+            "file": {"oneOf": [{"$ref": "#/components/schemas/OpenAIFile"}, {"type": "null"}]},
+        }
+    ),
+    "OpenAIUploadPart": _obj(
+        {"id": _STR, "object": {"const": "upload.part"}, "created_at": _INT, "upload_id": _STR}
+    ),
+    "OpenAIFineTuningJobCreate": _obj(
+        {
+            "model": {"type": "string", "description": "a Hugging Face model id"},
+            "training_file": {
+                "type": "string",
+                "description": "a File id, gs://bucket/object, or hf://<dataset id>",
+            },
+            "validation_file": _NULL_STR,
+            "hyperparameters": _HYPERPARAMETERS,
+            "method": _obj(
+                {
+                    "type": {"const": "supervised"},
+                    "supervised": _obj({"hyperparameters": _HYPERPARAMETERS}),
+                },
+                ["type"],
+            ),
+            "suffix": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"},
+            "metadata": {
+                "type": "object",
+                "maxProperties": 16,
+                "additionalProperties": {"type": "string", "maxLength": 512},
+            },
+            "seed": {"type": "integer", "minimum": 0, "maximum": 4294967295},
+            "compute": {"type": "object", "description": "ours: as POST /jobs compute"},
+            "lora": _obj(
+                {"rank": _INT, "alpha": _INT, "dropout": {"type": "number"}},
+            ),
+            "max_seq_length": _INT,
+            "gradient_accumulation_steps": _INT,
+            "deploy": {"type": "object", "description": "ours: as POST /jobs deploy"},
+            "project_name": _STR,
+            "job_name": _STR,
+        },
+        ["model", "training_file"],
+    ),
+    "OpenAIFineTuningJob": _obj(
+        {
+            "id": _STR,
+            "object": {"const": "fine_tuning.job"},
+            "created_at": _INT,
+            "finished_at": _NULL_INT,
+            "model": _STR,
+            "fine_tuned_model": _NULL_STR,
+            "status": {
+                "enum": [
+                    "validating_files",
+                    "queued",
+                    "running",
+                    "succeeded",
+                    "failed",
+                    "cancelled",
+                ]
+            },
+            "training_file": _STR,
+            "validation_file": _NULL_STR,
+            "hyperparameters": _HYPERPARAMETERS,
+            "method": {"type": "object"},
+            "trained_tokens": _NULL_INT,
+            "estimated_finish": _NULL_INT,
+            "error": {"type": ["object", "null"]},
+            "result_files": {"type": "array", "items": _STR},
+            "seed": _INT,
+            "metadata": {"type": ["object", "null"]},
+            "suffix": _NULL_STR,
+            "training_project_id": _STR,
+            "training_job_id": _STR,
+            "baseten_status": _STR,
+            "dashboard_url": _STR,
+        },
+        ["id", "object", "created_at", "model", "status", "training_project_id"],
+    ),
+    "OpenAIFineTuningJobEvent": _obj(
+        {
+            "id": _STR,
+            "object": {"const": "fine_tuning.job.event"},
+            "created_at": _INT,
+            "level": {"enum": ["info", "warn", "error"]},
+            "message": _STR,
+            "type": {"enum": ["message", "metrics"]},
+            "data": {"type": "object"},
+        }
+    ),
+    "OpenAIFineTuningJobCheckpoint": _obj(
+        {
+            "id": _STR,
+            "object": {"const": "fine_tuning.job.checkpoint"},
+            "created_at": _INT,
+            "fine_tuned_model_checkpoint": _STR,
+            "fine_tuning_job_id": _STR,
+            "step_number": _INT,
+            "metrics": _obj(
+                {
+                    "step": _INT,
+                    "train_loss": {"type": ["number", "null"]},
+                    "valid_loss": {"type": ["number", "null"]},
+                }
+            ),
+        }
+    ),
+    "OpenAIModel": _obj(
+        {
+            "id": {"type": "string", "description": "ft:<model name>:<model id>:<deployment id>"},
+            "object": {"const": "model"},
+            "created": _INT,
+            "owned_by": _STR,
+        }
+    ),
+}
+for _name in (
+    "OpenAIFile",
+    "OpenAIFineTuningJob",
+    "OpenAIFineTuningJobEvent",
+    "OpenAIFineTuningJobCheckpoint",
+    "OpenAIModel",
+):
+    SCHEMAS[f"{_name}List"] = _list_of(_name)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _answer(name: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {
+        str(s): _answer("OpenAIError", "error (OpenAI's shape)")
+        for s in (*statuses, 401, 500, 502, 503)
+    }
+
+
+def _op(summary: str, operation: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "operationId": operation,
+        "tags": ["OpenAI-compatible"],
+        "security": _SECURITY,
+        "responses": responses,
+        **extra,
+    }
+
+
+def _path(name: str) -> list[dict[str, Any]]:
+    return [{"name": name, "in": "path", "required": True, "schema": _STR}]
+
+
+_PAGING = [
+    {"name": "after", "in": "query", "required": False, "schema": _STR},
+    {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+    },
+]
+
+
+def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _multipart(field: str) -> dict[str, Any]:
+    properties = {field: {"type": "string", "format": "binary"}}
+    if field == "file":
+        properties["purpose"] = {"const": "fine-tune"}
+    return {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": _obj(properties, [field])}},
+    }
+
+
+def v1_paths() -> dict[str, Any]:
+    job = _path("fine_tuning_job_id")
+    return {
+        "/v1/files": {
+            "post": _op(
+                "Upload a JSONL file (checked at once)",
+                "v1CreateFile",
+                {"200": _answer("OpenAIFile", "file"), **_errors(400, 413)},
+                requestBody=_multipart("file"),
+            ),
+            "get": _op(
+                "List files, newest first",
+                "v1ListFiles",
+                {"200": _answer("OpenAIFileList", "files"), **_errors(400)},
+                parameters=_PAGING,
+            ),
+        },
+        "/v1/files/{file_id}": {
+            "get": _op(
+                "Retrieve a file",
+                "v1GetFile",
+                {"200": _answer("OpenAIFile", "file"), **_errors(404)},
+                parameters=_path("file_id"),
+            ),
+            "delete": _op(
+                "Delete a file",
+                "v1DeleteFile",
+                {"200": {"description": "deleted"}, **_errors(404)},
+                parameters=_path("file_id"),
+            ),
+        },
+        "/v1/files/{file_id}/content": {
+            "get": _op(
+                "The file's bytes",
+                "v1FileContent",
+                {
+                    "200": {"description": "bytes", "content": {"application/octet-stream": {}}},
+                    **_errors(404, 409),
+                },
+                parameters=_path("file_id"),
+            ),
+        },
+        "/v1/uploads": {
+            "post": _op(
+                "Start an upload in parts",
+                "v1CreateUpload",
+                {"200": _answer("OpenAIUpload", "upload"), **_errors(400)},
+                requestBody=_json_body(
+                    _obj(
+                        {
+                            "filename": _STR,
+                            "bytes": _INT,
+                            "purpose": {"const": "fine-tune"},
+                            "mime_type": _STR,
+                        },
+                        ["filename", "bytes", "purpose"],
+                    )
+                ),
+            ),
+        },
+        "/v1/uploads/{upload_id}/parts": {
+            "post": _op(
+                "Add a part (at most MAX_UPLOAD_BYTES, 32 MiB)",
+                "v1AddUploadPart",
+                {"200": _answer("OpenAIUploadPart", "part"), **_errors(400, 404, 409, 413)},
+                parameters=_path("upload_id"),
+                requestBody=_multipart("data"),
+            ),
+        },
+        "/v1/uploads/{upload_id}/complete": {
+            "post": _op(
+                "Join the parts in order (compose) and check the File",
+                "v1CompleteUpload",
+                {"200": _answer("OpenAIUpload", "upload"), **_errors(400, 404, 409)},
+                parameters=_path("upload_id"),
+                requestBody=_json_body(
+                    _obj({"part_ids": {"type": "array", "items": _STR}, "md5": _STR}, ["part_ids"])
+                ),
+            ),
+        },
+        "/v1/uploads/{upload_id}/cancel": {
+            "post": _op(
+                "Cancel an upload",
+                "v1CancelUpload",
+                {"200": _answer("OpenAIUpload", "upload"), **_errors(404, 409)},
+                parameters=_path("upload_id"),
+            ),
+        },
+        "/v1/fine_tuning/jobs": {
+            "post": _op(
+                "Create a fine-tuning job",
+                "v1CreateFineTuningJob",
+                {"200": _answer("OpenAIFineTuningJob", "job"), **_errors(400, 429)},
+                requestBody=_json_body(_ref("OpenAIFineTuningJobCreate")),
+            ),
+            "get": _op(
+                "List fine-tuning jobs, newest first (metadata[key]=value filters)",
+                "v1ListFineTuningJobs",
+                {"200": _answer("OpenAIFineTuningJobList", "jobs"), **_errors(400, 404, 429)},
+                parameters=[
+                    *_PAGING,
+                    {
+                        "name": "metadata",
+                        "in": "query",
+                        "required": False,
+                        "style": "deepObject",
+                        "explode": True,
+                        "schema": {"type": "object", "additionalProperties": _STR},
+                    },
+                ],
+            ),
+        },
+        "/v1/fine_tuning/jobs/{fine_tuning_job_id}": {
+            "get": _op(
+                "Retrieve a fine-tuning job",
+                "v1GetFineTuningJob",
+                {"200": _answer("OpenAIFineTuningJob", "job"), **_errors(404, 429)},
+                parameters=job,
+            ),
+        },
+        "/v1/fine_tuning/jobs/{fine_tuning_job_id}/cancel": {
+            "post": _op(
+                "Cancel (stop) a fine-tuning job",
+                "v1CancelFineTuningJob",
+                {"200": _answer("OpenAIFineTuningJob", "job"), **_errors(404, 429)},
+                parameters=job,
+            ),
+        },
+        "/v1/fine_tuning/jobs/{fine_tuning_job_id}/events": {
+            "get": _op(
+                "A job's events, newest first",
+                "v1ListFineTuningEvents",
+                {"200": _answer("OpenAIFineTuningJobEventList", "events"), **_errors(404, 429)},
+                parameters=[*job, *_PAGING],
+            ),
+        },
+        "/v1/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints": {
+            "get": _op(
+                "A job's checkpoints with step_number and metrics",
+                "v1ListFineTuningCheckpoints",
+                {
+                    "200": _answer("OpenAIFineTuningJobCheckpointList", "checkpoints"),
+                    **_errors(404, 429),
+                },
+                parameters=[*job, *_PAGING],
+            ),
+        },
+        "/v1/models": {
+            "get": _op(
+                "The fine-tuned models this service deployed (serving)",
+                "v1ListModels",
+                {"200": _answer("OpenAIModelList", "models"), **_errors()},
+            ),
+        },
+        "/v1/models/{model}": {
+            "get": _op(
+                "Retrieve a fine-tuned model",
+                "v1GetModel",
+                {"200": _answer("OpenAIModel", "model"), **_errors(404)},
+                parameters=_path("model"),
+            ),
+        },
+        "/v1/chat/completions": {
+            "post": _op(
+                "Chat with a fine-tuned model (forwarded to its Baseten deployment)",
+                "v1ChatCompletions",
+                {
+                    "200": {
+                        "description": "chat.completion; with stream: true, server-sent "
+                        "chat.completion.chunk events",
+                        "content": {
+                            "application/json": {"schema": {"type": "object"}},
+                            "text/event-stream": {"schema": _STR},
+                        },
+                    },
+                    **_errors(400, 404, 429),
+                },
+                requestBody=_json_body(
+                    _obj(
+                        {
+                            "model": _STR,
+                            "messages": {"type": "array"},
+                            "stream": {"type": "boolean"},
+                        },
+                        ["model", "messages"],
+                    )
+                ),
+            ),
+        },
+    }

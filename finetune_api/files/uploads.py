@@ -1,0 +1,238 @@
+"""The Uploads API (OpenAI's ``/v1/uploads``): a large file sent in parts, joined, then checked.
+
+An Upload announces a filename and a size; each part (at most ``MAX_UPLOAD_BYTES``,
+32 MiB by default) is stored as it arrives (Cloud Storage under
+``files/uploads/<upload id>/``, or the local folder); complete joins the named
+parts in order (Cloud Storage compose, in rounds of 32; a plain concatenation
+on disk) into a new File's data and checks it exactly as ``POST /files/{id}/complete``
+does. The File is then an ordinary File: the same list, the same check, the same
+``training_file``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from typing import Any, BinaryIO
+
+from finetune_api.core.errors import (
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+    UpstreamUnavailableError,
+)
+from finetune_api.core.logs import get_logger, log
+from finetune_api.files.service import PENDING, FileService, check_filename, check_purpose
+from finetune_api.files.stores import (
+    Conflict,
+    FileStore,
+    ObjectMissing,
+    StorageUnavailable,
+    new_file_id,
+)
+
+_logger = get_logger("uploads")
+
+UPLOAD_TTL_SECONDS = 3600
+MAX_PARTS = 10_000
+MAX_UPLOAD_TOTAL = 8 * 1024**3  # OpenAI's limit for one Upload
+
+
+def new_upload_id() -> str:
+    return f"upload_{secrets.token_hex(12)}"
+
+
+def new_part_id() -> str:
+    return f"part_{secrets.token_hex(12)}"
+
+
+def is_upload_id(value: str) -> bool:
+    rest = value[len("upload_") :]
+    return (
+        value.startswith("upload_")
+        and len(rest) == 24
+        and all(c in "0123456789abcdef" for c in rest)
+    )
+
+
+def is_part_id(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    rest = value[len("part_") :]
+    return (
+        value.startswith("part_") and len(rest) == 24 and all(c in "0123456789abcdef" for c in rest)
+    )
+
+
+def _invalid(field: str, reason: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"{field}: {reason}", details=[{"location": field, "reason": reason}]
+    )
+
+
+def _unavailable(error: Exception) -> UpstreamUnavailableError:
+    return UpstreamUnavailableError(f"file storage is unavailable ({type(error).__name__}); retry")
+
+
+def _public(record: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in record.items() if not key.startswith("_")}
+
+
+class UploadService:
+    def __init__(
+        self, store: FileStore, files: FileService, *, max_part_bytes: int, clock: Any = time.time
+    ) -> None:
+        self._store = store
+        self._files = files
+        self._max_part = max_part_bytes
+        self._clock = clock
+
+    def create(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise InvalidRequestError("request body must be a JSON object")
+        unknown = sorted(set(body) - {"filename", "bytes", "purpose", "mime_type", "expires_after"})
+        if unknown:
+            raise InvalidRequestError(
+                f"{len(unknown)} unknown field(s) in the request body",
+                details=[{"location": "body", "reason": "unknown field"} for _ in unknown],
+            )
+        filename = check_filename(body.get("filename"))
+        check_purpose(body.get("purpose"))
+        size = body.get("bytes")
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_UPLOAD_TOTAL:
+            raise _invalid("bytes", f"must be an integer from 1 to {MAX_UPLOAD_TOTAL}")
+        mime = body.get("mime_type")
+        if mime is not None and not isinstance(mime, str):
+            raise _invalid("mime_type", "must be a string")
+        now = int(self._clock())
+        record = {
+            "id": new_upload_id(),
+            "object": "upload",
+            "bytes": size,
+            "created_at": now,
+            "expires_at": now + UPLOAD_TTL_SECONDS,
+            "filename": filename,
+            "purpose": "fine-tune",
+            "status": "pending",
+            "file": None,
+            "_parts": {},
+        }
+        try:
+            self._store.write_upload(record, None)
+        except StorageUnavailable as error:
+            raise _unavailable(error) from None
+        log(_logger, 20, "upload created", upload_id=record["id"], bytes=size)
+        return _public(record)
+
+    def _read(self, upload_id: str) -> tuple[dict[str, Any], str]:
+        if not is_upload_id(upload_id):
+            raise NotFoundError("no such upload")
+        try:
+            found = self._store.read_upload(upload_id)
+        except StorageUnavailable as error:
+            raise _unavailable(error) from None
+        if found is None:
+            raise NotFoundError("no such upload")
+        return found
+
+    def _pending(self, upload_id: str) -> tuple[dict[str, Any], str]:
+        record, token = self._read(upload_id)
+        if record["status"] != "pending":
+            raise ConflictError(f"this upload is {record['status']}, not pending")
+        if self._clock() > record["expires_at"]:
+            raise ConflictError("this upload has expired: create a new one")
+        return record, token
+
+    def add_part(self, upload_id: str, source: BinaryIO) -> dict[str, Any]:
+        """Store one part (already bounded by the route) as it arrives."""
+        self._pending(upload_id)
+        part_id = new_part_id()
+        try:
+            size = self._store.write_part(upload_id, part_id, source)
+        except StorageUnavailable as error:
+            raise _unavailable(error) from None
+        if size > self._max_part:
+            raise PayloadTooLargeError(f"a part may hold at most {self._max_part} bytes")
+        return {
+            "id": part_id,
+            "object": "upload.part",
+            "created_at": int(self._clock()),
+            "upload_id": upload_id,
+        }
+
+    def complete(self, upload_id: str, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise InvalidRequestError("request body must be a JSON object")
+        part_ids = body.get("part_ids")
+        if (
+            not isinstance(part_ids, list)
+            or not 1 <= len(part_ids) <= MAX_PARTS
+            or not all(is_part_id(p) for p in part_ids)
+            or len(set(part_ids)) != len(part_ids)
+        ):
+            raise _invalid("part_ids", "must list the ids of this upload's parts, each once")
+        if body.get("md5") is not None and not isinstance(body.get("md5"), str):
+            raise _invalid("md5", "must be a string")
+        record, token = self._read(upload_id)
+        if record["status"] == "completed":
+            return _public(record)  # completing twice answers the same Upload
+        record, token = self._pending(upload_id)
+        try:
+            sizes = self._store.part_sizes(upload_id, part_ids)
+        except StorageUnavailable as error:
+            raise _unavailable(error) from None
+        if any(size is None for size in sizes):
+            raise _invalid("part_ids", "names a part this upload does not have")
+        total = sum(size or 0 for size in sizes)
+        if total != record["bytes"]:
+            raise _invalid(
+                "part_ids", f"the parts hold {total} bytes, not the {record['bytes']} announced"
+            )
+        file_id = new_file_id()
+        file_record = {
+            "id": file_id,
+            "object": "file",
+            "filename": record["filename"],
+            "bytes": total,
+            "sha256": None,
+            "created_at": int(self._clock()),
+            "purpose": "fine-tune",
+            "status": PENDING,
+            "validation": None,
+        }
+        try:
+            self._store.join_parts(upload_id, part_ids, file_id)
+            self._store.write_meta(file_record, None)
+        except (StorageUnavailable, ObjectMissing) as error:
+            raise _unavailable(error) from None
+        checked = self._files.complete(file_id)
+        done = {**record, "status": "completed", "file": checked}
+        try:
+            self._store.write_upload(done, token)
+        except Conflict:
+            # A concurrent complete won: its File is the Upload's; drop this copy.
+            with contextlib.suppress(StorageUnavailable):
+                self._store.delete(file_id)
+            return _public(self._read(upload_id)[0])
+        except StorageUnavailable as error:
+            raise _unavailable(error) from None
+        try:
+            self._store.delete_parts(upload_id)
+        except StorageUnavailable:
+            log(_logger, 30, "could not delete an upload's parts", upload_id=upload_id)
+        log(_logger, 20, "upload completed", upload_id=upload_id, file_id=file_id, bytes=total)
+        return _public(done)
+
+    def cancel(self, upload_id: str) -> dict[str, Any]:
+        record, token = self._pending(upload_id)
+        cancelled = {**record, "status": "cancelled"}
+        try:
+            self._store.write_upload(cancelled, token)
+            self._store.delete_parts(upload_id)
+        except Conflict:
+            raise ConflictError("this upload changed while cancelling; read it again") from None
+        except StorageUnavailable as error:
+            raise _unavailable(error) from None
+        return _public(cancelled)
