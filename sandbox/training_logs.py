@@ -505,7 +505,7 @@ def _integer(params: Mapping[str, Any], name: str, default: int) -> int:
         raise SandboxApiError(400, "VALIDATION_ERROR", f"{name}: expected an integer")
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and re.fullmatch(r"-?\d{1,19}", value):
+    if isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,19}", value):
         return int(value)
     raise SandboxApiError(400, "VALIDATION_ERROR", f"{name}: expected an integer")
 

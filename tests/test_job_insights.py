@@ -222,7 +222,7 @@ def test_level_is_the_minimum_level(baseten: Sandbox, insights: JobInsights) -> 
         ({"since": "2026-02-01T00:00:00Z", "until": "2026-01-01T00:00:00Z"}, "query.since"),
         ({"cursor": "not-a-cursor"}, "query.cursor"),
         (
-            {"cursor": Cursor("asc", Position(1), 0, None, None).encode(), "order": "asc"},
+            {"cursor": Cursor("asc", Position(1), 0, None, None).encode(), "order": "desc"},
             "query.order",
         ),
         ({"page": "2"}, "query.page"),

@@ -45,7 +45,7 @@ from finetune_api.baseten.log_pages import (
     scan_parallel,
 )
 from finetune_api.core.errors import InvalidRequestError, ServiceError
-from finetune_api.core.logs import get_logger, log, scrub
+from finetune_api.core.logs import get_logger, log, scrub_text
 from finetune_api.core.query import bounded_int
 from finetune_api.core.schemas import TERMINAL_STATUSES, Job, short_status
 from finetune_api.core.settings import Settings
@@ -82,14 +82,10 @@ _BEFORE_CREATED_NS = 60 * 1_000_000_000
 _AFTER_FINISHED_NS = 10 * 60 * 1_000_000_000
 _CACHE_ENTRIES = 64
 
-# Tokens that look like credentials, scrubbed from log text besides the known secrets.
-_CREDENTIALS = re.compile(
-    r"(?P<hf>\bhf_[A-Za-z0-9]{20,})"
-    r"|(?P<auth>(?i:\b(?:api-key|bearer)\s+)[A-Za-z0-9._~+/=-]{12,})"
-    r"|(?P<whsec>\bwhsec_[A-Za-z0-9+/=]{10,})"
-)
+# ASCII digits only: ``\d`` would take any script's digits (and int() would read them).
 _RFC3339 = re.compile(
-    r"^(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})\Z"
+    r"^([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt]([0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,9}))?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})\Z"
 )
 
 
@@ -106,15 +102,7 @@ class SecretSource(Protocol):
 
 def scrub_log_text(text: str) -> str:
     """Known secrets, then anything shaped like a credential, replaced by ``[REDACTED]``."""
-    text = scrub(text)
-
-    def redact(match: re.Match[str]) -> str:
-        if match.group("auth"):
-            prefix = re.match(r"(?i)(api-key|bearer)\s+", match.group(0))
-            return (prefix.group(0) if prefix else "") + "[REDACTED]"
-        return "[REDACTED]"
-
-    return _CREDENTIALS.sub(redact, text)
+    return scrub_text(text)
 
 
 def line_json(line: Line) -> dict[str, Any]:
@@ -195,20 +183,6 @@ def log_query(values: Mapping[str, Any], prefix: str = "query.") -> LogQuery:
     check_unknown(values, LOG_PARAMETERS, prefix)
     limit = _int(values.get("limit"), "limit", 1, BASETEN_MAX_LIMIT, DEFAULT_LOG_LIMIT, prefix)
     raw_cursor = values.get("cursor")
-    if raw_cursor not in (None, ""):
-        clashing = [name for name in ("since", "until", "order", "level") if values.get(name)]
-        if clashing:
-            raise InvalidRequestError(
-                "a cursor already holds " + ", ".join(clashing) + "; send only cursor and limit",
-                details=[
-                    {"location": f"{prefix}{name}", "reason": "not allowed with cursor"}
-                    for name in clashing
-                ],
-            )
-        if not isinstance(raw_cursor, str):
-            raise _bad("cursor", "must be a string", prefix)
-        cursor = Cursor.decode(raw_cursor)
-        return LogQuery(None, None, limit, cursor.order, cursor.level, cursor)
     order = values.get("order") or "asc"
     if order not in ("asc", "desc"):
         raise _bad("order", "must be asc or desc", prefix)
@@ -221,6 +195,37 @@ def log_query(values: Mapping[str, Any], prefix: str = "query.") -> LogQuery:
     until = parse_time_ns(values.get("until"), "until", prefix)
     if since is not None and until is not None and since > until:
         raise _bad("since", "must not be after until", prefix)
+    if raw_cursor not in (None, ""):
+        if not isinstance(raw_cursor, str):
+            raise _bad("cursor", "must be a string", prefix)
+        cursor = Cursor.decode(raw_cursor)
+        # Paging by sending the original query again plus the cursor (AIP-158, the
+        # OpenAI SDK) is the common loop: a parameter may repeat what the cursor
+        # holds, never differ from it.
+        given = {
+            "order": order if values.get("order") else None,
+            "level": level,
+            "since": since,
+            "until": until,
+        }
+        held = {"order": cursor.order, "level": cursor.level, "since": cursor.lo_ns}
+        held["until"] = cursor.hi_ns
+        clashing = [
+            name
+            for name, value in given.items()
+            if value is not None and value != held[name]
+        ]
+        if clashing:
+            raise InvalidRequestError(
+                "the cursor was made for a different "
+                + ", ".join(clashing)
+                + "; repeat the original query or send only cursor and limit",
+                details=[
+                    {"location": f"{prefix}{name}", "reason": "differs from what the cursor holds"}
+                    for name in clashing
+                ],
+            )
+        return LogQuery(None, None, limit, cursor.order, cursor.level, cursor)
     return LogQuery(since, until, limit, order, level, None)
 
 

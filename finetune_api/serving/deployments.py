@@ -182,7 +182,7 @@ class DeploymentService:
         marker = deployment_marker(project_id, job_id, checkpoint_id)
         if marker is None:
             raise UpstreamRejectedError(
-                f"checkpoint {checkpoint_id!r} has a name this service cannot deploy "
+                "the checkpoint has a name this service cannot deploy "
                 "(only A-Z a-z 0-9 . _ -, at most 120 characters)"
             )
         accelerator = request.compute.accelerator or self._settings.allowed_accelerators[0]
@@ -244,7 +244,7 @@ class DeploymentService:
         ids = [str(c.get("checkpoint_id") or c.get("id") or "") for c in checkpoints]
         if wanted is not None:
             if wanted not in ids:
-                raise NotFoundError(f"checkpoint {wanted} not found in the training job")
+                raise NotFoundError("checkpoint not found in the training job")
             return wanted
         loras = [c for c in checkpoints if str(c.get("checkpoint_type") or "").lower() == "lora"]
         if not loras:
