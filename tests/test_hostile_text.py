@@ -228,10 +228,10 @@ def test_paging_with_the_original_query_plus_the_cursor(
 @pytest.mark.parametrize(
     "value",
     [
-        "2026-01-01T00:00:00.١٢٣Z",  # Arabic-Indic digits in the fraction
-        "2026-01-01T00:00:00.１２Z",  # full-width digits
-        "２０２６-01-01T00:00:00Z",
-        "2026-01-01T0٠:00:00Z",
+        "2026-01-01T00:00:00.\u0661\u0662\u0663Z",  # Arabic-Indic digits in the fraction
+        "2026-01-01T00:00:00.\uff11\uff12Z",  # full-width digits
+        "\uff12\uff10\uff12\uff16-01-01T00:00:00Z",
+        "2026-01-01T0\u0660:00:00Z",
     ],
 )
 def test_dates_take_ascii_digits_only(value: str) -> None:

@@ -237,7 +237,10 @@ def iter_lines(
             position=current,
             limit=BASETEN_MAX_LIMIT,
             level=level,
-            max_requests=1,
+            # Two: a page that accepted nothing (over 1,000 lines in the millisecond
+            # before the position) asks again for all of them, then moves on.
+            # With one, the same request would repeat for ever.
+            max_requests=2,
         )
         if page.lines:
             yield page.lines
