@@ -59,6 +59,7 @@ from finetune_api.core.schemas import (
 )
 from finetune_api.core.settings import Settings
 from finetune_api.core.timestamps import parse_time
+from finetune_api.jobs.scope import JobScope
 from finetune_api.notify.events import (
     CHECKPOINT_CREATED,
     Event,
@@ -233,11 +234,13 @@ def poll(
         )
 
     ledger = PollLedger(store, settings.resolved_api_url)
+    # The poll sees what the routes see (PROJECT_NAME_PREFIX), and nothing else.
+    scope = JobScope(settings.project_name_prefix, client)
     sweep_reason = _sweep_reason(settings, ledger, until, replay)
     if sweep_reason is None:
-        work, unreadable = _incremental_work(client, ledger, until)
+        work, unreadable = _incremental_work(client, ledger, until, scope)
     else:
-        work, unreadable = _sweep_work(client, ledger, since, until)
+        work, unreadable = _sweep_work(client, ledger, since, until, scope)
 
     run = _PollRun(
         settings,
@@ -249,6 +252,7 @@ def poll(
         replay=replay,
         serving=serving is not None,
         explain=explain,
+        scope=scope,
     )
     outcomes: list[_JobOutcome] = []
     if work:
@@ -336,7 +340,7 @@ def _readable(raw: dict[str, Any]) -> bool:
 
 
 def _sweep_work(
-    client: JobReader, ledger: PollLedger, since: datetime, until: datetime
+    client: JobReader, ledger: PollLedger, since: datetime, until: datetime, scope: JobScope
 ) -> tuple[list[_Work], int]:
     """Every job, read as a stream; kept: unfinished ones, changed ones, and those owed a notice.
 
@@ -349,6 +353,8 @@ def _sweep_work(
         # The answer is ordered by created_at, which bounds nothing about
         # updated_at (an old job may have just finished), so each row is looked at.
         for raw in rows:
+            if not scope.allows(raw):
+                continue
             if not _readable(raw):
                 unreadable += 1
                 continue
@@ -372,7 +378,7 @@ def _sweep_work(
 
 
 def _incremental_work(
-    client: JobReader, ledger: PollLedger, until: datetime
+    client: JobReader, ledger: PollLedger, until: datetime, scope: JobScope
 ) -> tuple[list[_Work], int]:
     """Active jobs, jobs created since the last poll, and tracked jobs that left the active set."""
     previous = ledger.previous
@@ -380,6 +386,8 @@ def _incremental_work(
     rows: dict[str, dict[str, Any]] = {}
     unreadable = 0
     for raw in client.search_jobs(statuses=list(ACTIVE_STATUSES), newest_first=True):
+        if not scope.allows(raw):
+            continue
         if not _readable(raw):
             unreadable += 1
             continue
@@ -398,6 +406,8 @@ def _incremental_work(
         project_id = str(project.get("id"))
         if not isinstance(latest, Mapping) or latest.get("id") is None:
             continue
+        if not scope.allows_project_name(project.get("name")):
+            continue
         latest_id = newest[project_id] = str(latest["id"])
         known = previous.projects.get(project_id)
         created = parse_time(latest.get("created_at"))
@@ -406,6 +416,8 @@ def _incremental_work(
         with client.stream_search_jobs(project_id=project_id, newest_first=True) as jobs:
             for raw in jobs:
                 job_id = str(raw.get("id"))
+                if not scope.allows(raw):
+                    continue
                 if not _readable(raw):
                     unreadable += 1
                     continue
@@ -448,8 +460,10 @@ class _PollRun:
         replay: bool = False,
         serving: bool = False,
         explain: Explainer | None = None,
+        scope: JobScope | None = None,
     ) -> None:
         self.settings = settings
+        self.scope = scope or JobScope(settings.project_name_prefix, client)
         self.explain = explain
         self.client = client
         self.sink = sink
@@ -484,6 +498,10 @@ class _PollRun:
     def _job(self, item: _Work, outcome: _JobOutcome) -> None:
         raw = item.raw if item.raw is not None else self._read(item, outcome)
         if raw is None:
+            return
+        if not self.scope.allows(raw):
+            # Outside PROJECT_NAME_PREFIX (e.g. named in a planted state): no event,
+            # no checkpoint read, no archive, and not tracked any more.
             return
         try:
             job = job_from_baseten(raw, self.settings.baseten_remote_url)

@@ -23,11 +23,15 @@ request per model.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
 import json
 import logging
+import lzma
 import tarfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -39,6 +43,7 @@ from finetune_api.core.logs import context, get_logger, log
 from finetune_api.core.schemas import DeploymentRequest, job_from_baseten
 from finetune_api.core.settings import Settings
 from finetune_api.core.timestamps import parse_time
+from finetune_api.jobs.scope import parse_marker
 from finetune_api.notify.events import (
     Event,
     deployed_event,
@@ -47,7 +52,7 @@ from finetune_api.notify.events import (
     emit_guarded,
 )
 from finetune_api.notify.webhooks import DeliveryResult
-from finetune_api.serving.deployments import DeploymentService, parse_marker
+from finetune_api.serving.deployments import DeploymentService
 
 _logger = get_logger("deployment_watch")
 
@@ -55,6 +60,10 @@ COMPLETED = "TRAINING_JOB_COMPLETED"
 RUNTIME_CONFIG = "runtime_config.json"
 MAX_ARCHIVE_BYTES = 64 * 1024 * 1024
 MAX_CONFIG_BYTES = 1024 * 1024
+#: Caps on reading one archive (a template is a few files of a few KB).
+MAX_ARCHIVE_MEMBERS = 1000
+MAX_ARCHIVE_UNPACKED_BYTES = 32 * 1024 * 1024
+MAX_ARCHIVE_SECONDS = 2.0
 _MEMORY = 4096
 
 
@@ -63,6 +72,7 @@ class ServingReads(Protocol):
     def fetch_artifact(self, url: str, max_bytes: int) -> bytes: ...
     def list_models(self, name: str | None = None) -> list[dict[str, Any]]: ...
     def list_deployments(self, model_id: str, name: str | None = None) -> list[dict[str, Any]]: ...
+    def list_projects(self) -> list[dict[str, Any]]: ...
 
 
 class EventEmitter(Protocol):
@@ -78,27 +88,101 @@ class WatchOutcome:
     failed: int = 0
 
 
-def runtime_config_from_archive(data: bytes) -> dict[str, Any] | None:
-    """``runtime_config.json`` of a pushed template archive (a tar, compressed or not)."""
+class ArchiveUnreadable(Exception):
+    """An archive that cannot be read, or not within the caps; the message is safe to log."""
+
+
+class _Capped(io.RawIOBase):
+    """The decompressed bytes of an archive, up to a byte cap and a deadline."""
+
+    def __init__(self, raw: Any, limit: int, deadline: float) -> None:
+        self._raw = raw
+        self._limit = limit
+        self._deadline = deadline
+        self.total = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if time.monotonic() > self._deadline:
+            raise ArchiveUnreadable(f"reading it took longer than {MAX_ARCHIVE_SECONDS:g} s")
+        data = self._raw.read(min(len(buffer), 1 << 16))
+        self.total += len(data)
+        if self.total > self._limit:
+            raise ArchiveUnreadable(f"it unpacks to more than {self._limit} bytes")
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _decompressed(data: bytes) -> Any:
+    """A reader of ``data``'s tar stream: gzip, bz2 or xz undone as it is read."""
+    source = io.BytesIO(data)
+    if data[:2] == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=source, mode="rb")
+    if data[:3] == b"BZh":
+        return bz2.BZ2File(source, mode="rb")
+    if data[:6] == b"\xfd7zXZ\x00":
+        return lzma.LZMAFile(source, mode="rb")
+    return source
+
+
+def read_runtime_config(data: bytes) -> dict[str, Any] | None:
+    """``runtime_config.json`` of a pushed template archive (a tar, compressed or not).
+
+    Any user of the Baseten workspace can push an archive, so it is read as a
+    stream, once, within :data:`MAX_ARCHIVE_MEMBERS` members,
+    :data:`MAX_ARCHIVE_UNPACKED_BYTES` decompressed bytes and
+    :data:`MAX_ARCHIVE_SECONDS`; nothing is written to disk. The shallowest
+    ``runtime_config.json`` wins. Raises :class:`ArchiveUnreadable` (truncated,
+    corrupt, or over a cap); None when the archive holds no usable config.
+    """
+    deadline = time.monotonic() + MAX_ARCHIVE_SECONDS
+    best: bytes | None = None
+    best_depth = -1
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
-            members = [
-                m
-                for m in archive.getmembers()
-                if m.isfile() and m.name.rsplit("/", 1)[-1] == RUNTIME_CONFIG
-            ]
-            if not members:
-                return None
-            member = min(members, key=lambda m: m.name.count("/"))
-            if member.size > MAX_CONFIG_BYTES:
-                return None
-            handle = archive.extractfile(member)
-            if handle is None:
-                return None
-            config = json.loads(handle.read().decode("utf-8"))
-    except (tarfile.TarError, ValueError, UnicodeDecodeError, OSError):
+        stream = _Capped(_decompressed(data), MAX_ARCHIVE_UNPACKED_BYTES, deadline)
+        with tarfile.open(fileobj=stream, mode="r|") as archive:
+            for count, member in enumerate(archive, start=1):
+                if count > MAX_ARCHIVE_MEMBERS:
+                    raise ArchiveUnreadable(f"it holds more than {MAX_ARCHIVE_MEMBERS} members")
+                if member.offset_data + member.size > MAX_ARCHIVE_UNPACKED_BYTES:
+                    raise ArchiveUnreadable(
+                        f"it unpacks to more than {MAX_ARCHIVE_UNPACKED_BYTES} bytes"
+                    )
+                if not member.isfile() or member.name.rsplit("/", 1)[-1] != RUNTIME_CONFIG:
+                    continue
+                depth = member.name.count("/")
+                if member.size > MAX_CONFIG_BYTES or (best is not None and depth >= best_depth):
+                    continue
+                handle = archive.extractfile(member)
+                if handle is not None:
+                    best, best_depth = handle.read(), depth
+    except ArchiveUnreadable:
+        raise
+    except Exception as error:  # noqa: BLE001 - truncated, corrupt: all the archive's fault
+        raise ArchiveUnreadable(f"it cannot be read ({type(error).__name__})") from None
+    if best is None:
+        return None
+    try:
+        config = json.loads(best.decode("utf-8"))
+    except (ValueError, RecursionError):
         return None
     return config if isinstance(config, dict) else None
+
+
+def runtime_config_from_archive(data: bytes) -> dict[str, Any] | None:
+    """:func:`read_runtime_config`, where an unreadable archive is None, logged."""
+    try:
+        return read_runtime_config(data)
+    except ArchiveUnreadable as problem:
+        log(
+            _logger,
+            logging.WARNING,
+            "a job's archive is unreadable; taken as holding no deploy request",
+            reason=str(problem),
+        )
+        return None
 
 
 class DeploymentWatch:
@@ -163,6 +247,8 @@ class DeploymentWatch:
     def _deploy_on_completion(
         self, sink: EventEmitter, raw: dict[str, Any], outcome: WatchOutcome
     ) -> None:
+        if not self._service.scope.allows(raw):
+            return  # outside PROJECT_NAME_PREFIX: its archive is never fetched
         try:
             job = job_from_baseten(raw, self._settings.baseten_remote_url)
         except Exception:  # noqa: BLE001 - the poller already reported this job as odd
@@ -230,6 +316,12 @@ class DeploymentWatch:
 
     def _watch(self, sink: EventEmitter, until: datetime, outcome: WatchOutcome) -> None:
         horizon = until - timedelta(seconds=self._settings.deployment_watch_seconds)
+        scope = self._service.scope
+        # Under PROJECT_NAME_PREFIX, a deployment is watched only when the project
+        # its marker names is in scope (1 more request: the project list).
+        projects: dict[str, Any] | None = None
+        if scope.limited:
+            projects = {str(p.get("id")): p.get("name") for p in self._client.list_projects()}
         for model in self._client.list_models():
             model_id = str(model.get("id") or "")
             if not model_id:
@@ -248,7 +340,10 @@ class DeploymentWatch:
                 )
                 continue
             for raw in deployments:
-                if parse_marker(raw.get("name")) is None:
+                source = parse_marker(raw.get("name"))
+                if source is None:
+                    continue
+                if projects is not None and not scope.allows_project_name(projects.get(source[0])):
                     continue
                 created = parse_time(raw.get("created_at"))
                 if created is not None and created < horizon:
@@ -288,4 +383,10 @@ class DeploymentWatch:
             outcome.webhook_failures += 1
 
 
-__all__ = ["DeploymentWatch", "WatchOutcome", "runtime_config_from_archive"]
+__all__ = [
+    "ArchiveUnreadable",
+    "DeploymentWatch",
+    "WatchOutcome",
+    "read_runtime_config",
+    "runtime_config_from_archive",
+]
