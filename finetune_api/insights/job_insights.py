@@ -7,13 +7,16 @@ paging (:mod:`.log_pages`), training series from the template's own lines
 Costs, in Baseten requests:
 
 * ``logs``: 1 job read + the pages the answer needs (usually 1).
-* ``metrics``: 1 job read + every log page (read by concurrent slices) + 1
-  metrics read; a finished job's answer is kept per instance (its logs no
-  longer change).
-* ``progress`` (on ``GET /jobs/{p}/{j}``): 1 read of the newest lines, and none
-  for a job that never started.
-* ``event_details`` (a status-change event): 1 read of the newest lines for
-  ``completed`` / ``failed`` / ``deploy_failed``, none otherwise.
+* ``metrics``: 1 job read + every log page inside the job's life (read by
+  concurrent slices), at most :data:`MAX_METRICS_REQUESTS`, + 1 metrics read; a
+  finished job's answer is kept per instance (its logs no longer change), within
+  :data:`CACHE_BYTES`.
+* ``progress`` (on ``GET /jobs/{p}/{j}``): 1 read of the newest 1,000 lines, up to
+  :data:`PROGRESS_MAX_REQUESTS` when no step line is among them; none for a job
+  that never started.
+* ``event_details`` (a status-change event): ``failed`` / ``deploy_failed``: 1
+  read of the newest lines; ``completed``: the whole log once (a job completes
+  once), within :data:`MAX_METRICS_REQUESTS`; none otherwise.
 """
 
 from __future__ import annotations

@@ -20,9 +20,11 @@ explicit ``since``, the poll reads every job instead (a *full sweep*, parsed as
 a stream, so memory stays bounded). Per-job work runs concurrently
 (``POLL_CONCURRENCY`` workers) under the client's shared rate limit; one job
 failing never stops the others.
-A job whose status changed to completed, failed or deploy_failed costs 1 more
-read: its newest log lines, for the event's ``summary`` or ``log_tail``
-(``explain``).
+A job whose status changed to failed or deploy_failed costs 1 more read (its
+newest log lines, for the event's ``log_tail``); one that completed, the pages
+of its log (at most 200), for its ``summary`` (``explain``). With
+``PROJECT_NAME_PREFIX``, jobs of other projects are left out before anything
+else is read about them: the poll sees what the routes see.
 """
 
 from __future__ import annotations
