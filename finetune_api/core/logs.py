@@ -89,14 +89,14 @@ def scrub_text(text: str) -> str:
 def _scrub_value(value: Any) -> Any:
     """Scrub the strings inside a log entry, before it becomes JSON."""
     if isinstance(value, str):
-        return scrub_text(value)
+        return redact_credentials(scrub(value), load=False)
     if isinstance(value, Mapping):
         return {_scrub_value(key): _scrub_value(item) for key, item in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [_scrub_value(item) for item in value]
     if value is None or isinstance(value, bool | int | float):
         return value
-    return scrub_text(str(value))
+    return redact_credentials(scrub(str(value)), load=False)
 
 
 class JsonFormatter(logging.Formatter):
