@@ -13,7 +13,6 @@ Each part runs in a child process, so neither inherits the other's memory.
 from __future__ import annotations
 
 import bz2
-import io
 import json
 import subprocess
 import sys
@@ -24,11 +23,11 @@ from typing import Any
 
 
 def bomb(members: int = 300_000) -> bytes:
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as archive:
-        for _ in range(members):
-            archive.addfile(tarfile.TarInfo("e"), io.BytesIO(b""))
-    return bz2.compress(raw.getvalue(), 9)
+    """A bz2 tar of ``members`` empty members (one header block each), as the issue's."""
+    header = tarfile.TarInfo("e").tobuf(tarfile.USTAR_FORMAT)
+    compressor = bz2.BZ2Compressor(9)
+    parts = [compressor.compress(header * 1000) for _ in range(members // 1000)]
+    return b"".join([*parts, compressor.compress(bytes(1024)), compressor.flush()])
 
 
 def archive_figure() -> dict[str, Any]:

@@ -124,23 +124,23 @@ def test_the_metrics_cache_is_bounded_by_bytes(
     baseten: Sandbox, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     project_id, job_id = seed(baseten)
-    baseten.synthesize_logs(job_id, steps=400, seconds=60)
+    baseten.synthesize_logs(job_id, steps=100, seconds=60)
     client = make_client(settings)
     insights = JobInsights(settings, client)
-    one = len(json.dumps(insights.metrics(project_id, job_id, metrics_query({"points": "400"}))))
+    one = len(json.dumps(insights.metrics(project_id, job_id, metrics_query({"points": "100"}))))
     monkeypatch.setattr(job_insights, "CACHE_BYTES", 8 * one)
     insights = JobInsights(settings, client)
-    for points in range(300, 400):  # a caller multiplying entries, one per points value
+    for points in range(70, 100):  # a caller multiplying entries, one per points value
         insights.metrics(project_id, job_id, metrics_query({"points": str(points)}))
         assert insights.cache_bytes() <= 8 * one
     # Still a cache: the newest answer is served again without reading the log.
     before = log_requests(baseten)
-    insights.metrics(project_id, job_id, metrics_query({"points": "399"}))
+    insights.metrics(project_id, job_id, metrics_query({"points": "99"}))
     assert log_requests(baseten) == before
     # And what it hands out is a copy: a caller changing it changes nothing kept.
-    answer = insights.metrics(project_id, job_id, metrics_query({"points": "399"}))
+    answer = insights.metrics(project_id, job_id, metrics_query({"points": "99"}))
     answer["training"]["steps"].clear()
-    again = insights.metrics(project_id, job_id, metrics_query({"points": "399"}))
+    again = insights.metrics(project_id, job_id, metrics_query({"points": "99"}))
     assert again["training"]["steps"]
     client.close()
 
