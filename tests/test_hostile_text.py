@@ -185,6 +185,39 @@ def test_a_forged_cursor_is_a_400_and_reaches_no_one(
     assert baseten.stats()["by_route"].get(LOGS_ROUTE, 0) == 0
 
 
+def test_far_future_bounds_never_reach_baseten(baseten: Sandbox, settings: Settings) -> None:
+    project_id, job_id = seed(baseten)
+    baseten.append_logs(job_id, ["one", "two"])
+    time.sleep(0.01)
+    client = make_client(settings)
+    asked: list[int] = []
+    original = client.get_logs
+
+    def recording(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        asked.append(kwargs["end_ms"])
+        return original(*args, **kwargs)
+
+    client.get_logs = recording  # type: ignore[method-assign]
+    insights = JobInsights(settings, client)
+    far = "9999-12-31T23:59:59Z"
+    page = insights.logs(project_id, job_id, log_query({"order": "desc", "until": far}))
+    assert [line["message"] for line in page["data"]] == ["two", "one"]
+    # A cursor this API could have made, positioned in 2199: read from now, not from then.
+    late = Cursor("desc", Position(7_000_000_000 * 10**9), 0, 7_000_000_000 * 10**9, None)
+    tag = insights_tag(project_id, job_id)
+    cursor = Cursor(late.order, late.position, late.lo_ns, late.hi_ns, None, tag).encode()
+    again = insights.logs(project_id, job_id, log_query({"cursor": cursor}))
+    assert [line["message"] for line in again["data"]] == ["two", "one"]
+    assert asked and max(asked) <= time.time_ns() // 1_000_000 + 1
+    client.close()
+
+
+def insights_tag(project_id: str, job_id: str) -> str:
+    from finetune_api.baseten.log_pages import job_tag
+
+    return job_tag(project_id, job_id)
+
+
 def test_a_cursor_this_api_hands_out_still_decodes() -> None:
     cursor = Cursor("desc", Position(15 * 10**17, 3), 10**17, 2 * 10**18, "INFO", "abc")
     assert Cursor.decode(cursor.encode()) == cursor

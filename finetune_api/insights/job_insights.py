@@ -342,7 +342,10 @@ class JobInsights:
             if order == "desc" and fixed_hi is None:
                 fixed_hi = now
             position = Position(lo) if order == "asc" else Position(fixed_hi or now)
-        hi = fixed_hi if fixed_hi is not None else now
+        # Never past now: a far ``until`` (or a cursor's) reads what exists so far.
+        hi = min(fixed_hi, now) if fixed_hi is not None else now
+        if order == "desc" and position.ns > hi:
+            position = Position(hi)
         self._load_secrets()
         page = read_page(
             job_fetch(self._client, project_id, job_id),
@@ -354,7 +357,7 @@ class JobInsights:
             level=level,
         )
         next_cursor: str | None = None
-        tailing = order == "asc" and fixed_hi is None and not finished
+        tailing = order == "asc" and (fixed_hi is None or fixed_hi > now) and not finished
         if not page.exhausted or tailing:
             next_cursor = Cursor(order, page.position, lo, fixed_hi, level, tag).encode()
         return {
