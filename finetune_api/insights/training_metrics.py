@@ -11,8 +11,12 @@ the fixed marker ``FT_METRICS`` followed by one JSON object::
                 "final_loss": 1.2, "best_eval_loss": 1.6, "runtime_seconds": 812.5}
 
 Anything before the marker (a logging prefix) is ignored, so a custom template
-can print the same lines through its own logger. Numbers may be null. Lines
-that do not parse are ordinary log lines: nothing is ever invented from them.
+can print the same lines through its own logger. Numbers may be null. A line
+without the marker is an ordinary log line; one with the marker that cannot be
+read (bad or over-deep JSON, over :data:`MAX_RECORD_CHARS`, a step or total
+outside 0 to :data:`MAX_STEP`) is skipped and counted (``skipped``), never an
+error: anything the job prints (a dataset's column names) can plant one.
+Nothing is ever invented from either.
 
 Series are held as columns of floats (``array('d')``), not one dict per step,
 so a run of 100,000 steps costs a few megabytes.
