@@ -188,6 +188,9 @@ def plan_run(job_id: str, shape: RunShape, start: int, end: int) -> list[tuple[i
     stretch = span * 9 // 10
     warmup = max(1, math.ceil(total * 0.03))
     tokens = 4000.0 * world
+    # The summary line states what the step and eval lines said, as the template's does.
+    last_loss: float | None = None
+    eval_losses: list[float] = []
     for step in range(1, total + 1):
         ns = first + stretch * step // total
         if step <= warmup:
@@ -211,6 +214,7 @@ def plan_run(job_id: str, shape: RunShape, start: int, end: int) -> list[tuple[i
             # Cumulative, as the template's num_input_tokens_seen.
             "tokens_seen": step * TOKENS_PER_STEP,
         }
+        last_loss = round(loss, 4)
         lines.append((ns, (_prefix(ns, "INFO", 0) + _metrics(record), leader, "INFO")))
         node = step % shape.nodes
         lines.append(
@@ -234,6 +238,7 @@ def plan_run(job_id: str, shape: RunShape, start: int, end: int) -> list[tuple[i
                     "epoch": float(epoch),
                     "eval_loss": round(eval_loss, 4),
                 }
+                eval_losses.append(round(eval_loss, 4))
                 lines.append(
                     (ns + 2000, (_prefix(ns, "INFO", 0) + _metrics(evaluation), leader, "INFO"))
                 )
@@ -253,8 +258,8 @@ def plan_run(job_id: str, shape: RunShape, start: int, end: int) -> list[tuple[i
         "step": total,
         "total_steps": total,
         "epoch": float(shape.epochs),
-        "final_loss": round(0.45 + 2.1 * math.exp(-4.0), 4),
-        "best_eval_loss": round(0.55 + 2.0 * math.exp(-4.0), 4) if shape.validation else None,
+        "final_loss": last_loss,
+        "best_eval_loss": min(eval_losses) if eval_losses else None,
         "runtime_seconds": round(span * 0.95 / SECOND, 3),
     }
     lines.append((final_ns, (_prefix(final_ns, "INFO", 0) + _metrics(summary), leader, "INFO")))
@@ -509,7 +514,7 @@ def _integer(params: Mapping[str, Any], name: str, default: int) -> int:
         raise SandboxApiError(400, "VALIDATION_ERROR", f"{name}: expected an integer")
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and re.fullmatch(r"-?\d{1,19}", value):
+    if isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,19}", value):
         return int(value)
     raise SandboxApiError(400, "VALIDATION_ERROR", f"{name}: expected an integer")
 

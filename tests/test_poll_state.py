@@ -28,6 +28,8 @@ from finetune_api.polling.gcs_store import GcsStateStore
 from finetune_api.polling.poller import poll
 from finetune_api.polling.state import (
     ABSENT,
+    MAX_STATE_BYTES,
+    MAX_TRACKED_JOBS,
     LocalStateStore,
     PollState,
     StateConflict,
@@ -293,8 +295,24 @@ def test_lost_state_costs_one_full_sweep(world: World) -> None:
 
 @pytest.mark.parametrize(
     "content",
-    [b"{not json", b'{"version": 99}', b'{"version": 1, "jobs": []}', b"\xff\xfe"],
-    ids=["not-json", "other-version", "wrong-shape", "not-utf8"],
+    [
+        b"{not json",
+        b'{"version": 99}',
+        b'{"version": 1, "jobs": []}',
+        b"\xff\xfe",
+        b"[" * 200_000,  # deeper than json's recursion limit: a RecursionError, not a ValueError
+        b'{"version": 1, "jobs": ' + b'{"a": ' * 100_000 + b"1" + b"}" * 100_000 + b"}",
+        b" " * (MAX_STATE_BYTES + 1),
+    ],
+    ids=[
+        "not-json",
+        "other-version",
+        "wrong-shape",
+        "not-utf8",
+        "nested-deeply",
+        "objects-nested-deeply",
+        "too-large",
+    ],
 )
 def test_corrupt_state_is_replaced_after_a_full_sweep(world: World, content: bytes) -> None:
     [job] = world.seed(status=RUNNING)
@@ -304,6 +322,24 @@ def test_corrupt_state_is_replaced_after_a_full_sweep(world: World, content: byt
     assert report.sweep_reason.startswith("state unreadable")
     assert report.state_saved and report.events == 1
     assert world.saved()["jobs"][job]["status"] == RUNNING
+    assert not world.poll().full_sweep
+
+
+def test_a_state_naming_thousands_of_tracked_jobs_is_not_read_job_by_job(world: World) -> None:
+    [job] = world.seed(status=RUNNING)
+    world.poll()
+    state = world.saved()
+    project = state["jobs"][job]["project"]
+    fake = {"project": project, "status": RUNNING, "owed_since": None}
+    state["jobs"] |= {f"fake{i:05d}": fake for i in range(MAX_TRACKED_JOBS + 1)}
+    world.gcs.client().bucket(world.bucket).blob(OBJECT).upload_from_string(json.dumps(state))
+    before = world.routes()
+    report = world.poll()
+    spent = diff(world.routes(), before)
+    assert report.full_sweep and report.sweep_reason is not None
+    assert report.sweep_reason.startswith("state unreadable")
+    assert spent.get(GET_JOB, 0) == 0  # not one read per planted job
+    assert report.state_saved and set(world.saved()["jobs"]) == {job}
     assert not world.poll().full_sweep
 
 

@@ -46,6 +46,10 @@ MS = 1_000_000  # nanoseconds per millisecond
 WINDOW_MS = 7 * 24 * 3600 * 1000  # Baseten: a window may not exceed 7 days
 BASETEN_MAX_LIMIT = 1000
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# The largest timestamp a cursor may hold (2200-01-01T00:00:00Z), and the most lines
+# of one nanosecond it may count as delivered: a decoded cursor outside them is forged.
+MAX_CURSOR_NS = 7_258_118_400 * 1_000_000_000
+MAX_CURSOR_DELIVERED = 1_000_000
 # Extra lines asked for beyond what a page needs, for the lines of the same
 # millisecond that precede the position (dropped on our side).
 _SLACK = 16
@@ -233,7 +237,10 @@ def iter_lines(
             position=current,
             limit=BASETEN_MAX_LIMIT,
             level=level,
-            max_requests=1,
+            # Two: a page that accepted nothing (over 1,000 lines in the millisecond
+            # before the position) asks again for all of them, then moves on.
+            # With one, the same request would repeat for ever.
+            max_requests=2,
         )
         if page.lines:
             yield page.lines
@@ -346,20 +353,25 @@ class Cursor:
         if not isinstance(payload, dict) or payload.get("v") != 1:
             raise bad
 
-        def integer(value: Any, optional: bool = False) -> bool:
+        def integer(value: Any, high: int, optional: bool = False) -> bool:
             if optional and value is None:
                 return True
-            return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+            return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= high
 
         if (
             payload.get("o") not in ("asc", "desc")
-            or not integer(payload.get("n"))
-            or not integer(payload.get("k"))
-            or not integer(payload.get("lo"))
-            or not integer(payload.get("hi"), optional=True)
+            or not integer(payload.get("n"), MAX_CURSOR_NS)
+            or not integer(payload.get("k"), MAX_CURSOR_DELIVERED)
+            or not integer(payload.get("lo"), MAX_CURSOR_NS)
+            or not integer(payload.get("hi"), MAX_CURSOR_NS, optional=True)
             or payload.get("l") not in (None, *LEVELS)
             or not isinstance(payload.get("j", ""), str)
         ):
+            raise bad
+        lo, hi, n = payload["lo"], payload["hi"], payload["n"]
+        # A cursor this API hands out has its position inside its range (one past
+        # an end once that end is read): anything else was made up, never sent on.
+        if n < lo - 1 or (hi is not None and (lo > hi or n > hi + 1)):
             raise bad
         return cls(
             order=payload["o"],

@@ -3,7 +3,8 @@
 Request-scoped fields (trace, route) travel in a context variable so that log
 lines written deep in the service carry them without being passed around.
 Secret values registered with :func:`register_secret` are scrubbed from every
-line as a last line of defence; the code never logs them on purpose. Scrubbing
+line as a last line of defence, and so is anything shaped like a credential
+(:mod:`.redaction`); the code never logs them on purpose. Scrubbing
 runs on the fields before they are serialised and again on the JSON text, and
 looks for each secret as written, as ``repr()`` writes it (exception messages
 quote header values that way) and as JSON escapes either form.
@@ -22,10 +23,11 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
+from finetune_api.core.redaction import REDACTED, redact_credentials
+
 LOGGER_NAME = "finetune_api"
 TRACE_FIELD = "logging.googleapis.com/trace"
 SPAN_FIELD = "logging.googleapis.com/spanId"
-REDACTED = "[REDACTED]"
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
@@ -75,17 +77,26 @@ def scrub(text: str) -> str:
     return text
 
 
+def scrub_text(text: str) -> str:
+    """Every registered secret, then anything shaped like a credential, redacted.
+
+    The one scrubber for text that leaves the service: log lines, a job's log
+    lines, Baseten's ``error_message`` (see :mod:`.redaction` for the shapes).
+    """
+    return redact_credentials(scrub(text))
+
+
 def _scrub_value(value: Any) -> Any:
     """Scrub the strings inside a log entry, before it becomes JSON."""
     if isinstance(value, str):
-        return scrub(value)
+        return redact_credentials(scrub(value), load=False)
     if isinstance(value, Mapping):
         return {_scrub_value(key): _scrub_value(item) for key, item in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [_scrub_value(item) for item in value]
     if value is None or isinstance(value, bool | int | float):
         return value
-    return scrub(str(value))
+    return redact_credentials(scrub(str(value)), load=False)
 
 
 class JsonFormatter(logging.Formatter):
@@ -102,9 +113,8 @@ class JsonFormatter(logging.Formatter):
             entry.update(fields)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        if not _needles:
-            return json.dumps(entry, default=str)
-        return scrub(json.dumps(_scrub_value(entry), default=str))
+        text = json.dumps(_scrub_value(entry), default=str)
+        return scrub(text) if _needles else text
 
 
 def configure() -> None:

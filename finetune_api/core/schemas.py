@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from finetune_api.core.errors import InvalidRequestError
+from finetune_api.core.logs import scrub_text
 
 _ID_PART = r"(?![.-])(?!.*(?:\.\.|--))[A-Za-z0-9._-]{1,96}(?<![.-])"
 HF_REPO_ID = re.compile(rf"{_ID_PART}(?:/{_ID_PART})?")
@@ -507,6 +508,19 @@ def split_job_name(name: str | None) -> tuple[str | None, str | None]:
     return name, None
 
 
+def _scrubbed(text: Any) -> str | None:
+    """Baseten's ``error_message`` as it may leave the service: scrubbed like a log line.
+
+    A job's error text is the job's own output (a traceback, an exception quoting
+    an environment variable), so it may hold the Baseten key or an ``hf_…`` token.
+    Every Job (``GET``, list, events, their log lines) is made here, so none
+    carries it unscrubbed.
+    """
+    if text is None:
+        return None
+    return scrub_text(str(text))
+
+
 def job_from_baseten(
     job: dict[str, Any], app_url: str, *, project: dict[str, Any] | None = None
 ) -> Job:
@@ -523,7 +537,7 @@ def job_from_baseten(
         job_name=name,
         status=short_status(baseten_status),
         baseten_status=baseten_status,
-        error_message=job.get("error_message"),
+        error_message=_scrubbed(job.get("error_message")),
         created_at=job.get("created_at"),
         updated_at=job.get("updated_at"),
         dashboard_url=f"{app_url.rstrip('/')}/training/{project_id}/logs/{job_id}",

@@ -51,7 +51,15 @@ from matplotlib import rc_context  # noqa: E402 - after the config dir is settle
 from matplotlib.backends.backend_svg import FigureCanvasSVG  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-_STYLE: dict[Any, Any] = {"svg.fonttype": "none", "svg.hashsalt": "finetune", "font.size": 9}
+# Chart text is plain text: names come from callers and Baseten, and ``$…$`` in them
+# must never reach mathtext (which raises on what it cannot parse).
+_STYLE: dict[Any, Any] = {
+    "svg.fonttype": "none",
+    "svg.hashsalt": "finetune",
+    "font.size": 9,
+    "text.parse_math": False,
+    "text.usetex": False,
+}
 
 
 def _xy(records: list[dict[str, Any]], x: str, y: str) -> tuple[list[float], list[float]]:

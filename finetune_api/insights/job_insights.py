@@ -7,18 +7,22 @@ paging (:mod:`.log_pages`), training series from the template's own lines
 Costs, in Baseten requests:
 
 * ``logs``: 1 job read + the pages the answer needs (usually 1).
-* ``metrics``: 1 job read + every log page (read by concurrent slices) + 1
-  metrics read; a finished job's answer is kept per instance (its logs no
-  longer change).
-* ``progress`` (on ``GET /jobs/{p}/{j}``): 1 read of the newest lines, and none
-  for a job that never started.
-* ``event_details`` (a status-change event): 1 read of the newest lines for
-  ``completed`` / ``failed`` / ``deploy_failed``, none otherwise.
+* ``metrics``: 1 job read + every log page inside the job's life (read by
+  concurrent slices), at most :data:`MAX_METRICS_REQUESTS`, + 1 metrics read; a
+  finished job's answer is kept per instance (its logs no longer change), within
+  :data:`CACHE_BYTES`.
+* ``progress`` (on ``GET /jobs/{p}/{j}``): 1 read of the newest 1,000 lines, up to
+  :data:`PROGRESS_MAX_REQUESTS` when no step line is among them; none for a job
+  that never started.
+* ``event_details`` (a status-change event): ``failed`` / ``deploy_failed``: 1
+  read of the newest lines; ``completed``: the whole log once (a job completes
+  once), within :data:`MAX_METRICS_REQUESTS`; none otherwise.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import threading
@@ -45,7 +49,7 @@ from finetune_api.baseten.log_pages import (
     scan_parallel,
 )
 from finetune_api.core.errors import InvalidRequestError, ServiceError
-from finetune_api.core.logs import get_logger, log, scrub
+from finetune_api.core.logs import get_logger, log, scrub_text
 from finetune_api.core.query import bounded_int
 from finetune_api.core.schemas import TERMINAL_STATUSES, Job, short_status
 from finetune_api.core.settings import Settings
@@ -80,16 +84,18 @@ MAX_POINTS = 10_000
 # trail its final status a little.
 _BEFORE_CREATED_NS = 60 * 1_000_000_000
 _AFTER_FINISHED_NS = 10 * 60 * 1_000_000_000
-_CACHE_ENTRIES = 64
+#: Baseten log requests one metrics answer (or one completed event's summary) may
+#: cost: 200 pages of 1,000 lines. A longer range is a 400 asking for a narrower one.
+MAX_METRICS_REQUESTS = 200
+#: Bytes of finished jobs' metrics answers kept per instance (as compact JSON).
+CACHE_BYTES = 32 * 1024 * 1024
+#: Baseten requests ``progress`` may spend looking back for the newest step line.
+PROGRESS_MAX_REQUESTS = 3
 
-# Tokens that look like credentials, scrubbed from log text besides the known secrets.
-_CREDENTIALS = re.compile(
-    r"(?P<hf>\bhf_[A-Za-z0-9]{20,})"
-    r"|(?P<auth>(?i:\b(?:api-key|bearer)\s+)[A-Za-z0-9._~+/=-]{12,})"
-    r"|(?P<whsec>\bwhsec_[A-Za-z0-9+/=]{10,})"
-)
+# ASCII digits only: ``\d`` would take any script's digits (and int() would read them).
 _RFC3339 = re.compile(
-    r"^(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})\Z"
+    r"^([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt]([0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,9}))?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})\Z"
 )
 
 
@@ -106,15 +112,7 @@ class SecretSource(Protocol):
 
 def scrub_log_text(text: str) -> str:
     """Known secrets, then anything shaped like a credential, replaced by ``[REDACTED]``."""
-    text = scrub(text)
-
-    def redact(match: re.Match[str]) -> str:
-        if match.group("auth"):
-            prefix = re.match(r"(?i)(api-key|bearer)\s+", match.group(0))
-            return (prefix.group(0) if prefix else "") + "[REDACTED]"
-        return "[REDACTED]"
-
-    return _CREDENTIALS.sub(redact, text)
+    return scrub_text(text)
 
 
 def line_json(line: Line) -> dict[str, Any]:
@@ -195,20 +193,6 @@ def log_query(values: Mapping[str, Any], prefix: str = "query.") -> LogQuery:
     check_unknown(values, LOG_PARAMETERS, prefix)
     limit = _int(values.get("limit"), "limit", 1, BASETEN_MAX_LIMIT, DEFAULT_LOG_LIMIT, prefix)
     raw_cursor = values.get("cursor")
-    if raw_cursor not in (None, ""):
-        clashing = [name for name in ("since", "until", "order", "level") if values.get(name)]
-        if clashing:
-            raise InvalidRequestError(
-                "a cursor already holds " + ", ".join(clashing) + "; send only cursor and limit",
-                details=[
-                    {"location": f"{prefix}{name}", "reason": "not allowed with cursor"}
-                    for name in clashing
-                ],
-            )
-        if not isinstance(raw_cursor, str):
-            raise _bad("cursor", "must be a string", prefix)
-        cursor = Cursor.decode(raw_cursor)
-        return LogQuery(None, None, limit, cursor.order, cursor.level, cursor)
     order = values.get("order") or "asc"
     if order not in ("asc", "desc"):
         raise _bad("order", "must be asc or desc", prefix)
@@ -221,6 +205,35 @@ def log_query(values: Mapping[str, Any], prefix: str = "query.") -> LogQuery:
     until = parse_time_ns(values.get("until"), "until", prefix)
     if since is not None and until is not None and since > until:
         raise _bad("since", "must not be after until", prefix)
+    if raw_cursor not in (None, ""):
+        if not isinstance(raw_cursor, str):
+            raise _bad("cursor", "must be a string", prefix)
+        cursor = Cursor.decode(raw_cursor)
+        # Paging by sending the original query again plus the cursor (AIP-158, the
+        # OpenAI SDK) is the common loop: a parameter may repeat what the cursor
+        # holds, never differ from it.
+        given = {
+            "order": order if values.get("order") else None,
+            "level": level,
+            "since": since,
+            "until": until,
+        }
+        held = {"order": cursor.order, "level": cursor.level, "since": cursor.lo_ns}
+        held["until"] = cursor.hi_ns
+        clashing = [
+            name for name, value in given.items() if value is not None and value != held[name]
+        ]
+        if clashing:
+            raise InvalidRequestError(
+                "the cursor was made for a different "
+                + ", ".join(clashing)
+                + "; repeat the original query or send only cursor and limit",
+                details=[
+                    {"location": f"{prefix}{name}", "reason": "differs from what the cursor holds"}
+                    for name in clashing
+                ],
+            )
+        return LogQuery(None, None, limit, cursor.order, cursor.level, cursor)
     return LogQuery(since, until, limit, order, level, None)
 
 
@@ -299,7 +312,10 @@ class JobInsights:
         self._secrets = secrets
         self._clock = clock
         self._scan_workers = scan_workers
-        self._cache: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
+        # Finished jobs' answers as compact JSON: their size is known, and each
+        # caller gets its own copy. Bounded by CACHE_BYTES in total.
+        self._cache: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+        self._cache_size = 0
         self._cache_lock = threading.Lock()
 
     # -- logs ---------------------------------------------------------------------------
@@ -326,7 +342,10 @@ class JobInsights:
             if order == "desc" and fixed_hi is None:
                 fixed_hi = now
             position = Position(lo) if order == "asc" else Position(fixed_hi or now)
-        hi = fixed_hi if fixed_hi is not None else now
+        # Never past now: a far ``until`` (or a cursor's) reads what exists so far.
+        hi = min(fixed_hi, now) if fixed_hi is not None else now
+        if order == "desc" and position.ns > hi:
+            position = Position(hi)
         self._load_secrets()
         page = read_page(
             job_fetch(self._client, project_id, job_id),
@@ -338,7 +357,7 @@ class JobInsights:
             level=level,
         )
         next_cursor: str | None = None
-        tailing = order == "asc" and fixed_hi is None and not finished
+        tailing = order == "asc" and (fixed_hi is None or fixed_hi > now) and not finished
         if not page.exhausted or tailing:
             next_cursor = Cursor(order, page.position, lo, fixed_hi, level, tag).encode()
         return {
@@ -359,26 +378,25 @@ class JobInsights:
                 cached = self._cache.get(key)
                 if cached is not None:
                     self._cache.move_to_end(key)
-                    return cached
+            if cached is not None:
+                answer: dict[str, Any] = json.loads(cached)
+                return answer
         now = self._clock()
-        lo = query.since_ns if query.since_ns is not None else self._job_start_ns(raw_job)
-        hi = query.until_ns if query.until_ns is not None else now
-        fetch = job_fetch(self._client, project_id, job_id)
-
-        def consume(pages: Iterator[list[Line]]) -> TrainingSeries:
-            series = TrainingSeries()
-            for page in pages:
-                for line in page:
-                    series.add_message(line.message, line.ns)
-            return series
-
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics") as pool:
-            system_future = pool.submit(self._system, project_id, job_id, lo, hi, query.points)
-            parts = scan_parallel(fetch, lo, hi, consume, workers=self._scan_workers)
-            system = system_future.result()
-        series = TrainingSeries()
-        for part in parts:
-            series.extend(part)
+        # The range is clamped to the job's life: nothing is logged before it
+        # started, after it ended, or in the future.
+        life_lo, life_hi = self._job_start_ns(raw_job), self._job_end_ns(raw_job, now)
+        lo = max(life_lo, query.since_ns if query.since_ns is not None else life_lo)
+        hi = min(life_hi, query.until_ns if query.until_ns is not None else life_hi)
+        system: dict[str, Any]
+        if lo > hi:
+            series, system = TrainingSeries(), {"nodes": []}
+        else:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics") as pool:
+                system_future = pool.submit(self._system, project_id, job_id, lo, hi, query.points)
+                try:
+                    series = self.read_series(project_id, job_id, lo, hi, MAX_METRICS_REQUESTS)
+                finally:
+                    system = system_future.result()
         answer = {
             "training_project_id": project_id,
             "training_job_id": job_id,
@@ -394,11 +412,59 @@ class JobInsights:
             "system": system,
         }
         if finished:
-            with self._cache_lock:
-                self._cache[key] = answer
-                while len(self._cache) > _CACHE_ENTRIES:
-                    self._cache.popitem(last=False)
+            self._keep(key, json.dumps(answer, separators=(",", ":")).encode())
         return answer
+
+    def read_series(
+        self, project_id: str, job_id: str, lo: int, hi: int, max_requests: int
+    ) -> TrainingSeries:
+        """Every training record of ``[lo, hi]``, in at most ``max_requests`` log requests.
+
+        Past the budget the read stops and the answer is a 400 asking for a
+        narrower range: a partial series would be a wrong answer.
+        """
+        fetch = _Budget(job_fetch(self._client, project_id, job_id), max_requests)
+
+        def consume(pages: Iterator[list[Line]]) -> TrainingSeries:
+            series = TrainingSeries()
+            for page in pages:
+                for line in page:
+                    series.add_message(line.message, line.ns)
+            return series
+
+        try:
+            parts = scan_parallel(fetch, lo, hi, consume, workers=self._scan_workers)
+        except _OverBudget:
+            reason = f"the range needs more than {max_requests} Baseten requests; narrow it"
+            raise InvalidRequestError(
+                f"this part of the job's log needs more than {max_requests} Baseten requests "
+                "to read; ask for a narrower since/until",
+                details=[
+                    {"location": "query.since", "reason": reason},
+                    {"location": "query.until", "reason": reason},
+                ],
+            ) from None
+        series = TrainingSeries()
+        for part in parts:
+            series.extend(part)
+        return series
+
+    def cache_bytes(self) -> int:
+        with self._cache_lock:
+            return self._cache_size
+
+    def _keep(self, key: tuple[Any, ...], data: bytes) -> None:
+        if len(data) > CACHE_BYTES // 4:
+            return  # one answer never crowds out the rest
+        with self._cache_lock:
+            previous = self._cache.pop(key, None)
+            if previous is not None:
+                self._cache_size -= len(previous)
+            self._cache[key] = data
+            self._cache_size += len(data)
+            while self._cache_size > CACHE_BYTES and self._cache:
+                _, dropped = self._cache.popitem(last=False)
+                self._cache_size -= len(dropped)
 
     def _system(
         self, project_id: str, job_id: str, lo: int, hi: int, points: int
@@ -419,32 +485,44 @@ class JobInsights:
     # -- progress and events ------------------------------------------------------------
 
     def newest_series(
-        self, raw_job: Mapping[str, Any], count: int
+        self, raw_job: Mapping[str, Any], count: int, *, max_requests: int = 1
     ) -> tuple[TrainingSeries, list[Line]]:
-        """The newest ``count`` lines (one Baseten request) and their training records."""
+        """The newest lines and their training records, looking back for a step line.
+
+        The first request asks for the newest ``count`` lines (at least enough
+        to find a step line behind a tail of other output: up to 1,000 in one
+        request); while no step line has been seen, up to ``max_requests`` in
+        all go further back. ``lines`` is the newest ``count`` of them.
+        """
         project_id = str(raw_job.get("training_project_id") or "")
         job_id = str(raw_job.get("id") or "")
         now = self._clock()
         lo = self._job_start_ns(raw_job)
-        hi = now
-        if raw_job.get("current_status") in TERMINAL_STATUSES:
-            updated = _ns(raw_job.get("updated_at"))
-            if updated is not None:
-                hi = min(now, updated + _AFTER_FINISHED_NS)
-        lo = max(lo, hi - WINDOW_MS * MS + MS)
-        page = read_page(
-            job_fetch(self._client, project_id, job_id),
-            order="desc",
-            lo_ns=lo,
-            hi_ns=hi,
-            position=Position(hi),
-            limit=count,
-            max_requests=1,
-        )
-        lines = list(reversed(page.lines))
+        hi = self._job_end_ns(raw_job, now)
+        fetch = job_fetch(self._client, project_id, job_id)
+        position = Position(hi)
+        found: list[Line] = []  # newest first
         series = TrainingSeries()
-        for line in lines:
-            series.add_message(line.message, line.ns)
+        for _ in range(max_requests):
+            page = read_page(
+                fetch,
+                order="desc",
+                lo_ns=lo,
+                hi_ns=hi,
+                position=position,
+                limit=BASETEN_MAX_LIMIT if max_requests > 1 else count,
+                max_requests=1,
+            )
+            found.extend(page.lines)
+            older = TrainingSeries()
+            for line in reversed(page.lines):
+                older.add_message(line.message, line.ns)
+            older.extend(series)
+            series = older
+            if page.exhausted or len(series) or series.final is not None:
+                break
+            position = page.position
+        lines = list(reversed(found[:count]))
         return series, lines
 
     def progress(self, raw_job: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -453,7 +531,9 @@ class JobInsights:
         if status in NOT_STARTED or status == "TRAINING_JOB_DEPLOY_FAILED":
             return None
         try:
-            series, _ = self.newest_series(raw_job, NEWEST_LINES)
+            series, _ = self.newest_series(
+                raw_job, NEWEST_LINES, max_requests=PROGRESS_MAX_REQUESTS
+            )
         except ServiceError as error:
             # The job itself was read; its progress waits for the next look.
             log(
@@ -482,10 +562,23 @@ class JobInsights:
             "created_at": job.created_at,
             "updated_at": job.updated_at,
         }
-        count = NEWEST_LINES if job.status == "completed" else LOG_TAIL_LINES
         try:
             self._load_secrets()
-            series, lines = self.newest_series(raw, count)
+            if job.status == "completed":
+                # Summarised once per job: the whole log is read (within the metrics
+                # bound), so lines printed after the last step cannot hide it.
+                lo = self._job_start_ns(raw)
+                hi = self._job_end_ns(raw, self._clock())
+                series = self.read_series(
+                    job.training_project_id, job.training_job_id, lo, hi, MAX_METRICS_REQUESTS
+                )
+                return {
+                    "summary": final_summary(
+                        series, created_at=job.created_at, finished_at=job.updated_at
+                    )
+                    or final_summary_without_lines(job)
+                }
+            _, lines = self.newest_series(raw, LOG_TAIL_LINES)
         except ServiceError as error:
             log(
                 _logger,
@@ -495,13 +588,6 @@ class JobInsights:
                 reason=error.message,
             )
             return {"summary": None} if job.status == "completed" else {"log_tail": None}
-        if job.status == "completed":
-            return {
-                "summary": final_summary(
-                    series, created_at=job.created_at, finished_at=job.updated_at
-                )
-                or final_summary_without_lines(job)
-            }
         return {"log_tail": [line_json(line) for line in lines[-LOG_TAIL_LINES:]]}
 
     # -- helpers ------------------------------------------------------------------------
@@ -512,6 +598,14 @@ class JobInsights:
             return max(0, self._clock() - WINDOW_MS * MS)
         return max(0, created - _BEFORE_CREATED_NS)
 
+    def _job_end_ns(self, raw_job: Mapping[str, Any], now: int) -> int:
+        """The last moment a job's log can hold: now, or shortly after it finished."""
+        if raw_job.get("current_status") in TERMINAL_STATUSES:
+            updated = _ns(raw_job.get("updated_at"))
+            if updated is not None:
+                return min(now, updated + _AFTER_FINISHED_NS)
+        return now
+
     def _load_secrets(self) -> None:
         """Read the webhook secret once, so it is known to the scrubber before text leaves."""
         if self._secrets is None or not (
@@ -520,6 +614,29 @@ class JobInsights:
             return
         with contextlib.suppress(ServiceError):  # then it is not readable by us either
             self._secrets.get("webhook_secret", required=False)
+
+
+class _OverBudget(Exception):
+    """A read spent its Baseten requests."""
+
+
+class _Budget:
+    """A log fetch that allows at most ``limit`` calls in all, across threads."""
+
+    def __init__(self, fetch: Any, limit: int) -> None:
+        self._fetch = fetch
+        self._left = limit
+        self._lock = threading.Lock()
+
+    def __call__(
+        self, start_ms: int, end_ms: int, direction: str, limit: int, level: str | None
+    ) -> list[dict[str, Any]]:
+        with self._lock:
+            if self._left <= 0:
+                raise _OverBudget
+            self._left -= 1
+        result: list[dict[str, Any]] = self._fetch(start_ms, end_ms, direction, limit, level)
+        return result
 
 
 def final_summary_without_lines(job: Job) -> dict[str, Any]:

@@ -61,6 +61,9 @@ class TrainingSummary(_Exact):
 class SeriesCounts(_Exact):
     steps: int = Field(description="step lines before downsampling")
     evaluations: int
+    skipped_lines: int = Field(
+        description="FT_METRICS lines that could not be read (bad JSON, out-of-range step): skipped"
+    )
 
 
 class TrainingMetrics(_Exact):

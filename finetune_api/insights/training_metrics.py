@@ -11,8 +11,12 @@ the fixed marker ``FT_METRICS`` followed by one JSON object::
                 "final_loss": 1.2, "best_eval_loss": 1.6, "runtime_seconds": 812.5}
 
 Anything before the marker (a logging prefix) is ignored, so a custom template
-can print the same lines through its own logger. Numbers may be null. Lines
-that do not parse are ordinary log lines: nothing is ever invented from them.
+can print the same lines through its own logger. Numbers may be null. A line
+without the marker is an ordinary log line; one with the marker that cannot be
+read (bad or over-deep JSON, over :data:`MAX_RECORD_CHARS`, a step or total
+outside 0 to :data:`MAX_STEP`) is skipped and counted (``skipped``), never an
+error: anything the job prints (a dataset's column names) can plant one.
+Nothing is ever invented from either.
 
 Series are held as columns of floats (``array('d')``), not one dict per step,
 so a run of 100,000 steps costs a few megabytes.
@@ -36,6 +40,7 @@ EVAL = "eval"
 SUMMARY = "summary"
 STEP_FIELDS = ("epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second")
 _NAN = math.nan
+_BIG_INT = 2**1000  # a larger int does not convert to a float
 _DECODER = json.JSONDecoder()
 # Steps over which the recent pace (ETA, tokens/s) is measured.
 PACE_WINDOW = 50
@@ -46,21 +51,46 @@ def format_line(record: dict[str, Any]) -> str:
     return MARKER + json.dumps(record, separators=(",", ":"), allow_nan=False)
 
 
+#: The largest step (and total) a line may name: beyond it a line is not believed
+#: (and would not fit the series' 64-bit columns).
+MAX_STEP = 2**53
+#: The longest text after the marker that is decoded; a longer line is skipped.
+MAX_RECORD_CHARS = 4096
+
+
 def parse_line(message: str) -> dict[str, Any] | None:
-    """The record of a metrics line, or None for any other line."""
+    """The record of a metrics line, or None for any other line (see :func:`read_line`)."""
+    record, _ = read_line(message)
+    return record
+
+
+def read_line(message: str) -> tuple[dict[str, Any] | None, bool]:
+    """``(record, poisoned)``: a metrics line's record, or None and whether it was unreadable.
+
+    A line that carries the marker but cannot be read (bad or too deep JSON, a
+    step or total out of range, an over-long record) is *poisoned*: the caller
+    skips and counts it, and never fails on it. Such a line can be planted by
+    anything the job prints, e.g. a dataset's column names.
+    """
     index = message.find(MARKER)
     if index < 0:
-        return None
+        return None, False
+    start = index + len(MARKER)
+    if len(message) - start > MAX_RECORD_CHARS:
+        return None, True
     try:
-        record, _ = _DECODER.raw_decode(message, index + len(MARKER))
-    except ValueError:
-        return None
+        record, _ = _DECODER.raw_decode(message, start)
+    except (ValueError, RecursionError):
+        return None, True
     if not isinstance(record, dict) or record.get("type") not in (STEP, EVAL, SUMMARY):
-        return None
+        return None, True
     step = record.get("step")
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        return None
-    return record
+    if type(step) is not int or not 0 <= step <= MAX_STEP:
+        return None, True
+    total = record.get("total_steps")
+    if type(total) is int and not 0 <= total <= MAX_STEP:
+        return None, True
+    return record, False
 
 
 def _number(value: Any) -> float:
@@ -69,7 +99,7 @@ def _number(value: Any) -> float:
     if kind is float:
         return value if value - value == 0.0 else _NAN  # inf - inf and nan - nan are nan
     if kind is int:
-        return float(value)
+        return float(value) if -_BIG_INT <= value <= _BIG_INT else _NAN
     return _NAN
 
 
@@ -99,6 +129,8 @@ class TrainingSeries:
     eval_epochs: array[float] = field(default_factory=lambda: array("d"))
     eval_losses: array[float] = field(default_factory=lambda: array("d"))
     final: dict[str, Any] | None = None
+    #: metrics lines that carried the marker but could not be read (skipped)
+    skipped: int = 0
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -127,8 +159,9 @@ class TrainingSeries:
             self.final = record
 
     def add_message(self, message: str, ns: int) -> bool:
-        record = parse_line(message)
+        record, poisoned = read_line(message)
         if record is None:
+            self.skipped += poisoned
             return False
         self.add(record, ns)
         return True
@@ -147,6 +180,7 @@ class TrainingSeries:
             self.total_steps = other.total_steps
         if other.final is not None:
             self.final = other.final
+        self.skipped += other.skipped
 
     # -- views ------------------------------------------------------------
 
@@ -260,18 +294,17 @@ def final_summary(
 ) -> dict[str, Any] | None:
     """``training_job.completed``'s ``summary``: steps, final loss, best eval loss, duration.
 
-    Built from the newest lines only: the template's summary line carries the
-    whole run's figures; without it, the newest step and evaluation lines.
+    Built from the whole log (read once per completed job): the last step line's
+    step and loss, so it agrees with the metrics route; the template's summary
+    line only for what the step lines do not carry (its runtime).
     """
     if series.empty:
         return None
     final = series.final or {}
-    steps = final.get("step") if series.final is not None else None
-    if not isinstance(steps, int) and len(series):
-        steps = series.steps[-1]
-    final_loss = _maybe(_number(final.get("final_loss"))) if final else None
-    if final_loss is None:
-        final_loss = series.latest_loss()
+    # The step lines come first: the summary then says what the metrics route
+    # says of the same log. The template's summary line fills what they lack.
+    steps: Any = series.steps[-1] if len(series) else final.get("step")
+    final_loss = series.latest_loss()
     duration = _maybe(_number(final.get("runtime_seconds"))) if final else None
     if duration is None:
         duration = seconds_between(created_at, finished_at)
@@ -341,7 +374,11 @@ def training_answer(
     return {
         "steps": [series.step_record(i) for i in step_indices],
         "evaluations": [series.eval_record(i) for i in eval_indices],
-        "points": {"steps": len(series), "evaluations": len(series.eval_steps)},
+        "points": {
+            "steps": len(series),
+            "evaluations": len(series.eval_steps),
+            "skipped_lines": series.skipped,
+        },
         "summary": summary(series, finished=finished, completed=completed, now_ns=now_ns),
     }
 
@@ -363,6 +400,7 @@ __all__ = [
     "parse_line",
     "parse_series",
     "progress",
+    "read_line",
     "summary",
     "training_answer",
 ]

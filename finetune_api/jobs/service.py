@@ -57,6 +57,8 @@ class BasetenReads(Protocol):
         newest_first: bool = True,
     ) -> list[dict[str, Any]]: ...
     def list_project_jobs(self, project_id: str) -> list[dict[str, Any]]: ...
+    def list_models(self, name: str | None = None) -> list[dict[str, Any]]: ...
+    def list_deployments(self, model_id: str, name: str | None = None) -> list[dict[str, Any]]: ...
     def stream_search_jobs(
         self,
         *,
@@ -277,6 +279,12 @@ class JobService:
             )
         if request.job_name is None:
             updates["job_name"] = default_job_name(request.model_id, datetime.now(UTC))
+        if request.deploy is not None and request.deploy.model_name is not None:
+            # Refused now, not when the job completes: under PROJECT_NAME_PREFIX a
+            # deploy never goes into a model this service did not create.
+            self._scope.check_model(
+                request.deploy.model_name, self._client, location="deploy.model_name"
+            )
         return request.model_copy(update=updates) if updates else request
 
     def submit(

@@ -20,11 +20,14 @@ explicit ``since``, the poll reads every job instead (a *full sweep*, parsed as
 a stream, so memory stays bounded). Per-job work runs concurrently
 (``POLL_CONCURRENCY`` workers) under the client's shared rate limit; one job
 failing never stops the others.
-A job whose status changed to completed, failed or deploy_failed costs 1 more
-read: its newest log lines, for the event's ``summary`` or ``log_tail``
-(``explain``). A job that failed costs 1 more Baseten read for its own request
-(``GET …/download``, plus the archive from storage), and, when it asked for a
-retry and has attempts left, the retry (``polling/retry.py``).
+A job whose status changed to failed or deploy_failed costs 1 more read (its
+newest log lines, for the event's ``log_tail``); one that completed, the pages
+of its log (at most 200), for its ``summary`` (``explain``). A job that failed
+costs 1 more Baseten read for its own request (``GET …/download``, plus the
+archive from storage), and, when it asked for a retry and has attempts left, the
+retry (``polling/retry.py``). With ``PROJECT_NAME_PREFIX``, jobs of other
+projects are left out before anything else is read about them: the poll sees
+what the routes see.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ from finetune_api.core.schemas import (
 )
 from finetune_api.core.settings import Settings
 from finetune_api.core.timestamps import parse_time
+from finetune_api.jobs.scope import JobScope
 from finetune_api.notify.events import (
     CHECKPOINT_CREATED,
     Event,
@@ -238,11 +242,13 @@ def poll(
         )
 
     ledger = PollLedger(store, settings.resolved_api_url)
+    # The poll sees what the routes see (PROJECT_NAME_PREFIX), and nothing else.
+    scope = JobScope(settings.project_name_prefix, client)
     sweep_reason = _sweep_reason(settings, ledger, until, replay)
     if sweep_reason is None:
-        work, unreadable = _incremental_work(client, ledger, until)
+        work, unreadable = _incremental_work(client, ledger, until, scope)
     else:
-        work, unreadable = _sweep_work(client, ledger, since, until)
+        work, unreadable = _sweep_work(client, ledger, since, until, scope)
 
     run = _PollRun(
         settings,
@@ -255,6 +261,7 @@ def poll(
         serving=serving is not None,
         explain=explain,
         retry=retry,
+        scope=scope,
     )
     outcomes: list[_JobOutcome] = []
     if work:
@@ -342,7 +349,7 @@ def _readable(raw: dict[str, Any]) -> bool:
 
 
 def _sweep_work(
-    client: JobReader, ledger: PollLedger, since: datetime, until: datetime
+    client: JobReader, ledger: PollLedger, since: datetime, until: datetime, scope: JobScope
 ) -> tuple[list[_Work], int]:
     """Every job, read as a stream; kept: unfinished ones, changed ones, and those owed a notice.
 
@@ -355,6 +362,8 @@ def _sweep_work(
         # The answer is ordered by created_at, which bounds nothing about
         # updated_at (an old job may have just finished), so each row is looked at.
         for raw in rows:
+            if not scope.allows(raw):
+                continue
             if not _readable(raw):
                 unreadable += 1
                 continue
@@ -378,7 +387,7 @@ def _sweep_work(
 
 
 def _incremental_work(
-    client: JobReader, ledger: PollLedger, until: datetime
+    client: JobReader, ledger: PollLedger, until: datetime, scope: JobScope
 ) -> tuple[list[_Work], int]:
     """Active jobs, jobs created since the last poll, and tracked jobs that left the active set."""
     previous = ledger.previous
@@ -386,6 +395,8 @@ def _incremental_work(
     rows: dict[str, dict[str, Any]] = {}
     unreadable = 0
     for raw in client.search_jobs(statuses=list(ACTIVE_STATUSES), newest_first=True):
+        if not scope.allows(raw):
+            continue
         if not _readable(raw):
             unreadable += 1
             continue
@@ -404,6 +415,8 @@ def _incremental_work(
         project_id = str(project.get("id"))
         if not isinstance(latest, Mapping) or latest.get("id") is None:
             continue
+        if not scope.allows_project_name(project.get("name")):
+            continue
         latest_id = newest[project_id] = str(latest["id"])
         known = previous.projects.get(project_id)
         created = parse_time(latest.get("created_at"))
@@ -412,6 +425,8 @@ def _incremental_work(
         with client.stream_search_jobs(project_id=project_id, newest_first=True) as jobs:
             for raw in jobs:
                 job_id = str(raw.get("id"))
+                if not scope.allows(raw):
+                    continue
                 if not _readable(raw):
                     unreadable += 1
                     continue
@@ -455,9 +470,11 @@ class _PollRun:
         serving: bool = False,
         explain: Explainer | None = None,
         retry: RetryWatch | None = None,
+        scope: JobScope | None = None,
     ) -> None:
         self.settings = settings
         self.retry = retry
+        self.scope = scope or JobScope(settings.project_name_prefix, client)
         self.explain = explain
         self.client = client
         self.sink = sink
@@ -492,6 +509,10 @@ class _PollRun:
     def _job(self, item: _Work, outcome: _JobOutcome) -> None:
         raw = item.raw if item.raw is not None else self._read(item, outcome)
         if raw is None:
+            return
+        if not self.scope.allows(raw):
+            # Outside PROJECT_NAME_PREFIX (e.g. named in a planted state): no event,
+            # no checkpoint read, no archive, and not tracked any more.
             return
         try:
             job = job_from_baseten(raw, self.settings.baseten_remote_url)

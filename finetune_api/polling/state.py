@@ -45,6 +45,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 VERSION = 1
+#: The largest state read, and the most jobs it may track: a state past either was
+#: not written by a poll (it grows with active jobs and recent events, never with
+#: history), so it is unreadable: that poll sweeps and overwrites it.
+MAX_STATE_BYTES = 8 * 1024 * 1024
+MAX_TRACKED_JOBS = 10_000
 #: The token of an object that does not exist (Cloud Storage's ``ifGenerationMatch=0``).
 ABSENT = "0"
 
@@ -94,14 +99,27 @@ class PollState:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PollState:
-        """Parse a saved state; anything unexpected raises ``ValueError`` (treated as corrupt)."""
-        document = json.loads(data.decode("utf-8"))
+        """Parse a saved state; anything unexpected raises ``ValueError`` (treated as corrupt).
+
+        Over :data:`MAX_STATE_BYTES`, nested too deeply for ``json`` (a
+        ``RecursionError``), or naming more than :data:`MAX_TRACKED_JOBS` jobs
+        is unexpected too: a poll must never fail on its state, nor read every
+        job a planted state names.
+        """
+        if len(data) > MAX_STATE_BYTES:
+            raise ValueError(f"larger than {MAX_STATE_BYTES} bytes")
+        try:
+            document = json.loads(data.decode("utf-8"))
+        except RecursionError:
+            raise ValueError("nested too deeply") from None
         if not isinstance(document, dict) or document.get("version") != VERSION:
             raise ValueError("not a version 1 poll state")
         jobs_raw = document.get("jobs")
         sent_raw = document.get("sent")
         if not isinstance(jobs_raw, dict) or not isinstance(sent_raw, dict):
             raise ValueError("jobs and sent must be objects")
+        if len(jobs_raw) > MAX_TRACKED_JOBS:
+            raise ValueError(f"tracks more than {MAX_TRACKED_JOBS} jobs")
         jobs: dict[str, TrackedJob] = {}
         for job_id, item in jobs_raw.items():
             if not isinstance(item, dict) or not isinstance(item.get("project"), str):
@@ -217,7 +235,9 @@ class LocalStateStore:
             if token == ABSENT:
                 return None, ABSENT
             try:
-                return self.path.read_bytes(), token
+                # One byte past the cap is enough to know the state is unreadable.
+                with self.path.open("rb") as handle:
+                    return handle.read(MAX_STATE_BYTES + 1), token
             except FileNotFoundError:
                 return None, ABSENT
             except OSError as error:
@@ -248,6 +268,8 @@ class LocalStateStore:
 
 __all__ = [
     "ABSENT",
+    "MAX_STATE_BYTES",
+    "MAX_TRACKED_JOBS",
     "Loaded",
     "LocalStateStore",
     "PollState",

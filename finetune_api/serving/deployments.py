@@ -45,17 +45,12 @@ from finetune_api.core.schemas import (
     split_job_name,
 )
 from finetune_api.core.settings import Settings
-from finetune_api.jobs.scope import JobScope
+from finetune_api.jobs.scope import MARKER_PREFIX, JobScope, parse_marker
 from finetune_api.jobs.service import KeyedLocks, check_idempotency_key
 
 _logger = get_logger("deployments")
 
 COMPLETED = "TRAINING_JOB_COMPLETED"
-MARKER_PREFIX = "ft."
-_MARKER = re.compile(
-    r"^ft\.(?P<project>[A-Za-z0-9_-]{1,64})\.(?P<job>[A-Za-z0-9_-]{1,64})"
-    r"\.(?P<checkpoint>[A-Za-z0-9_.-]{1,120})\Z"
-)
 _CHECKPOINT_SAFE = re.compile(r"^[A-Za-z0-9_.-]{1,120}\Z")
 _ID_SAFE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 INSTANCE_TYPES_TTL_SECONDS = 300.0
@@ -90,12 +85,6 @@ def deployment_marker(project_id: str, job_id: str, checkpoint_id: str) -> str |
     return f"{MARKER_PREFIX}{project_id}.{job_id}.{checkpoint_id}"
 
 
-def parse_marker(name: Any) -> tuple[str, str, str] | None:
-    """``(project_id, job_id, checkpoint_id)`` of a deployment this service created."""
-    match = _MARKER.match(name) if isinstance(name, str) else None
-    return (match["project"], match["job"], match["checkpoint"]) if match else None
-
-
 def default_model_name(job: dict[str, Any]) -> str:
     """The job's own name (without an idempotency suffix), made a valid model name."""
     name, _ = split_job_name(job.get("name"))
@@ -127,6 +116,11 @@ class DeploymentService:
         self._clock = clock
         self._types_lock = threading.Lock()
         self._types: tuple[float, list[Any]] | None = None
+
+    @property
+    def scope(self) -> JobScope:
+        """The jobs (PROJECT_NAME_PREFIX) this service acts on; the poll's watch shares it."""
+        return self._scope
 
     # -- conversion ---------------------------------------------------------
 
@@ -179,10 +173,12 @@ class DeploymentService:
             )
         checkpoint_id = self._checkpoint(project_id, job_id, request.checkpoint_id)
         model_name = request.model_name or default_model_name(job)
+        # Under PROJECT_NAME_PREFIX, never into someone else's model (nothing created).
+        self._scope.check_model(model_name, self._client)
         marker = deployment_marker(project_id, job_id, checkpoint_id)
         if marker is None:
             raise UpstreamRejectedError(
-                f"checkpoint {checkpoint_id!r} has a name this service cannot deploy "
+                "the checkpoint has a name this service cannot deploy "
                 "(only A-Z a-z 0-9 . _ -, at most 120 characters)"
             )
         accelerator = request.compute.accelerator or self._settings.allowed_accelerators[0]
@@ -244,7 +240,7 @@ class DeploymentService:
         ids = [str(c.get("checkpoint_id") or c.get("id") or "") for c in checkpoints]
         if wanted is not None:
             if wanted not in ids:
-                raise NotFoundError(f"checkpoint {wanted} not found in the training job")
+                raise NotFoundError("checkpoint not found in the training job")
             return wanted
         loras = [c for c in checkpoints if str(c.get("checkpoint_type") or "").lower() == "lora"]
         if not loras:
@@ -395,19 +391,28 @@ class DeploymentService:
         return self.as_deployment({**raw, "model_id": model_id}, model.get("name"))
 
     def deactivate(self, model_id: str, deployment_id: str) -> Deployment:
-        """Deactivate (stop paying for) a deployment; answer it as it is afterwards."""
-        if self._scope.limited:
-            self._read(model_id, deployment_id)
+        """Deactivate (stop paying for) a deployment; answer it as it is afterwards.
+
+        Only a deployment this service made (it carries the marker), with or
+        without PROJECT_NAME_PREFIX: deactivating is a write, and the workspace's
+        other models are not this service's to stop. Anything else answers as unknown.
+        """
+        self._read(model_id, deployment_id, ours_only=True)
         self._client.deactivate_deployment(model_id, deployment_id)
         return self.get(model_id, deployment_id)
 
-    def _read(self, model_id: str, deployment_id: str) -> dict[str, Any]:
+    def _read(
+        self, model_id: str, deployment_id: str, *, ours_only: bool = False
+    ) -> dict[str, Any]:
         """Baseten's deployment; with PROJECT_NAME_PREFIX, only one of a job callers may see.
 
         The training job is known from the name this service gives its deployments;
-        any other deployment answers exactly as an unknown one.
+        any other deployment answers exactly as an unknown one (so does any
+        deployment without the marker when ``ours_only``).
         """
         raw = self._client.get_deployment(model_id, deployment_id)
+        if ours_only and parse_marker(raw.get("name")) is None:
+            raise NotFoundError("deployment not found on Baseten")
         if self._scope.limited:
             source = parse_marker(raw.get("name"))
             try:
@@ -420,6 +425,7 @@ class DeploymentService:
 
 
 __all__ = [
+    "MARKER_PREFIX",
     "DeploymentService",
     "default_model_name",
     "deployment_marker",

@@ -36,7 +36,8 @@ from finetune_api.core.logs import context, get_logger, log
 from finetune_api.core.schemas import DeploymentRequest, job_from_baseten
 from finetune_api.core.settings import Settings
 from finetune_api.core.timestamps import parse_time
-from finetune_api.jobs.runtime_config import RuntimeConfigs, runtime_config_from_archive
+from finetune_api.jobs.runtime_config import RuntimeConfigs
+from finetune_api.jobs.scope import parse_marker
 from finetune_api.notify.events import (
     Event,
     deployed_event,
@@ -45,7 +46,7 @@ from finetune_api.notify.events import (
     emit_guarded,
 )
 from finetune_api.notify.webhooks import DeliveryResult
-from finetune_api.serving.deployments import DeploymentService, parse_marker
+from finetune_api.serving.deployments import DeploymentService
 
 _logger = get_logger("deployment_watch")
 
@@ -58,6 +59,7 @@ class ServingReads(Protocol):
     def fetch_artifact(self, url: str, max_bytes: int) -> bytes: ...
     def list_models(self, name: str | None = None) -> list[dict[str, Any]]: ...
     def list_deployments(self, model_id: str, name: str | None = None) -> list[dict[str, Any]]: ...
+    def list_projects(self) -> list[dict[str, Any]]: ...
 
 
 class EventEmitter(Protocol):
@@ -125,6 +127,8 @@ class DeploymentWatch:
     def _deploy_on_completion(
         self, sink: EventEmitter, raw: dict[str, Any], outcome: WatchOutcome
     ) -> None:
+        if not self._service.scope.allows(raw):
+            return  # outside PROJECT_NAME_PREFIX: its archive is never fetched
         try:
             job = job_from_baseten(raw, self._settings.baseten_remote_url)
         except Exception:  # noqa: BLE001 - the poller already reported this job as odd
@@ -192,6 +196,12 @@ class DeploymentWatch:
 
     def _watch(self, sink: EventEmitter, until: datetime, outcome: WatchOutcome) -> None:
         horizon = until - timedelta(seconds=self._settings.deployment_watch_seconds)
+        scope = self._service.scope
+        # Under PROJECT_NAME_PREFIX, a deployment is watched only when the project
+        # its marker names is in scope (1 more request: the project list).
+        projects: dict[str, Any] | None = None
+        if scope.limited:
+            projects = {str(p.get("id")): p.get("name") for p in self._client.list_projects()}
         for model in self._client.list_models():
             model_id = str(model.get("id") or "")
             if not model_id:
@@ -210,7 +220,10 @@ class DeploymentWatch:
                 )
                 continue
             for raw in deployments:
-                if parse_marker(raw.get("name")) is None:
+                source = parse_marker(raw.get("name"))
+                if source is None:
+                    continue
+                if projects is not None and not scope.allows_project_name(projects.get(source[0])):
                     continue
                 created = parse_time(raw.get("created_at"))
                 if created is not None and created < horizon:
@@ -250,4 +263,4 @@ class DeploymentWatch:
             outcome.webhook_failures += 1
 
 
-__all__ = ["DeploymentWatch", "WatchOutcome", "runtime_config_from_archive"]
+__all__ = ["DeploymentWatch", "WatchOutcome"]

@@ -61,6 +61,12 @@ def test_a_run_unfolds_as_the_clock_passes(
     assert [r["step"] for r in records if r["type"] == "step"] == list(range(1, 51))
     assert [r["epoch"] for r in records if r["type"] == "eval"] == [1.0, 2.0]
     assert records[-1]["type"] == "summary"
+    # One final loss (issue 21): the summary states what its own step and eval lines said.
+    steps_done = [r for r in records if r["type"] == "step"]
+    evals_done = [r for r in records if r["type"] == "eval"]
+    assert records[-1]["final_loss"] == steps_done[-1]["loss"]
+    assert records[-1]["best_eval_loss"] == min(r["eval_loss"] for r in evals_done)
+    assert records[-1]["step"] == steps_done[-1]["step"] == 50
     assert any("saved checkpoint-25" in line["message"] for line in done)
     status = http.api("GET", f"v1/training_projects/{job['training_project_id']}/jobs/{job['id']}")
     assert status.json()["training_job"]["current_status"] == "TRAINING_JOB_COMPLETED"
