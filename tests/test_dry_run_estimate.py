@@ -61,7 +61,7 @@ def _server(
     env = function_env(
         sandbox, secrets, tmp, HF_ENDPOINT=endpoint, HF_HOME=str(root / f"{name}-hf-home")
     )
-    return FunctionServer("train_http", env, threads=8).start()
+    return FunctionServer("train_http", env, threads=8)  # started by the with-block
 
 
 @pytest.fixture(scope="module")
