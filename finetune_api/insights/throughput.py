@@ -17,10 +17,13 @@ How it is read, with a bounded number of Baseten requests per lookup:
    ``instance_type`` has this ``gpu_type`` and ``gpu_count`` (and, with
    ``PROJECT_NAME_PREFIX``, only jobs in this service's scope); jobs in the
    model's default project (``ft-<model>``) are tried first;
-2. for at most ``MAX_JOBS`` of them: the first page of the job's log (one
-   request, oldest first) for the template's ``model=<id> …`` start line, and,
-   when that is the model asked about, the newest page (one request) for its
-   step lines.
+2. in that order, jobs read before cost nothing (their model and rate are
+   kept); for at most ``MAX_JOBS`` jobs not read before: the first page of the
+   job's log (one request, oldest first) for the template's ``model=<id> …``
+   start line, and, when that is the model asked about, the newest page (one
+   request) for its step lines. The search stops once ``MAX_JOBS`` jobs of
+   the model are found. So a lookup costs at most ``1 + 2 * MAX_JOBS`` requests,
+   and a repeated one only the search plus older jobs it had not reached.
 
 A job's rate is the median of the ``tokens_per_second`` of the step lines on
 that page (the median ignores the slow steps around an evaluation or a
