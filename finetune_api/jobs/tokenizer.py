@@ -20,10 +20,12 @@ chat template's markup (a few tokens per turn) is not rendered: the counts are
 the model's tokens of the example's words, which is what ``max_seq_length``
 mostly holds.
 
-Cache: per model and process, at most ``max_models`` tokenizers (least
-recently used goes first); a model that could not be fetched is not asked for
-again for ``retry_after`` seconds. Thread-safe; two requests for the same model
-download it once.
+Cache: per model and process, at most ``max_models`` tokenizers (default 2:
+a 128k-vocabulary tokenizer holds tens of MB, and the function has 512 MiB;
+least recently used goes first); a model that could not be fetched is not asked
+for again for ``retry_after`` seconds (5 minutes). Thread-safe; two requests
+for the same model download it once. A first dry run for a model waits for the
+download (``tokenizer.json`` is 2-30 MB); the next ones do not.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ class HubTokenizers:
         self,
         *,
         endpoint: str | None = None,
-        max_models: int = 4,
+        max_models: int = 2,
         retry_after: float = 300.0,
         timeout: float = 10.0,
         fetch: Callable[[str], Any] | None = None,
