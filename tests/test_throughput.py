@@ -145,3 +145,20 @@ def test_estimate_gives_gpu_hours_but_never_a_price() -> None:
     assert answer["examples_over_max_seq_length"] == 1
     assert answer["gpu_hours"] == float(f"{60 / 1000 / 3600 * 2:.4g}")
     assert answer["cost_usd"] is None and answer["cost_basis"].startswith("measured; no price")
+
+
+def test_a_request_without_an_accelerator_is_estimated_on_the_templates_default() -> None:
+    import ast
+    from pathlib import Path
+
+    from finetune_api.jobs.service import DEFAULT_ACCELERATOR
+
+    config = Path(__file__).resolve().parents[1] / "training_template" / "config.py"
+    found = [
+        node.value.value
+        for node in ast.parse(config.read_text()).body
+        if isinstance(node, ast.Assign)
+        and any(getattr(t, "id", None) == "DEFAULT_ACCELERATOR" for t in node.targets)
+        and isinstance(node.value, ast.Constant)
+    ]
+    assert found == [DEFAULT_ACCELERATOR]
