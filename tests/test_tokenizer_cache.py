@@ -80,3 +80,31 @@ def test_batched_and_single_counts_agree() -> None:
     assert tally.examples == len(examples) and tally.tokens == sum(singles)
     assert tally.over == sum(t > 100 for t in singles)
     assert singles[0] == len(example_text(examples[0]).replace(":", " : ").split())
+
+
+def test_out_of_time_the_whole_file_is_counted_by_the_rule() -> None:
+    from finetune_api.jobs.estimate import BATCH_EXAMPLES, RuleCounter, rule_tokens
+
+    now = [0.0]
+    counter = TokenizerCounter(_tokenizer())
+
+    def slow_clock() -> float:
+        now[0] += 1.0  # each batch takes a second
+        return now[0]
+
+    examples = [{"text": "hello world " * (n % 40 + 1)} for n in range(BATCH_EXAMPLES * 5)]
+    tally = Tally(30, counter, deadline=2.5, clock=slow_clock)
+    for example in examples:
+        tally(example)
+    tally.flush()
+    rules = [rule_tokens(example) for example in examples]
+    assert isinstance(tally.counter, RuleCounter) and tally.counter.method == "estimate"
+    assert tally.examples == len(examples)
+    assert tally.tokens == sum(rules) and tally.over == sum(r > 30 for r in rules)
+    # With time to spare, the tokenizer counts everything.
+    on_time = Tally(30, counter, deadline=1e9, clock=slow_clock)
+    for example in examples:
+        on_time(example)
+    on_time.flush()
+    assert on_time.counter is counter and on_time.examples == len(examples)
+    assert on_time.tokens == sum(counter.count(example) for example in examples)

@@ -11,6 +11,7 @@ earlier jobs of the same model and accelerator, and knows the price; then
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -56,6 +57,9 @@ PriceSource = Callable[[str, int], tuple[float | None, str]]
 # Examples whose texts a batching counter encodes in one call (and their characters at most).
 BATCH_EXAMPLES = 512
 BATCH_CHARS = 4 * 1024 * 1024
+# How long the model's tokenizer may count before the dry run answers by the rule instead:
+# half of train_http's 120 s timeout (deploy.sh), so a very large file still gets an answer.
+TOKENIZER_SECONDS = 60.0
 
 
 def significant(value: float, digits: int = 4) -> float:
@@ -69,16 +73,24 @@ class Tally:
 
     A counter with ``count_batch(texts) -> [tokens]`` (the model's tokenizer) gets
     the texts in batches of at most ``BATCH_EXAMPLES`` examples or ``BATCH_CHARS``
-    characters, so memory stays bounded however large the file.
+    characters, so memory stays bounded however large the file. Beside it the
+    rule's counts are kept; once ``deadline`` (``clock()`` time) has passed, the
+    tokenizer stops and every figure is the rule's (``counter`` becomes the
+    :class:`RuleCounter`, so the answer says ``"estimate"``): one method for the
+    whole file, never a mix.
     """
 
     max_seq_length: int
     counter: TokenCounter
+    deadline: float | None = None
+    clock: Callable[[], float] = time.monotonic
     examples: int = 0
     tokens: int = 0
     over: int = 0
     _texts: list[str] = field(default_factory=list)
     _chars: int = 0
+    _rule_tokens: int = 0
+    _rule_over: int = 0
 
     def __call__(self, example: dict[str, Any]) -> None:
         batch = getattr(self.counter, "count_batch", None)
@@ -86,6 +98,9 @@ class Tally:
             self._add(self.counter.count(example))
             return
         text = example_text(example)
+        rule = max(1, math.ceil(len(text.encode("utf-8")) / BYTES_PER_TOKEN))
+        self._rule_tokens += rule
+        self._rule_over += rule > self.max_seq_length
         self._texts.append(text)
         self._chars += len(text)
         if len(self._texts) >= BATCH_EXAMPLES or self._chars >= BATCH_CHARS:
@@ -93,10 +108,15 @@ class Tally:
 
     def flush(self) -> None:
         """Count the texts still waiting for a batch."""
-        if self._texts:
-            texts, self._texts, self._chars = self._texts, [], 0
-            for tokens in self.counter.count_batch(texts):  # type: ignore[attr-defined]
-                self._add(tokens)
+        if not self._texts:
+            return
+        texts, self._texts, self._chars = self._texts, [], 0
+        for tokens in self.counter.count_batch(texts):  # type: ignore[attr-defined]
+            self._add(tokens)
+        if self.deadline is not None and self.clock() > self.deadline:
+            # Out of time: the rule's counts of every example so far, and the rule from here.
+            self.tokens, self.over = self._rule_tokens, self._rule_over
+            self.counter = RuleCounter()
 
     def _add(self, tokens: int) -> None:
         self.examples += 1

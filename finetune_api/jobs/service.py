@@ -17,6 +17,7 @@ import hashlib
 import heapq
 import itertools
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
@@ -222,10 +223,15 @@ class JobService:
         hp = request.hyperparameters
         tally = None
         if data["training_file"] is not None and self._files is not None:
-            from finetune_api.jobs.estimate import RuleCounter, Tally
+            from finetune_api.jobs.estimate import TOKENIZER_SECONDS, RuleCounter, Tally
 
+            started = time.monotonic()
             counter = self._tokenizer(request.model_id) if self._tokenizer else None
-            tally = Tally(hp.max_seq_length, counter or RuleCounter())
+            tally = Tally(
+                hp.max_seq_length,
+                counter or RuleCounter(),
+                deadline=started + TOKENIZER_SECONDS,
+            )
             self._files.each_example(data["training_file"], tally)
             tally.flush()
         from finetune_api.jobs.estimate import estimate
