@@ -42,6 +42,9 @@ BENCHMARKS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "poll_history": ("bench.poll_history", {}, {"sizes": (0, 10_000), "polls": 3}),
     "chat_proxy": ("bench.chat_proxy", {"rounds": 30}, {"rounds": 8}),
     "openai_list": ("bench.openai_list", {}, {"sizes": (20, 200)}),
+    # BENCH_FILE_BYTES (env) makes the 1 GiB file smaller for a quick look.
+    "file_check": ("bench.file_check", {"runs": 3}, {"size": 64 << 20, "runs": 1}),
+    "token_count": ("bench.token_count", {}, {"examples": 5000, "runs": 1}),
 }
 CHILD_TIMEOUT_S = 900
 
@@ -401,6 +404,41 @@ def _openai_list_rows(r: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _file_check_rows(r: dict[str, Any]) -> list[Row]:
+    size = f"{r['bytes'] / (1 << 30):.2f} GiB"
+    return [
+        _row(
+            f"check a {size} chat JSONL in Cloud Storage (emulator), MB/s",
+            f"{r['ours_mb_per_s']:.0f} MB/s ({r['ours_seconds']:.1f} s)",
+            f"{r['baseline_mb_per_s']:.0f} MB/s download only",
+            r["ratio"],
+            ">= 0.50x",
+            r["ratio"] >= 0.5,
+        ),
+        _row(
+            "  peak RSS growth of the checking process",
+            f"+{r['peak_rss_growth_mb']:.0f} MB",
+            f"{r['rss_before_mb']:.0f} MB before",
+            None,
+            "<= 64 MB",
+            r["peak_rss_growth_mb"] <= 64,
+        ),
+    ]
+
+
+def _token_rows(r: dict[str, Any]) -> list[Row]:
+    return [
+        _row(
+            f"dry-run token count, {r['examples']:,} chats (BPE), examples/s",
+            f"{r['ours_examples_per_s']:,}/s",
+            f"{r['baseline_examples_per_s']:,}/s tokenizer alone",
+            r["ratio"],
+            ">= 0.50x",
+            r["ratio"] >= 0.5,
+        )
+    ]
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "cold_start": _cold_rows,
     "first_submit": _first_rows,
@@ -413,6 +451,8 @@ ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "poll_history": _history_rows,
     "chat_proxy": _chat_rows,
     "openai_list": _openai_list_rows,
+    "file_check": _file_check_rows,
+    "token_count": _token_rows,
 }
 
 

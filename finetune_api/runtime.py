@@ -75,6 +75,7 @@ def build_services(settings: Settings) -> Services:
     insights = JobInsights(settings, client, secrets)
     files = build_files(settings)
     index = index_from_settings(settings)
+    tokenizer, throughput, price = build_estimates(settings, client)
     jobs = JobService(
         settings,
         client,
@@ -83,6 +84,9 @@ def build_services(settings: Settings) -> Services:
         progress=insights.progress,
         files=files,
         index=index.record,
+        tokenizer=tokenizer,
+        throughput=throughput,
+        price=price,
     )
     # Each job's own request, read back through Baseten; shared by its three readers.
     configs = RuntimeConfigs(client)
@@ -115,6 +119,20 @@ def build_files(settings: Settings) -> Any:
         max_line_bytes=settings.max_line_bytes,
         url_ttl_seconds=settings.data_url_ttl_seconds,
     )
+
+
+def build_estimates(settings: Settings, client: Any) -> tuple[Any, Any, Any]:
+    """What a dry run's estimate counts and measures with (docs/own-data.md).
+
+    The model's tokenizer from the Hub (``HF_ENDPOINT`` honoured; huggingface_hub
+    and tokenizers load on the first dry run, never here), the throughput of
+    earlier jobs from their FT_METRICS lines, and the price (none is published).
+    """
+    from finetune_api.insights.throughput import MeasuredThroughput, no_published_price
+    from finetune_api.jobs.tokenizer import HubTokenizers
+
+    throughput = MeasuredThroughput(client, prefix=settings.project_name_prefix)
+    return HubTokenizers(), throughput, no_published_price
 
 
 def build_serving(

@@ -16,6 +16,10 @@ keeps ``loopback/`` out of every upload, and ``finetune_api`` never imports it
 * :mod:`loopback.webhook_receiver`: a Standard Webhooks receiver
   (``WebhookReceiver``) that verifies every signature, records what it
   accepted and answers as told.
+* :mod:`loopback.hf_hub`: a Hugging Face Hub stand-in (``HfHub``) serving files at
+  the ``/{repo}/resolve/{revision}/{file}`` routes ``huggingface_hub`` downloads
+  from (``HF_ENDPOINT``), and ``tiny_tokenizer_json``, a real ``tokenizer.json``
+  built with the ``tokenizers`` library.
 * :mod:`loopback.functions`: the one launcher of a ``main.py`` target under a
   real ``functions-framework`` process (``FunctionServer``).
 """

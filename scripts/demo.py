@@ -3,7 +3,10 @@
 Starts an S3-compatible server (moto), the Baseten sandbox, a webhook receiver
 that verifies signatures, and the `train_http` and `poll_jobs` functions under
 real functions-framework processes (the same loopback helpers the tests use);
-submits the recipe's example job over HTTP, polls until the job finishes, and
+uploads the bundled support chats (``examples/support_chats.jsonl``) and shows
+the check, asks for a dry run's estimate (tokens counted with the model's
+tokenizer, served by a local Hugging Face Hub stand-in), then submits a job
+that trains on that file over HTTP, polls until the job finishes, and
 shows every event and checkpoint, a live progress bar (step/total, loss, ETA)
 from the job's own log lines, and writes the loss curve as SVG (``demo-output/``
 in the current folder, or ``DEMO_OUTPUT_DIR``); then deploys the final
@@ -11,7 +14,8 @@ checkpoint as a model, waits for it to go active, asks it one question through
 its OpenAI-style chat-completions endpoint, prints the answer, tells the same
 story through the unmodified ``openai`` SDK (``scripts/openai_demo.py``: chat with
 the fine-tuned model, upload a file, start, list, cancel a job) and deactivates
-the deployment.
+the deployment. A last dry run shows GPU hours grounded in the throughput the
+finished job measured.
 No Baseten account is needed and nothing costs money. Everything started here
 is stopped on exit, Ctrl-C included.
 """
@@ -35,11 +39,13 @@ import requests
 
 # The same loopback helpers the test suite uses.
 from loopback.functions import FunctionServer
+from loopback.hf_hub import HfHub, tiny_tokenizer_json
 from loopback.servers import LocalS3, start_sandbox
 from loopback.webhook_receiver import WebhookReceiver
 
+DATA_FILE = Path(__file__).resolve().parent.parent / "examples" / "support_chats.jsonl"
 REQUEST = {
-    "dataset_id": "HuggingFaceH4/Multilingual-Thinking",
+    # "training_file": the id of the File uploaded first (see main()).
     "model_id": "openai/gpt-oss-20b",
     # Two epochs over the sandbox's two running steps: a checkpoint at each epoch's end.
     "hyperparameters": {
@@ -100,6 +106,45 @@ def show(title: str, body: Any) -> None:
     say(f"{title}\n{json.dumps(body, indent=2)}")
 
 
+def demo_tokenizer() -> bytes:
+    """A small word-level tokenizer.json built from the bundled chats (for the Hub stand-in)."""
+    texts = []
+    for line in DATA_FILE.read_text(encoding="utf-8").splitlines():
+        texts += [m["content"] for m in json.loads(line)["messages"]]
+    return tiny_tokenizer_json([*texts, "system user assistant"])
+
+
+def upload_and_estimate(train: str) -> dict[str, Any] | None:
+    """Upload the bundled file, show its check and a dry run's estimate; the File, or None."""
+    say(f"$ curl -X POST {train}/files -F purpose=fine-tune -F file=@{DATA_FILE.name}")
+    with DATA_FILE.open("rb") as data:
+        response = requests.post(
+            f"{train}/files",
+            files={"file": (DATA_FILE.name, data, "application/jsonl")},
+            data={"purpose": "fine-tune"},
+            timeout=60,
+        )
+    show(f"→ {response.status_code}", response.json())
+    if response.status_code != 201 or response.json()["status"] != "processed":
+        return None
+    upload: dict[str, Any] = response.json()
+    if not dry_run(train, upload["id"]):
+        return None
+    return upload
+
+
+def dry_run(train: str, file_id: str) -> dict[str, Any] | None:
+    body = {**REQUEST, "training_file": file_id, "dry_run": True}
+    say(f"\n$ curl -X POST {train}/jobs -d '{json.dumps(body)}'")
+    response = requests.post(f"{train}/jobs", json=body, timeout=60)
+    if response.status_code != 200:
+        show(f"→ {response.status_code}", response.json())
+        return None
+    estimate: dict[str, Any] = response.json()["estimate"]
+    show(f"→ {response.status_code} (nothing created); estimate:", estimate)
+    return estimate
+
+
 def main() -> int:
     api_key = "sandbox-" + secrets.token_hex(12)
     webhook_secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
@@ -110,7 +155,11 @@ def main() -> int:
         stack.callback(sandbox.stop)
         receiver = stack.enter_context(WebhookReceiver(webhook_secret))
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="finetune-demo-")))
-        files = stack.enter_context(tempfile.TemporaryDirectory(prefix="finetune-demo-files-"))
+        files = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="finetune-files-")))
+        # Stands in for huggingface.co: the dry run fetches the model's tokenizer.json here.
+        hub = stack.enter_context(
+            HfHub({REQUEST["model_id"]: {"tokenizer.json": demo_tokenizer()}})
+        )
         env = {
             "BASETEN_API_KEY": api_key,
             "BASETEN_REMOTE_URL": sandbox.url,
@@ -124,22 +173,34 @@ def main() -> int:
             "POLL_STATE_FILE": str(tmp / "poll-state.json"),
             "TMPDIR": str(tmp),
             # Uploaded files and the job index, in a local folder (GCP: FILES_BUCKET).
-            "FILES_DIR": files,
+            "FILES_DIR": str(files / "store"),
+            "HF_ENDPOINT": hub.url,
+            "HF_HOME": str(files / "hf-home"),
         }
         say(f"Local Baseten sandbox on {sandbox.url} (jobs advance every {STEP_SECONDS:g} s)")
         train = stack.enter_context(FunctionServer("train_http", env)).url
         poll = stack.enter_context(FunctionServer("poll_jobs", env)).url
-        say(f"train_http on {train}, poll_jobs on {poll}\n")
-
+        say(f"train_http on {train}, poll_jobs on {poll}")
         say(
-            "$ curl -X POST "
+            f"Hugging Face Hub stand-in on {hub.url} (HF_ENDPOINT): it serves a small "
+            f"tokenizer.json for {REQUEST['model_id']}, built from the bundled chats\n"
+        )
+        upload = upload_and_estimate(train)
+        if upload is None:
+            return 1
+        # Cloud Scheduler's first tick: an empty poll (the poll function warms up here, so
+        # the next poll, right after the submit, still sees the job in its first state).
+        requests.post(poll, json={}, timeout=60)
+        request = {**REQUEST, "training_file": upload["id"]}
+        say(
+            "\n$ curl -X POST "
             + train
             + "/jobs -H 'Content-Type: application/json' -d '"
-            + json.dumps(REQUEST)
+            + json.dumps(request)
             + "'"
         )
         started = time.monotonic()
-        response = requests.post(f"{train}/jobs", json=REQUEST, timeout=60)
+        response = requests.post(f"{train}/jobs", json=request, timeout=60)
         show(f"→ {response.status_code} in {time.monotonic() - started:.2f} s", response.json())
         if response.status_code != 201:
             return 1
@@ -197,6 +258,9 @@ def main() -> int:
             say(f"rejected webhooks: {receiver.rejections}")
             return 1
         if status != "completed":
+            return 1
+        say("\nThe same dry run again: the finished job measured this model's throughput.")
+        if dry_run(train, upload["id"]) is None:
             return 1
         served = serve_and_ask(path, poll, api_key, receiver, seen)
         if receiver.rejections:

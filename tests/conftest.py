@@ -75,6 +75,11 @@ def function_env(
         "TMPDIR": str(tmp),
         # Uploaded files live beside TMPDIR (which must stay empty), never in ~/.cache.
         "FILES_DIR": str(tmp.parent / f"{tmp.name}-files"),
+        # A dry run never reaches huggingface.co: nothing listens on port 9, so the model's
+        # tokenizer cannot be fetched and tokens are estimated by the rule (tests that want
+        # the tokenizer serve one from loopback/hf_hub.py); huggingface_hub's cache stays here.
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+        "HF_HOME": str(tmp.parent / f"{tmp.name}-hf-home"),
         **extra,
     }
 

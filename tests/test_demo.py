@@ -40,6 +40,12 @@ def test_make_run_demo_completes_a_job(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     assert "→ 201" in out and "Done: job completed" in out
+    # The bundled file is uploaded and checked, then estimated before any job exists.
+    assert '"status": "processed"' in out and '"examples": 20' in out
+    assert '"tokens_method": "tokenizer"' in out and "(nothing created); estimate:" in out
+    assert "no throughput measured yet for openai/gpt-oss-20b on 1x H100" in out
+    # After the job, the same dry run has GPU hours from the throughput it measured.
+    assert "the median FT_METRICS step rate of 1 completed job(s)" in out
     for event in EVENTS:
         assert f"training_job.{event}" in out
     # Then it serves what was trained and asks it one question.

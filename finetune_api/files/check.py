@@ -16,15 +16,27 @@ format, which the first valid line decides and every other line must follow:
 ``examples``, ``invalid_examples`` and every error's ``line`` are exact; only the
 first ``MAX_ERRORS`` errors are kept. A UTF-8 byte order mark at the very start
 is accepted (and hashed, like every byte: the sha256 is of the file as stored).
+
+Speed: bytes are gathered into 1 MiB windows; once the format is known, the
+complete lines of a window are decoded as one JSON array of that format by
+msgspec (typed, in C), and only a window that is not entirely valid is checked
+line by line, which then gives each line its exact verdict (tests/test_check_fast_path.py
+holds the two paths to identical results). The check alone runs at ~200 MB/s of
+chat JSONL on one core, about twice the line-by-line speed; docs/performance.md
+has the figures against the download itself.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from operator import attrgetter
+from typing import Any, Literal
+
+import msgspec
 
 FORMATS = ("chat", "text", "prompt_completion")
 ROLES = frozenset({"system", "user", "assistant"})
@@ -32,6 +44,11 @@ MAX_ERRORS = 100
 DEFAULT_MAX_LINE_BYTES = 4 * 1024 * 1024
 _BOM = b"\xef\xbb\xbf"
 _GZIP = b"\x1f\x8b"
+
+
+# Bytes gathered before lines are cut and checked: big enough that a run of lines
+# is decoded in one call, small enough to cost nothing (a client hands 8 KiB chunks).
+BUFFER_BYTES = 1024 * 1024
 
 
 class LineError(ValueError):
@@ -85,6 +102,96 @@ def check_example(value: dict[str, Any], fmt: str) -> None:
         _non_empty_text(value.get("completion"), "'completion'")
 
 
+class _Message(msgspec.Struct, gc=False):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class _Chat(msgspec.Struct, gc=False):
+    messages: list[_Message]
+
+
+class _Text(msgspec.Struct, gc=False):
+    text: str
+    messages: msgspec.UnsetType = msgspec.UNSET
+
+
+class _PromptCompletion(msgspec.Struct, gc=False):
+    prompt: str
+    completion: str
+    messages: msgspec.UnsetType = msgspec.UNSET
+    text: msgspec.UnsetType = msgspec.UNSET
+
+
+def _fast_decoders() -> dict[str, Any]:
+    """One msgspec decoder per format, for a JSON array of that format's examples.
+
+    Each accepts only what :func:`example_format` and :func:`check_example` also
+    accept, as the same format (a key that would make a line another format, such
+    as ``messages`` on a text line, must be absent); what they cannot tell (an
+    empty list, blank content, no assistant turn) :func:`_all_valid` checks.
+    Anything they refuse is checked again line by line, for the exact reason.
+    """
+    return {
+        "chat": msgspec.json.Decoder(list[_Chat]),
+        "text": msgspec.json.Decoder(list[_Text]),
+        "prompt_completion": msgspec.json.Decoder(list[_PromptCompletion]),
+    }
+
+
+_FAST = _fast_decoders()
+
+
+_ROLE = attrgetter("role")
+
+
+def _all_valid(examples: list[Any], fmt: str) -> bool:
+    """The rest of :func:`check_example` for examples the fast decoder accepted.
+
+    ``not value or value.isspace()`` is the same test as ``not value.strip()``;
+    the loops run in C (``map``) wherever they can.
+    """
+    if fmt == "chat":
+        texts = [message.content for example in examples for message in example.messages]
+        if not all(texts) or any(map(str.isspace, texts)):
+            return False
+        # An empty list has no assistant turn either.
+        return all("assistant" in map(_ROLE, example.messages) for example in examples)
+    field = "text" if fmt == "text" else "completion"
+    texts = list(map(attrgetter(field), examples))
+    return all(texts) and not any(map(str.isspace, texts))
+
+
+def _decode(decoder: Any, data: bytes) -> list[Any] | None:
+    """The examples of a JSON array, or None when the fast decoder refuses it.
+
+    The cyclic garbage collector is paused for the call: decoding a run of
+    examples allocates thousands of lists, each a trigger for a collection that
+    can find nothing (they are all alive until checked), which would double the
+    time. It is switched back on at once, only if it was on.
+    """
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        examples: list[Any] = decoder.decode(data)
+        return examples
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _utf8(data: bytes) -> bool:
+    # msgspec does not check the UTF-8 of keys it skips; the line-by-line check does.
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 @dataclass
 class CheckResult:
     """What one pass over a file found."""
@@ -127,6 +234,9 @@ class JsonlCheck:
     _errors: list[dict[str, Any]] = field(default_factory=list)
     _file_errors: list[dict[str, Any]] = field(default_factory=list)
 
+    _pending: list[bytes] = field(default_factory=list)
+    _pending_bytes: int = 0
+
     def feed(self, chunk: bytes) -> None:
         if not chunk:
             return
@@ -134,22 +244,39 @@ class JsonlCheck:
             self._file_error("the file is gzip-compressed: upload the uncompressed JSONL")
         self._digest.update(chunk)
         self._size += len(chunk)
-        lines = chunk.split(b"\n")
-        last = lines.pop()
-        for piece in lines:
+        for start in range(0, len(chunk), BUFFER_BYTES):  # a large chunk, a window at a time
+            piece = chunk if len(chunk) <= BUFFER_BYTES else chunk[start : start + BUFFER_BYTES]
+            self._pending.append(piece)
+            self._pending_bytes += len(piece)
+            if self._pending_bytes >= BUFFER_BYTES:
+                self._drain()
+
+    def _drain(self) -> None:
+        """Cut the gathered bytes into lines and check the complete ones."""
+        if not self._pending:
+            return
+        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        self._pending.clear()
+        self._pending_bytes = 0
+        first_end = data.find(b"\n")
+        if first_end >= 0:
+            # The line the carry (or an over-long line being dropped) continues.
             if self._skipping:
                 self._skipping = False
                 self._carry.clear()
-                continue
-            if self._carry:
-                self._carry += piece
+            elif self._carry:
+                self._carry += data[:first_end]
                 self._check_line(bytes(self._carry))
                 self._carry.clear()
             else:
-                self._check_line(piece)
+                self._check_line(data[:first_end])
+            last_end = data.rfind(b"\n")
+            if last_end > first_end:
+                self._check_block(data[first_end + 1 : last_end])
+            data = data[last_end + 1 :]
         if self._skipping:
             return
-        self._carry += last
+        self._carry += data
         if len(self._carry) > self.max_line_bytes:
             self._line += 1
             self._reject(f"line is longer than {self.max_line_bytes} bytes")
@@ -157,6 +284,7 @@ class JsonlCheck:
             self._skipping = True
 
     def finish(self) -> CheckResult:
+        self._drain()
         if self._carry and not self._skipping:
             self._check_line(bytes(self._carry))
         self._carry.clear()
@@ -171,6 +299,39 @@ class JsonlCheck:
             invalid_examples=self._invalid,
             errors=(self._file_errors + self._errors)[:MAX_ERRORS],
         )
+
+    # -- many lines ----------------------------------------------------------------
+
+    def _check_block(self, block: bytes) -> None:
+        """Check complete lines (``block`` without its last newline): at once if all are valid.
+
+        The fast path decodes the lines as one JSON array of the file's format
+        (msgspec, in C) once the format is known: the newlines become commas, so
+        an empty or blank line, or one holding two values, makes the array invalid
+        or its length wrong. Any doubt (that, invalid UTF-8 anywhere, a type or
+        content error, a line that may be over-long, a hook that wants each
+        example) checks every line with :meth:`_check_line` instead, which gives
+        each its exact verdict: counts and errors are the same either way.
+        """
+        decoder = _FAST.get(self.format or "")
+        if decoder is not None and self.on_example is None:
+            lines = block.count(b"\n") + 1
+            fits = len(block) <= self.max_line_bytes or (
+                max(map(len, block.split(b"\n"))) <= self.max_line_bytes
+            )
+            examples = None
+            if fits and _utf8(block):
+                examples = _decode(decoder, b"[" + block.replace(b"\n", b",") + b"]")
+            if (
+                examples is not None
+                and len(examples) == lines
+                and _all_valid(examples, self.format or "")
+            ):
+                self._line += lines
+                self._examples += lines
+                return
+        for raw in block.split(b"\n"):
+            self._check_line(raw)
 
     # -- one line ----------------------------------------------------------------
 

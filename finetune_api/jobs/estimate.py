@@ -11,8 +11,9 @@ earlier jobs of the same model and accelerator, and knows the price; then
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 BYTES_PER_TOKEN = 4
@@ -53,16 +54,71 @@ ThroughputSource = Callable[[str, str, int], tuple[float | None, str]]
 PriceSource = Callable[[str, int], tuple[float | None, str]]
 
 
+# Examples whose texts a batching counter encodes in one call (and their characters at most).
+BATCH_EXAMPLES = 512
+BATCH_CHARS = 4 * 1024 * 1024
+# How long the model's tokenizer may count before the dry run answers by the rule instead:
+# half of train_http's 120 s timeout (deploy.sh), so a very large file still gets an answer.
+TOKENIZER_SECONDS = 60.0
+
+
+def significant(value: float, digits: int = 4) -> float:
+    """``value`` to ``digits`` significant digits (a small job's GPU hours are not 0.0)."""
+    return float(f"{value:.{digits}g}")
+
+
 @dataclass
 class Tally:
+    """Counts examples, tokens and examples over ``max_seq_length``; call :meth:`flush` at the end.
+
+    A counter with ``count_batch(texts) -> [tokens]`` (the model's tokenizer) gets
+    the texts in batches of at most ``BATCH_EXAMPLES`` examples or ``BATCH_CHARS``
+    characters, so memory stays bounded however large the file. Beside it the
+    rule's counts are kept; once ``deadline`` (``clock()`` time) has passed, the
+    tokenizer stops and every figure is the rule's (``counter`` becomes the
+    :class:`RuleCounter`, so the answer says ``"estimate"``): one method for the
+    whole file, never a mix.
+    """
+
     max_seq_length: int
     counter: TokenCounter
+    deadline: float | None = None
+    clock: Callable[[], float] = time.monotonic
     examples: int = 0
     tokens: int = 0
     over: int = 0
+    _texts: list[str] = field(default_factory=list)
+    _chars: int = 0
+    _rule_tokens: int = 0
+    _rule_over: int = 0
 
     def __call__(self, example: dict[str, Any]) -> None:
-        tokens = self.counter.count(example)
+        batch = getattr(self.counter, "count_batch", None)
+        if batch is None:
+            self._add(self.counter.count(example))
+            return
+        text = example_text(example)
+        rule = max(1, math.ceil(len(text.encode("utf-8")) / BYTES_PER_TOKEN))
+        self._rule_tokens += rule
+        self._rule_over += rule > self.max_seq_length
+        self._texts.append(text)
+        self._chars += len(text)
+        if len(self._texts) >= BATCH_EXAMPLES or self._chars >= BATCH_CHARS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Count the texts still waiting for a batch."""
+        if not self._texts:
+            return
+        texts, self._texts, self._chars = self._texts, [], 0
+        for tokens in self.counter.count_batch(texts):  # type: ignore[attr-defined]
+            self._add(tokens)
+        if self.deadline is not None and self.clock() > self.deadline:
+            # Out of time: the rule's counts of every example so far, and the rule from here.
+            self.tokens, self.over = self._rule_tokens, self._rule_over
+            self.counter = RuleCounter()
+
+    def _add(self, tokens: int) -> None:
         self.examples += 1
         self.tokens += tokens
         self.over += tokens > self.max_seq_length
@@ -100,7 +156,7 @@ def estimate(
     gpu_hours = cost = None
     basis = rate_basis
     if rate:
-        gpu_hours = round(trained / rate / 3600 * gpu_count, 4)
+        gpu_hours = significant(trained / rate / 3600 * gpu_count)
         hourly, price_basis = price(accelerator, gpu_count) if price else (None, "no price known")
         basis = f"{rate_basis}; {price_basis}"
         if hourly is not None:

@@ -17,6 +17,7 @@ import hashlib
 import heapq
 import itertools
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
@@ -43,6 +44,8 @@ from finetune_api.jobs.scope import JobScope
 from finetune_api.jobs.staging import staged_template
 
 _logger = get_logger("jobs")
+# What training_template/config.py trains on when compute.accelerator is null.
+DEFAULT_ACCELERATOR = "H100"
 
 
 class BasetenReads(Protocol):
@@ -236,11 +239,17 @@ class JobService:
         hp = request.hyperparameters
         tally = None
         if data["training_file"] is not None and self._files is not None:
-            from finetune_api.jobs.estimate import RuleCounter, Tally
+            from finetune_api.jobs.estimate import TOKENIZER_SECONDS, RuleCounter, Tally
 
+            started = time.monotonic()
             counter = self._tokenizer(request.model_id) if self._tokenizer else None
-            tally = Tally(hp.max_seq_length, counter or RuleCounter())
+            tally = Tally(
+                hp.max_seq_length,
+                counter or RuleCounter(),
+                deadline=started + TOKENIZER_SECONDS,
+            )
             self._files.each_example(data["training_file"], tally)
+            tally.flush()
         from finetune_api.jobs.estimate import estimate
 
         shown = self.runtime_config(request, str(request.job_name), data)
@@ -254,7 +263,8 @@ class JobService:
                 tally,
                 num_epochs=hp.num_epochs,
                 model_id=request.model_id,
-                accelerator=request.compute.accelerator or "default",
+                # A request without one trains on the template's default (config.py).
+                accelerator=request.compute.accelerator or DEFAULT_ACCELERATOR,
                 gpu_count=request.compute.gpu_count or 1,
                 throughput=self._throughput,
                 price=self._price,

@@ -1,0 +1,107 @@
+"""The dry run's token count vs the tokenizer alone over the same texts.
+
+A byte-level BPE tokenizer (8,000 tokens, the kind most chat models ship) is
+trained here with the ``tokenizers`` library on the benchmark's own support
+chats; ``examples`` chats (~1 kB each, as in ``bench.file_check``) make the file.
+
+* **ours**: what a dry run does with a training file's bytes once they arrive:
+  ``JsonlCheck`` with ``on_example=Tally(...)`` and the model tokenizer's
+  ``TokenizerCounter`` (``finetune_api.jobs.tokenizer``), then ``tally.flush()``:
+  the check, each example's text (``example_text``), batched counting and the
+  tally of examples over ``max_seq_length``.
+* **baseline**: the tokenizer alone over the same texts, already built:
+  ``encode_batch_fast`` on batches of the same size (``BATCH_EXAMPLES``) in one
+  loop, summing the lengths.
+
+Both count the same number of tokens (checked). The ratio is ours / baseline
+throughput (goal ≥ 0.5); medians of ``runs`` interleaved runs.
+
+Run alone: ``python -m bench.token_count``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+from bench.file_check import example_lines
+
+
+def _tokenizer(lines: list[bytes]) -> Any:
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from finetune_api.jobs.estimate import example_text
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # type: ignore[assignment]
+    tokenizer.decoder = decoders.ByteLevel()  # type: ignore[assignment]
+    trainer = trainers.BpeTrainer(vocab_size=8000, special_tokens=["<s>"])  # type: ignore[call-arg]
+    texts = [example_text(json.loads(line)) for line in lines[:2000]]
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer
+
+
+def run(examples: int = 50_000, runs: int = 5) -> dict[str, Any]:
+    import json
+    import random
+
+    from finetune_api.files.check import JsonlCheck
+    from finetune_api.jobs.estimate import BATCH_EXAMPLES, Tally, example_text
+    from finetune_api.jobs.tokenizer import TokenizerCounter
+
+    pool = example_lines(4000)
+    rng = random.Random(7)
+    lines = [pool[rng.randrange(len(pool))] for _ in range(examples)]
+    data = b"".join(lines)
+    tokenizer = _tokenizer(pool)
+    texts = [example_text(json.loads(line)) for line in lines]
+
+    def ours() -> tuple[float, int]:
+        started = time.perf_counter()
+        tally = Tally(2048, TokenizerCounter(tokenizer))
+        check = JsonlCheck(on_example=tally)
+        for start in range(0, len(data), 8192):
+            check.feed(data[start : start + 8192])
+        check.finish()
+        tally.flush()
+        return time.perf_counter() - started, tally.tokens
+
+    def baseline() -> tuple[float, int]:
+        started = time.perf_counter()
+        total = 0
+        for start in range(0, len(texts), BATCH_EXAMPLES):
+            batch = tokenizer.encode_batch_fast(texts[start : start + BATCH_EXAMPLES])
+            total += sum(map(len, batch))
+        return time.perf_counter() - started, total
+
+    ours(), baseline()  # warm-up
+    ours_s: list[float] = []
+    base_s: list[float] = []
+    tokens = set()
+    for index in range(runs):
+        for kind in ("ours", "baseline") if index % 2 else ("baseline", "ours"):
+            seconds, counted = ours() if kind == "ours" else baseline()
+            (ours_s if kind == "ours" else base_s).append(seconds)
+            tokens.add(counted)
+    assert len(tokens) == 1, f"ours and the baseline counted differently: {tokens}"
+    ours_m, base_m = statistics.median(ours_s), statistics.median(base_s)
+    return {
+        "examples": examples,
+        "bytes": len(data),
+        "tokens": tokens.pop(),
+        "ours_seconds": round(ours_m, 3),
+        "baseline_seconds": round(base_m, 3),
+        "ours_examples_per_s": round(examples / ours_m),
+        "baseline_examples_per_s": round(examples / base_m),
+        "ratio": round(base_m / ours_m, 2),
+        "samples": {"ours": ours_s, "baseline": base_s},
+    }
+
+
+if __name__ == "__main__":
+    import json as _json
+
+    print(_json.dumps({k: v for k, v in run().items() if k != "samples"}, indent=2))

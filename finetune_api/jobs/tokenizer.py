@@ -1,0 +1,169 @@
+"""Token counts with the model's own tokenizer, fetched from the Hugging Face Hub.
+
+Only the dry run comes here (``POST /jobs`` with ``"dry_run": true`` naming a
+``training_file``); ``huggingface_hub`` and ``tokenizers`` are imported on the
+first such request, never at start-up.
+
+What is fetched: the repository's ``tokenizer.json`` at revision ``main``
+(``hf_hub_download``, which honours ``HF_ENDPOINT``; anonymous unless the
+function's environment holds ``HF_TOKEN``), into a scratch directory that is
+removed as soon as the file is loaded, so nothing stays on the instance's
+in-memory disk. A model without a ``tokenizer.json`` (only a SentencePiece
+``tokenizer.model``), a gated or private one, or a Hub that does not answer
+within ``timeout`` seconds gives ``None``: the dry run then counts with the
+rule of :mod:`finetune_api.jobs.estimate` and says ``tokens_method: "estimate"``.
+
+What is counted: the text of each example as :func:`~finetune_api.jobs.estimate.example_text`
+joins it (for a chat, ``role: content`` per turn, one per line), encoded with
+the tokenizer's own post-processor (its BOS/EOS special tokens included). The
+chat template's markup (a few tokens per turn) is not rendered: the counts are
+the model's tokens of the example's words, which is what ``max_seq_length``
+mostly holds.
+
+Cache: per model and process, at most ``max_models`` tokenizers (default 2:
+a 128k-vocabulary tokenizer holds tens of MB, and the function has 512 MiB;
+least recently used goes first); a model that could not be fetched is not asked
+for again for ``retry_after`` seconds (5 minutes). Thread-safe; two requests
+for the same model download it once. A first dry run for a model waits for the
+download (``tokenizer.json`` is 2-30 MB); the next ones do not.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from finetune_api.core.logs import get_logger, log
+from finetune_api.jobs.estimate import example_text
+
+_logger = get_logger("tokenizer")
+
+TOKENIZER_FILE = "tokenizer.json"
+REVISION = "main"
+
+
+class TokenizerCounter:
+    """Counts an example's tokens with one ``tokenizers.Tokenizer`` (batched where it can)."""
+
+    method = "tokenizer"
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def count(self, example: dict[str, Any]) -> int:
+        return len(self.tokenizer.encode(example_text(example)))
+
+    def count_batch(self, texts: list[str]) -> list[int]:
+        """Token counts of many texts in one call (the library spreads it over its threads)."""
+        return [len(encoding) for encoding in self.tokenizer.encode_batch_fast(texts)]
+
+
+def fetch_tokenizer(model_id: str, *, endpoint: str | None, timeout: float) -> Any:
+    """The ``tokenizers.Tokenizer`` of ``model_id`` from the Hub (raises on any failure)."""
+    from huggingface_hub import hf_hub_download
+    from tokenizers import Tokenizer
+
+    scratch = tempfile.mkdtemp(prefix="tokenizer-")
+    try:
+        path = hf_hub_download(
+            model_id,
+            TOKENIZER_FILE,
+            revision=REVISION,
+            endpoint=endpoint,
+            local_dir=scratch,
+            etag_timeout=timeout,
+        )
+        return Tokenizer.from_file(path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+class HubTokenizers:
+    """``model_id -> TokenizerCounter | None``: the estimate's TokenizerSource."""
+
+    def __init__(
+        self,
+        *,
+        endpoint: str | None = None,
+        max_models: int = 2,
+        retry_after: float = 300.0,
+        timeout: float = 10.0,
+        fetch: Callable[[str], Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._endpoint = endpoint
+        self._max = max(1, max_models)
+        self._retry_after = retry_after
+        self._timeout = timeout
+        self._fetch = fetch
+        self._clock = clock
+        self._counters: OrderedDict[str, TokenizerCounter] = OrderedDict()
+        self._failed: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+        self._fetching: dict[str, threading.Lock] = {}
+
+    def __call__(self, model_id: str) -> TokenizerCounter | None:
+        with self._lock:
+            found = self._cached(model_id)
+            if found is not None or model_id in self._failed:
+                return found
+            gate = self._fetching.setdefault(model_id, threading.Lock())
+        with gate:  # one download per model at a time; the others wait for it
+            with self._lock:
+                found = self._cached(model_id)
+                if found is not None or model_id in self._failed:
+                    return found
+            counter = self._load(model_id)
+            with self._lock:
+                self._fetching.pop(model_id, None)
+                if counter is None:
+                    self._failed[model_id] = self._clock() + self._retry_after
+                    while len(self._failed) > 64:
+                        self._failed.popitem(last=False)
+                else:
+                    self._counters[model_id] = counter
+                    while len(self._counters) > self._max:
+                        self._counters.popitem(last=False)
+            return counter
+
+    def _cached(self, model_id: str) -> TokenizerCounter | None:
+        counter = self._counters.get(model_id)
+        if counter is not None:
+            self._counters.move_to_end(model_id)
+            return counter
+        until = self._failed.get(model_id)
+        if until is not None and self._clock() >= until:
+            del self._failed[model_id]
+        return None
+
+    def _load(self, model_id: str) -> TokenizerCounter | None:
+        endpoint = self._endpoint or os.environ.get("HF_ENDPOINT") or None
+        started = time.monotonic()
+        try:
+            if self._fetch is not None:
+                tokenizer = self._fetch(model_id)
+            else:
+                tokenizer = fetch_tokenizer(model_id, endpoint=endpoint, timeout=self._timeout)
+        except Exception as error:  # noqa: BLE001 - any failure means: count by the rule
+            log(
+                _logger,
+                30,
+                "model tokenizer unavailable; the dry run estimates tokens by rule",
+                model_id=model_id,
+                error_type=type(error).__name__,
+            )
+            return None
+        log(
+            _logger,
+            20,
+            "model tokenizer loaded",
+            model_id=model_id,
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
+        )
+        return TokenizerCounter(tokenizer)
