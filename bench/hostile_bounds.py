@@ -31,7 +31,7 @@ def bomb(members: int = 300_000) -> bytes:
 
 
 def archive_figure() -> dict[str, Any]:
-    from finetune_api.serving.watch import runtime_config_from_archive
+    from finetune_api.jobs.runtime_config import runtime_config_from_archive
 
     data = bomb()
     tracemalloc.start()

@@ -19,7 +19,7 @@ import pytest
 
 from finetune_api.baseten import deploy as baseten_deploy
 from finetune_api.core.settings import load_settings
-from finetune_api.serving.watch import runtime_config_from_archive
+from finetune_api.jobs.runtime_config import runtime_config_from_archive
 from sandbox import Sandbox
 from tests.conftest import API_KEY
 
