@@ -125,20 +125,20 @@ class LocalFileStore:
     def _data(self, file_id: str) -> Path:
         return self.root / DATA / f"{file_id}.jsonl"
 
-    def read_meta(self, file_id: str) -> tuple[dict[str, Any], str] | None:
+    def _read_record(self, path: Path) -> tuple[dict[str, Any], str] | None:
+        """A small JSON record and its version (the token a conditional write needs)."""
         try:
-            text = self._meta(file_id).read_text(encoding="utf-8")
+            record = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
         except OSError as error:
             raise StorageUnavailable(error.strerror or "cannot read") from None
-        record = json.loads(text)
         return record, str(record.get("_version", 0))
 
-    def write_meta(self, record: dict[str, Any], token: str | None) -> str:
-        path = self._meta(record["id"])
+    def _write_record(self, path: Path, record: dict[str, Any], token: str | None) -> str:
+        """Write ``record`` only over the version ``token`` names (None: only if absent)."""
         with self._lock:
-            current = self.read_meta(record["id"])
+            current = self._read_record(path)
             if (current is None) != (token is None) or (
                 current is not None and current[1] != token
             ):
@@ -146,6 +146,12 @@ class LocalFileStore:
             version = 1 if current is None else int(current[1]) + 1
             _atomic_write(path, json.dumps({**record, "_version": version}).encode())
         return str(version)
+
+    def read_meta(self, file_id: str) -> tuple[dict[str, Any], str] | None:
+        return self._read_record(self._meta(file_id))
+
+    def write_meta(self, record: dict[str, Any], token: str | None) -> str:
+        return self._write_record(self._meta(record["id"]), record, token)
 
     def list_meta(self, after: str | None, limit: int) -> list[dict[str, Any]]:
         folder = self.root / META
@@ -231,26 +237,10 @@ class LocalFileStore:
         return self.root / UPLOADS / upload_id / part_id
 
     def read_upload(self, upload_id: str) -> tuple[dict[str, Any], str] | None:
-        try:
-            record = json.loads(self._upload(upload_id).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except OSError as error:
-            raise StorageUnavailable(error.strerror or "cannot read") from None
-        return record, str(record.get("_version", 0))
+        return self._read_record(self._upload(upload_id))
 
     def write_upload(self, record: dict[str, Any], token: str | None) -> str:
-        with self._lock:
-            current = self.read_upload(record["id"])
-            if (current is None) != (token is None) or (
-                current is not None and current[1] != token
-            ):
-                raise Conflict(record["id"])
-            version = 1 if current is None else int(current[1]) + 1
-            _atomic_write(
-                self._upload(record["id"]), json.dumps({**record, "_version": version}).encode()
-            )
-        return str(version)
+        return self._write_record(self._upload(record["id"]), record, token)
 
     def write_part(self, upload_id: str, part_id: str, source: BinaryIO) -> int:
         path = self._part(upload_id, part_id)
@@ -382,8 +372,9 @@ class GcsFileStore:
         except Exception as error:  # noqa: BLE001 - anything else is an outage
             raise StorageUnavailable(describe(error)) from None
 
-    def read_meta(self, file_id: str) -> tuple[dict[str, Any], str] | None:
-        blob = self._bucket().blob(f"{META}{file_id}.json")
+    def _read_record(self, name: str) -> tuple[dict[str, Any], str] | None:
+        """A small JSON record and its generation (the token a conditional write needs)."""
+        blob = self._bucket().blob(name)
         try:
             with self._calls():
                 data = blob.download_as_bytes(timeout=self._deadline, retry=self._retry())
@@ -391,8 +382,9 @@ class GcsFileStore:
             return None
         return json.loads(data), str(blob.generation)
 
-    def write_meta(self, record: dict[str, Any], token: str | None) -> str:
-        blob = self._bucket().blob(f"{META}{record['id']}.json")
+    def _write_record(self, name: str, record: dict[str, Any], token: str | None) -> str:
+        """Write ``record`` only over the generation ``token`` names (None: only if absent)."""
+        blob = self._bucket().blob(name)
         with self._calls():
             blob.upload_from_string(
                 json.dumps(record),
@@ -402,6 +394,12 @@ class GcsFileStore:
                 retry=self._retry(),
             )
         return str(blob.generation)
+
+    def read_meta(self, file_id: str) -> tuple[dict[str, Any], str] | None:
+        return self._read_record(f"{META}{file_id}.json")
+
+    def write_meta(self, record: dict[str, Any], token: str | None) -> str:
+        return self._write_record(f"{META}{record['id']}.json", record, token)
 
     def list_meta(self, after: str | None, limit: int) -> list[dict[str, Any]]:
         records: list[dict[str, Any]] = []
@@ -482,44 +480,21 @@ class GcsFileStore:
         return self._read_url(blob, ttl_seconds, generation)
 
     def read_check(self, key: str) -> dict[str, Any] | None:
-        blob = self._bucket().blob(f"{CHECKS}{key}.json")
-        try:
-            with self._calls():
-                data = blob.download_as_bytes(timeout=self._deadline)
-        except ObjectMissing:
-            return None
-        result: dict[str, Any] = json.loads(data)
-        return result
+        found = self._read_record(f"{CHECKS}{key}.json")
+        return None if found is None else found[0]
 
     def write_check(self, key: str, record: dict[str, Any]) -> None:
-        blob = self._bucket().blob(f"{CHECKS}{key}.json")
-        with contextlib.suppress(Conflict), self._calls():
-            blob.upload_from_string(
-                json.dumps(record), content_type="application/json", if_generation_match=0
-            )
+        # Create-only: the check of one object generation never changes.
+        with contextlib.suppress(Conflict):
+            self._write_record(f"{CHECKS}{key}.json", record, None)
 
     # -- uploads (the Uploads API) -------------------------------------------------
 
     def read_upload(self, upload_id: str) -> tuple[dict[str, Any], str] | None:
-        blob = self._bucket().blob(f"{UPLOADS}{upload_id}.json")
-        try:
-            with self._calls():
-                data = blob.download_as_bytes(timeout=self._deadline, retry=self._retry())
-        except ObjectMissing:
-            return None
-        return json.loads(data), str(blob.generation)
+        return self._read_record(f"{UPLOADS}{upload_id}.json")
 
     def write_upload(self, record: dict[str, Any], token: str | None) -> str:
-        blob = self._bucket().blob(f"{UPLOADS}{record['id']}.json")
-        with self._calls():
-            blob.upload_from_string(
-                json.dumps(record),
-                content_type="application/json",
-                if_generation_match=0 if token is None else int(token),
-                timeout=self._deadline,
-                retry=self._retry(),
-            )
-        return str(blob.generation)
+        return self._write_record(f"{UPLOADS}{record['id']}.json", record, token)
 
     def write_part(self, upload_id: str, part_id: str, source: BinaryIO) -> int:
         """The part goes to Cloud Storage as it arrives (streamed in 8 MiB chunks)."""
