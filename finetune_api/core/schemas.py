@@ -7,7 +7,7 @@ HTTP route, the Pub/Sub trigger and the Python API validate identically.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -425,34 +425,31 @@ def validation_details(error: ValidationError, prefix: str = "") -> list[dict[st
     return details
 
 
-def parse_deployment_request(data: Any, settings: Any) -> DeploymentRequest:
-    """Validate the (optional) body of a deploy request; ``None`` means all defaults."""
+_Body = TypeVar("_Body", bound=BaseModel)
+
+
+def _parse_optional_body(model: type[_Body], data: Any, settings: Any, what: str) -> _Body:
+    """Validate an optional request body (``None`` means all defaults) against ``model``."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise InvalidRequestError("request body must be a JSON object")
     try:
-        return DeploymentRequest.model_validate(data, context={"settings": settings})
+        return model.model_validate(data, context={"settings": settings})
     except ValidationError as error:
         details = validation_details(error)
         fields = ", ".join(sorted({d["location"] for d in details}))
-        raise InvalidRequestError(
-            f"invalid deployment request: {fields}", details=details
-        ) from None
+        raise InvalidRequestError(f"invalid {what} request: {fields}", details=details) from None
+
+
+def parse_deployment_request(data: Any, settings: Any) -> DeploymentRequest:
+    """Validate the (optional) body of a deploy request; ``None`` means all defaults."""
+    return _parse_optional_body(DeploymentRequest, data, settings, "deployment")
 
 
 def parse_resume_request(data: Any, settings: Any) -> ResumeRequest:
     """Validate the (optional) body of a resume request; ``None`` means all defaults."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise InvalidRequestError("request body must be a JSON object")
-    try:
-        return ResumeRequest.model_validate(data, context={"settings": settings})
-    except ValidationError as error:
-        details = validation_details(error)
-        fields = ", ".join(sorted({d["location"] for d in details}))
-        raise InvalidRequestError(f"invalid resume request: {fields}", details=details) from None
+    return _parse_optional_body(ResumeRequest, data, settings, "resume")
 
 
 def parse_training_request(data: Any, settings: Any) -> TrainingRequest:
