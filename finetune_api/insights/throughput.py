@@ -53,7 +53,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
-from finetune_api.baseten.log_pages import MS, Position, job_fetch, read_page
+from finetune_api.baseten.log_pages import MS, LogSource, Position, job_fetch, read_page
 from finetune_api.core.errors import ServiceError
 from finetune_api.core.logs import get_logger, log
 from finetune_api.core.timestamps import parse_time
@@ -85,7 +85,9 @@ def no_published_price(accelerator: str, gpu_count: int) -> tuple[float | None, 
     return None, NO_PRICE
 
 
-class JobSource(Protocol):
+class JobSource(LogSource, Protocol):
+    """Baseten's job search and logs (``get_logs`` as :class:`LogSource` declares it)."""
+
     def stream_search_jobs(
         self,
         *,
@@ -93,18 +95,6 @@ class JobSource(Protocol):
         statuses: list[str] | None = None,
         newest_first: bool = True,
     ) -> AbstractContextManager[Iterator[dict[str, Any]]]: ...
-
-    def get_logs(
-        self,
-        project_id: str,
-        job_id: str,
-        *,
-        start_ms: int,
-        end_ms: int,
-        direction: str = "asc",
-        limit: int = 1000,
-        min_level: str | None = None,
-    ) -> list[dict[str, Any]]: ...
 
 
 def _ns(value: Any) -> int | None:
