@@ -293,7 +293,7 @@ BAD_FILES = {
     ),
     "robot.jsonl": (
         b'{"messages": [{"role": "robot", "content": "hi"}]}\n',
-        (1, "messages[0].role must be system, user or assistant"),
+        (1, "messages[0].role must be system, developer, user, assistant or tool"),
     ),
     "empty-content.jsonl": (
         b'{"messages": [{"role": "user", "content": "hi"}, '
