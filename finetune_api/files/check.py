@@ -125,6 +125,9 @@ def _fast_decoders() -> dict[str, Any]:
 
 
 _FAST = _fast_decoders()
+# Whether runs of lines without "{" are counted at once once no more reasons are kept
+# (tests switch it off to compare with every line checked one by one).
+_BULK_INVALID = True
 
 
 _ROLE = attrgetter("role")
@@ -355,7 +358,7 @@ class JsonlCheck:
         """
         start, end = 0, len(block)
         while start <= end:
-            if len(self._errors) >= MAX_ERRORS:
+            if _BULK_INVALID and len(self._errors) >= MAX_ERRORS:
                 brace = block.find(b"{", start)
                 first = end if brace < 0 else block.rfind(b"\n", start, brace) + 1
                 if first > start:
