@@ -83,7 +83,8 @@ def test_crlf_line_ends_are_accepted() -> None:
             [
                 (
                     1,
-                    "no 'messages' (chat), 'input'/'preferred_output' (preference), 'text' or 'prompt'/'completion' key",
+                    "no 'messages' (chat), 'input'/'preferred_output' (preference), 'text' or "
+                    "'prompt'/'completion' key",
                 )
             ],
         ),
