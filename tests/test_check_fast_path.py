@@ -105,8 +105,7 @@ ODD_CHAT_LINES: list[bytes] = [
     chat(
         {"role": "assistant", "content": None, "tool_calls": [{**CALL, "function": BAD_ARGS}]},
     ),
-    b'{"messages": [{"role": "assistant", "content": "a"}], "tools": [], '
-    b'"parallel_tool_calls": 1}',
+    b'{"messages": [{"role": "assistant", "content": "a"}], "tools": [], "parallel_tool_calls": 1}',
     # Duplicate keys in every spelling the key count must see.
     b'{"messages": [{"role": "assistant", "content": "a", "content" : "b"}]}',
     b'{"messages": [{"role": "assistant", "content": "a",\t"content"\t:"b"}]}',
@@ -122,6 +121,10 @@ ODD_CHAT_LINES: list[bytes] = [
     b'{"messages": [{"role": "assistant", "content": "b"}]}',
     b"\xef\xbb\xbf" + b'{"messages": [{"role": "assistant", "content": "x"}]}',
     b'{"messages": [{"role": "assistant", "content": "\\udc00"}]}',
+    b'{"messages":\r[{"role": "assistant", "content": "a carriage return between values"}]}',
+    b'{"messages": [{"role": "assistant", "content": "ok"}], "n": 9223372036854775808}',
+    b'{"messages": [{"role": "assistant", "content": "ok"}], "x": 1e999}',
+    b'{"messages": [{"role": "assistant", "content": "ok"}], "d": ' + b"[" * 40 + b"]" * 40 + b"}",
     b'{"messages": [{"role": "assistant", "content": "\\ud83d\\ude00 pair"}]}',
 ]
 

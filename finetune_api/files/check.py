@@ -197,6 +197,13 @@ def _decode_lines(decoder: Any, lines: list[bytes]) -> list[Any] | None:
             gc.enable()
 
 
+def _stray_carriage_returns(block: bytes) -> bool:
+    """Whether a ``\\r`` stands anywhere but at the end of a line (msgspec reads it as a space)."""
+    if b"\r" not in block:
+        return False
+    return block.count(b"\r") != block.count(b"\r\n") + block.endswith(b"\r")
+
+
 def _utf8(data: bytes) -> bool:
     # msgspec may not check the UTF-8 of every byte it passes over; the line-by-line check does.
     try:
@@ -339,7 +346,7 @@ class JsonlCheck:
         if len(block) > self.max_line_bytes and max(map(len, lines)) > self.max_line_bytes:
             return False
         keys = _keys_written(block)
-        if keys is None or not _utf8(block):
+        if keys is None or _stray_carriage_returns(block) or not _utf8(block):
             return False
         examples = _decode_lines(decoder, lines)
         if examples is None or not _all_valid(examples, self.format or "", keys):
@@ -396,6 +403,10 @@ class JsonlCheck:
             return
         if not raw.strip():
             self._reject("empty line")
+            return
+        if b"\r" in raw:
+            # JSON allows it between values, but a loader reading text lines ends the line there.
+            self._reject("a carriage return (\\r) inside the line: only \\r\\n may end a line")
             return
         try:
             text = raw.decode("utf-8")

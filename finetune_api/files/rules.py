@@ -25,13 +25,16 @@ this module does not name are ignored. Every reason names where in the line the
 rule broke, as ``messages[2].tool_calls[0].function.arguments``.
 
 A line must also be JSON a loader reads the same way everywhere: a key given
-twice in one object, and a lone UTF-16 surrogate escape (``"\\ud800"``, which is
-no character and cannot be written as UTF-8), are line errors.
+twice in one object, a lone UTF-16 surrogate escape (``"\\ud800"``, which is
+no character and cannot be written as UTF-8), a number beyond a 64-bit integer
+or a double, and objects or arrays nested more than ``MAX_DEPTH`` levels are
+line errors.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -41,6 +44,10 @@ _ROLE_SET = frozenset(ROLES)
 _ROLE_LIST = ", ".join(ROLES[:-1]) + " or " + ROLES[-1]
 # A \uD800-\uDFFF escape: only these can leave a lone surrogate after decoding.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abAB]|\\u[dD][c-fC-F]")
+# Objects and arrays nested deeper than this are a line error: the trainer's loader
+# (Arrow's JSON reader under ``datasets``) gives up at about 63 levels; a tool's
+# JSON Schema needs a dozen.
+MAX_DEPTH = 32
 
 
 class LineError(ValueError):
@@ -64,7 +71,30 @@ def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return value
 
 
-_DECODER = json.JSONDecoder(object_pairs_hook=_unique_pairs)
+class _NumberTooLarge(Exception):
+    def __init__(self, literal: str) -> None:
+        super().__init__(literal)
+        self.literal = literal
+
+
+_INT64 = 1 << 63
+
+
+def _int64(literal: str) -> int:
+    value = int(literal)
+    if not -_INT64 <= value < _INT64:
+        raise _NumberTooLarge(literal)
+    return value
+
+
+def _finite(literal: str) -> float:
+    value = float(literal)
+    if value in (math.inf, -math.inf):
+        raise _NumberTooLarge(literal)
+    return value
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_pairs, parse_int=_int64, parse_float=_finite)
 
 
 def _short(text: str, limit: int = 40) -> str:
@@ -74,17 +104,25 @@ def _short(text: str, limit: int = 40) -> str:
 def loads(text: str) -> Any:
     """``text`` as one JSON value, or LineError: the line-by-line check's only JSON reader.
 
-    Stricter than ``json.loads`` in two ways a trainer's loader needs: no key
-    twice in one object, no lone surrogate in any string or key.
+    Stricter than ``json.loads`` where a trainer's loader needs it: no key twice
+    in one object, no lone surrogate in any string or key, no number beyond a
+    64-bit integer or a double, nesting at most ``MAX_DEPTH`` levels.
     """
     try:
         value = _DECODER.decode(text)
     except _DuplicateKey as error:
         raise LineError(f"the key {_short(error.key)} appears twice in one object") from None
+    except _NumberTooLarge as error:
+        raise LineError(
+            f"the number {error.literal[:40]} is too large (integers must fit in 64 bits, "
+            "other numbers in a double)"
+        ) from None
     except RecursionError:
         raise LineError("JSON nested too deeply") from None
     except ValueError:
         raise LineError("not valid JSON") from None
+    if text.count("[") + text.count("{") > MAX_DEPTH and _deeper_than(value, MAX_DEPTH):
+        raise LineError(f"JSON nested more than {MAX_DEPTH} levels deep")
     if _SURROGATE_ESCAPE.search(text) is not None:
         try:
             json.dumps(value, ensure_ascii=False).encode("utf-8")
@@ -96,6 +134,20 @@ def loads(text: str) -> Any:
         except (RecursionError, ValueError):
             raise LineError("JSON nested too deeply") from None
     return value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests objects and arrays more than ``limit`` levels (level by level)."""
+    level = [value]
+    for _ in range(limit):
+        deeper: list[Any] = []
+        for item in level:
+            children = item.values() if type(item) is dict else item
+            deeper.extend(child for child in children if type(child) in (dict, list))
+        if not deeper:
+            return False
+        level = deeper
+    return True
 
 
 def example_format(value: Any) -> str:
