@@ -23,11 +23,9 @@ user and assistant string contents; text; prompt/completion), with a count of
 the window's keys that proves no key was given twice; only a window that is
 not entirely such lines is checked line by line, which gives each line its
 exact verdict (tests/test_check_fast_path.py holds the two paths to identical
-results). Once ``MAX_ERRORS`` reasons are kept, runs of lines that hold no
-``{`` (no JSON object can be valid without one) are counted invalid without
-being cut. docs/performance.md has the figures: plain chat ~170 MB/s on one
-core, tool-calling chat and preference pairs (line by line) ~50 MB/s, 32 MiB of
-``1`` lines ~1 GB/s.
+results). Once ``MAX_ERRORS`` reasons are kept, runs of lines that do not
+even name the format's key are counted invalid without being cut.
+docs/performance.md has the figures.
 """
 
 from __future__ import annotations
@@ -125,9 +123,40 @@ def _fast_decoders() -> dict[str, Any]:
 
 
 _FAST = _fast_decoders()
-# Whether runs of lines without "{" are counted at once once no more reasons are kept
-# (tests switch it off to compare with every line checked one by one).
+# Whether runs of lines that name no key of the format are counted at once once no more
+# reasons are kept (tests switch it off to compare with every line checked one by one).
 _BULK_INVALID = True
+# What a valid line of each format must hold: the key the format is known by, written
+# out, or a backslash (an escape could spell it). None: the format is not known yet.
+_KEY_NAMES: dict[str | None, tuple[bytes, ...]] = {
+    None: (b"messages", b"input", b"preferred_output", b"text", b"prompt", b"completion", b"\\"),
+    "chat": (b"messages", b"\\"),
+    "preference": (b"input", b"preferred_output", b"\\"),
+    "text": (b"text", b"\\"),
+    "prompt_completion": (b"prompt", b"completion", b"\\"),
+}
+
+
+def _next_key_name(
+    block: bytes, start: int, needles: tuple[bytes, ...], found: dict[bytes, int]
+) -> int:
+    """Where the first of ``needles`` occurs in ``block`` from ``start`` on, or -1.
+
+    -1 too when no ``{`` is left (every valid line is an object). ``found``
+    remembers each needle's last answer, so a block is searched about once per
+    needle however many times this is asked (``bytes.find`` runs in C).
+    """
+
+    def after_start(needle: bytes) -> int:
+        at = found.get(needle, -2)
+        if at == -2 or 0 <= at < start:
+            at = found[needle] = block.find(needle, start)
+        return at
+
+    if after_start(b"{") < 0:
+        return -1
+    places = [at for at in map(after_start, needles) if at >= 0]
+    return min(places) if places else -1
 
 
 _ROLE = attrgetter("role")
@@ -359,21 +388,23 @@ class JsonlCheck:
         """Every line of ``block`` through :meth:`_check_line`, for its exact verdict.
 
         Once ``MAX_ERRORS`` reasons are kept, only the counts can change: a run
-        of lines without any ``{`` (no valid example of any format lacks one) is
-        counted invalid at once, so a file of millions of ``1`` lines costs a
-        few scans of its bytes rather than a JSON parse per line.
+        of lines none of which holds a key name of the format (nor a backslash,
+        which could spell one) has no valid example, and is counted invalid at
+        once, so a file of millions of ``1`` or ``{}`` lines costs a few scans of
+        its bytes rather than a JSON parse per line.
         """
         start, end = 0, len(block)
+        found: dict[bytes, int] = {}  # needle -> its next place at or after a start (-1: none)
         while start <= end:
             if _BULK_INVALID and len(self._errors) >= MAX_ERRORS:
-                brace = block.find(b"{", start)
-                first = end if brace < 0 else block.rfind(b"\n", start, brace) + 1
+                at = _next_key_name(block, start, _KEY_NAMES[self.format], found)
+                first = end if at < 0 else block.rfind(b"\n", start, at) + 1
                 if first > start:
-                    skipped = block.count(b"\n", start, first) + (brace < 0)
+                    skipped = block.count(b"\n", start, first) + (at < 0)
                     self._line += skipped
                     self._invalid += skipped
                     start = first
-                    if brace < 0:
+                    if at < 0:
                         return
             stop = block.find(b"\n", start)
             if stop < 0:
