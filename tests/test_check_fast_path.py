@@ -109,6 +109,10 @@ ODD_CHAT_LINES: list[bytes] = [
     # Duplicate keys in every spelling the key count must see.
     b'{"messages": [{"role": "assistant", "content": "a", "content" : "b"}]}',
     b'{"messages": [{"role": "assistant", "content": "a",\t"content"\t:"b"}]}',
+    b'{"messages": [{"role": "assistant", "content": "a", "content"  :"b"}]}',
+    b'{"messages": [{"role": "assistant", "content": "say \\"hi\\" : x", "content" \t: "b"}]}',
+    b'{"messages": [{"role": "assistant", "content": "a\\\\", "content" : "b"}]}',
+    b'{"messages": [{"role": "assistant", "content": "no dup \\" :"}]}',
     b'{"messages": [{"role": "assistant", "role": "user", "content": "a"}]}',
     b'{"messages": [{"role": "assistant", "content": "a", "name": "x", "name": "y"}]}',
     b'{"messages": [{"role": "assistant", "content": "a\\": \\"", "role": "user"}]}',

@@ -20,7 +20,7 @@ Speed: bytes are gathered into 1 MiB windows; once the format is known, each
 complete line of a window is decoded by msgspec (typed, in C) into a closed
 shape that only the plainest valid examples fit (chat of system, developer,
 user and assistant string contents; text; prompt/completion), with a count of
-the window's keys that proves no key was given twice; only a window that is
+the window's key separators that proves no key was given twice; only a window that is
 not entirely such lines is checked line by line, which gives each line its
 exact verdict (tests/test_check_fast_path.py holds the two paths to identical
 results). Once ``MAX_ERRORS`` reasons are kept, runs of lines that do not
@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import gc
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, Literal
@@ -162,27 +163,31 @@ def _next_key_name(
 _ROLE = attrgetter("role")
 _NAME = attrgetter("name")
 _MESSAGES = attrgetter("messages")
-# How a key may end in the JSON text of a window the fast path takes: its closing
-# quote right before the colon. Whitespace between them sends the window line by line.
-_KEY_END = b'":'
-_SPACED_KEY_ENDS = (b'" :', b'"\t:', b'"\r:')
 
 
-def _keys_written(block: bytes) -> int | None:
-    """An upper bound on the keys written in ``block``, or None when it cannot say.
+def _no_key_twice(block: bytes, keys: int) -> bool:
+    """Whether ``block``, whose examples have ``keys`` keys, writes no key twice.
 
-    Every key of valid JSON ends with ``":`` once spaced key ends are refused;
-    the pattern may also occur inside a string (``\\":``), so this counts at least
-    every key. Equal to the keys the decoded examples have, it proves that no
-    key was given twice (msgspec keeps the last of two silently).
+    msgspec keeps the last of a key given twice silently; this proves there is
+    none by counting key separators, which can only overcount. Every key is
+    followed by a ``:``, so ``block.count(b":") == keys`` settles it at once
+    (no colon in any text). Otherwise every key the fast shapes know ends
+    ``":`` unless whitespace stands between: a ``"`` before whitespace that is
+    not ``\\"`` (an escaped quote in a text; no known key name ends in a
+    backslash) sends the block line by line, and else ``block.count(b'":')``
+    must equal ``keys``.
     """
-    if any(spaced in block for spaced in _SPACED_KEY_ENDS):
-        return None
-    return block.count(_KEY_END)
+    colons = block.count(b":")
+    if colons == keys:
+        return True
+    if colons < keys or block.count(b'":') != keys:
+        return False
+    spaced = block.count(b'" ') + block.count(b'"\t')
+    return spaced == 0 or spaced == block.count(b'\\" ') + block.count(b'\\"\t')
 
 
-def _all_valid(examples: list[Any], fmt: str, keys_written: int) -> bool:
-    """The rest of :func:`check_example` for examples the fast decoder accepted.
+def _all_valid(examples: list[Any], fmt: str, block: bytes) -> bool:
+    """The rest of :func:`check_example` for the examples of ``block`` the fast decoder accepted.
 
     ``not value or value.isspace()`` is the same test as ``not value.strip()``;
     the loops run in C (``map``) wherever they can.
@@ -192,38 +197,44 @@ def _all_valid(examples: list[Any], fmt: str, keys_written: int) -> bool:
         if not all(conversations):
             return False
         messages = [message for conversation in conversations for message in conversation]
-        names = len(messages) - list(map(_NAME, messages)).count(msgspec.UNSET)
-        if keys_written != len(examples) + 2 * len(messages) + names:
-            return False
         texts = [message.content for message in messages]
         if not all(texts) or any(map(str.isspace, texts)):
             return False
-        return all("assistant" in map(_ROLE, conversation) for conversation in conversations)
-    per_example = 1 if fmt == "text" else 2
-    if keys_written != per_example * len(examples):
-        return False
+        if not all("assistant" in map(_ROLE, conversation) for conversation in conversations):
+            return False
+        names = len(messages) - list(map(_NAME, messages)).count(msgspec.UNSET)
+        return _no_key_twice(block, len(examples) + 2 * len(messages) + names)
     texts = list(map(attrgetter("text" if fmt == "text" else "completion"), examples))
-    return all(texts) and not any(map(str.isspace, texts))
+    if not all(texts) or any(map(str.isspace, texts)):
+        return False
+    return _no_key_twice(block, (1 if fmt == "text" else 2) * len(examples))
 
 
-def _decode_lines(decoder: Any, lines: list[bytes]) -> list[Any] | None:
-    """Each line decoded on its own (so each is exactly one value), or None at any refusal.
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for a window's work, back on after (if it was on).
 
-    The cyclic garbage collector is paused for the call: decoding a run of
-    examples allocates thousands of lists, each a trigger for a collection that
-    can find nothing (they are all alive until checked), which would double the
-    time. It is switched back on at once, only if it was on.
+    Checking a window allocates thousands of lists and dicts, each a trigger for
+    a collection that can find nothing (they are freed by reference counting, or
+    alive until checked), which costs up to half the time.
     """
     paused = gc.isenabled()
     if paused:
         gc.disable()
     try:
-        return list(map(decoder.decode, lines))
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
+        yield
     finally:
         if paused:
             gc.enable()
+
+
+def _decode_lines(decoder: Any, lines: list[bytes]) -> list[Any] | None:
+    """Each line decoded on its own (so each is exactly one value), or None at any refusal."""
+    try:
+        with _gc_paused():
+            return list(map(decoder.decode, lines))
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
 
 
 def _stray_carriage_returns(block: bytes) -> bool:
@@ -355,7 +366,8 @@ class JsonlCheck:
     def _check_block(self, block: bytes) -> None:
         """Check complete lines (``block`` without its last newline): at once if all are valid."""
         if not self._all_fast(block):
-            self._check_each(block)
+            with _gc_paused():
+                self._check_each(block)
 
     def _all_fast(self, block: bytes) -> bool:
         """Count the block's lines as valid if the fast path proves every one is.
@@ -374,11 +386,10 @@ class JsonlCheck:
         lines = block.split(b"\n")
         if len(block) > self.max_line_bytes and max(map(len, lines)) > self.max_line_bytes:
             return False
-        keys = _keys_written(block)
-        if keys is None or _stray_carriage_returns(block) or not _utf8(block):
+        if _stray_carriage_returns(block) or not _utf8(block):
             return False
         examples = _decode_lines(decoder, lines)
-        if examples is None or not _all_valid(examples, self.format or "", keys):
+        if examples is None or not _all_valid(examples, self.format or "", block):
             return False
         self._line += len(lines)
         self._examples += len(lines)
