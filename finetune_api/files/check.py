@@ -406,8 +406,9 @@ class JsonlCheck:
         """
         start, end = 0, len(block)
         found: dict[bytes, int] = {}  # needle -> its next place at or after a start (-1: none)
+        wait = 0  # lines to check one by one before searching again (a search that skipped none)
         while start <= end:
-            if _BULK_INVALID and len(self._errors) >= MAX_ERRORS:
+            if _BULK_INVALID and len(self._errors) >= MAX_ERRORS and not wait:
                 at = _next_key_name(block, start, _KEY_NAMES[self.format], found)
                 first = end if at < 0 else block.rfind(b"\n", start, at) + 1
                 if first > start:
@@ -417,6 +418,9 @@ class JsonlCheck:
                     start = first
                     if at < 0:
                         return
+                else:
+                    wait = 64
+            wait = max(0, wait - 1)
             stop = block.find(b"\n", start)
             if stop < 0:
                 stop = end

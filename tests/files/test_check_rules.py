@@ -421,3 +421,20 @@ def test_the_text_counted_holds_every_trained_part() -> None:
     assert "What is the weather" in pair and "Sunny" in pair and "I do not know." in pair
     parts = example_text(VALID_CHATS["text parts"])
     assert "user: Hi" in parts and "assistant: Hello" in parts
+
+
+def test_every_example_line_in_the_docs_is_valid() -> None:
+    """docs/own-data.md shows each accepted shape with an example line: each passes as shown."""
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "own-data.md").read_text("utf-8")
+    section = page[page.index("## The check") : page.index("### JSON that a loader")]
+    blocks = [block.split("```", 1)[0] for block in section.split("```json\n")[1:]]
+    lines = [line for block in blocks for line in block.splitlines() if line.strip()]
+    assert len(lines) == 6
+    by_format: dict[str, int] = {}
+    for text in lines:
+        result = check(text.encode() + b"\n")
+        assert result.ok, (text, result.errors)
+        by_format[result.format] = by_format.get(result.format, 0) + 1
+    assert by_format == {"chat": 3, "preference": 1, "text": 1, "prompt_completion": 1}
