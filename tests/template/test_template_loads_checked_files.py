@@ -148,6 +148,40 @@ CORPUS: dict[str, tuple[bytes, bool]] = {
         ),
         True,
     ),
+    "tool calls first, content absent": (
+        jsonl(TOOL_CHAT, PLAIN),
+        True,
+    ),
+    "different tools and schemas on each line": (
+        jsonl(
+            PLAIN,
+            TOOL_CHAT,
+            {
+                **PLAIN,
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": "book",
+                            "description": "Book a table",
+                            "parameters": {
+                                "type": "object",
+                                "properties": {
+                                    "when": {"type": "string", "format": "date-time"},
+                                    "seats": {"type": "integer", "minimum": 1},
+                                    "names": {"type": "array", "items": {"type": "string"}},
+                                },
+                                "required": ["when"],
+                            },
+                        },
+                    }
+                ],
+                "parallel_tool_calls": True,
+            },
+            {**PLAIN, "tools": [{"type": "function", "function": {"name": "ping"}}]},
+        ),
+        True,
+    ),
     "text parts beside strings, developer, names, weights": (
         jsonl(
             PLAIN,
@@ -199,7 +233,24 @@ def _lines(data: bytes) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.split("\n") if line.strip()]
 
 
-@pytest.mark.parametrize("name", list(CORPUS))
+# Files the check rightly passes that this tree's template refuses: issue 26 changes the
+# template to read OpenAI's full format. Strict: once it does, these pass and the mark must go.
+TEMPLATE_GAPS = {
+    "tool calls first, content absent": (
+        "train.py's _check_example still wants 'content' on every message of the first row"
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=TEMPLATE_GAPS[name]))
+        if name in TEMPLATE_GAPS
+        else name
+        for name in CORPUS
+    ],
+)
 def test_a_file_the_check_passes_loads_in_the_template_with_the_same_examples(
     name: str, train_py: ModuleType, tmp_path: Path
 ) -> None:
