@@ -409,3 +409,27 @@ def test_each_bad_file_is_stored_as_error_with_its_reason(
     bom = upload(train_http, b"\xef\xbb\xbf" + GOOD, "bom.jsonl").json()
     assert bom["status"] == "processed" and bom["validation"]["examples"] == 12
     assert sandbox.jobs() == []
+
+
+def test_openais_full_chat_format_and_preference_pairs_upload_as_processed(
+    train_http: FunctionServer,
+) -> None:
+    agent = _chat(
+        {"role": "developer", "content": "Use the tools."},
+        {"role": "user", "content": [{"type": "text", "text": "Weather in Paris?"}]},
+        _caller("get_weather", '{"city": "Paris"}'),
+        _TOOL_ANSWER,
+        {**_ANSWER, "weight": 1, "name": "bot"},
+        tools=_TOOLS,
+        parallel_tool_calls=False,
+    )
+    for data, fmt, examples in ((agent * 3 + GOOD, "chat", 15), (_pair() * 4, "preference", 4)):
+        file = upload(train_http, data).json()
+        assert file["status"] == "processed", file["validation"]
+        assert file["validation"] == {
+            "format": fmt,
+            "examples": examples,
+            "invalid_examples": 0,
+            "errors": [],
+        }
+        assert File.model_validate(file).validation is not None
