@@ -423,7 +423,34 @@ def _file_check_rows(r: dict[str, Any]) -> list[Row]:
             "<= 64 MB",
             r["peak_rss_growth_mb"] <= 64,
         ),
+        *_shape_rows(r["shapes"]),
     ]
+
+
+SHAPES: dict[str, tuple[str, str | None, float | None]] = {
+    "tool_chat": ("chat with tool calls (line by line)", None, None),
+    "preference": ("preference pairs (line by line)", None, None),
+    "ones": ("hostile: nothing but '1' lines", ">= 20 MB/s", 20.0),
+    "braces": ("hostile: nothing but '{}' lines", ">= 20 MB/s", 20.0),
+}
+
+
+def _shape_rows(shapes: dict[str, Any]) -> list[Row]:
+    base = shapes["plain_chat"]
+    rows = []
+    for name, (label, goal, floor) in SHAPES.items():
+        item = shapes[name]
+        rows.append(
+            _row(
+                f"  check alone, {item['bytes'] >> 20} MiB in memory: {label}",
+                f"{item['mb_per_s']:.0f} MB/s ({item['seconds']:.2f} s)",
+                f"{base['mb_per_s']:.0f} MB/s plain chat",
+                item["ratio"],
+                goal or "-",
+                None if floor is None else item["mb_per_s"] >= floor,
+            )
+        )
+    return rows
 
 
 def _token_rows(r: dict[str, Any]) -> list[Row]:

@@ -195,3 +195,30 @@ def test_signed_url_for_a_real_bucket_is_v4_and_short_lived(tmp_path: Path) -> N
     assert url.startswith(f"https://storage.googleapis.com/{USERS}/chats/good.jsonl?")
     assert "X-Goog-Algorithm=GOOG4-RSA-SHA256" in url and "X-Goog-Expires=3600" in url
     assert "generation=123" in url and "X-Goog-Signature=" in url
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "sentence"),
+    [
+        ("empty.jsonl", b"", "the file is empty"),
+        ("blank.jsonl", b"\n\n", "no valid example in the file"),
+    ],
+)
+def test_a_file_wide_error_reads_as_a_sentence(
+    server: FunctionServer,
+    sandbox: Sandbox,
+    gcs: tuple[LocalGcs, GcsProxy],
+    name: str,
+    data: bytes,
+    sentence: str,
+) -> None:
+    gcs[0].client().bucket(USERS).blob(f"chats/{name}").upload_from_string(data)
+    response = submit(server, {"training_file": f"gs://{USERS}/chats/{name}", "model_id": MODEL})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert f"first: {sentence})" in error["message"]
+    reasons = [detail["reason"] for detail in error["details"]]
+    assert reasons[0] == sentence
+    assert "None" not in error["message"] and not any("None" in r for r in reasons)
+    assert all(r == sentence or r.startswith("line ") for r in reasons)
+    assert sandbox.jobs() == []
