@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from finetune_api.runtime import get_services
+from finetune_api.core.errors import InvalidRequestError
+from finetune_api.runtime import acting_for, get_services
 
 if TYPE_CHECKING:
     from finetune_api.core.schemas import TrainingRequest
@@ -27,6 +30,7 @@ def handle_training_request(
     message_id: str | None = None,
     training_file: str | None = None,
     validation_file: str | None = None,
+    team: str | None = None,
 ) -> dict[str, Any]:
     """Start a Baseten training job fine-tuning ``model_id`` on ``dataset_id``.
 
@@ -47,25 +51,28 @@ def handle_training_request(
     (retry later), ``UpstreamError``, ``ConfigurationError``. Each carries
     ``.status`` and ``.body`` (the CONTRACT error JSON).
     """
-    body: dict[str, Any] = {"model_id": model_id}
-    optional = {
-        "dataset_id": dataset_id,
-        "training_file": training_file,
-        "validation_file": validation_file,
-        "project_name": project_name,
-        "job_name": job_name,
-        "hyperparameters": hyperparameters,
-        "compute": compute,
-        "deploy": deploy,
-        "retry": retry,
-    }
-    body.update({name: value for name, value in optional.items() if value is not None})
-    return _submit(
-        _validate(body),
-        idempotency_key=idempotency_key,
-        message_id=message_id,
-        template_dir=Path(training_template_dir) if training_template_dir is not None else None,
-    )
+    with _as_team(team):
+        body: dict[str, Any] = {"model_id": model_id}
+        optional = {
+            "dataset_id": dataset_id,
+            "training_file": training_file,
+            "validation_file": validation_file,
+            "project_name": project_name,
+            "job_name": job_name,
+            "hyperparameters": hyperparameters,
+            "compute": compute,
+            "deploy": deploy,
+            "retry": retry,
+        }
+        body.update({name: value for name, value in optional.items() if value is not None})
+        return _submit(
+            _validate(body),
+            idempotency_key=idempotency_key,
+            message_id=message_id,
+            template_dir=(
+                Path(training_template_dir) if training_template_dir is not None else None
+            ),
+        )
 
 
 def submit_body(
@@ -82,6 +89,26 @@ def submit_body(
         answer: dict[str, Any] = get_services().jobs.dry_run(request)
         return answer
     return _submit(request, idempotency_key=idempotency_key, message_id=message_id)
+
+
+@contextlib.contextmanager
+def _as_team(team: str | None) -> Iterator[None]:
+    """``team=``: act for that team (its scope, its limits); None: as the caller is."""
+    if team is None:
+        yield
+        return
+    from finetune_api.core.teams import Caller, check_team_name
+
+    try:
+        check_team_name(team)
+    except ValueError as error:
+        raise InvalidRequestError(f"team: {error}") from None
+    services = get_services()
+    caller = Caller(team=team, admin=team == services.settings.admin_team)
+    if not services.teams.teams_on():
+        raise InvalidRequestError("team: no team is configured (API_KEYS has no team:key entry)")
+    with acting_for(caller):
+        yield
 
 
 def _validate(body: Any) -> TrainingRequest:
@@ -118,6 +145,7 @@ def resume_job(
     compute: dict[str, Any] | None = None,
     job_name: str | None = None,
     idempotency_key: str | None = None,
+    team: str | None = None,
 ) -> dict[str, Any]:
     """Start a new job that continues a finished one from a checkpoint.
 
@@ -129,14 +157,15 @@ def resume_job(
     ``ConflictError`` (the job is still running or has no checkpoint) and the
     upstream errors of :func:`handle_training_request`.
     """
-    values = {
-        "checkpoint_id": checkpoint_id,
-        "hyperparameters": hyperparameters,
-        "compute": compute,
-        "job_name": job_name,
-    }
-    body = {name: value for name, value in values.items() if value is not None}
-    return resume_body(project_id, job_id, body, idempotency_key=idempotency_key)
+    with _as_team(team):
+        values = {
+            "checkpoint_id": checkpoint_id,
+            "hyperparameters": hyperparameters,
+            "compute": compute,
+            "job_name": job_name,
+        }
+        body = {name: value for name, value in values.items() if value is not None}
+        return resume_body(project_id, job_id, body, idempotency_key=idempotency_key)
 
 
 def resume_body(
@@ -161,6 +190,7 @@ def deploy_checkpoint(
     compute: dict[str, Any] | None = None,
     dry_run: bool = False,
     idempotency_key: str | None = None,
+    team: str | None = None,
 ) -> dict[str, Any]:
     """Serve a checkpoint of a completed training job as a Baseten model.
 
@@ -176,18 +206,19 @@ def deploy_checkpoint(
     :func:`handle_training_request`, plus ``ConflictError`` (the job is not
     completed or has no checkpoint) and ``NotFoundError`` (unknown job or checkpoint).
     """
-    body: dict[str, Any] = {
-        name: value
-        for name, value in {
-            "checkpoint_id": checkpoint_id,
-            "model_name": model_name,
-            "compute": compute,
-        }.items()
-        if value is not None
-    }
-    if dry_run:
-        body["dry_run"] = True
-    return deploy_body(project_id, job_id, body, idempotency_key=idempotency_key)
+    with _as_team(team):
+        body: dict[str, Any] = {
+            name: value
+            for name, value in {
+                "checkpoint_id": checkpoint_id,
+                "model_name": model_name,
+                "compute": compute,
+            }.items()
+            if value is not None
+        }
+        if dry_run:
+            body["dry_run"] = True
+        return deploy_body(project_id, job_id, body, idempotency_key=idempotency_key)
 
 
 def deploy_body(
@@ -205,19 +236,23 @@ def deploy_body(
     return result
 
 
-def get_deployment(model_id: str, deployment_id: str) -> dict[str, Any]:
+def get_deployment(model_id: str, deployment_id: str, *, team: str | None = None) -> dict[str, Any]:
     """The Deployment object of one deployment (raises ``NotFoundError`` if unknown)."""
-    result: dict[str, Any] = (
-        get_services().deployments.get(model_id, deployment_id).model_dump(mode="json")
-    )
-    return result
+    with _as_team(team):
+        result: dict[str, Any] = (
+            get_services().deployments.get(model_id, deployment_id).model_dump(mode="json")
+        )
+        return result
 
 
-def deactivate_deployment(model_id: str, deployment_id: str) -> dict[str, Any]:
+def deactivate_deployment(
+    model_id: str, deployment_id: str, *, team: str | None = None
+) -> dict[str, Any]:
     """Deactivate a deployment (it stops costing money); returns it afterwards."""
-    deployment = get_services().deployments.deactivate(model_id, deployment_id)
-    result: dict[str, Any] = deployment.model_dump(mode="json")
-    return result
+    with _as_team(team):
+        deployment = get_services().deployments.deactivate(model_id, deployment_id)
+        result: dict[str, Any] = deployment.model_dump(mode="json")
+        return result
 
 
 def job_logs(
@@ -230,6 +265,7 @@ def job_logs(
     order: str | None = None,
     level: str | None = None,
     cursor: str | None = None,
+    team: str | None = None,
 ) -> dict[str, Any]:
     """One page of a job's log: ``{"data": [LogLine], "next_cursor", "has_more"}``.
 
@@ -241,19 +277,20 @@ def job_logs(
     :func:`handle_training_request` (``InvalidRequestError`` naming a bad
     argument, ``NotFoundError`` for an unknown job, ``Upstream*Error``).
     """
-    from finetune_api.insights.job_insights import log_query
+    with _as_team(team):
+        from finetune_api.insights.job_insights import log_query
 
-    values = {
-        "since": since,
-        "until": until,
-        "limit": limit,
-        "order": order,
-        "level": level,
-        "cursor": cursor,
-    }
-    query = log_query({k: v for k, v in values.items() if v is not None}, prefix="")
-    result: dict[str, Any] = get_services().insights.logs(project_id, job_id, query)
-    return result
+        values = {
+            "since": since,
+            "until": until,
+            "limit": limit,
+            "order": order,
+            "level": level,
+            "cursor": cursor,
+        }
+        query = log_query({k: v for k, v in values.items() if v is not None}, prefix="")
+        result: dict[str, Any] = get_services().insights.logs(project_id, job_id, query)
+        return result
 
 
 def job_metrics(
@@ -263,15 +300,17 @@ def job_metrics(
     since: str | datetime | None = None,
     until: str | datetime | None = None,
     points: int | str | None = None,
+    team: str | None = None,
 ) -> dict[str, Any]:
     """A job's training and system metrics, as ``GET /jobs/{project_id}/{job_id}/metrics``.
 
     ``{"training": {"steps", "evaluations", "summary"} or None, "system": {"nodes"}}``;
     series cut to at most ``points`` (default 500) keeping their shape.
     """
-    values = {"since": since, "until": until, "points": points}
-    answer, _ = metrics_answer(project_id, job_id, values, prefix="")
-    return answer
+    with _as_team(team):
+        values = {"since": since, "until": until, "points": points}
+        answer, _ = metrics_answer(project_id, job_id, values, prefix="")
+        return answer
 
 
 def job_metrics_svg(
@@ -281,12 +320,14 @@ def job_metrics_svg(
     since: str | datetime | None = None,
     until: str | datetime | None = None,
     points: int | str | None = None,
+    team: str | None = None,
 ) -> str:
     """The same metrics drawn as an SVG chart (loss and eval loss; learning rate or GPU)."""
-    values = {"since": since, "until": until, "points": points, "format": "svg"}
-    _, svg = metrics_answer(project_id, job_id, values, prefix="")
-    assert svg is not None
-    return svg
+    with _as_team(team):
+        values = {"since": since, "until": until, "points": points, "format": "svg"}
+        _, svg = metrics_answer(project_id, job_id, values, prefix="")
+        assert svg is not None
+        return svg
 
 
 def metrics_answer(

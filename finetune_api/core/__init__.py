@@ -4,7 +4,8 @@ Holds: ``settings`` (every setting, typed, read once), ``errors`` (one exception
 CONTRACT error type), ``logs`` (the JSON log format and redaction), ``secrets`` /
 ``secret_values`` (Secret Manager, API_KEYS), ``schemas`` (request/response models,
 Baseten -> Job), ``timestamps`` (the one time parser), ``decoding`` (untrusted JSON
-bytes) and ``query`` (strict query-string numbers).
+bytes) and ``query`` (strict query-string numbers), ``teams`` (team:key entries, the
+Caller, TEAM_LIMITS).
 
 May import: nothing else of ``finetune_api`` (the bottom layer).
 """

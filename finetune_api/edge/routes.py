@@ -14,6 +14,7 @@ from finetune_api.core.errors import (
     UnsupportedMediaTypeError,
 )
 from finetune_api.core.query import bounded_int
+from finetune_api.core.teams import Caller
 from finetune_api.edge.auth import HEADER, require_api_key
 from finetune_api.edge.http_app import (
     POLL_ROUTES,
@@ -25,8 +26,11 @@ from finetune_api.edge.http_app import (
 from finetune_api.runtime import get_services
 
 
-def _authorize(request: Request) -> None:
-    require_api_key(request.headers.get(HEADER), get_services().secrets)
+def _authorize(request: Request) -> Caller:
+    services = get_services()
+    return require_api_key(
+        request.headers.get(HEADER), services.secrets, services.settings.admin_team
+    )
 
 
 def _project() -> str | None:

@@ -85,25 +85,57 @@ def public(record: dict[str, Any]) -> dict[str, Any]:
 
 
 class FileService:
-    def __init__(self, store: FileStore, *, max_line_bytes: int, url_ttl_seconds: int) -> None:
+    def __init__(
+        self,
+        store: FileStore,
+        *,
+        max_line_bytes: int,
+        url_ttl_seconds: int,
+        team: str | None = None,
+        visible: Any = None,
+    ) -> None:
         self._store = store
         self._max_line = max_line_bytes
         self._ttl = url_ttl_seconds
+        # Teams: the team new Files belong to (None: no teams, no tag) and
+        # ``visible(team)``, whether this caller may see a File of ``team`` (None: all).
+        self.team = team
+        self._visible = visible
+
+    def for_caller(self, team: str | None, visible: Any) -> FileService:
+        """The same store, acting for one team (see :class:`finetune_api.core.teams.Caller`)."""
+        return FileService(
+            self._store,
+            max_line_bytes=self._max_line,
+            url_ttl_seconds=self._ttl,
+            team=team,
+            visible=visible,
+        )
+
+    def shows(self, record: dict[str, Any]) -> bool:
+        """Whether this caller may see ``record`` (another team's is as if unknown)."""
+        return self._visible is None or bool(self._visible(record.get("team")))
+
+    def tag(self, record: dict[str, Any]) -> dict[str, Any]:
+        """``record`` with this caller's team (nothing when no team is configured)."""
+        return {**record, "team": self.team} if self.team is not None else record
 
     # -- create -----------------------------------------------------------------
 
     def _new_record(self, filename: str, size: int | None) -> dict[str, Any]:
-        return {
-            "id": new_file_id(),
-            "object": "file",
-            "filename": filename,
-            "bytes": size,
-            "sha256": None,
-            "created_at": int(time.time()),
-            "purpose": PURPOSE,
-            "status": PENDING,
-            "validation": None,
-        }
+        return self.tag(
+            {
+                "id": new_file_id(),
+                "object": "file",
+                "filename": filename,
+                "bytes": size,
+                "sha256": None,
+                "created_at": int(time.time()),
+                "purpose": PURPOSE,
+                "status": PENDING,
+                "validation": None,
+            }
+        )
 
     def _checked(self, record: dict[str, Any], result: CheckResult) -> dict[str, Any]:
         return {
@@ -217,7 +249,7 @@ class FileService:
             found = self._store.read_meta(file_id)
         except StorageUnavailable as error:
             raise _unavailable(error) from None
-        if found is None:
+        if found is None or not self.shows(found[0]):
             raise NotFoundError("no such file")
         return found
 
@@ -227,10 +259,18 @@ class FileService:
     def list(self, limit: int, after: str | None) -> dict[str, Any]:
         if after is not None and not is_file_id(after):
             raise _invalid("after", "must be a File id")
-        try:
-            records = self._store.list_meta(after, limit + 1)
-        except StorageUnavailable as error:
-            raise _unavailable(error) from None
+        records: list[dict[str, Any]] = []
+        cursor = after
+        while len(records) <= limit:
+            want = limit + 1 - len(records)
+            try:
+                batch = self._store.list_meta(cursor, want)
+            except StorageUnavailable as error:
+                raise _unavailable(error) from None
+            records.extend(r for r in batch if self.shows(r))
+            if len(batch) < want or self._visible is None:
+                break
+            cursor = batch[-1]["id"]  # other teams' Files skipped: read on
         return {"data": [public(r) for r in records[:limit]], "has_more": len(records) > limit}
 
     def delete(self, file_id: str) -> dict[str, Any]:
@@ -269,7 +309,7 @@ class FileService:
             found = self._store.read_meta(ref)
         except StorageUnavailable as error:
             raise _unavailable(error) from None
-        if found is None:
+        if found is None or not self.shows(found[0]):
             raise _invalid(field, "no such File")
         record = found[0]
         if record["status"] == PENDING:

@@ -256,13 +256,35 @@ class GcsObjects:
 class JobIndex:
     """Records of the jobs this service created, newest first. Thread-safe."""
 
-    def __init__(self, store: ObjectStore, *, workers: int = 8) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        *,
+        workers: int = 8,
+        team_of: Any = None,
+        visible: Any = None,
+    ) -> None:
+        self.store = store
         self._store = store
         self._workers = workers
+        # Teams: ``team_of(project_name)`` tags each record with its job's team;
+        # ``visible(team)`` says whether this caller may list a record (None: all).
+        self._team_of = team_of
+        self._visible = visible
+
+    def for_caller(self, visible: Any) -> JobIndex:
+        """The same index, listing only the records ``visible(team)`` allows."""
+        return JobIndex(self._store, workers=self._workers, team_of=self._team_of, visible=visible)
+
+    def shows(self, record: dict[str, Any]) -> bool:
+        return self._visible is None or bool(self._visible(record.get("team")))
 
     def record(self, job: Any, request: Any, labels: dict[str, Any] | None = None) -> str | None:
         """Index a job just created (or replayed); never raises: the job exists either way."""
         record = index_record(job, request, labels)
+        team = self._team_of(request.project_name) if self._team_of is not None else None
+        if record is not None and team is not None:
+            record["team"] = team
         if record is None:
             log(
                 _logger,
@@ -335,13 +357,15 @@ class JobIndex:
             if not batch:
                 return found, False
             cursor = batch[-1]
-            exact = len(wanted) <= 1  # every listed name matches: the extra one needs no read
+            # Every listed name matches (the extra one needs no read) unless several
+            # metadata pairs or the caller's team must be checked on the records.
+            exact = len(wanted) <= 1 and self._visible is None
             ids = [name.removesuffix(".json") for name in (batch[:limit] if exact else batch)]
             for item in self._read_all(ids):
                 if item is None:
                     continue
                 meta = item[0].get("metadata") or {}
-                if all(meta.get(k) == v for k, v in wanted.items()):
+                if all(meta.get(k) == v for k, v in wanted.items()) and self.shows(item[0]):
                     found.append(item)
             if exact:
                 return found[:limit], len(batch) == need
@@ -359,7 +383,7 @@ class JobIndex:
             return list(pool.map(self.get, ids))
 
 
-def index_from_settings(settings: Any) -> JobIndex:
+def index_from_settings(settings: Any, team_of: Any = None) -> JobIndex:
     """Beside the files: their bucket, or their local folder."""
     if settings.files_bucket:
         return JobIndex(
@@ -367,10 +391,11 @@ def index_from_settings(settings: Any) -> JobIndex:
                 settings.files_bucket,
                 emulator_host=settings.storage_emulator_host,
                 project=settings.google_cloud_project,
-            )
+            ),
+            team_of=team_of,
         )
     root = settings.files_dir or Path.home() / ".cache" / "finetune-api" / "files"
-    return JobIndex(LocalObjects(Path(root)))
+    return JobIndex(LocalObjects(Path(root)), team_of=team_of)
 
 
 __all__ = [

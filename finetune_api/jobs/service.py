@@ -24,7 +24,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from finetune_api.core.errors import InvalidRequestError, ServiceError, UpstreamRejectedError
+from finetune_api.core.errors import (
+    InvalidRequestError,
+    QuotaExceededError,
+    ServiceError,
+    UpstreamRejectedError,
+)
 from finetune_api.core.logs import get_logger, log
 from finetune_api.core.schemas import (
     TERMINAL_STATUSES,
@@ -171,8 +176,15 @@ class JobService:
         throughput: Any = None,
         price: Any = None,
         index: Indexer | None = None,
+        own_prefix: str | None = None,
+        quota: Callable[[str], Any] | None = None,
     ) -> None:
         self._settings = settings
+        # Where this caller's new projects go (a team's ``<prefix><team>-``; the
+        # admin reads every team's but creates in its own); default: the scope.
+        self._own_prefix = own_prefix or settings.project_name_prefix
+        # TEAM_LIMITS: the project name's team's quota (None: no limits).
+        self._quota = quota
         self._index = index
         self._files = files
         # Dry-run estimates (see jobs/estimate.py): each optional.
@@ -274,7 +286,7 @@ class JobService:
     def resolve(self, request: TrainingRequest) -> TrainingRequest:
         """Fill the name defaults (documented in docs/api.md)."""
         updates: dict[str, str] = {}
-        prefix = self._settings.project_name_prefix
+        prefix = self._own_prefix
         if request.project_name is None:
             name = default_project_name(request.model_id)
             if prefix and not name.startswith(prefix):
@@ -282,7 +294,7 @@ class JobService:
             updates["project_name"] = name
         elif prefix and not request.project_name.startswith(prefix):
             # A job this service could not read or stop afterwards is refused up front.
-            reason = f"must start with {prefix} (PROJECT_NAME_PREFIX)"
+            reason = f"must start with {prefix} (PROJECT_NAME_PREFIX and your team)"
             raise InvalidRequestError(
                 f"project_name {reason}",
                 details=[{"location": "project_name", "reason": reason}],
@@ -340,7 +352,8 @@ class JobService:
         # The checked files, resolved (and their read URLs signed) before anything exists.
         extra = {**self.data(request), **(extra_config or {})}
         if key is None:
-            job = self._create(request, str(request.job_name), template, extra)
+            with self._admitted(request):
+                job = self._create(request, str(request.job_name), template, extra)
         else:
             job = self._submit_idempotent(request, key, template, extra)
         if resumed_from is not None:
@@ -395,24 +408,66 @@ class JobService:
         project_name = str(request.project_name)
         # Same-instance duplicates wait here and become cheap replays.
         with self._key_locks.hold(f"{project_name}/{digest}"):
-            project_id = self._project_id(project_name)
-            existing = self._jobs_with_digest(project_id, digest)
-            if existing:
-                return self._as_replay(existing[0], project_id)
-            created = self._create(request, f"{request.job_name}-ik-{digest}", template, extra)
-            # The pushed job names the project authoritatively (a cached id may be stale).
-            project_id = created.training_project_id
-            self._project_ids[project_name] = project_id
-            # Other instances may have raced us: the earliest job wins.
-            matching = self._jobs_with_digest(project_id, digest)
-            if not matching:
-                return created
-            kept = matching[0]
-            for duplicate in matching[1:]:
-                self._stop_duplicate(project_id, duplicate)
-            if str(kept.get("id")) == created.training_job_id:
-                return created
-            return self._as_replay(kept, project_id)
+            try:
+                with self._admitted(request):
+                    return self._submit_once(request, project_name, digest, template, extra)
+            except QuotaExceededError:
+                # At the limit a replay still answers its job (found without creating).
+                replay = self._find_replay(project_name, digest)
+                if replay is None:
+                    raise
+                return replay
+
+    @contextlib.contextmanager
+    def _admitted(self, request: TrainingRequest) -> Iterator[None]:
+        """TEAM_LIMITS: checked (and the team's lease held) until the job exists."""
+        quota = self._quota(str(request.project_name)) if self._quota is not None else None
+        if quota is None or not quota.limited:
+            yield
+            return
+        compute = request.compute
+        with quota.admit((compute.gpu_count or 1) * (compute.node_count or 1)):
+            yield
+
+    def _find_replay(self, project_name: str, digest: str) -> Job | None:
+        """The job an idempotency key already made, read without creating a project."""
+        project_id = self._project_ids.get(project_name)
+        if project_id is None:
+            for project in self._client.list_projects():
+                if project.get("name") == project_name:
+                    project_id = str(project.get("id"))
+                    break
+        if project_id is None:
+            return None
+        existing = self._jobs_with_digest(project_id, digest)
+        return self._as_replay(existing[0], project_id) if existing else None
+
+    def _submit_once(
+        self,
+        request: TrainingRequest,
+        project_name: str,
+        digest: str,
+        template: Path,
+        extra: Mapping[str, Any] | None,
+    ) -> Job:
+        project_id = self._project_id(project_name)
+        existing = self._jobs_with_digest(project_id, digest)
+        if existing:
+            return self._as_replay(existing[0], project_id)
+        created = self._create(request, f"{request.job_name}-ik-{digest}", template, extra)
+        # The pushed job names the project authoritatively (a cached id may be stale).
+        project_id = created.training_project_id
+        self._project_ids[project_name] = project_id
+        # Other instances may have raced us: the earliest job wins.
+        matching = self._jobs_with_digest(project_id, digest)
+        if not matching:
+            return created
+        kept = matching[0]
+        for duplicate in matching[1:]:
+            self._stop_duplicate(project_id, duplicate)
+        if str(kept.get("id")) == created.training_job_id:
+            return created
+        return self._as_replay(kept, project_id)
 
     def _as_replay(self, raw: dict[str, Any], project_id: str) -> Job:
         raw = {**raw, "training_project_id": raw.get("training_project_id") or project_id}
