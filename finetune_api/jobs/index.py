@@ -27,16 +27,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
-import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from finetune_api.core.cloud_storage import describe, storage_client
+from finetune_api.core.buckets import Bucket, BucketUnavailable, Folder, PreconditionFailed
 from finetune_api.core.logs import get_logger, log
 from finetune_api.core.timestamps import parse_time
 
@@ -53,12 +49,10 @@ _BASETEN_ID = re.compile(r"^[A-Za-z0-9]{1,40}\Z")
 BASE_LEARNING_RATE = 2e-4
 
 
-class IndexUnavailable(Exception):
-    """The index store failed (outage, timeout)."""
-
-
-class IndexConflict(Exception):
-    """The object exists already, or changed since it was read."""
+#: The index store failed (outage, timeout).
+IndexUnavailable = BucketUnavailable
+#: The object exists already, or changed since it was read.
+IndexConflict = PreconditionFailed
 
 
 def openai_job_id(project_id: str, job_id: str, created_at: Any) -> str | None:
@@ -114,143 +108,18 @@ def index_record(job: Any, request: Any, labels: dict[str, Any] | None) -> dict[
     }
 
 
-class _Missing(Exception):
-    pass
-
-
 class ObjectStore(Protocol):
+    """What the index needs of a store: :class:`~finetune_api.core.buckets.Bucket` or
+    :class:`~finetune_api.core.buckets.Folder`."""
+
     def read(self, name: str) -> tuple[bytes, str] | None: ...
-    def create(self, name: str, data: bytes) -> None: ...
-    def replace(self, name: str, data: bytes, token: str) -> None: ...
+    def create(self, name: str, data: bytes) -> Any: ...
+    def replace(self, name: str, data: bytes, token: str) -> Any: ...
     def names(self, prefix: str, start_after: str | None, count: int) -> list[str]: ...
 
 
-class LocalObjects:
-    """The files' local folder (``FILES_DIR``)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self._lock = threading.Lock()
-
-    def read(self, name: str) -> tuple[bytes, str] | None:
-        path = self.root / name
-        try:
-            data = path.read_bytes()
-            return data, str(path.stat().st_mtime_ns)
-        except FileNotFoundError:
-            return None
-        except OSError as error:
-            raise IndexUnavailable(error.strerror or "cannot read") from None
-
-    def create(self, name: str, data: bytes) -> None:
-        """Create-only and atomic: written aside, then linked in (fails if it exists)."""
-        path = self.root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".index-")
-        try:
-            with os.fdopen(handle, "wb") as out:
-                out.write(data)
-            os.link(temporary, path)
-        except FileExistsError:
-            raise IndexConflict(name) from None
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-
-    def replace(self, name: str, data: bytes, token: str) -> None:
-        path = self.root / name
-        with self._lock:
-            try:
-                if str(path.stat().st_mtime_ns) != token:
-                    raise IndexConflict(name)
-            except FileNotFoundError:
-                raise IndexConflict(name) from None
-            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".index-")
-            with os.fdopen(handle, "wb") as out:
-                out.write(data)
-            os.replace(temporary, path)
-
-    def names(self, prefix: str, start_after: str | None, count: int) -> list[str]:
-        folder = self.root / prefix
-        try:
-            found = sorted(e.name for e in os.scandir(folder) if not e.name.startswith("."))
-        except FileNotFoundError:
-            return []
-        if start_after is not None:
-            found = [name for name in found if name > start_after]
-        return found[:count]
-
-
-class GcsObjects:
-    """The files' bucket (``FILES_BUCKET``), through the real ``google-cloud-storage`` client."""
-
-    def __init__(
-        self, bucket: str, *, emulator_host: str | None, project: str | None, deadline: float = 30.0
-    ) -> None:
-        self.bucket_name = bucket
-        self._emulator_host = emulator_host
-        self._project = project
-        self._deadline = deadline
-        self._client: Any = None
-        self._lock = threading.Lock()
-
-    def _storage(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                self._client = storage_client(self._emulator_host, self._project)
-            return self._client
-
-    @contextlib.contextmanager
-    def _calls(self) -> Iterator[None]:
-        from google.api_core import exceptions
-
-        try:
-            yield
-        except exceptions.NotFound:
-            raise _Missing from None
-        except exceptions.PreconditionFailed:
-            raise IndexConflict("changed") from None
-        except (IndexConflict, IndexUnavailable):
-            raise
-        except Exception as error:  # noqa: BLE001 - anything else is an outage
-            raise IndexUnavailable(describe(error)) from None
-
-    def read(self, name: str) -> tuple[bytes, str] | None:
-        blob = self._storage().bucket(self.bucket_name).blob(name)
-        try:
-            with self._calls():
-                data = blob.download_as_bytes(timeout=self._deadline)
-        except _Missing:
-            return None
-        return data, str(blob.generation)
-
-    def create(self, name: str, data: bytes) -> None:
-        blob = self._storage().bucket(self.bucket_name).blob(name)
-        with self._calls():
-            blob.upload_from_string(
-                data, content_type="application/json", if_generation_match=0, timeout=self._deadline
-            )
-
-    def replace(self, name: str, data: bytes, token: str) -> None:
-        blob = self._storage().bucket(self.bucket_name).blob(name)
-        with self._calls():
-            blob.upload_from_string(
-                data,
-                content_type="application/json",
-                if_generation_match=int(token),
-                timeout=self._deadline,
-            )
-
-    def names(self, prefix: str, start_after: str | None, count: int) -> list[str]:
-        with self._calls():
-            blobs = self._storage().list_blobs(
-                self.bucket_name,
-                prefix=prefix,
-                start_offset=f"{prefix}{start_after}\x00" if start_after else None,
-                max_results=count,
-                timeout=self._deadline,
-            )
-            return [blob.name[len(prefix) :] for blob in blobs]
+#: The files' local folder (``FILES_DIR``).
+LocalObjects = Folder
 
 
 class JobIndex:
@@ -363,7 +232,7 @@ def index_from_settings(settings: Any) -> JobIndex:
     """Beside the files: their bucket, or their local folder."""
     if settings.files_bucket:
         return JobIndex(
-            GcsObjects(
+            Bucket(
                 settings.files_bucket,
                 emulator_host=settings.storage_emulator_host,
                 project=settings.google_cloud_project,
