@@ -49,7 +49,7 @@ def build_services(settings: Settings) -> Services:
     from finetune_api.jobs.service import JobService
     from finetune_api.notify.events import EventSink, submitted_event
     from finetune_api.polling.retry import RetryWatch
-    from finetune_api.polling.stores import store_from_settings
+    from finetune_api.polling.stores import claims_from_settings, store_from_settings
 
     secrets = SecretStore(settings)
 
@@ -104,7 +104,7 @@ def build_services(settings: Settings) -> Services:
         serving=serving,
         files=files,
         resume=resume,
-        retry=RetryWatch(resume, configs),
+        retry=RetryWatch(resume, configs, claims_from_settings(settings)),
         index=index,
         api_key=api_key,
     )
