@@ -151,13 +151,19 @@ class Bucket:
         with contextlib.suppress(ObjectMissing), self.calls():
             self.blob(name).delete(timeout=self.deadline, retry=self.retry())
 
-    def names(self, prefix: str, start_after: str | None, count: int) -> list[str]:
-        """Up to ``count`` names under ``prefix`` (without it), in name order, after one."""
+    def names(
+        self, prefix: str, start_after: str | None, count: int, *, inclusive: bool = False
+    ) -> list[str]:
+        """Up to ``count`` names under ``prefix`` (without it), in name order, after
+        ``start_after`` (from it, when ``inclusive``). One listing request."""
+        start = None
+        if start_after:
+            start = f"{prefix}{start_after}" + ("" if inclusive else "\x00")
         with self.calls():
             blobs = self.client().list_blobs(
                 self.bucket_name,
                 prefix=prefix,
-                start_offset=f"{prefix}{start_after}\x00" if start_after else None,
+                start_offset=start,
                 max_results=count,
                 timeout=self.deadline,
                 retry=self.retry(),
@@ -256,14 +262,16 @@ class Folder:
         with contextlib.suppress(FileNotFoundError):
             (self.root / name).unlink()
 
-    def names(self, prefix: str, start_after: str | None, count: int) -> list[str]:
+    def names(
+        self, prefix: str, start_after: str | None, count: int, *, inclusive: bool = False
+    ) -> list[str]:
         folder = self.root / prefix
         try:
             found = sorted(e.name for e in os.scandir(folder) if not e.name.startswith("."))
         except FileNotFoundError:
             return []
         if start_after is not None:
-            found = [name for name in found if name > start_after]
+            found = [n for n in found if n >= start_after if inclusive or n != start_after]
         return found[:count]
 
 
