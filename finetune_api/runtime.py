@@ -196,7 +196,13 @@ def build_openai(services: Services) -> OpenAIServices:
         uploads=uploads,
         jobs=FineTuningJobs(settings, jobs, services.index, services.insights, models),
         models=models,
-        chat=ChatProxy(settings.inference_url, services.api_key, models),
+        chat=ChatProxy(
+            settings.inference_url,
+            services.api_key,
+            models,
+            max_seconds=settings.chat_max_seconds,
+            max_bytes=settings.chat_max_bytes,
+        ),
     )
 
 
