@@ -77,10 +77,6 @@ class Verdict:
     reason: str | None = None
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
-
-
 class RetryClaims:
     """Claims of retries, one per failed job. Thread-safe (the store's calls are)."""
 
@@ -102,7 +98,8 @@ class RetryClaims:
         return f"{self._prefix}retry-{failed_job_id}.json"
 
     def _document(self, owner: str, state: str, **extra: Any) -> bytes:
-        record = {"state": state, "owner": owner, "at": _now(), "job": None, "reason": None}
+        at = datetime.fromtimestamp(self._clock(), UTC).isoformat().replace("+00:00", "Z")
+        record = {"state": state, "owner": owner, "at": at, "job": None, "reason": None}
         return json.dumps({**record, **extra}).encode("utf-8")
 
     def take(self, failed_job_id: str) -> Ticket | Verdict:

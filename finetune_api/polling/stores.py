@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune_api.core.buckets import Bucket, Folder
-from finetune_api.polling.claims import RetryClaims
+from finetune_api.polling.claims import STALE_SECONDS, RetryClaims
 from finetune_api.polling.state import LocalStateStore, StateStore
 
 
@@ -36,6 +36,8 @@ def store_from_settings(settings: Any) -> StateStore:
 def claims_from_settings(settings: Any) -> RetryClaims:
     """The retry claims beside the state: ``<object>.claims/`` in its bucket, or
     ``<file>.claims/`` beside the local file (so polls sharing a state share claims)."""
+    # An abandoned claim must be taken over while its failure is still in the window.
+    stale = min(STALE_SECONDS, settings.poll_lookback_seconds / 2)
     if settings.poll_state_bucket:
         bucket = Bucket(
             settings.poll_state_bucket,
@@ -43,6 +45,7 @@ def claims_from_settings(settings: Any) -> RetryClaims:
             project=settings.google_cloud_project,
             deadline_seconds=10.0,
         )
-        return RetryClaims(bucket, prefix=f"{settings.poll_state_object}.claims/")
+        prefix = f"{settings.poll_state_object}.claims/"
+        return RetryClaims(bucket, prefix=prefix, stale_seconds=stale)
     path = Path(settings.poll_state_file or default_state_file())
-    return RetryClaims(Folder(path.with_name(f"{path.name}.claims")))
+    return RetryClaims(Folder(path.with_name(f"{path.name}.claims")), stale_seconds=stale)
