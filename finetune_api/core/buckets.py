@@ -179,9 +179,10 @@ class Folder:
     changes the token.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, lock_name: str = ".replace.lock") -> None:
         self.root = Path(root)
         self.description = str(root)
+        self._lock_name = lock_name
         self._lock = threading.Lock()
 
     @staticmethod
@@ -189,13 +190,14 @@ class Folder:
         info = path.stat()
         return f"{info.st_ino}-{info.st_mtime_ns}-{info.st_size}"
 
-    def read(self, name: str) -> tuple[bytes, str] | None:
+    def read(self, name: str, *, limit: int | None = None) -> tuple[bytes, str] | None:
+        """The bytes (at most ``limit``) and the token of the very file they came from."""
         path = self.root / name
         try:
             with path.open("rb") as handle:
                 info = os.fstat(handle.fileno())
                 token = f"{info.st_ino}-{info.st_mtime_ns}-{info.st_size}"
-                return handle.read(), token
+                return handle.read(-1 if limit is None else limit), token
         except FileNotFoundError:
             return None
         except OSError as error:
@@ -231,7 +233,7 @@ class Folder:
         with self._lock:
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
-                lock = open(self.root / ".replace.lock", "a+b")  # noqa: SIM115
+                lock = open(self.root / self._lock_name, "a+b")  # noqa: SIM115
             except OSError as error:
                 raise BucketUnavailable(error.strerror or "cannot lock") from None
             try:
