@@ -169,7 +169,9 @@ def test_auto_paging_lists_each_job_once_newest_first_and_filters_by_metadata(
             made.append(answer.json()["training_job_id"])
         else:
             job = sdk.fine_tuning.jobs.create(
-                model=MODEL, training_file=training_file, metadata={"batch": f"b{index % 2}"}
+                model=MODEL,
+                training_file=training_file,
+                metadata={"batch": f"b{index % 2}", "kind": f"k{index // 3}"},
             )
             made.append(job.model_extra["training_job_id"])
         time.sleep(0.01)
@@ -182,8 +184,20 @@ def test_auto_paging_lists_each_job_once_newest_first_and_filters_by_metadata(
     assert baseten_ids[:6] == list(reversed(made))
     even = list(sdk.fine_tuning.jobs.list(limit=1, metadata={"batch": "b0"}))
     assert [j.model_extra["training_job_id"] for j in even] == [made[4], made[0]]
-    assert all(j.metadata == {"batch": "b0"} for j in even)
+    assert all(j.metadata is not None and j.metadata["batch"] == "b0" for j in even)
     assert list(sdk.fine_tuning.jobs.list(metadata={"batch": "none"})) == []
+    # Two filters: the pairs' listings joined (a bounded page), auto-paged by the SDK.
+    both = sdk.fine_tuning.jobs.list(limit=1, metadata={"batch": "b1", "kind": "k0"})
+    assert [j.model_extra["training_job_id"] for j in both] == [made[1]]
+    by_kind = [
+        j.model_extra["training_job_id"]
+        for pair in ({"batch": "b0", "kind": "k1"}, {"batch": "b0", "kind": "k0"})
+        for j in sdk.fine_tuning.jobs.list(limit=1, metadata=pair)
+    ]
+    assert by_kind == [made[4], made[0]]
+    assert list(sdk.fine_tuning.jobs.list(metadata={"batch": "b1", "kind": "k9"})) == []
+    many = {f"k{i}": "v" for i in range(17)}  # more than a job can carry: nothing read
+    assert list(sdk.fine_tuning.jobs.list(metadata=many)) == []
 
 
 def test_cancel(world: tuple[FunctionServer, Sandbox], training_file: str) -> None:

@@ -372,7 +372,10 @@ class FineTuningJobs:
         """A page of the index, newest first; Baseten is read only for jobs still moving."""
         if after is not None and parse_job_id(after) is None:
             raise NotFoundError("no such fine-tuning job (after)")
-        records, more = self._index.page(after, limit, metadata)
+        if len(metadata) > MAX_METADATA:
+            return _page([], False)  # no job carries more pairs than that: nothing to read
+        found = self._index.scan(after, limit, metadata)
+        records, more = found.records, found.has_more
 
         def one(item: tuple[dict[str, Any], str]) -> dict[str, Any]:
             record = item[0]
@@ -405,7 +408,11 @@ class FineTuningJobs:
                 data = list(pool.map(one, records))
         else:
             data = [one(item) for item in records]
-        return _page(data, more)
+        page = _page(data, more)
+        if not data and more:
+            # The page's listings ran out before a match: go on from what was examined.
+            page["last_id"] = found.cursor
+        return page
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         project_id, baseten_id = self._ids(job_id)

@@ -8,8 +8,8 @@ So the cost follows the number of active jobs, never the history.
 
 Two submits of one team racing at its limit: at most one passes. A submit of a
 team that has limits holds the team's **lease** while it counts and creates: a
-small object in the files' bucket (or folder) written create-only
-(``if_generation_match=0`` / an exclusive create on disk), so across instances
+small object in the files' bucket (or folder, see ``core/buckets.py``) written
+create-only (``if_generation_match=0`` / an exclusive create on disk), so across instances
 exactly one holds it; the other waits (up to ``LEASE_WAIT_SECONDS``) and then
 counts again, now seeing the first job. A lease whose holder died is taken over
 once it is ``LEASE_TTL_SECONDS`` old (a replace conditioned on its generation).
@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from finetune_api.core.buckets import BucketUnavailable, PreconditionFailed
 from finetune_api.core.errors import QuotaExceededError, UpstreamUnavailableError
 from finetune_api.core.logs import get_logger, log
 from finetune_api.core.teams import limits_for, team_prefix
@@ -86,14 +87,12 @@ class TeamLease:
 
     @contextlib.contextmanager
     def held(self, team: str) -> Iterator[None]:
-        from finetune_api.jobs.index import IndexConflict, IndexUnavailable
-
         name = f"{LEASES}{team}.json"
         holder = uuid.uuid4().hex
         deadline = time.monotonic() + self._wait
         pause = 0.02
         try:
-            while not self._take(name, holder, IndexConflict):
+            while not self._take(name, holder, PreconditionFailed):
                 if time.monotonic() >= deadline:
                     raise UpstreamUnavailableError(
                         "another submission of this team is still being checked against "
@@ -102,14 +101,14 @@ class TeamLease:
                     )
                 self._sleep(pause)
                 pause = min(pause * 2, 0.25)
-        except IndexUnavailable as error:
+        except BucketUnavailable as error:
             raise UpstreamUnavailableError(
                 f"could not take the team's submit lease (storage: {error})"
             ) from None
         try:
             yield
         finally:
-            self._give_back(name, holder, IndexConflict, IndexUnavailable)
+            self._give_back(name, holder, PreconditionFailed, BucketUnavailable)
 
     def _take(self, name: str, holder: str, conflict: type[Exception]) -> bool:
         now = self._clock()

@@ -8,6 +8,12 @@ carried in the Baseten job name (``<job_name>-ik-<20 hex>``). Before pushing we
 look for a job of the project carrying it; after pushing we look again and, if
 concurrent duplicates slipped through (other instances), keep the earliest job,
 stop the others at once and answer every caller with the kept one.
+
+Callers' keys and the keys the service derives itself (a poll's retry of a failed
+job) live in two domains: a caller's digest is ``sha256(key)``, an internal one
+``sha256("finetune-api/internal" NUL key)``. A caller's ``Idempotency-Key`` is
+visible ASCII only (never NUL), so no key a caller can send digests to an internal
+one: a caller cannot take a retry by sending its key.
 """
 
 from __future__ import annotations
@@ -94,8 +100,14 @@ Announcer = Callable[[Job, str | None, str | None], None]
 Indexer = Callable[[Job, TrainingRequest, dict[str, Any] | None], Any]
 
 
-def key_digest(idempotency_key: str) -> str:
-    return hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()[:20]
+#: What an internal key's digest starts from (NUL: never in a caller's key).
+INTERNAL_KEY_DOMAIN = "finetune-api/internal\x00"
+
+
+def key_digest(idempotency_key: str, *, internal: bool = False) -> str:
+    """The digest a job's Baseten name carries; ``internal``: a key the service derived."""
+    material = f"{INTERNAL_KEY_DOMAIN}{idempotency_key}" if internal else idempotency_key
+    return hashlib.sha256(material.encode("utf-8")).hexdigest()[:20]
 
 
 def check_idempotency_key(key: str | None) -> str | None:
@@ -340,22 +352,31 @@ class JobService:
         extra_config: Mapping[str, Any] | None = None,
         resumed_from: ResumedFrom | None = None,
         labels: dict[str, Any] | None = None,
+        internal_key: str | None = None,
     ) -> Job:
         """Push an already resolved request (see :meth:`resolve`); idempotent with a key.
 
         ``extra_config`` adds keys to the job's runtime_config.json and
         ``resumed_from`` is set on the answer (resume uses both). ``labels``
         (``metadata``, ``suffix``) are kept in the job index, not on Baseten.
+        ``internal_key``: a key the service derived itself (never a caller's), digested
+        in its own domain (see the module's docstring); it takes the place of
+        ``idempotency_key``.
         """
         template = template_dir or self._settings.training_template_dir
         key = check_idempotency_key(idempotency_key)
         # The checked files, resolved (and their read URLs signed) before anything exists.
         extra = {**self.data(request), **(extra_config or {})}
-        if key is None:
+        if internal_key is not None:
+            key = internal_key
+            digest: str | None = key_digest(internal_key, internal=True)
+        else:
+            digest = None if key is None else key_digest(key)
+        if digest is None:
             with self._admitted(request):
                 job = self._create(request, str(request.job_name), template, extra)
         else:
-            job = self._submit_idempotent(request, key, template, extra)
+            job = self._submit_idempotent(request, digest, template, extra)
         if resumed_from is not None:
             job = ResumedJob(**job.model_dump(), resumed_from=resumed_from)
         log(
@@ -400,11 +421,10 @@ class JobService:
     def _submit_idempotent(
         self,
         request: TrainingRequest,
-        key: str,
+        digest: str,
         template: Path,
         extra: Mapping[str, Any] | None = None,
     ) -> Job:
-        digest = key_digest(key)
         project_name = str(request.project_name)
         # Same-instance duplicates wait here and become cheap replays.
         with self._key_locks.hold(f"{project_name}/{digest}"):

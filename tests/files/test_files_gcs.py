@@ -190,7 +190,7 @@ def test_signed_url_for_a_real_bucket_is_v4_and_short_lived(tmp_path: Path) -> N
     }
     credentials = service_account.Credentials.from_service_account_info(info)  # type: ignore[no-untyped-call]
     store = GcsFileStore(BUCKET)
-    store._client = storage.Client(project="p", credentials=credentials)
+    store._objects._client = storage.Client(project="p", credentials=credentials)
     url = store.object_url(USERS, "chats/good.jsonl", "123", 3600)
     assert url.startswith(f"https://storage.googleapis.com/{USERS}/chats/good.jsonl?")
     assert "X-Goog-Algorithm=GOOG4-RSA-SHA256" in url and "X-Goog-Expires=3600" in url
