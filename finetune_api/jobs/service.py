@@ -195,6 +195,7 @@ class JobService:
         # Where this caller's new projects go (a team's ``<prefix><team>-``; the
         # admin reads every team's but creates in its own); default: the scope.
         self._own_prefix = own_prefix or settings.project_name_prefix
+        self._teamless = own_prefix is None
         # TEAM_LIMITS: the project name's team's quota (None: no limits).
         self._quota = quota
         self._index = index
@@ -306,7 +307,8 @@ class JobService:
             updates["project_name"] = name
         elif prefix and not request.project_name.startswith(prefix):
             # A job this service could not read or stop afterwards is refused up front.
-            reason = f"must start with {prefix} (PROJECT_NAME_PREFIX and your team)"
+            whose = "PROJECT_NAME_PREFIX" if self._teamless else "your team's prefix"
+            reason = f"must start with {prefix} ({whose})"
             raise InvalidRequestError(
                 f"project_name {reason}",
                 details=[{"location": "project_name", "reason": reason}],
