@@ -74,12 +74,20 @@ def list_jobs(request: Request) -> Response:
     limit = bounded_int(args.get("limit"), "limit", 1, 100, default=20)
     statuses = [part for value in args.getlist("status") for part in value.split(",") if part]
     jobs = services.jobs.list(project_id, statuses, limit)
-    return json_response({"data": [job.model_dump(mode="json") for job in jobs]})
+    return json_response({"data": [_with_team(services, job) for job in jobs]})
+
+
+def _with_team(services: Any, job: Any) -> dict[str, Any]:
+    """The Job object; once teams are on, with its ``team`` (the admin sees several)."""
+    shown: dict[str, Any] = job.model_dump(mode="json")
+    if services.caller.teams_on:
+        shown["team"] = services.teams.team_of(shown.get("training_project_name"))
+    return shown
 
 
 def get_job(request: Request, project_id: str, job_id: str) -> Response:
-    job = get_services().jobs.get(project_id, job_id)
-    return json_response(job.model_dump(mode="json"))
+    services = get_services()
+    return json_response(_with_team(services, services.jobs.get(project_id, job_id)))
 
 
 def checkpoints(request: Request, project_id: str, job_id: str) -> Response:
