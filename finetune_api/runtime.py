@@ -231,6 +231,13 @@ def build_for_caller(base: Services, caller: Caller) -> Services:
     )
     resume = ResumeService(scoped, base.client, jobs, base.configs)
     deployments, _ = build_serving(scoped, base.client, base.api_key, base.configs)
+    if not caller.admin:
+        team, index_store = caller.team, base.index
+
+        def owns_project(project_id: str) -> bool:
+            return bool(index_store.project_team(project_id) == team)
+
+        deployments.owns_project = owns_project
     return Services(
         settings=scoped,
         secrets=base.secrets,

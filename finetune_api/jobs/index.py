@@ -48,6 +48,7 @@ _logger = get_logger("job_index")
 
 INDEX = "jobs/index/"
 BY_METADATA = "jobs/metadata/"
+PROJECTS = "teams/projects/"
 _SPAN = 2**48
 JOB_ID = re.compile(
     r"^ftjob-(?P<stamp>[0-9a-f]{12})-(?P<project>[A-Za-z0-9]{1,40})-(?P<job>[A-Za-z0-9]{1,40})\Z"
@@ -217,6 +218,8 @@ class JobIndex:
         """Index a job just created (or replayed); never raises: the job exists either way."""
         record = index_record(job, request, labels)
         team = self._team_of(request.project_name) if self._team_of is not None else None
+        if team is not None:
+            self._remember_project(job.training_project_id, team)
         if record is not None and team is not None:
             record["team"] = team
         if record is None:
@@ -244,6 +247,24 @@ class JobIndex:
             with contextlib.suppress(IndexConflict, IndexUnavailable):
                 self._store.create(f"{BY_METADATA}{metadata_key(key, value)}/{record['id']}", b"")
         return str(record["id"])
+
+    def _remember_project(self, project_id: str, team: str) -> None:
+        """Which team a Baseten project is (create-only; a project never changes team)."""
+        if not _BASETEN_ID.match(str(project_id)):
+            return
+        with contextlib.suppress(IndexConflict, IndexUnavailable):
+            self._store.create(f"{PROJECTS}{project_id}", team.encode())
+
+    def project_team(self, project_id: str) -> str | None:
+        """The team that made ``project_id``'s jobs (None: unknown), read from storage only.
+
+        Lets a team's deployment read decide ownership without a Baseten call that
+        only another team's id would cause (see docs/security.md).
+        """
+        if not _BASETEN_ID.match(str(project_id)):
+            return None
+        found = self._store.read(f"{PROJECTS}{project_id}")
+        return found[0].decode("utf-8", "replace") if found is not None else None
 
     def get(self, job_id: str) -> tuple[dict[str, Any], str] | None:
         found = self._store.read(f"{INDEX}{job_id}.json")

@@ -115,6 +115,8 @@ class DeploymentService:
         self._locks = KeyedLocks()
         self._clock = clock
         self._types_lock = threading.Lock()
+        # Teams: ``owns_project(project_id)`` (set per team by the composition root).
+        self.owns_project: Callable[[str], bool] | None = None
         self._types: tuple[float, list[Any]] | None = None
 
     @property
@@ -413,7 +415,13 @@ class DeploymentService:
         raw = self._client.get_deployment(model_id, deployment_id)
         if ours_only and parse_marker(raw.get("name")) is None:
             raise NotFoundError("deployment not found on Baseten")
-        if self._scope.limited:
+        if self.owns_project is not None:
+            # A team: its own projects are known without asking Baseten, so another
+            # team's deployment costs exactly what an unknown one does (one read).
+            source = parse_marker(raw.get("name"))
+            if source is None or not self.owns_project(source[0]):
+                raise NotFoundError("deployment not found on Baseten")
+        elif self._scope.limited:
             source = parse_marker(raw.get("name"))
             try:
                 if source is None:
