@@ -323,7 +323,8 @@ def test_errors_raise_the_sdks_own_classes(
         sdk.fine_tuning.jobs.create(
             model=MODEL, training_file=training_file, method={"type": "dpo"}
         )
-    assert bad_method.value.param == "method.type"
+    # dpo is a method now: it needs a preference file, and this one is chat.
+    assert bad_method.value.param == "training_file"
     with pytest.raises(openai.BadRequestError):
         sdk.fine_tuning.jobs.create(model=MODEL, training_file="file-000000000000000000000000")
     with pytest.raises(openai.BadRequestError):

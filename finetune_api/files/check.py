@@ -38,7 +38,8 @@ from typing import Any, Literal
 
 import msgspec
 
-FORMATS = ("chat", "text", "prompt_completion")
+FORMATS = ("chat", "text", "prompt_completion", "preference")
+PREFERENCE_KEYS = ("input", "preferred_output", "non_preferred_output")
 ROLES = frozenset({"system", "user", "assistant"})
 MAX_ERRORS = 100
 DEFAULT_MAX_LINE_BYTES = 4 * 1024 * 1024
@@ -62,6 +63,8 @@ def example_format(value: Any) -> str:
         raise LineError(f"a JSON {kind}, not an object")
     if "messages" in value:
         return "chat"
+    if any(key in value for key in PREFERENCE_KEYS):
+        return "preference"
     if "text" in value:
         return "text"
     if "prompt" in value or "completion" in value:
@@ -93,6 +96,8 @@ def check_example(value: dict[str, Any], fmt: str) -> None:
             answered = answered or role == "assistant"
         if not answered:
             raise LineError("no assistant message: nothing to learn from")
+    elif fmt == "preference":
+        _check_preference(value)
     elif fmt == "text":
         _non_empty_text(value.get("text"), "'text'")
     else:
@@ -100,6 +105,28 @@ def check_example(value: dict[str, Any], fmt: str) -> None:
         if not isinstance(prompt, str):
             raise LineError("'prompt' must be a string")
         _non_empty_text(value.get("completion"), "'completion'")
+
+
+def _check_preference(value: dict[str, Any]) -> None:
+    """OpenAI's DPO line: an input conversation and one preferred, one non-preferred answer."""
+    given = value.get("input")
+    messages = given.get("messages") if isinstance(given, dict) else None
+    if not isinstance(messages, list) or not messages:
+        raise LineError("'input.messages' must be a non-empty list")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise LineError(f"input.messages[{index}] must be an object with a role")
+    if messages[-1]["role"] not in ("user", "tool"):
+        raise LineError("input.messages must end with a user or tool message")
+    for key in ("preferred_output", "non_preferred_output"):
+        output = value.get(key)
+        if (
+            not isinstance(output, list)
+            or len(output) != 1
+            or not isinstance(output[0], dict)
+            or output[0].get("role") != "assistant"
+        ):
+            raise LineError(f"'{key}' must be a list of one assistant message")
 
 
 class _Message(msgspec.Struct, gc=False):

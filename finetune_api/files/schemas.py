@@ -17,7 +17,7 @@ class LineError(BaseModel):
 
 
 class Validation(BaseModel):
-    format: Literal["chat", "text", "prompt_completion"] | None
+    format: Literal["chat", "text", "prompt_completion", "preference"] | None
     examples: int = Field(description="valid lines (exact)")
     invalid_examples: int = Field(description="invalid lines (exact)")
     errors: list[LineError] = Field(description="the first 100 errors")

@@ -35,8 +35,10 @@ from finetune_api.core.schemas import (
     ResumedFrom,
     ResumedJob,
     TrainingRequest,
+    baseten_job_name,
     checkpoint_from_baseten,
     job_from_baseten,
+    method_hyperparameters,
     split_job_name,
 )
 from finetune_api.core.settings import Settings
@@ -203,6 +205,7 @@ class JobService:
             if self._files is None:
                 raise InvalidRequestError(f"{field}: this service keeps no files")
             data[field] = self._files.resolve(field, ref)
+            _check_method(request.method, field, data[field].get("format"))
         return data
 
     def runtime_config(
@@ -222,7 +225,10 @@ class JobService:
             "model_id": request.model_id,
             "project_name": request.project_name,
             "job_name": baseten_job_name,
-            "hyperparameters": request.hyperparameters.model_dump(),
+            # What the template trains with (supervised or dpo) and both method
+            # hyperparameters, defaults filled (train_on_inputs, dpo_beta).
+            "method": request.method,
+            "hyperparameters": method_hyperparameters(request),
             "compute": request.compute.model_dump(),
             "hf_token_secret_name": self._settings.hf_token_secret_name,
             # Read back by poll_jobs (GET .../download) to deploy on completion.
@@ -340,7 +346,8 @@ class JobService:
         # The checked files, resolved (and their read URLs signed) before anything exists.
         extra = {**self.data(request), **(extra_config or {})}
         if key is None:
-            job = self._create(request, str(request.job_name), template, extra)
+            name = baseten_job_name(str(request.job_name), request.method)
+            job = self._create(request, name, template, extra)
         else:
             job = self._submit_idempotent(request, key, template, extra)
         if resumed_from is not None:
@@ -399,7 +406,8 @@ class JobService:
             existing = self._jobs_with_digest(project_id, digest)
             if existing:
                 return self._as_replay(existing[0], project_id)
-            created = self._create(request, f"{request.job_name}-ik-{digest}", template, extra)
+            name = baseten_job_name(str(request.job_name), request.method, digest)
+            created = self._create(request, name, template, extra)
             # The pushed job names the project authoritatively (a cached id may be stale).
             project_id = created.training_project_id
             self._project_ids[project_name] = project_id
@@ -513,6 +521,20 @@ class JobService:
                     break  # every later row is older still: stop reading
         raw = [job for _, _, job in sorted(newest, key=lambda entry: entry[0], reverse=True)]
         return [job_from_baseten(job, self._settings.baseten_remote_url) for job in raw]
+
+
+def _check_method(method: str, field: str, data_format: Any) -> None:
+    """A preference file needs ``dpo`` and ``dpo`` needs one (CONTRACT "Method"); else a 400."""
+    if (data_format == "preference") == (method == "dpo"):
+        return
+    if method == "dpo":
+        reason = (
+            f"method dpo needs a preference file (input, preferred_output, "
+            f"non_preferred_output); this one is {data_format}"
+        )
+    else:
+        reason = 'a preference file trains only with method "dpo"'
+    raise InvalidRequestError(f"{field}: {reason}", details=[{"location": field, "reason": reason}])
 
 
 def normalize_status(status: str) -> str:
