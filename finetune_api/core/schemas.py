@@ -521,9 +521,7 @@ def method_details(request: TrainingRequest) -> list[dict[str, Any]]:
     hp = request.hyperparameters
     details = []
     if hp.dpo_beta is not None and request.method != "dpo":
-        details.append(
-            {"location": "hyperparameters.dpo_beta", "reason": 'only with method "dpo"'}
-        )
+        details.append({"location": "hyperparameters.dpo_beta", "reason": 'only with method "dpo"'})
     if hp.train_on_inputs is not None and request.method != "supervised":
         details.append(
             {
@@ -569,7 +567,7 @@ def short_status(baseten_status: str) -> str:
     return baseten_status.removeprefix("TRAINING_JOB_").lower()
 
 
-def parse_job_name(name: str | None) -> tuple[str | None, str | None, str]:
+def parse_job_name(name: str | None) -> tuple[str | None, str | None, Method]:
     """Baseten job name → (the user's job name, idempotency key digest or None, method)."""
     if not name:
         return name, None, "supervised"
@@ -577,7 +575,7 @@ def parse_job_name(name: str | None) -> tuple[str | None, str | None, str]:
     match = IDEMPOTENCY_SUFFIX.match(name)
     if match:
         name, digest = match["name"], match["digest"]
-    method = "supervised"
+    method: Method = "supervised"
     if name.endswith(DPO_MARKER):
         name, method = name[: -len(DPO_MARKER)], "dpo"
     return name or None, digest, method

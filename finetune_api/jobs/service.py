@@ -274,6 +274,7 @@ class JobService:
                 gpu_count=request.compute.gpu_count or 1,
                 throughput=self._throughput,
                 price=self._price,
+                method=request.method,
             ),
         }
 

@@ -13,8 +13,10 @@ in-memory disk. A model without a ``tokenizer.json`` (only a SentencePiece
 within ``timeout`` seconds gives ``None``: the dry run then counts with the
 rule of :mod:`finetune_api.jobs.estimate` and says ``tokens_method: "estimate"``.
 
-What is counted: the text of each example as :func:`~finetune_api.jobs.estimate.example_text`
-joins it (for a chat, ``role: content`` per turn, one per line), encoded with
+What is counted: the text of each example as :func:`~finetune_api.jobs.estimate.example_pieces`
+joins it (for a chat, ``role: content`` per turn, one per line, tool calls as
+``name(arguments)`` and the tools' JSON first; a preference pair's prompt and
+both outputs, each its own text), encoded with
 the tokenizer's own post-processor (its BOS/EOS special tokens included). The
 chat template's markup (a few tokens per turn) is not rendered: the counts are
 the model's tokens of the example's words, which is what ``max_seq_length``
@@ -40,7 +42,7 @@ from collections.abc import Callable
 from typing import Any
 
 from finetune_api.core.logs import get_logger, log
-from finetune_api.jobs.estimate import example_text
+from finetune_api.jobs.estimate import example_pieces, sizes
 
 _logger = get_logger("tokenizer")
 
@@ -57,7 +59,8 @@ class TokenizerCounter:
         self.tokenizer = tokenizer
 
     def count(self, example: dict[str, Any]) -> int:
-        return len(self.tokenizer.encode(example_text(example)))
+        pieces = example_pieces(example)
+        return sizes([len(encoding) for encoding in self.tokenizer.encode_batch(list(pieces))])[0]
 
     def count_batch(self, texts: list[str]) -> list[int]:
         """Token counts of many texts in one call (the library spreads it over its threads)."""
