@@ -443,6 +443,7 @@ class TrainingLogs:
             validation=bool(body.get("validation", shape.validation)),
             model=shape.model,
             dataset=shape.dataset,
+            method=shape.method,
         )
         start = now_ns - int(seconds * SECOND)
         log = self._logs[job_id] = JobLog(nodes=shape.nodes, gpus=shape.gpus)
