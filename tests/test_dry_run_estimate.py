@@ -205,3 +205,73 @@ def test_gpu_hours_from_earlier_jobs_of_the_model_and_no_invented_price(
         function, training_file=record["id"], compute={"accelerator": "A100", "gpu_count": 1}
     )["estimate"]
     assert other["gpu_hours"] is None and "no throughput measured yet" in other["cost_basis"]
+
+
+def pair(prompt_words: int, preferred: str, rejected: str) -> dict[str, Any]:
+    user = " ".join(WORDS[i % len(WORDS)] for i in range(prompt_words))
+    return {
+        "input": {
+            "messages": [{"role": "system", "content": "help"}, {"role": "user", "content": user}]
+        },
+        "preferred_output": [{"role": "assistant", "content": preferred}],
+        "non_preferred_output": [{"role": "assistant", "content": rejected}],
+    }
+
+
+def turns_tokens(messages: list[dict[str, Any]]) -> int:
+    return word_tokens({"messages": messages})
+
+
+def test_a_preference_file_counts_the_prompt_and_both_outputs(
+    functions: dict[str, FunctionServer], sandbox: Sandbox
+) -> None:
+    """Tokens: prompt + preferred + non-preferred; over max_seq_length: the prompt with the
+    longer output (each is its own sequence in DPO)."""
+    examples = [
+        pair(2, "Sure, here is how.", "No."),
+        pair(4, "Sure.", "Sure, here is how. Sure, here is how."),
+        pair(9, "Sure, here is how.", "Sure, here is how."),
+        pair(1, "Sure.", "No."),
+    ]
+    for name, method in (("hub", "tokenizer"), ("nohub", "estimate")):
+        function = functions[name]
+        record = upload(function, examples)
+        assert record["validation"]["format"] == "preference"
+        answer = dry_run(function, training_file=record["id"], method="dpo")
+        estimate = answer["estimate"]
+        assert answer["request"]["method"] == "dpo"
+        assert answer["request"]["hyperparameters"]["dpo_beta"] == 0.1
+        if method == "tokenizer":
+            pieces = [
+                [
+                    turns_tokens(e["input"]["messages"]),
+                    turns_tokens(e["preferred_output"]),
+                    turns_tokens(e["non_preferred_output"]),
+                ]
+                for e in examples
+            ]
+        else:
+            pieces = [
+                [
+                    -(-len(text.encode()) // 4)
+                    for text in (
+                        "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+                        for messages in (
+                            e["input"]["messages"],
+                            e["preferred_output"],
+                            e["non_preferred_output"],
+                        )
+                    )
+                ]
+                for e in examples
+            ]
+        assert estimate["tokens_method"] == method
+        assert estimate["examples"] == len(examples)
+        assert estimate["tokens"] == sum(map(sum, pieces))
+        longest = [p + max(c, r) for p, c, r in pieces]
+        assert estimate["examples_over_max_seq_length"] == sum(t > MAX_SEQ for t in longest)
+        assert 0 < estimate["examples_over_max_seq_length"] < len(examples)
+        assert estimate["trained_tokens"] == estimate["tokens"] * 3
+        # Supervised throughput is not a DPO run's: no GPU hours are invented.
+        assert estimate["gpu_hours"] is None and "DPO" in estimate["cost_basis"]
+    assert sandbox.jobs() == []
