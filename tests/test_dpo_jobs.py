@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import requests
 
+from finetune_api.insights.schemas import MetricsAnswer
 from finetune_api.insights.training_metrics import REWARD_FIELDS
 from loopback.fake_secret_manager import FakeSecretManager
 from loopback.functions import FunctionServer
@@ -213,6 +214,8 @@ def test_dpo_metrics_and_completed_summary_carry_the_rewards(
         url = f"{train_http.url}/jobs/{job['training_project_id']}/{job['training_job_id']}/metrics"
         response = requests.get(url, params={"points": 500}, timeout=60)
         assert response.status_code == 200, response.text
+        # The answer is what the OpenAPI document says (reward keys included, nothing else).
+        MetricsAnswer.model_validate(response.json())
         answers[job["method"]] = response.json()["training"]
         chart = requests.get(url, params={"format": "svg"}, timeout=60)
         assert chart.status_code == 200 and chart.text.lstrip().startswith("<?xml")

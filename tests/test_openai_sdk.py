@@ -167,6 +167,16 @@ def test_dpo_with_openais_method_object(
         )
     listed = next(j for j in sdk.fine_tuning.jobs.list() if j.id == auto.id)
     assert listed.method is not None and listed.method.type == "dpo"
+    # The raw object matches the OpenAPI document's method (numbers only: "auto" would fail).
+    import jsonschema
+
+    headers = {"X-Api-Key": KEY}
+    raw = requests.get(f"{server.url}/v1/fine_tuning/jobs/{auto.id}", headers=headers, timeout=30)
+    document = requests.get(f"{server.url}/openapi.json", headers=headers, timeout=30).json()
+    schema = document["components"]["schemas"]["OpenAIFineTuningJob"]["properties"]["method"]
+    jsonschema.validate(raw.json()["method"], schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"type": "dpo", "dpo": {"hyperparameters": {"beta": "auto"}}}, schema)
     explicit = sdk.fine_tuning.jobs.create(
         model=MODEL,
         training_file=pairs.id,
