@@ -105,8 +105,8 @@ class RuleCounter:
     def count(self, example: dict[str, Any]) -> int:
         return rule_tokens(example)
 
-    def count_batch(self, texts: list[str]) -> list[int]:
-        return [text_rule_tokens(text) for text in texts]
+    def count_pieces(self, example: dict[str, Any]) -> list[int]:
+        return [text_rule_tokens(piece) for piece in example_pieces(example)]
 
 
 # model_id -> a counter (the tokenizer's, or None when it cannot be fetched)
@@ -159,8 +159,12 @@ class Tally:
     def __call__(self, example: dict[str, Any]) -> None:
         batch = getattr(self.counter, "count_batch", None)
         if batch is None:
-            tokens = self.counter.count(example)
-            self._add(tokens, tokens)
+            pieces = getattr(self.counter, "count_pieces", None)
+            if pieces is not None:
+                self._add(*sizes(pieces(example)))
+            else:
+                tokens = self.counter.count(example)
+                self._add(tokens, tokens)
             return
         pieces = example_pieces(example)
         rule, rule_longest = sizes([text_rule_tokens(piece) for piece in pieces])
