@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from finetune_api.jobs.chat_template import NEEDS, tool_needs
+
 BYTES_PER_TOKEN = 4
 
 
@@ -152,11 +154,15 @@ class Tally:
     over: int = 0
     _texts: list[str] = field(default_factory=list)
     _shapes: list[int] = field(default_factory=list)  # texts per waiting example
+    #: what the examples need the chat template to render (tools, tool_calls, tool messages)
+    needs: set[str] = field(default_factory=set)
     _chars: int = 0
     _rule_tokens: int = 0
     _rule_over: int = 0
 
     def __call__(self, example: dict[str, Any]) -> None:
+        if len(self.needs) < len(NEEDS):
+            self.needs |= tool_needs(example)
         batch = getattr(self.counter, "count_batch", None)
         if batch is None:
             pieces = getattr(self.counter, "count_pieces", None)
@@ -208,6 +214,7 @@ def estimate(
     throughput: ThroughputSource | None = None,
     price: PriceSource | None = None,
     method: str = "supervised",
+    chat_template_problem: str | None = None,
 ) -> dict[str, Any]:
     """The ``estimate`` object of a dry run (CONTRACT "Your own data").
 
@@ -226,6 +233,7 @@ def estimate(
             "cost_usd": None,
             "cost_basis": "a Hugging Face dataset is not counted before the job: "
             "upload it as a training_file to get an estimate",
+            "chat_template_problem": None,
         }
     trained = tally.tokens * num_epochs
     rate, rate_basis = (
@@ -256,4 +264,5 @@ def estimate(
         "gpu_hours": gpu_hours,
         "cost_usd": cost,
         "cost_basis": basis,
+        "chat_template_problem": chat_template_problem,
     }

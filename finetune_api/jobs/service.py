@@ -244,6 +244,7 @@ class JobService:
         data = self.data(request)
         hp = request.hyperparameters
         tally = None
+        problem = None
         if data["training_file"] is not None and self._files is not None:
             from finetune_api.jobs.estimate import TOKENIZER_SECONDS, RuleCounter, Tally
 
@@ -256,6 +257,11 @@ class JobService:
             )
             self._files.each_example(data["training_file"], tally)
             tally.flush()
+            # The model's chat template, when its tokenizer was loaded: can it render the
+            # tools, tool calls and tool messages the data holds? (the job would fail)
+            template = getattr(counter, "chat_template", None)
+            if template is not None and tally.needs:
+                problem = template.problem(tally.needs)
         from finetune_api.jobs.estimate import estimate
 
         shown = self.runtime_config(request, str(request.job_name), data)
@@ -275,6 +281,7 @@ class JobService:
                 throughput=self._throughput,
                 price=self._price,
                 method=request.method,
+                chat_template_problem=problem,
             ),
         }
 
