@@ -286,3 +286,33 @@ def test_a_resumed_dpo_job_keeps_its_method_and_beta(
     assert config["hyperparameters"]["num_epochs"] == 3
     assert config["resume_from"]["training_job_id"] == job["training_job_id"]
     assert config["training_file"]["source"] == pairs
+
+
+def test_the_polls_retry_of_a_failed_dpo_job_is_a_dpo_job(
+    train_http: FunctionServer,
+    sandbox: Sandbox,
+    secret_manager: FakeSecretManager,
+    receiver: WebhookReceiver,  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
+) -> None:
+    body = {
+        "model_id": MODEL,
+        "dataset_id": "org/prefs",
+        "job_name": "flaky",
+        "method": "dpo",
+        "hyperparameters": {"dpo_beta": 0.25},
+        "retry": {"max_attempts": 1},
+    }
+    first = created(train_http, body)
+    sandbox.add_checkpoint(first["training_job_id"])
+    sandbox.set_status(first["training_job_id"], "TRAINING_JOB_FAILED", "NCCL timeout")
+    with poller(sandbox, secret_manager, tmp_path, receiver.url) as server:
+        poll(server, {})
+    [_, second] = sandbox.jobs()
+    assert second["job"]["name"].startswith("flaky--dpo-ik-")  # the retry's own key
+    config = runtime_config(second)
+    assert config["method"] == "dpo" and config["hyperparameters"]["dpo_beta"] == 0.25
+    assert config["resume_from"]["training_job_id"] == first["training_job_id"]
+    [retried] = [e for e in receiver.unique_events.values() if e["type"] == "training_job.retried"]
+    assert retried["data"]["job"]["method"] == "dpo"
+    assert retried["data"]["failed_job"]["method"] == "dpo"
