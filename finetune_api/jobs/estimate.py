@@ -165,9 +165,9 @@ class Tally:
             self.needs |= tool_needs(example)
         batch = getattr(self.counter, "count_batch", None)
         if batch is None:
-            pieces = getattr(self.counter, "count_pieces", None)
-            if pieces is not None:
-                self._add(*sizes(pieces(example)))
+            count_pieces = getattr(self.counter, "count_pieces", None)
+            if count_pieces is not None:
+                self._add(*sizes(count_pieces(example)))
             else:
                 tokens = self.counter.count(example)
                 self._add(tokens, tokens)
