@@ -10,70 +10,16 @@ earlier jobs of the same model and accelerator, and knows the price; then
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from finetune_api.files.check import example_pieces
 from finetune_api.jobs.chat_template import NEEDS, tool_needs
 
 BYTES_PER_TOKEN = 4
-
-
-def _content(content: Any) -> str:
-    """A message's text: a string, or the texts of its list of text parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(str(part.get("text") or "") for part in content if isinstance(part, dict))
-    return ""
-
-
-def _message(message: Any) -> str:
-    if not isinstance(message, dict):
-        return ""
-    text = _content(message.get("content"))
-    for call in message.get("tool_calls") or []:
-        function = call.get("function") if isinstance(call, dict) else None
-        if isinstance(function, dict):
-            text += f"\n{function.get('name') or ''}({function.get('arguments') or ''})"
-    return f"{message.get('role')}: {text}"
-
-
-def _conversation(messages: Any, tools: Any = None) -> str:
-    """Roles and turns joined, one per line; the tools' definitions first (the chat
-    template renders them into the prompt)."""
-    lines = [json.dumps(tools, separators=(",", ":"))] if tools else []
-    lines.extend(_message(m) for m in (messages if isinstance(messages, list) else []))
-    return "\n".join(lines)
-
-
-def example_pieces(example: dict[str, Any]) -> tuple[str, ...]:
-    """The texts one example is made of: one, or a preference pair's prompt and both outputs.
-
-    A preference example trains as two sequences, the prompt with each output
-    (TRL's DPO), so it is counted as ``(prompt, preferred, non_preferred)``.
-    """
-    if "messages" in example:
-        return (_conversation(example["messages"], example.get("tools")),)
-    if "preferred_output" in example or "input" in example:
-        raw = example.get("input")
-        given: dict[str, Any] = raw if isinstance(raw, dict) else {}
-        return (
-            _conversation(given.get("messages"), given.get("tools")),
-            _conversation(example.get("preferred_output")),
-            _conversation(example.get("non_preferred_output")),
-        )
-    if "text" in example:
-        return (str(example["text"]),)
-    return (f"{example.get('prompt', '')}{example.get('completion', '')}",)
-
-
-def example_text(example: dict[str, Any]) -> str:
-    """The text of one example as the template trains on it (roles and turns joined)."""
-    return "\n".join(example_pieces(example))
 
 
 def text_rule_tokens(text: str) -> int:

@@ -17,7 +17,7 @@ Beside it, best effort, the chat template (``chat_template.jinja``, and
 1 MiB): the dry run checks it against the tools the data holds
 (:mod:`finetune_api.jobs.chat_template`). A model without either is not checked.
 
-What is counted: the text of each example as :func:`~finetune_api.jobs.estimate.example_pieces`
+What is counted: the text of each example as :func:`~finetune_api.files.check.example_pieces`
 joins it (for a chat, ``role: content`` per turn, one per line, tool calls as
 ``name(arguments)`` and the tools' JSON first; a preference pair's prompt and
 both outputs, each its own text), encoded with
@@ -47,7 +47,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from finetune_api.core.logs import get_logger, log
-from finetune_api.jobs.estimate import example_pieces, sizes
+from finetune_api.files.check import example_pieces
+from finetune_api.jobs.estimate import sizes
 
 _logger = get_logger("tokenizer")
 
