@@ -48,8 +48,7 @@ def run(examples: int = 50_000, runs: int = 5) -> dict[str, Any]:
     import json
     import random
 
-    from finetune_api.files.check import JsonlCheck
-    from finetune_api.files.check import example_text
+    from finetune_api.files.check import JsonlCheck, example_text
     from finetune_api.jobs.estimate import BATCH_EXAMPLES, Tally
     from finetune_api.jobs.tokenizer import TokenizerCounter
 
