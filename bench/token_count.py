@@ -33,7 +33,7 @@ def _tokenizer(lines: list[bytes]) -> Any:
 
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from finetune_api.jobs.estimate import example_text
+    from finetune_api.files.check import example_text
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # type: ignore[assignment]
@@ -48,8 +48,8 @@ def run(examples: int = 50_000, runs: int = 5) -> dict[str, Any]:
     import json
     import random
 
-    from finetune_api.files.check import JsonlCheck
-    from finetune_api.jobs.estimate import BATCH_EXAMPLES, Tally, example_text
+    from finetune_api.files.check import JsonlCheck, example_text
+    from finetune_api.jobs.estimate import BATCH_EXAMPLES, Tally
     from finetune_api.jobs.tokenizer import TokenizerCounter
 
     pool = example_lines(4000)

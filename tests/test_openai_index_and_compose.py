@@ -18,6 +18,7 @@ from typing import Any
 import openai
 import pytest
 
+from finetune_api.core.schemas import TrainingRequest
 from finetune_api.jobs.index import JobIndex, LocalObjects
 from loopback.fake_secret_manager import FakeSecretManager
 from loopback.functions import FunctionServer
@@ -53,14 +54,7 @@ def _job(index: int) -> tuple[Any, Any]:
         job_name=f"run-{index}",
         created_at=f"2026-12-01T00:{index // 60:02d}:{index % 60:02d}Z",
     )
-    request = SimpleNamespace(
-        model_id="Qwen/Qwen3-0.6B",
-        training_file="file-x",
-        dataset_id=None,
-        validation_file=None,
-        deploy=None,
-        hyperparameters=SimpleNamespace(num_epochs=1, batch_size=4, learning_rate=2e-4, seed=42),
-    )
+    request = TrainingRequest(model_id="Qwen/Qwen3-0.6B", training_file="file-x")
     return job, request
 
 

@@ -45,6 +45,7 @@ from finetune_api.files.rules import (
     LineError,
     check_example,
     example_format,
+    example_pieces,
     example_text,
     loads,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "check_example",
     "describe",
     "example_format",
+    "example_pieces",
     "example_text",
 ]
 

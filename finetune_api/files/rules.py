@@ -392,27 +392,34 @@ def _check_preference(value: dict[str, Any]) -> None:
 # -- the text an example is trained on, for counting ---------------------------------------
 
 
-def example_text(example: dict[str, Any]) -> str:
-    """Every text of a valid example that becomes tokens, joined (for counting them).
+def example_pieces(example: dict[str, Any]) -> tuple[str, ...]:
+    """The texts of a valid example that become tokens: one, or a preference pair's
+    prompt and both outputs (TRL's DPO trains the prompt with each output, so the dry
+    run counts them apart).
 
     Chat: each message as ``role: content`` (text parts joined), tool calls as
-    ``name(arguments)``, and the line's ``tools`` as JSON (a chat template renders
-    them into the prompt). Preference: the input's messages and tools, then both
-    outputs (DPO reads the prompt and both answers). Text: the text.
-    Prompt/completion: the two joined. Only for examples :func:`check_example`
-    accepted.
+    ``name(arguments)``, and the line's ``tools`` as JSON first (a chat template
+    renders them into the prompt). Preference: the input's messages and tools, then
+    each output. Text: the text. Prompt/completion: the two joined. Only for examples
+    :func:`check_example` accepted.
     """
     if "messages" in example:
-        return _conversation(example["messages"], example.get("tools"))
+        return (_conversation(example["messages"], example.get("tools")),)
     if "input" in example:
         prompt = example["input"]
-        outputs = [*example["preferred_output"], *example["non_preferred_output"]]
-        return "\n".join(
-            [_conversation(prompt["messages"], prompt.get("tools")), _conversation(outputs, None)]
+        return (
+            _conversation(prompt["messages"], prompt.get("tools")),
+            _conversation(example["preferred_output"], None),
+            _conversation(example["non_preferred_output"], None),
         )
     if "text" in example:
-        return str(example["text"])
-    return f"{example.get('prompt', '')}{example.get('completion', '')}"
+        return (str(example["text"]),)
+    return (f"{example.get('prompt', '')}{example.get('completion', '')}",)
+
+
+def example_text(example: dict[str, Any]) -> str:
+    """Every text of a valid example that becomes tokens, joined (for counting them)."""
+    return "\n".join(example_pieces(example))
 
 
 def _conversation(messages: list[dict[str, Any]], tools: Any) -> str:

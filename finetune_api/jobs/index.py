@@ -42,6 +42,7 @@ from typing import Any, Protocol
 
 from finetune_api.core.buckets import Bucket, BucketUnavailable, Folder, PreconditionFailed
 from finetune_api.core.logs import get_logger, log
+from finetune_api.core.schemas import method_hyperparameters
 from finetune_api.core.timestamps import parse_time
 
 _logger = get_logger("job_index")
@@ -112,6 +113,9 @@ def index_record(job: Any, request: Any, labels: dict[str, Any] | None) -> dict[
             "learning_rate_multiplier": round(hp.learning_rate / BASE_LEARNING_RATE, 6),
         },
         "seed": hp.seed,
+        # Absent from records made before: supervised.
+        "method": request.method,
+        "dpo_beta": method_hyperparameters(request)["dpo_beta"],
         "suffix": labels.get("suffix"),
         "metadata": labels.get("metadata"),
         "deploy_model_name": deploy.model_name if deploy is not None else None,

@@ -46,8 +46,10 @@ from finetune_api.core.schemas import (
     ResumedFrom,
     ResumedJob,
     TrainingRequest,
+    baseten_job_name,
     checkpoint_from_baseten,
     job_from_baseten,
+    method_hyperparameters,
     split_job_name,
 )
 from finetune_api.core.settings import Settings
@@ -228,6 +230,7 @@ class JobService:
             if self._files is None:
                 raise InvalidRequestError(f"{field}: this service keeps no files")
             data[field] = self._files.resolve(field, ref)
+            _check_method(request.method, field, data[field].get("format"))
         return data
 
     def runtime_config(
@@ -247,7 +250,10 @@ class JobService:
             "model_id": request.model_id,
             "project_name": request.project_name,
             "job_name": baseten_job_name,
-            "hyperparameters": request.hyperparameters.model_dump(),
+            # What the template trains with (supervised or dpo) and both method
+            # hyperparameters, defaults filled (train_on_inputs, dpo_beta).
+            "method": request.method,
+            "hyperparameters": method_hyperparameters(request),
             "compute": request.compute.model_dump(),
             "hf_token_secret_name": self._settings.hf_token_secret_name,
             # Read back by poll_jobs (GET .../download) to deploy on completion.
@@ -263,6 +269,7 @@ class JobService:
         data = self.data(request)
         hp = request.hyperparameters
         tally = None
+        problem = None
         if data["training_file"] is not None and self._files is not None:
             from finetune_api.jobs.estimate import TOKENIZER_SECONDS, RuleCounter, Tally
 
@@ -275,6 +282,11 @@ class JobService:
             )
             self._files.each_example(data["training_file"], tally)
             tally.flush()
+            # The model's chat template, when its tokenizer was loaded: can it render the
+            # tools, tool calls and tool messages the data holds? (the job would fail)
+            template = getattr(counter, "chat_template", None)
+            if template is not None and tally.needs:
+                problem = template.problem(tally.needs)
         from finetune_api.jobs.estimate import estimate
 
         shown = self.runtime_config(request, str(request.job_name), data)
@@ -293,6 +305,8 @@ class JobService:
                 gpu_count=request.compute.gpu_count or 1,
                 throughput=self._throughput,
                 price=self._price,
+                method=request.method,
+                chat_template_problem=problem,
             ),
         }
 
@@ -375,8 +389,9 @@ class JobService:
         else:
             digest = None if key is None else key_digest(key)
         if digest is None:
+            name = baseten_job_name(str(request.job_name), request.method)
             with self._admitted(request):
-                job = self._create(request, str(request.job_name), template, extra)
+                job = self._create(request, name, template, extra)
         else:
             job = self._submit_idempotent(request, digest, template, extra)
         if resumed_from is not None:
@@ -476,7 +491,8 @@ class JobService:
         existing = self._jobs_with_digest(project_id, digest)
         if existing:
             return self._as_replay(existing[0], project_id)
-        created = self._create(request, f"{request.job_name}-ik-{digest}", template, extra)
+        name = baseten_job_name(str(request.job_name), request.method, digest)
+        created = self._create(request, name, template, extra)
         # The pushed job names the project authoritatively (a cached id may be stale).
         project_id = created.training_project_id
         self._project_ids[project_name] = project_id
@@ -590,6 +606,20 @@ class JobService:
                     break  # every later row is older still: stop reading
         raw = [job for _, _, job in sorted(newest, key=lambda entry: entry[0], reverse=True)]
         return [job_from_baseten(job, self._settings.baseten_remote_url) for job in raw]
+
+
+def _check_method(method: str, field: str, data_format: Any) -> None:
+    """A preference file needs ``dpo`` and ``dpo`` needs one (CONTRACT "Method"); else a 400."""
+    if (data_format == "preference") == (method == "dpo"):
+        return
+    if method == "dpo":
+        reason = (
+            f"method dpo needs a preference file (input, preferred_output, "
+            f"non_preferred_output); this one is {data_format}"
+        )
+    else:
+        reason = 'a preference file trains only with method "dpo"'
+    raise InvalidRequestError(f"{field}: {reason}", details=[{"location": field, "reason": reason}])
 
 
 def normalize_status(status: str) -> str:
