@@ -14,7 +14,7 @@ from finetune_api.core.errors import (
     UnsupportedMediaTypeError,
 )
 from finetune_api.core.query import bounded_int
-from finetune_api.core.teams import Caller
+from finetune_api.core.teams import EVERYONE, Caller
 from finetune_api.edge.auth import HEADER, require_api_key
 from finetune_api.edge.http_app import (
     POLL_ROUTES,
@@ -255,7 +255,8 @@ def poll(request: Request) -> Response:
     from finetune_api.polling.poller import parse_since
     from finetune_api.polling.poller import poll as run_poll
 
-    services = get_services()
+    # One poll across teams, whichever key started it: the base services, every job.
+    services = get_services(EVERYONE)
     body = read_json_body(request, services.settings.max_body_bytes, required=False)
     since = parse_since(body)
     report = run_poll(

@@ -1,0 +1,230 @@
+"""TEAM_LIMITS (issue 29): checked before anything is created; two instances racing at a
+team's limit let at most one through; every event says whose it is (``data.team``).
+
+Real parts: train_http / train_pubsub / poll_jobs under functions-framework, the
+sandbox, the ``openai`` SDK, a webhook receiver that verifies signatures; the lease
+lives in the files' local folder shared by both instances (core/buckets.Folder).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import requests
+
+from finetune_api.core.buckets import Folder
+from finetune_api.core.errors import UpstreamUnavailableError
+from finetune_api.jobs.quota import TeamLease, job_gpus, team_use
+from loopback.fake_secret_manager import FakeSecretManager
+from loopback.functions import FunctionServer
+from loopback.webhook_receiver import WebhookReceiver
+from sandbox import Sandbox
+from tests.conftest import function_env
+from tests.test_pubsub import deliver, message_event
+
+ALPHA = "alpha-key-000000001"
+BETA = "beta-key-0000000002"
+KEYS = f"alpha:{ALPHA},beta:{BETA}"
+LIMITS = json.dumps({"alpha": {"max_active_jobs": 1}, "*": {"max_active_gpus": 2}})
+MODEL = "Qwen/Qwen3-0.6B"
+BODY = {"dataset_id": "d", "model_id": MODEL}
+SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def env_for(sandbox: Sandbox, sm: FakeSecretManager, tmp: Path, **extra: str) -> dict[str, str]:
+    return function_env(sandbox, sm, tmp, API_KEYS=KEYS, TEAM_LIMITS=LIMITS, **extra)
+
+
+def post(server: FunctionServer, key: str, path: str = "/jobs", **kw: Any) -> Any:
+    return requests.post(f"{server.url}{path}", headers={"X-Api-Key": key}, timeout=60, **kw)
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver(SECRET) as server:
+        yield server
+
+
+@pytest.fixture
+def limited(
+    sandbox: Sandbox, secret_manager: FakeSecretManager, tmp_path: Path, receiver: WebhookReceiver
+) -> Iterator[FunctionServer]:
+    env = env_for(
+        sandbox, secret_manager, tmp_path, WEBHOOK_URL=receiver.url, WEBHOOK_SECRET=SECRET
+    )
+    with FunctionServer("train_http", env) as server:
+        yield server
+
+
+def _quota(response: Any) -> dict[str, Any]:
+    assert response.status_code == 429, response.text
+    error: dict[str, Any] = response.json()["error"]
+    assert error["type"] == "quota_exceeded"
+    return error
+
+
+def test_over_a_limit_is_429_naming_the_limit_and_use_and_creates_nothing(
+    limited: FunctionServer, sandbox: Sandbox
+) -> None:
+    first = post(limited, ALPHA, json=BODY)
+    assert first.status_code == 201, first.text
+    before = sandbox.stats()["by_route"]
+    error = _quota(post(limited, ALPHA, json=BODY))
+    assert "max_active_jobs=1" in error["message"] and "1 active" in error["message"]
+    # /v1 create: the SDK's RateLimitError, code quota_exceeded.
+    sdk = openai.OpenAI(base_url=f"{limited.url}/v1", api_key=ALPHA, max_retries=0, timeout=60)
+    line = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
+    data = (json.dumps(line) + "\n").encode() * 10
+    file_id = sdk.files.create(file=("t.jsonl", data), purpose="fine-tune").id
+    before = sandbox.stats()["by_route"]
+    with pytest.raises(openai.RateLimitError) as raised:
+        sdk.fine_tuning.jobs.create(model=MODEL, training_file=file_id)
+    assert raised.value.code == "quota_exceeded"
+    # Nothing was created: only searches and reads reached Baseten.
+    after = sandbox.stats()["by_route"]
+    grew = [r for r, n in after.items() if n > before.get(r, 0)]
+    assert grew == ["POST /v1/training_jobs/search"], grew
+    assert len(sandbox.jobs()) == 1
+    # beta is not alpha: its own ceiling ("*": 2 GPUs) applies.
+    gpus = post(limited, BETA, json={**BODY, "compute": {"gpu_count": 4}})
+    error = _quota(gpus)
+    assert "max_active_gpus=2" in error["message"] and "asks for 4" in error["message"]
+    assert post(limited, BETA, json={**BODY, "compute": {"gpu_count": 2}}).status_code == 201
+    # Once alpha's job ends, alpha may start another.
+    job = first.json()
+    stopped = requests.post(
+        f"{limited.url}/jobs/{job['training_project_id']}/{job['training_job_id']}/stop",
+        headers={"X-Api-Key": ALPHA},
+        timeout=30,
+    )
+    assert stopped.status_code == 200
+    assert post(limited, ALPHA, json=BODY).status_code == 201
+
+
+def test_an_idempotent_replay_at_the_limit_answers_its_job(
+    limited: FunctionServer, sandbox: Sandbox
+) -> None:
+    headers = {"X-Api-Key": ALPHA, "Idempotency-Key": "order-1"}
+    url = f"{limited.url}/jobs"
+    first = requests.post(url, json=BODY, headers=headers, timeout=60)
+    assert first.status_code == 201, first.text
+    again = requests.post(url, json=BODY, headers=headers, timeout=60)
+    assert again.status_code == 200 and again.json()["idempotent_replay"] is True
+    assert again.json()["training_job_id"] == first.json()["training_job_id"]
+    other = requests.post(
+        url, json=BODY, headers={**headers, "Idempotency-Key": "order-2"}, timeout=60
+    )
+    _quota(other)
+    assert len(sandbox.jobs()) == 1
+
+
+def test_resume_over_the_limit_is_429(limited: FunctionServer, sandbox: Sandbox) -> None:
+    done = post(limited, ALPHA, json=BODY).json()
+    sandbox.advance(done["training_job_id"], steps=6)  # completed, with checkpoints
+    running = post(limited, ALPHA, json=BODY)
+    assert running.status_code == 201
+    resumed = post(
+        limited, ALPHA, f"/jobs/{done['training_project_id']}/{done['training_job_id']}/resume"
+    )
+    _quota(resumed)
+    assert len(sandbox.jobs()) == 2
+
+
+def test_two_instances_racing_at_the_limit_let_one_through(
+    sandbox: Sandbox, secret_manager: FakeSecretManager, tmp_path: Path
+) -> None:
+    env = env_for(sandbox, secret_manager, tmp_path)
+    with FunctionServer("train_http", env) as one, FunctionServer("train_http", env) as two:
+        for round_ in range(3):
+            start = threading.Barrier(2)
+            answers: list[int] = []
+
+            def submit(server: FunctionServer) -> None:
+                start.wait()
+                answers.append(post(server, ALPHA, json=BODY).status_code)
+
+            threads = [threading.Thread(target=submit, args=(s,)) for s in (one, two)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert sorted(answers) == [201, 429], (round_, answers)
+            live = [
+                j for j in sandbox.jobs() if j["job"]["current_status"] == "TRAINING_JOB_CREATED"
+            ]
+            assert len(live) == 1
+            job = live[0]
+            sandbox.set_status(job["job"]["id"], "TRAINING_JOB_STOPPED")
+
+
+def test_a_lease_whose_holder_died_is_taken_over(tmp_path: Path) -> None:
+    now = [1000.0]
+    store = Folder(tmp_path)
+    dead = TeamLease(store, ttl=60, wait=0.2, clock=lambda: now[0])
+    alive = TeamLease(store, ttl=60, wait=0.2, clock=lambda: now[0])
+    held = dead.held("alpha")
+    held.__enter__()  # never released: its process "died"
+    with pytest.raises(UpstreamUnavailableError), alive.held("alpha"):
+        pass
+    now[0] += 61
+    with alive.held("alpha"):
+        pass
+    with alive.held("alpha"):  # released properly: free at once
+        pass
+
+
+def test_use_counts_only_the_teams_active_jobs_and_gpus() -> None:
+    def job(name: str, gpus: int, nodes: int) -> dict[str, Any]:
+        return {
+            "training_project": {"name": name},
+            "instance_type": {"gpu_count": gpus},
+            "node_count": nodes,
+        }
+
+    active = [job("svc-alpha-a", 2, 2), job("svc-alpha-b", 1, 1), job("svc-beta-a", 8, 1)]
+    assert team_use(active, "svc-alpha-") == (2, 5)
+    assert job_gpus({}) == 1
+
+
+def test_every_event_carries_its_team(
+    limited: FunctionServer,
+    sandbox: Sandbox,
+    secret_manager: FakeSecretManager,
+    tmp_path: Path,
+    receiver: WebhookReceiver,
+) -> None:
+    made = post(limited, BETA, json=BODY)
+    assert made.status_code == 201
+    # Pub/Sub: the team attribute (trusted by IAM) decides the team.
+    env = env_for(
+        sandbox,
+        secret_manager,
+        tmp_path / "pubsub",
+        WEBHOOK_URL=receiver.url,
+        WEBHOOK_SECRET=SECRET,
+    )
+    with FunctionServer("train_pubsub", env) as pubsub:
+        event = message_event("msg-1", body=BODY, attributes={"team": "alpha"})
+        assert deliver(pubsub, event).status_code == 200
+    by_job = {item["job"]["id"]: item for item in sandbox.jobs()}
+    alpha_job = next(j for j, item in by_job.items() if j != made.json()["training_job_id"])
+    assert by_job[alpha_job]["project"]["name"].startswith("alpha-")
+    sandbox.advance(made.json()["training_job_id"], steps=6)
+    with FunctionServer("poll_jobs", env) as poll:
+        polled = requests.post(poll.url, json={}, headers={"X-Api-Key": BETA}, timeout=60)
+        assert polled.status_code == 200, polled.text
+    events = list(receiver.unique_events.values())
+    assert receiver.rejections == []
+    seen = {(e["type"], e["data"].get("training_job_id")): e["data"]["team"] for e in events}
+    assert seen[("training_job.submitted", made.json()["training_job_id"])] == "beta"
+    assert seen[("training_job.submitted", alpha_job)] == "alpha"
+    assert seen[("training_job.completed", made.json()["training_job_id"])] == "beta"
+    assert all("team" in e["data"] for e in events)
