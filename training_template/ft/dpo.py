@@ -1,0 +1,395 @@
+"""Preference tuning (method ``dpo``): TRL's DPOTrainer on the LoRA adapter.
+
+The reference model is the base model itself, with the adapter switched off: the
+trainer gets the base model and the LoRA config, and no ``ref_model``. TRL wraps the
+model in a PeftModel and, for every batch, runs the reference forward pass under
+``use_adapter(model, None)`` (peft's ``disable_adapter``), with no gradient. So no
+second copy of the model is ever loaded; the extra cost of DPO over supervised
+training is that forward pass and the rejected completions in the batch.
+
+Data: preference pairs, tokenized here (not by TRL) so that the messages reach the
+chat template exactly as the user wrote them:
+
+* a ``preference`` file (OpenAI's DPO line): ``{"input": {"messages": [...],
+  "tools"?, "parallel_tool_calls"?}, "preferred_output": [one assistant message],
+  "non_preferred_output": [one assistant message]}``; read line by line with
+  ``json`` (a row of a datasets table would gain every other row's keys as nulls,
+  which some chat templates take for a tool call);
+* a dataset (``dataset_id``) with either those three columns, or TRL's preference
+  columns ``prompt`` / ``chosen`` / ``rejected`` (conversational lists of messages,
+  or plain strings; without ``prompt`` the shared start of ``chosen`` and
+  ``rejected`` is the prompt) and an optional ``tools`` column.
+
+Each pair becomes ``prompt_ids`` (the input rendered with the generation prompt),
+``chosen_ids`` and ``rejected_ids`` (what the template adds after it for each
+answer, end of turn included), split where the tokenized prompt and
+prompt + answer first differ, as TRL does. ``tools`` go to the chat template
+(``apply_chat_template(..., tools=...)``).
+
+Every optimizer step's FT_METRICS line carries ``loss`` and TRL's
+``rewards/chosen``, ``rewards/rejected``, ``rewards/margins`` and
+``rewards/accuracies`` (see ft.metrics).
+
+Only the standard library is imported at module level.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ft.errors import TemplateError
+
+log = logging.getLogger("train")
+
+SUPERVISED = "supervised"
+DPO = "dpo"
+METHODS = (SUPERVISED, DPO)
+# The file format (as the service's check names it) each method trains on.
+PREFERENCE_FORMAT = "preference"
+DEFAULT_DPO_BETA = 0.1
+MAX_DPO_BETA = 10.0
+# TRL's reward metrics, logged at every step (the FT_METRICS keys, exactly).
+REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+
+OPENAI_COLUMNS = ("input", "preferred_output", "non_preferred_output")
+TRL_COLUMNS = ("prompt", "chosen", "rejected")
+
+Conversation = list[dict[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class PreferencePair:
+    """One pair: a prompt and two answers, conversational (lists of messages) or text."""
+
+    prompt: Conversation | str
+    chosen: Conversation | str
+    rejected: Conversation | str
+    tools: list[dict[str, Any]] | None = None
+
+    @property
+    def conversational(self) -> bool:
+        return isinstance(self.chosen, list)
+
+
+# ------------------------------------------------------------------------------- rows
+
+
+def _drop_nulls(value: Any) -> Any:
+    """``value`` without null members: a datasets row carries every other row's keys as
+    nulls, and a chat template may read a present-but-null ``tool_calls`` as a call."""
+    if isinstance(value, Mapping):
+        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_nulls(v) for v in value]
+    return value
+
+
+def clean_message(message: Any, where: str) -> dict[str, Any]:
+    """A message as the chat template takes it: text parts joined, ``weight`` and null
+    members dropped, each tool call's ``arguments`` (a JSON object string, as OpenAI
+    writes it) parsed into the object the chat templates render."""
+    if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
+        raise TemplateError(f"{where}: each message must be an object with a 'role'")
+    out: dict[str, Any] = {}
+    for key, value in message.items():
+        if value is None or key == "weight":
+            continue
+        if key == "content" and isinstance(value, list):
+            texts = [
+                part.get("text")
+                for part in value
+                if isinstance(part, Mapping) and part.get("type") == "text"
+            ]
+            if len(texts) != len(value) or not all(isinstance(t, str) for t in texts):
+                raise TemplateError(
+                    f"{where}: a content part is not {{'type': 'text', 'text': ...}}"
+                )
+            value = "".join(texts)
+        elif key == "tool_calls":
+            value = [_clean_tool_call(call, where) for call in value or []]
+        out[key] = _drop_nulls(value)
+    return out
+
+
+def _clean_tool_call(call: Any, where: str) -> dict[str, Any]:
+    if not isinstance(call, Mapping) or not isinstance(call.get("function"), Mapping):
+        raise TemplateError(f"{where}: a tool call must hold a 'function' object")
+    function = dict(_drop_nulls(call["function"]))
+    arguments = function.get("arguments")
+    if isinstance(arguments, str):
+        try:
+            parsed = json.loads(arguments)
+        except json.JSONDecodeError:
+            raise TemplateError(f"{where}: a tool call's arguments are not JSON") from None
+        if not isinstance(parsed, dict):
+            raise TemplateError(f"{where}: a tool call's arguments are not a JSON object")
+        function["arguments"] = parsed
+    return {**_drop_nulls(dict(call)), "function": function}
+
+
+def _conversation(value: Any, where: str, what: str) -> Conversation:
+    if not isinstance(value, list) or not value:
+        raise TemplateError(f"{where}: {what} must be a non-empty list of messages")
+    return [clean_message(message, f"{where}: {what}[{i}]") for i, message in enumerate(value)]
+
+
+def _one_answer(value: Any, where: str, what: str) -> Conversation:
+    answer = _conversation(value, where, what)
+    if len(answer) != 1 or answer[0]["role"] != "assistant":
+        raise TemplateError(f"{where}: {what} must hold exactly one assistant message")
+    return answer
+
+
+def _tools(value: Any, where: str) -> list[dict[str, Any]] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):  # a tools column stored as JSON text
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise TemplateError(f"{where}: 'tools' is not JSON") from None
+    if not isinstance(value, list) or not all(isinstance(tool, Mapping) for tool in value):
+        raise TemplateError(f"{where}: 'tools' must be a list of tool objects")
+    return [_drop_nulls(dict(tool)) for tool in value] or None
+
+
+def pair_from_openai(row: Mapping[str, Any], where: str) -> PreferencePair:
+    """OpenAI's DPO line: input.messages (+ tools), preferred_output, non_preferred_output."""
+    source = row.get("input")
+    if not isinstance(source, Mapping):
+        raise TemplateError(f"{where}: 'input' must be an object with 'messages'")
+    prompt = _conversation(source.get("messages"), where, "input.messages")
+    if prompt[-1]["role"] not in ("user", "tool"):
+        raise TemplateError(f"{where}: input.messages must end with a user or tool message")
+    return PreferencePair(
+        prompt=prompt,
+        chosen=_one_answer(row.get("preferred_output"), where, "preferred_output"),
+        rejected=_one_answer(row.get("non_preferred_output"), where, "non_preferred_output"),
+        tools=_tools(source.get("tools"), where),
+    )
+
+
+def pair_from_trl(row: Mapping[str, Any], where: str) -> PreferencePair:
+    """TRL's preference row: prompt (optional) / chosen / rejected, text or messages."""
+    chosen, rejected, prompt = row.get("chosen"), row.get("rejected"), row.get("prompt")
+    tools = _tools(row.get("tools"), where)
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        if not isinstance(prompt, str):
+            raise TemplateError(f"{where}: text 'chosen' / 'rejected' need a text 'prompt'")
+        if tools:
+            raise TemplateError(f"{where}: 'tools' need conversational rows (lists of messages)")
+        return PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected)
+    chosen_messages = _conversation(chosen, where, "chosen")
+    rejected_messages = _conversation(rejected, where, "rejected")
+    if prompt is None:  # implicit prompt: the messages chosen and rejected share
+        shared = 0
+        for left, right in zip(chosen_messages, rejected_messages, strict=False):
+            if left != right:
+                break
+            shared += 1
+        shared = min(shared, len(chosen_messages) - 1, len(rejected_messages) - 1)
+        if shared == 0:
+            raise TemplateError(f"{where}: no 'prompt', and 'chosen' and 'rejected' share none")
+        prompt_messages = chosen_messages[:shared]
+        chosen_messages, rejected_messages = chosen_messages[shared:], rejected_messages[shared:]
+    else:
+        prompt_messages = _conversation(prompt, where, "prompt")
+    return PreferencePair(
+        prompt=prompt_messages, chosen=chosen_messages, rejected=rejected_messages, tools=tools
+    )
+
+
+def preference_shape(columns: Iterable[str]) -> str:
+    """'openai' or 'trl': which preference columns a dataset has; else a TemplateError."""
+    names = set(columns)
+    if set(OPENAI_COLUMNS) <= names:
+        return "openai"
+    if {"chosen", "rejected"} <= names:
+        return "trl"
+    found = ", ".join(repr(c) for c in sorted(names)) or "none"
+    raise TemplateError(
+        "a dpo job trains on preference pairs: columns 'input', 'preferred_output' and "
+        "'non_preferred_output' (OpenAI's DPO format), or 'prompt', 'chosen' and 'rejected' "
+        f"(TRL's), found columns: {found}"
+    )
+
+
+def pairs_from_rows(
+    rows: Iterable[Mapping[str, Any]], shape: str, name: str
+) -> list[PreferencePair]:
+    convert = pair_from_openai if shape == "openai" else pair_from_trl
+    return [convert(row, f"{name} row {i + 1}") for i, row in enumerate(rows)]
+
+
+def read_preference_file(path: Path, field: str) -> list[PreferencePair]:
+    """Every pair of a fetched ``preference`` JSONL file (blank lines skipped)."""
+    pairs = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{field} line {number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise TemplateError(f"{where}: not valid JSON") from None
+            if not isinstance(row, Mapping) or not set(OPENAI_COLUMNS) <= set(row):
+                raise TemplateError(
+                    f"{where}: a preference line needs 'input', 'preferred_output' and "
+                    "'non_preferred_output'"
+                )
+            pairs.append(pair_from_openai(row, where))
+    if not pairs:
+        raise TemplateError(f"{field}: the file holds no preference pairs")
+    return pairs
+
+
+def pairs_from_dataset(dataset: Any, name: str = "training split") -> list[PreferencePair]:
+    """The pairs of a hub or local dataset (``dataset_id``)."""
+    shape = preference_shape(dataset.column_names)
+    columns = (
+        list(OPENAI_COLUMNS)
+        if shape == "openai"
+        else [c for c in (*TRL_COLUMNS, "tools") if c in dataset.column_names]
+    )
+    rows = (_drop_nulls(row) for row in dataset.select_columns(columns))
+    pairs = pairs_from_rows(rows, shape, name)
+    if not pairs:
+        raise TemplateError(f"the dataset's {name} has no preference pairs")
+    return pairs
+
+
+# ------------------------------------------------------------------------- tokens
+
+
+def _render_ids(tokenizer: Any, messages: Conversation, tools: Any, prompt: bool) -> list[int]:
+    encoded = tokenizer.apply_chat_template(
+        messages,
+        tools=tools,
+        add_generation_prompt=prompt,
+        tokenize=True,
+        return_dict=True,
+    )
+    return list(encoded["input_ids"])
+
+
+def _common_prefix(left: Sequence[int], right: Sequence[int]) -> int:
+    n = 0
+    for a, b in zip(left, right, strict=False):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
+def tokenize_pair(pair: PreferencePair, tokenizer: Any, where: str) -> dict[str, list[int]]:
+    """``prompt_ids``, ``chosen_ids`` and ``rejected_ids`` of one pair.
+
+    The answers start where the tokenized prompt and prompt + answer first differ
+    (a chat template may render the generation prompt differently from the start of
+    an assistant turn); text pairs end with the tokenizer's EOS, as TRL does.
+    """
+    if pair.conversational:
+        if not getattr(tokenizer, "chat_template", None):
+            raise TemplateError(
+                "the preference pairs are chat messages but the model's tokenizer has no chat "
+                "template"
+            )
+        try:
+            prompt_ids = _render_ids(tokenizer, pair.prompt, pair.tools, prompt=True)  # type: ignore[arg-type]
+            with_chosen = _render_ids(tokenizer, [*pair.prompt, *pair.chosen], pair.tools, False)
+            with_rejected = _render_ids(
+                tokenizer, [*pair.prompt, *pair.rejected], pair.tools, False
+            )
+        except TemplateError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (jinja raises anything a template raises)
+            raise TemplateError(
+                f"{where}: the model's chat template cannot render it "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            ) from None
+    else:
+        eos = tokenizer.eos_token or ""
+
+        def ids(text: str) -> list[int]:
+            return list(tokenizer(text)["input_ids"])
+
+        def ended(text: str) -> str:
+            return text if text.endswith(eos) else text + eos
+
+        prompt_ids = ids(str(pair.prompt))
+        with_chosen = ids(str(pair.prompt) + ended(str(pair.chosen)))
+        with_rejected = ids(str(pair.prompt) + ended(str(pair.rejected)))
+    start = min(_common_prefix(prompt_ids, with_chosen), _common_prefix(prompt_ids, with_rejected))
+    chosen_ids, rejected_ids = with_chosen[start:], with_rejected[start:]
+    if not chosen_ids or not rejected_ids:
+        raise TemplateError(f"{where}: an answer renders to no tokens")
+    return {
+        "prompt_ids": prompt_ids[:start],
+        "chosen_ids": chosen_ids,
+        "rejected_ids": rejected_ids,
+    }
+
+
+def preference_dataset(
+    pairs: Sequence[PreferencePair], tokenizer: Any, max_length: int, name: str = "training data"
+) -> Any:
+    """A datasets.Dataset of ``prompt_ids`` / ``chosen_ids`` / ``rejected_ids``.
+
+    A pair whose prompt alone fills ``max_length`` would train on nothing (the
+    collator keeps the first ``max_length`` tokens): it is dropped, with a warning.
+    """
+    from datasets import Dataset
+
+    columns: dict[str, list[list[int]]] = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": []}
+    dropped = 0
+    for i, pair in enumerate(pairs):
+        tokens = tokenize_pair(pair, tokenizer, f"{name} pair {i + 1}")
+        if len(tokens["prompt_ids"]) >= max_length:
+            dropped += 1
+            continue
+        for key, value in tokens.items():
+            columns[key].append(value)
+    if dropped:
+        log.warning(
+            "%s: dropped %d of %d preference pairs whose prompt alone is at least "
+            "max_seq_length (%d) tokens",
+            name,
+            dropped,
+            len(pairs),
+            max_length,
+        )
+    if not columns["prompt_ids"]:
+        raise TemplateError(
+            f"{name}: every preference pair's prompt is at least max_seq_length ({max_length}) "
+            "tokens long; raise max_seq_length"
+        )
+    return Dataset.from_dict(columns)
+
+
+def preview_pair(example: Mapping[str, Any], tokenizer: Any, limit: int = 500) -> str:
+    """The start of the first pair as trained on: prompt and preferred answer, decoded."""
+    text = tokenizer.decode(list(example["prompt_ids"]) + list(example["chosen_ids"]))
+    return str(text)[:limit]
+
+
+# ------------------------------------------------------------------------- trainer
+
+
+def dpo_trainer_class() -> Any:
+    """TRL's DPOTrainer for pairs this module already tokenized."""
+    from trl import DPOTrainer
+
+    class PretokenizedDPOTrainer(DPOTrainer):  # type: ignore[misc]
+        """Takes ``prompt_ids`` / ``chosen_ids`` / ``rejected_ids`` as they are (see
+        preference_dataset); everything else is TRL's DPOTrainer."""
+
+        def _prepare_dataset(self, dataset: Any, *_: Any, **__: Any) -> Any:
+            return dataset
+
+    return PretokenizedDPOTrainer
