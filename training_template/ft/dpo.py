@@ -393,3 +393,60 @@ def dpo_trainer_class() -> Any:
             return dataset
 
     return PretokenizedDPOTrainer
+
+
+def build_dpo_trainer(
+    model: Any,
+    tokenizer: Any,
+    dataset: Any,
+    hp: Any,
+    beta: float,
+    output_dir: Path,
+    *,
+    use_cuda: bool,
+    bf16: bool,
+    distributed: bool,
+    eval_dataset: Any = None,
+    callbacks: Sequence[Any] = (),
+) -> Any:
+    """DPOTrainer on a new LoRA adapter over ``model``, the base model as the reference.
+
+    ``model`` is the plain base model and the LoRA config goes in as ``peft_config``
+    with no ``ref_model``: TRL wraps the model itself and takes the reference
+    log-probabilities with the adapter disabled, so one copy of the weights serves
+    both. Every setting is the supervised run's (ft.sft.training_arguments) plus
+    ``beta``; TRL's other DPO settings keep their defaults (sigmoid loss, dropout off
+    so that the policy and the reference agree, reference computed per batch).
+    """
+    from transformers import PrinterCallback
+    from trl import DPOConfig
+
+    from ft.metrics import metrics_callback
+    from ft.sft import lora_config, training_arguments
+
+    args = DPOConfig(
+        **training_arguments(
+            hp,
+            output_dir,
+            use_cuda=use_cuda,
+            bf16=bf16,
+            distributed=distributed,
+            evaluate=eval_dataset is not None,
+        ),
+        max_length=hp.max_seq_length,
+        beta=beta,
+    )
+    trainer = dpo_trainer_class()(
+        model=model,
+        ref_model=None,
+        args=args,
+        train_dataset=dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(hp),
+        callbacks=list(callbacks) or [metrics_callback()],
+    )
+    if trainer.ref_model is not None:  # TRL's contract for a PEFT model; a guard, not a path
+        raise RuntimeError("DPOTrainer loaded a second copy of the model as its reference")
+    trainer.remove_callback(PrinterCallback)  # the FT_METRICS lines replace its prints
+    return trainer
