@@ -1,0 +1,120 @@
+"""Supervised fine-tuning (method ``supervised``): TRL's SFTTrainer on a LoRA adapter."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ft.config_io import Hyperparameters, RuntimeConfig
+from ft.metrics import metrics_callback
+
+# What this method trains on, and what its step lines carry besides the common keys.
+FORMATS = ("messages", "text", "prompt_completion")
+STEP_METRIC_KEYS: tuple[str, ...] = ()
+
+# Training settings that are not request parameters. Change them here.
+LORA_TARGET_MODULES = "all-linear"
+LR_SCHEDULER = "cosine"
+WARMUP_RATIO = 0.03
+LOGGING_STEPS = 1
+
+
+def prepare_dataset(dataset: Any, fmt: str, tokenizer: Any, config: RuntimeConfig) -> Any:
+    """The rows SFTTrainer reads (it renders and tokenizes them itself)."""
+    return dataset
+
+
+def build_trainer(
+    model: Any,
+    tokenizer: Any,
+    dataset: Any,
+    hp: Hyperparameters,
+    output_dir: Path,
+    *,
+    config: RuntimeConfig | None = None,
+    use_cuda: bool,
+    bf16: bool,
+    distributed: bool,
+    eval_dataset: Any = None,
+    callbacks: Sequence[Any] = (),
+) -> Any:
+    """An SFTTrainer with a LoRA adapter, every hyperparameter applied.
+
+    ``callbacks`` replace the default FT_METRICS callback (pass it among them).
+    """
+    from transformers import PrinterCallback
+    from trl import SFTTrainer  # type: ignore[attr-defined]
+
+    args, peft_config = trainer_configs(
+        hp,
+        output_dir,
+        use_cuda=use_cuda,
+        bf16=bf16,
+        distributed=distributed,
+        evaluate=eval_dataset is not None,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=list(callbacks) or [metrics_callback()],
+    )
+    trainer.remove_callback(PrinterCallback)  # the FT_METRICS lines replace its prints
+    return trainer
+
+
+def trainer_configs(
+    hp: Hyperparameters,
+    output_dir: Path,
+    *,
+    use_cuda: bool,
+    bf16: bool,
+    distributed: bool,
+    evaluate: bool = False,
+) -> tuple[Any, Any]:
+    """The SFTConfig and LoraConfig that carry every hyperparameter to the trainer.
+
+    ``evaluate``: a validation set exists, evaluated at each epoch's end.
+    """
+    from peft import LoraConfig
+    from trl import SFTConfig  # type: ignore[attr-defined]
+
+    args = SFTConfig(
+        output_dir=str(output_dir),
+        num_train_epochs=hp.num_epochs,
+        per_device_train_batch_size=hp.batch_size,
+        per_device_eval_batch_size=hp.batch_size,
+        eval_strategy="epoch" if evaluate else "no",
+        include_num_input_tokens_seen="non_padding",
+        gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        learning_rate=hp.learning_rate,
+        max_length=hp.max_seq_length,
+        seed=hp.seed,
+        data_seed=hp.seed,
+        bf16=bf16,
+        fp16=False,
+        use_cpu=not use_cuda,
+        activation_checkpointing=True,  # a.k.a. gradient checkpointing
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        lr_scheduler_type=LR_SCHEDULER,
+        warmup_steps=WARMUP_RATIO,
+        logging_steps=LOGGING_STEPS,
+        logging_first_step=True,
+        save_strategy="no",  # checkpoint_steps() decides, through a callback
+        report_to="none",
+        disable_tqdm=True,
+        ddp_find_unused_parameters=False if distributed else None,
+    )
+    peft_config = LoraConfig(
+        r=hp.lora_rank,
+        lora_alpha=hp.lora_alpha,
+        lora_dropout=hp.lora_dropout,
+        target_modules=LORA_TARGET_MODULES,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return args, peft_config
