@@ -316,7 +316,7 @@ def test_a_dpo_job_writes_its_adapter_summary_and_checkpoints(
     assert (adapter["r"], adapter["lora_alpha"]) == (HP["lora_rank"], HP["lora_alpha"])
     assert adapter["base_model_name_or_path"] == str(tiny_model)
     summary = dpo_run.summary
-    assert summary["method"] == "dpo" and summary["dpo_beta"] == 0.1
+    assert summary["method"] == "dpo" and summary["hyperparameters"]["dpo_beta"] == 0.1
     assert summary["dataset_format"] == "preference" and summary["num_examples"] == N_PAIRS
     assert summary["first_example"].endswith(f"<|assistant|> {PREFERRED} </s>")
     names = {p.name for p in dpo_run.checkpoint_dir.glob("checkpoint-*")}

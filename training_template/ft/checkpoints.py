@@ -158,11 +158,14 @@ def _check_torch_archive(path: Path, what: str) -> None:
         raise TemplateError(f"{what}: {path.name} is unreadable (corrupt member {bad})")
 
 
-def check_checkpoint(path: Path, model_id: str, hp: Hyperparameters) -> Checkpoint:
+def check_checkpoint(
+    path: Path, model_id: str, hp: Hyperparameters, method: str = "supervised"
+) -> Checkpoint:
     """Everything the trainer needs to resume, checked before any model is loaded.
 
-    Another base model, other LoRA settings, or a missing or damaged file is a
-    TemplateError naming the checkpoint and the reason.
+    Another base model, another method (a marker without one is ``supervised``: older
+    jobs), other LoRA settings, or a missing or damaged file is a TemplateError naming
+    the checkpoint and the reason.
     """
     what = f"checkpoint {path.name!r} cannot be resumed"
     if not (path / TRAINER_STATE_FILE).is_file() and (path / ADAPTER_CONFIG_FILE).is_file():
@@ -182,6 +185,13 @@ def check_checkpoint(path: Path, model_id: str, hp: Hyperparameters) -> Checkpoi
         raise TemplateError(
             f"{what}: it was trained from base model {base!r}, and this job's model is "
             f"{model_id!r}; a checkpoint resumes only on its own base model"
+        )
+    trained_as = marker.get("method") or "supervised"
+    if trained_as != method:
+        raise TemplateError(
+            f"{what}: it was trained with method {trained_as!r}, and this job's method is "
+            f"{method!r}; a checkpoint resumes only with its own method (its optimizer and "
+            "step belong to that run)"
         )
     for key, wanted in (("r", hp.lora_rank), ("lora_alpha", hp.lora_alpha)):
         if adapter.get(key) != wanted:
@@ -226,7 +236,7 @@ def resolve_resume(config: RuntimeConfig, environ: Mapping[str, str]) -> Checkpo
                 "the job needs runtime.load_checkpoint_config"
             )
         return None
-    checkpoint = check_checkpoint(found, config.model_id, config.hyperparameters)
+    checkpoint = check_checkpoint(found, config.model_id, config.hyperparameters, config.method)
     log.info(
         "resuming from %s: step %d%s, base model %s",
         found,

@@ -23,9 +23,20 @@ DEFAULT_CHECKPOINT_DIR = "checkpoints"
 # transformers.set_seed seeds NumPy, which takes 0 to 2**32 - 1.
 MAX_SEED = 2**32 - 1
 # A File's format (as the service's check names it) and the rows train.py reads.
-FILE_FORMATS = {"chat": "messages", "text": "text", "prompt_completion": "prompt_completion"}
+FILE_FORMATS = {
+    "chat": "messages",
+    "text": "text",
+    "prompt_completion": "prompt_completion",
+    "preference": "preference",
+}
 # The methods a request may name (runtime_config.json's "method"; see ft.methods).
 METHOD_NAMES = ("supervised", "dpo")
+# The file format a method needs (as the service's check names it): a dpo job trains
+# on preference pairs and only on them; a supervised one on anything else.
+PREFERENCE_FILE_FORMAT = "preference"
+# DPO's beta (hyperparameters.dpo_beta): used when absent or null; at most this.
+DEFAULT_DPO_BETA = 0.1
+MAX_DPO_BETA = 10.0
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 
 
@@ -43,6 +54,8 @@ class Hyperparameters:
     lora_dropout: float = 0.05
     seed: int = 42
     validation_split: float = 0.0
+    # method "dpo" only: null (absent) for supervised; DEFAULT_DPO_BETA for dpo.
+    dpo_beta: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +67,7 @@ class DataFile:
     url: str  # short-lived read URL: never logged, never in a message
     sha256: str
     bytes: int | None = None
-    format: str | None = None  # "chat" | "text" | "prompt_completion"
+    format: str | None = None  # "chat" | "text" | "prompt_completion" | "preference"
     examples: int | None = None
 
     def __repr__(self) -> str:  # keeps the signed URL out of any accidental repr
@@ -100,6 +113,10 @@ def _as_int(name: str, value: Any) -> int:
     return value
 
 
+# Hyperparameters that may be null (their method's default then applies).
+OPTIONAL_FLOATS = ("dpo_beta",)
+
+
 def parse_hyperparameters(raw: Any) -> Hyperparameters:
     """Validate the request's hyperparameters; unknown keys are an error.
 
@@ -123,7 +140,9 @@ def parse_hyperparameters(raw: Any) -> Hyperparameters:
     defaults = Hyperparameters()
     values: dict[str, Any] = {}
     for name, value in raw.items():
-        if isinstance(getattr(defaults, name), float):
+        if name in OPTIONAL_FLOATS:
+            values[name] = None if value is None else _as_float(name, value)
+        elif isinstance(getattr(defaults, name), float):
             values[name] = _as_float(name, value)
         else:
             values[name] = _as_int(name, value)
@@ -147,6 +166,8 @@ def parse_hyperparameters(raw: Any) -> Hyperparameters:
         problems.append(f"seed must be in [0, {MAX_SEED}]")
     if not 0 <= hp.validation_split < 0.5:
         problems.append("validation_split must be in [0, 0.5)")
+    if hp.dpo_beta is not None and not 0 < hp.dpo_beta <= MAX_DPO_BETA:
+        problems.append(f"dpo_beta must be in (0, {MAX_DPO_BETA:g}]")
     if problems:
         raise TemplateError("RUNTIME_CONFIG: " + "; ".join(problems))
     return hp
@@ -225,6 +246,41 @@ def parse_method(raw: Any) -> str:
     return str(raw)
 
 
+def apply_method(
+    method: str, hp: Hyperparameters, files: tuple[DataFile | None, ...]
+) -> Hyperparameters:
+    """``hp`` with the method's defaults (dpo_beta 0.1 for dpo), once the method, its
+    hyperparameters and the recorded format of each file agree; else a TemplateError.
+
+    A preference file trains only with dpo, and dpo only on preference files; the
+    service refuses both earlier, so this guards a hand-written runtime_config.json.
+    """
+    if method == "dpo":
+        for data_file in files:
+            if data_file is not None and data_file.format not in (None, PREFERENCE_FILE_FORMAT):
+                raise TemplateError(
+                    f"RUNTIME_CONFIG: method 'dpo' trains on preference pairs, but "
+                    f"{data_file.field} {data_file.source} is a {data_file.format!r} file; a dpo "
+                    f"job needs a {PREFERENCE_FILE_FORMAT!r} file"
+                )
+        if hp.dpo_beta is None:
+            return dataclasses.replace(hp, dpo_beta=DEFAULT_DPO_BETA)
+        return hp
+    for data_file in files:
+        if data_file is not None and data_file.format == PREFERENCE_FILE_FORMAT:
+            raise TemplateError(
+                f"RUNTIME_CONFIG: {data_file.field} {data_file.source} is a "
+                f"{PREFERENCE_FILE_FORMAT!r} file (preference pairs), which only method 'dpo' "
+                f"trains on; this job's method is {method!r}"
+            )
+    if hp.dpo_beta is not None:
+        raise TemplateError(
+            f"RUNTIME_CONFIG: hyperparameter dpo_beta is for method 'dpo' only; this job's "
+            f"method is {method!r}"
+        )
+    return hp
+
+
 def load_runtime_config(environ: Mapping[str, str]) -> RuntimeConfig:
     """Read RUNTIME_CONFIG (and MODEL_ID / DATASET_ID, which win when set).
 
@@ -266,15 +322,19 @@ def load_runtime_config(environ: Mapping[str, str]) -> RuntimeConfig:
         raise TemplateError(
             "DATASET_ID is not set and RUNTIME_CONFIG has neither 'dataset_id' nor 'training_file'"
         )
+    method = parse_method(raw.get("method"))
+    hyperparameters = apply_method(
+        method, parse_hyperparameters(raw.get("hyperparameters")), (training_file, validation_file)
+    )
     return RuntimeConfig(
         model_id=str(ids["model_id"]),
         dataset_id=ids["dataset_id"],
-        hyperparameters=parse_hyperparameters(raw.get("hyperparameters")),
+        hyperparameters=hyperparameters,
         raw=raw,
         training_file=training_file,
         validation_file=validation_file,
         resume_from=parse_resume_from(raw.get("resume_from")),
-        method=parse_method(raw.get("method")),
+        method=method,
     )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ft.config_io import FILE_FORMATS, DataFile, RuntimeConfig
+from ft.dpo import preference_columns
 from ft.errors import TemplateError
 
 log = logging.getLogger("train")
@@ -76,7 +77,10 @@ def load_training_dataset(dataset_id: str, token: str | None = None) -> Any:
 
 
 def detect_format(columns: Sequence[str]) -> str:
-    """'messages' (chat), 'text' or 'prompt_completion'; any other shape is a TemplateError."""
+    """'preference' (pairs, for method dpo), 'messages' (chat), 'text' or
+    'prompt_completion'; any other shape is a TemplateError."""
+    if preference_columns(columns):  # chosen / rejected columns mark preference data
+        return "preference"
     if "messages" in columns:
         return "messages"
     if "text" in columns:
@@ -86,7 +90,8 @@ def detect_format(columns: Sequence[str]) -> str:
     found = ", ".join(repr(c) for c in columns) or "none"
     raise TemplateError(
         "unsupported dataset shape: expected a 'messages' column (chat), a 'text' column, "
-        f"or 'prompt' and 'completion' columns, found columns: {found}"
+        "'prompt' and 'completion' columns, or preference pairs ('input', 'preferred_output', "
+        f"'non_preferred_output', or 'chosen' and 'rejected'), found columns: {found}"
     )
 
 
@@ -95,6 +100,8 @@ def _columns(fmt: str) -> list[str]:
 
 
 def _check_example(example: Mapping[str, Any], fmt: str) -> None:
+    if fmt == "preference":  # checked pair by pair by ft.dpo
+        return
     if fmt == "prompt_completion":
         for column in ("prompt", "completion"):
             if not isinstance(example[column], str):
@@ -117,6 +124,8 @@ def _check_example(example: Mapping[str, Any], fmt: str) -> None:
 
 
 def _has_content(example: Mapping[str, Any], fmt: str) -> bool:
+    if fmt == "preference":  # ft.dpo refuses a malformed pair, naming its row
+        return True
     value = example["completion" if fmt == "prompt_completion" else fmt]
     return bool(value.strip()) if isinstance(value, str) else bool(value)
 
@@ -127,7 +136,11 @@ def format_dataset(dataset: Any, name: str = "training split") -> tuple[Any, str
     Returns (dataset, 'messages' | 'text' | 'prompt_completion').
     """
     fmt = detect_format(list(dataset.column_names))
-    kept = dataset.select_columns(_columns(fmt)).filter(_has_content, fn_kwargs={"fmt": fmt})
+    if fmt == "preference":
+        columns = preference_columns(list(dataset.column_names))
+    else:
+        columns = _columns(fmt)
+    kept = dataset.select_columns(columns).filter(_has_content, fn_kwargs={"fmt": fmt})
     if len(kept) == 0:
         raise TemplateError(f"the dataset's {name} has no non-empty {fmt!r} rows")
     if len(kept) < len(dataset):

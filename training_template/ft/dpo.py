@@ -7,18 +7,18 @@ model in a PeftModel and, for every batch, runs the reference forward pass under
 second copy of the model is ever loaded; the extra cost of DPO over supervised
 training is that forward pass and the rejected completions in the batch.
 
-Data: preference pairs, tokenized here (not by TRL) so that the messages reach the
-chat template exactly as the user wrote them:
-
-* a ``preference`` file (OpenAI's DPO line): ``{"input": {"messages": [...],
-  "tools"?, "parallel_tool_calls"?}, "preferred_output": [one assistant message],
-  "non_preferred_output": [one assistant message]}``; read line by line with
-  ``json`` (a row of a datasets table would gain every other row's keys as nulls,
-  which some chat templates take for a tool call);
-* a dataset (``dataset_id``) with either those three columns, or TRL's preference
-  columns ``prompt`` / ``chosen`` / ``rejected`` (conversational lists of messages,
-  or plain strings; without ``prompt`` the shared start of ``chosen`` and
-  ``rejected`` is the prompt) and an optional ``tools`` column.
+Data (format ``preference``, read by ft.data like every format): a ``preference``
+file, OpenAI's DPO line ``{"input": {"messages": [...], "tools"?,
+"parallel_tool_calls"?}, "preferred_output": [one assistant message],
+"non_preferred_output": [one assistant message]}``, or a dataset (``dataset_id``)
+with those three columns or TRL's preference columns ``prompt`` / ``chosen`` /
+``rejected`` (conversational lists of messages, or plain strings; without
+``prompt`` the messages ``chosen`` and ``rejected`` share are the prompt) and an
+optional ``tools`` column. The pairs are tokenized here rather than by TRL, so the
+messages reach the chat template as the user wrote them: null members (which a
+datasets row gains from every other row's keys, and which some chat templates take
+for a tool call) and ``weight`` are dropped, text parts joined, and each tool
+call's ``arguments`` string parsed into the object chat templates render.
 
 Each pair becomes ``prompt_ids`` (the input rendered with the generation prompt),
 ``chosen_ids`` and ``rejected_ids`` (what the template adds after it for each
@@ -42,19 +42,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ft.config_io import DEFAULT_DPO_BETA, Hyperparameters, RuntimeConfig
 from ft.errors import TemplateError
 
 log = logging.getLogger("train")
 
-SUPERVISED = "supervised"
-DPO = "dpo"
-METHODS = (SUPERVISED, DPO)
-# The file format (as the service's check names it) each method trains on.
+# The data format this method trains on (ft.data.detect_format's name for it).
 PREFERENCE_FORMAT = "preference"
-DEFAULT_DPO_BETA = 0.1
-MAX_DPO_BETA = 10.0
 # TRL's reward metrics, logged at every step (the FT_METRICS keys, exactly).
 REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+
+# The method interface (see ft.methods): the data format it trains on and what its
+# step lines carry besides the common keys.
+FORMATS = (PREFERENCE_FORMAT,)
+STEP_METRIC_KEYS = REWARD_KEYS
 
 OPENAI_COLUMNS = ("input", "preferred_output", "non_preferred_output")
 TRL_COLUMNS = ("prompt", "chosen", "rejected")
@@ -204,6 +205,16 @@ def pair_from_trl(row: Mapping[str, Any], where: str) -> PreferencePair:
     )
 
 
+def preference_columns(columns: Iterable[str]) -> list[str]:
+    """The columns of preference pairs a dataset has (what a dpo job reads), or []."""
+    names = list(columns)
+    if set(OPENAI_COLUMNS) <= set(names):
+        return list(OPENAI_COLUMNS)
+    if {"chosen", "rejected"} <= set(names):
+        return [c for c in (*TRL_COLUMNS, "tools") if c in names]
+    return []
+
+
 def preference_shape(columns: Iterable[str]) -> str:
     """'openai' or 'trl': which preference columns a dataset has; else a TemplateError."""
     names = set(columns)
@@ -219,6 +230,12 @@ def preference_shape(columns: Iterable[str]) -> str:
     )
 
 
+def pairs_from_dataset_rows(rows: Sequence[Mapping[str, Any]], name: str) -> list[PreferencePair]:
+    """The pairs of rows (as a dataset gives them) with preference columns."""
+    shape = preference_shape(rows[0].keys()) if rows else "openai"
+    return pairs_from_rows((_drop_nulls(row) for row in rows), shape, name)
+
+
 def pairs_from_rows(
     rows: Iterable[Mapping[str, Any]], shape: str, name: str
 ) -> list[PreferencePair]:
@@ -226,37 +243,10 @@ def pairs_from_rows(
     return [convert(row, f"{name} row {i + 1}") for i, row in enumerate(rows)]
 
 
-def read_preference_file(path: Path, field: str) -> list[PreferencePair]:
-    """Every pair of a fetched ``preference`` JSONL file (blank lines skipped)."""
-    pairs = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{field} line {number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise TemplateError(f"{where}: not valid JSON") from None
-            if not isinstance(row, Mapping) or not set(OPENAI_COLUMNS) <= set(row):
-                raise TemplateError(
-                    f"{where}: a preference line needs 'input', 'preferred_output' and "
-                    "'non_preferred_output'"
-                )
-            pairs.append(pair_from_openai(row, where))
-    if not pairs:
-        raise TemplateError(f"{field}: the file holds no preference pairs")
-    return pairs
-
-
 def pairs_from_dataset(dataset: Any, name: str = "training split") -> list[PreferencePair]:
     """The pairs of a hub or local dataset (``dataset_id``)."""
     shape = preference_shape(dataset.column_names)
-    columns = (
-        list(OPENAI_COLUMNS)
-        if shape == "openai"
-        else [c for c in (*TRL_COLUMNS, "tools") if c in dataset.column_names]
-    )
+    columns = preference_columns(dataset.column_names)
     rows = (_drop_nulls(row) for row in dataset.select_columns(columns))
     pairs = pairs_from_rows(rows, shape, name)
     if not pairs:
@@ -395,14 +385,32 @@ def dpo_trainer_class() -> Any:
     return PretokenizedDPOTrainer
 
 
-def build_dpo_trainer(
+def prepare_dataset(dataset: Any, fmt: str, tokenizer: Any, config: RuntimeConfig) -> Any:
+    """The pairs of a formatted ``preference`` dataset as the tokens DPOTrainer reads
+    (``None`` passes through)."""
+    if dataset is None:
+        return None
+    hp = config.hyperparameters
+    pairs = pairs_from_dataset(dataset, "preference data")
+    return preference_dataset(pairs, tokenizer, hp.max_seq_length, "preference data")
+
+
+def preview_row(example: Mapping[str, Any], tokenizer: Any, limit: int = 500) -> str:
+    """The start of one preference row as trained on: its prompt and preferred answer."""
+    [pair] = pairs_from_dataset_rows([example], "the first preference pair")
+    return preview_pair(
+        tokenize_pair(pair, tokenizer, "the first preference pair"), tokenizer, limit
+    )
+
+
+def build_trainer(
     model: Any,
     tokenizer: Any,
     dataset: Any,
-    hp: Any,
-    beta: float,
+    hp: Hyperparameters,
     output_dir: Path,
     *,
+    config: RuntimeConfig | None = None,
     use_cuda: bool,
     bf16: bool,
     distributed: bool,
@@ -415,15 +423,23 @@ def build_dpo_trainer(
     with no ``ref_model``: TRL wraps the model itself and takes the reference
     log-probabilities with the adapter disabled, so one copy of the weights serves
     both. Every setting is the supervised run's (ft.sft.training_arguments) plus
-    ``beta``; TRL's other DPO settings keep their defaults (sigmoid loss, dropout off
-    so that the policy and the reference agree, reference computed per batch).
+    ``beta`` (``hp.dpo_beta``); TRL's other DPO settings keep their defaults (sigmoid
+    loss; dropout off, so that the policy and the reference agree; the reference
+    computed batch by batch).
     """
     from transformers import PrinterCallback
-    from trl import DPOConfig
+    from trl import DPOConfig  # type: ignore[attr-defined]
 
     from ft.metrics import metrics_callback
     from ft.sft import lora_config, training_arguments
 
+    beta = hp.dpo_beta if hp.dpo_beta is not None else DEFAULT_DPO_BETA
+    if hp.lora_dropout > 0:
+        log.info(
+            "dpo: dropout is off (TRL's disable_dropout, so the policy and its reference "
+            "agree); lora_dropout %s is recorded in the adapter config but not applied",
+            hp.lora_dropout,
+        )
     args = DPOConfig(
         **training_arguments(
             hp,
@@ -444,9 +460,10 @@ def build_dpo_trainer(
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=lora_config(hp),
-        callbacks=list(callbacks) or [metrics_callback()],
+        callbacks=list(callbacks) or [metrics_callback(STEP_METRIC_KEYS)],
     )
     if trainer.ref_model is not None:  # TRL's contract for a PEFT model; a guard, not a path
         raise RuntimeError("DPOTrainer loaded a second copy of the model as its reference")
+    log.info("dpo: beta %s; the reference is the base model (the adapter disabled)", beta)
     trainer.remove_callback(PrinterCallback)  # the FT_METRICS lines replace its prints
     return trainer

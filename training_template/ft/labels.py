@@ -20,6 +20,10 @@ def render_chat(messages: Sequence[Mapping[str, Any]], tokenizer: Any) -> str:
 
 def preview_example(example: Mapping[str, Any], fmt: str, tokenizer: Any, limit: int = 500) -> str:
     """The start of what the model is trained on for one example (chat rendered)."""
+    if fmt == "preference":  # the prompt and the preferred answer, as DPO tokenizes them
+        from ft.dpo import preview_row
+
+        return preview_row(example, tokenizer, limit)
     if fmt == "messages":
         text = render_chat(example["messages"], tokenizer)
     elif fmt == "prompt_completion":

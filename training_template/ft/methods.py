@@ -22,7 +22,7 @@ from types import ModuleType
 from ft.errors import TemplateError
 
 # method name (runtime_config.json) -> module of this package
-METHODS = {"supervised": "sft"}
+METHODS = {"supervised": "sft", "dpo": "dpo"}
 DEFAULT_METHOD = "supervised"
 
 

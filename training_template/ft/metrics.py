@@ -90,20 +90,22 @@ def finite_losses(log_history: Sequence[Mapping[str, Any]]) -> list[float]:
 
 
 def summary_record(
-    trainer: Any, last_step: Mapping[str, Any] | None, runtime_seconds: float
+    trainer: Any,
+    last_step: Mapping[str, Any] | None,
+    runtime_seconds: float,
+    extra_keys: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The FT_METRICS summary: ``final_loss`` is the loss of the last step line printed.
+    """The FT_METRICS summary: ``final_loss`` is the loss of the last step line printed,
+    and each of ``extra_keys`` (a method's own step metrics) its value on that line.
 
     A run that printed no step line (it resumed at its last step) repeats the last
-    loss of the restored history instead.
+    step of the restored history instead.
     """
     state = trainer.state
-    if last_step is not None:
-        final_loss = last_step["loss"]
-    else:
-        final_loss = finite(
-            next((e["loss"] for e in reversed(state.log_history) if "loss" in e), None)
-        )
+    if last_step is None:
+        last = next((e for e in reversed(state.log_history) if "loss" in e), {})
+        last_step = {key: finite(last.get(key)) for key in ("loss", *extra_keys)}
+    final_loss = last_step["loss"]
     eval_losses = [
         entry["eval_loss"]
         for entry in state.log_history
@@ -117,4 +119,5 @@ def summary_record(
         "final_loss": final_loss,
         "best_eval_loss": min(eval_losses) if eval_losses else None,
         "runtime_seconds": runtime_seconds,
+        **{key: last_step.get(key) for key in extra_keys},
     }

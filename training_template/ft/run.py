@@ -156,7 +156,12 @@ def train(
     summary: dict[str, Any] = {}
     if state.is_main_process:
         losses = finite_losses(trainer.state.log_history)
-        record = summary_record(trainer, metrics.last_step, round(time.monotonic() - started, 3))
+        record = summary_record(
+            trainer,
+            metrics.last_step,
+            round(time.monotonic() - started, 3),
+            method.STEP_METRIC_KEYS,
+        )
         summary = {
             "model_id": config.model_id,
             "method": config.method,

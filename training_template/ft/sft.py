@@ -80,36 +80,59 @@ def trainer_configs(
 
     ``evaluate``: a validation set exists, evaluated at each epoch's end.
     """
-    from peft import LoraConfig
     from trl import SFTConfig  # type: ignore[attr-defined]
 
     args = SFTConfig(
-        output_dir=str(output_dir),
-        num_train_epochs=hp.num_epochs,
-        per_device_train_batch_size=hp.batch_size,
-        per_device_eval_batch_size=hp.batch_size,
-        eval_strategy="epoch" if evaluate else "no",
-        include_num_input_tokens_seen="non_padding",
-        gradient_accumulation_steps=hp.gradient_accumulation_steps,
-        learning_rate=hp.learning_rate,
+        **training_arguments(
+            hp, output_dir, use_cuda=use_cuda, bf16=bf16, distributed=distributed, evaluate=evaluate
+        ),
         max_length=hp.max_seq_length,
-        seed=hp.seed,
-        data_seed=hp.seed,
-        bf16=bf16,
-        fp16=False,
-        use_cpu=not use_cuda,
-        activation_checkpointing=True,  # a.k.a. gradient checkpointing
-        activation_checkpointing_kwargs={"use_reentrant": False},
-        lr_scheduler_type=LR_SCHEDULER,
-        warmup_steps=WARMUP_RATIO,
-        logging_steps=LOGGING_STEPS,
-        logging_first_step=True,
-        save_strategy="no",  # checkpoint_steps() decides, through a callback
-        report_to="none",
-        disable_tqdm=True,
-        ddp_find_unused_parameters=False if distributed else None,
     )
-    peft_config = LoraConfig(
+    return args, lora_config(hp)
+
+
+def training_arguments(
+    hp: Hyperparameters,
+    output_dir: Path,
+    *,
+    use_cuda: bool,
+    bf16: bool,
+    distributed: bool,
+    evaluate: bool = False,
+) -> dict[str, Any]:
+    """The transformers TrainingArguments every method shares (its config class adds its own)."""
+    return {
+        "output_dir": str(output_dir),
+        "num_train_epochs": hp.num_epochs,
+        "per_device_train_batch_size": hp.batch_size,
+        "per_device_eval_batch_size": hp.batch_size,
+        "eval_strategy": "epoch" if evaluate else "no",
+        "include_num_input_tokens_seen": "non_padding",
+        "gradient_accumulation_steps": hp.gradient_accumulation_steps,
+        "learning_rate": hp.learning_rate,
+        "seed": hp.seed,
+        "data_seed": hp.seed,
+        "bf16": bf16,
+        "fp16": False,
+        "use_cpu": not use_cuda,
+        "activation_checkpointing": True,  # a.k.a. gradient checkpointing
+        "activation_checkpointing_kwargs": {"use_reentrant": False},
+        "lr_scheduler_type": LR_SCHEDULER,
+        "warmup_steps": WARMUP_RATIO,
+        "logging_steps": LOGGING_STEPS,
+        "logging_first_step": True,
+        "save_strategy": "no",  # checkpoint_steps() decides, through a callback
+        "report_to": "none",
+        "disable_tqdm": True,
+        "ddp_find_unused_parameters": False if distributed else None,
+    }
+
+
+def lora_config(hp: Hyperparameters) -> Any:
+    """The LoRA adapter every method trains."""
+    from peft import LoraConfig
+
+    return LoraConfig(
         r=hp.lora_rank,
         lora_alpha=hp.lora_alpha,
         lora_dropout=hp.lora_dropout,
@@ -117,4 +140,3 @@ def trainer_configs(
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return args, peft_config
