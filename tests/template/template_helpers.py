@@ -51,6 +51,7 @@ EXAMPLE_RUNTIME_CONFIG: dict[str, Any] = {
         "lora_dropout": 0.05,
         "seed": 42,
         "validation_split": 0.0,
+        "dpo_beta": None,  # method "dpo" only
     },
     "compute": {"accelerator": None, "gpu_count": None, "node_count": None},
     "hf_token_secret_name": "hf_access_token",

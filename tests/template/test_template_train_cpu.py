@@ -161,7 +161,7 @@ def test_text_run_steps_follow_epochs_batch_size_and_accumulation(text_run: Trai
         N_EXAMPLES, ft.config_io.Hyperparameters(**TEXT_HP)
     )
     assert summary["epochs"] == pytest.approx(TEXT_HP["num_epochs"])
-    assert summary["hyperparameters"] == {**TEXT_HP, "validation_split": 0.0}
+    assert summary["hyperparameters"] == {**TEXT_HP, "validation_split": 0.0, "dpo_beta": None}
     assert summary["dataset_format"] == "text"
 
 
@@ -302,8 +302,9 @@ def test_unsupported_dataset_shape_fails_with_one_line_naming_the_columns(
     last_line = run.stderr.strip().splitlines()[-1]
     assert last_line == (
         "train.py: error: unsupported dataset shape: expected a 'messages' column (chat), "
-        "a 'text' column, or 'prompt' and 'completion' columns, found columns: "
-        "'question', 'answer'"
+        "a 'text' column, 'prompt' and 'completion' columns, or preference pairs ('input', "
+        "'preferred_output', 'non_preferred_output', or 'chosen' and 'rejected'), found "
+        "columns: 'question', 'answer'"
     )
     assert "Traceback" not in run.stderr
     assert not run.final_dir.exists()

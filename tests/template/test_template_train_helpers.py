@@ -209,7 +209,8 @@ def test_other_shapes_are_rejected_naming_the_columns() -> None:
         ft.data.detect_format(["prompt", "answer"])
     assert str(caught.value) == (
         "unsupported dataset shape: expected a 'messages' column (chat), a 'text' column, "
-        "or 'prompt' and 'completion' columns, found columns: 'prompt', 'answer'"
+        "'prompt' and 'completion' columns, or preference pairs ('input', 'preferred_output', "
+        "'non_preferred_output', or 'chosen' and 'rejected'), found columns: 'prompt', 'answer'"
     )
     with pytest.raises(ft.errors.TemplateError, match="found columns: none"):
         ft.data.detect_format([])
