@@ -24,8 +24,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import ft.checkpoints
+import ft.config_io
 import ft.dpo
 import ft.errors
+import ft.metrics
 import pytest
 from template_helpers import EXAMPLE_RUNTIME_CONFIG, WORDS, RunTrain, TrainRun, write_jsonl
 
@@ -236,6 +239,80 @@ def test_without_a_chat_template_conversational_pairs_are_refused() -> None:
     pair = ft.dpo.pair_from_openai(openai_pair(0), "l")
     with pytest.raises(ft.errors.TemplateError, match="tokenizer has no chat template"):
         ft.dpo.tokenize_pair(pair, build_tokenizer(chat_template=None), "pair 1")
+
+
+# ----------------------------------------------------------------------- config, resume, summary
+
+
+def config_of(**raw: Any) -> Any:
+    body = {**EXAMPLE_RUNTIME_CONFIG, **raw}
+    return ft.config_io.load_runtime_config({"RUNTIME_CONFIG": json.dumps(body)})
+
+
+def test_dpo_beta_defaults_to_a_tenth_for_dpo_and_stays_null_for_supervised() -> None:
+    hp = {**EXAMPLE_RUNTIME_CONFIG["hyperparameters"], "dpo_beta": None}
+    assert config_of(method="dpo", hyperparameters=hp).hyperparameters.dpo_beta == 0.1
+    assert config_of(method="dpo", hyperparameters={**hp, "dpo_beta": 0.5}).method == "dpo"
+    old_job = {k: v for k, v in hp.items() if k != "dpo_beta"}  # no method, no dpo_beta
+    config = config_of(hyperparameters=old_job)
+    assert (config.method, config.hyperparameters.dpo_beta) == ("supervised", None)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (
+            {"hyperparameters": {"dpo_beta": 0.2}},
+            "hyperparameter dpo_beta is for method 'dpo' only; this job's method is 'supervised'",
+        ),
+        ({"method": "dpo", "hyperparameters": {"dpo_beta": 0}}, "dpo_beta must be in (0, 10]"),
+        ({"method": "dpo", "hyperparameters": {"dpo_beta": 10.5}}, "dpo_beta must be in (0, 10]"),
+        ({"method": "dpo", "hyperparameters": {"dpo_beta": "hot"}}, "dpo_beta must be a number"),
+        ({"method": "ppo"}, "'method' must be one of supervised, dpo, not 'ppo'"),
+    ],
+)
+def test_a_bad_method_or_beta_is_refused(raw: dict[str, Any], message: str) -> None:
+    with pytest.raises(ft.errors.TemplateError) as caught:
+        config_of(**raw)
+    assert message in str(caught.value)
+
+
+def test_a_checkpoint_resumes_only_with_its_own_method(tmp_path: Path) -> None:
+    """A supervised checkpoint's optimizer and step mean nothing to a DPO run (and back)."""
+    folder = tmp_path / "checkpoint-2"
+    folder.mkdir()
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    (folder / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 8}))
+    hp = ft.config_io.Hyperparameters(lora_rank=4, lora_alpha=8)
+    for marker, method, trained in (
+        ({"model_id": "m"}, "dpo", "supervised"),  # an older job's marker: no method
+        ({"model_id": "m", "method": "dpo"}, "supervised", "dpo"),
+    ):
+        (folder / "ft_checkpoint.json").write_text(json.dumps(marker))
+        with pytest.raises(ft.errors.TemplateError) as caught:
+            ft.checkpoints.check_checkpoint(folder, "m", hp, method)
+        assert str(caught.value).startswith(
+            f"checkpoint 'checkpoint-2' cannot be resumed: it was trained with method "
+            f"{trained!r}, and this job's method is {method!r}"
+        )
+
+
+def test_the_summary_line_repeats_the_last_steps_rewards() -> None:
+    from types import SimpleNamespace
+
+    last = {"loss": 0.61, **dict.fromkeys(REWARDS, 0.25), "step": 4}
+    state = SimpleNamespace(global_step=4, max_steps=4, epoch=1.0, log_history=[last])
+    trainer = SimpleNamespace(state=state)
+    record = ft.metrics.summary_record(trainer, {"loss": 0.61, **last}, 2.0, REWARDS)
+    assert {key: record[key] for key in ("final_loss", *REWARDS)} == {
+        "final_loss": 0.61,
+        **dict.fromkeys(REWARDS, 0.25),
+    }
+    # A resumed run with no step left to print repeats the restored history's last step.
+    assert ft.metrics.summary_record(trainer, None, 2.0, REWARDS) == record | {
+        "runtime_seconds": 2.0
+    }
+    assert "rewards/chosen" not in ft.metrics.summary_record(trainer, None, 2.0)
 
 
 # ----------------------------------------------------------------------- CPU proof

@@ -110,7 +110,7 @@ def clean_message(message: Any, where: str) -> dict[str, Any]:
                 raise TemplateError(
                     f"{where}: a content part is not {{'type': 'text', 'text': ...}}"
                 )
-            value = "".join(texts)
+            value = "".join(str(t) for t in texts)
         elif key == "tool_calls":
             value = [_clean_tool_call(call, where) for call in value or []]
         out[key] = _drop_nulls(value)
@@ -373,7 +373,7 @@ def preview_pair(example: Mapping[str, Any], tokenizer: Any, limit: int = 500) -
 
 def dpo_trainer_class() -> Any:
     """TRL's DPOTrainer for pairs this module already tokenized."""
-    from trl import DPOTrainer
+    from trl import DPOTrainer  # type: ignore[attr-defined]
 
     class PretokenizedDPOTrainer(DPOTrainer):  # type: ignore[misc]
         """Takes ``prompt_ids`` / ``chosen_ids`` / ``rejected_ids`` as they are (see

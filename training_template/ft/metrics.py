@@ -103,7 +103,7 @@ def summary_record(
     """
     state = trainer.state
     if last_step is None:
-        last = next((e for e in reversed(state.log_history) if "loss" in e), {})
+        last: Mapping[str, Any] = next((e for e in reversed(state.log_history) if "loss" in e), {})
         last_step = {key: finite(last.get(key)) for key in ("loss", *extra_keys)}
     final_loss = last_step["loss"]
     eval_losses = [
