@@ -45,6 +45,7 @@ BENCHMARKS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     # BENCH_FILE_BYTES (env) makes the 1 GiB file smaller for a quick look.
     "file_check": ("bench.file_check", {"runs": 3}, {"size": 64 << 20, "runs": 1}),
     "token_count": ("bench.token_count", {}, {"examples": 5000, "runs": 1}),
+    "dpo_memory": ("bench.dpo_memory", {"runs": 2}, {"runs": 1}),
 }
 CHILD_TIMEOUT_S = 900
 
@@ -439,6 +440,25 @@ def _token_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _dpo_memory_rows(r: dict[str, Any]) -> list[Row]:
+    return [
+        _row(
+            f"DPO run's peak RSS, {r['weights_mb']:.0f} MB model, vs a supervised run",
+            f"{r['dpo_peak_mb']:.0f} MB",
+            f"{r['supervised_peak_mb']:.0f} MB supervised",
+            r["ratio"],
+            f"<= {r['goal_ratio']:.2f}x",
+            r["ratio"] <= r["goal_ratio"],
+        ),
+        _row(
+            "  the same with a second copy of the model (what it avoids)",
+            f"{r['supervised_peak_mb'] + r['weights_mb']:.0f} MB",
+            f"{r['supervised_peak_mb']:.0f} MB supervised",
+            r["copy_ratio"],
+        ),
+    ]
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "cold_start": _cold_rows,
     "first_submit": _first_rows,
@@ -453,6 +473,7 @@ ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "openai_list": _openai_list_rows,
     "file_check": _file_check_rows,
     "token_count": _token_rows,
+    "dpo_memory": _dpo_memory_rows,
 }
 
 
