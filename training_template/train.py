@@ -1,4 +1,6 @@
-"""Supervised fine-tuning with LoRA: the Baseten training job's entry point.
+"""Fine-tuning with LoRA, supervised or by preference (DPO): the Baseten training job's
+entry point. RUNTIME_CONFIG's ``method`` ("supervised", the default, or "dpo") picks
+the trainer (ft/methods.py).
 
 Inputs (environment variables, set by config.py and by Baseten):
   RUNTIME_CONFIG  the validated request as JSON; its ``hyperparameters`` drive training,
@@ -16,8 +18,11 @@ from its short-lived ``url`` into ./user_data/ while its sha256 is checked again
 one recorded when the file was checked; a mismatch stops the job). Rows with a
 ``messages`` column (chat; rendered through the tokenizer's chat template), a
 ``text`` column, or ``prompt`` and ``completion`` columns are supported; any other
-shape stops the job with a one-line reason. ``validation_file``, when given, is the
-evaluation set (instead of ``validation_split``).
+shape stops the job with a one-line reason. A "dpo" job trains on preference pairs
+(OpenAI's ``input`` / ``preferred_output`` / ``non_preferred_output``, or TRL's
+``prompt`` / ``chosen`` / ``rejected``) and nothing else (ft/dpo.py).
+``validation_file``, when given, is the evaluation set (instead of
+``validation_split``).
 
 Writes, under BT_CHECKPOINT_DIR, a resumable ``checkpoint-<step>`` at each epoch's end
 and at least every quarter of the run (adapter, optimizer, scheduler, RNG state,
@@ -27,7 +32,8 @@ BT_LOAD_CHECKPOINT_DIR the run restores all of that and continues at the next st
 
 Progress is reported in machine-readable log lines: the marker ``FT_METRICS`` and one
 JSON object, one line per optimizer step (``type`` "step": step, total_steps, epoch,
-loss, learning_rate, grad_norm, tokens_per_second, tokens_seen), one per evaluation
+loss, learning_rate, grad_norm, tokens_per_second, tokens_seen; a dpo job adds
+rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies), one per evaluation
 (``type`` "eval": step, total_steps, epoch, eval_loss; with a validation set, at
 each epoch's end) and one at the end (``type`` "summary": step, total_steps, epoch,
 final_loss, best_eval_loss, runtime_seconds; final_loss is the loss of the last

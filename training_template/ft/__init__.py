@@ -9,8 +9,11 @@ of them is cheap and a bad config stops the job before the heavy imports.
 - ``data``         the training data: hub dataset or the user's files, fetched and checked
 - ``labels``       what carries loss: examples rendered through the chat template
 - ``model``        the base model and its tokenizer
-- ``methods``      the training methods (``supervised`` → ``sft``) and what each provides
+- ``methods``      the training methods (``supervised`` → ``sft``, ``dpo`` → ``dpo``) and
+                   what each provides
 - ``sft``          the supervised trainer (TRL's SFTTrainer on a LoRA adapter)
+- ``dpo``          preference tuning (TRL's DPOTrainer on a LoRA adapter, the base
+                   model with the adapter off as reference) and its preference pairs
 - ``checkpoints``  when checkpoints are saved; finding and checking one to resume
 - ``metrics``      the FT_METRICS progress lines
 - ``launch``       one process per GPU of every node; the run's step count; logging
