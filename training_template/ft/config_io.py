@@ -26,6 +26,12 @@ MAX_SEED = 2**32 - 1
 FILE_FORMATS = {"chat": "messages", "text": "text", "prompt_completion": "prompt_completion"}
 # The methods a request may name (runtime_config.json's "method"; see ft.methods).
 METHOD_NAMES = ("supervised", "dpo")
+# Hyperparameters whose default depends on the method: absent or null means "the
+# method's default" (older jobs have neither), and each belongs to one method.
+METHOD_HYPERPARAMETERS = {"train_on_inputs": "supervised", "dpo_beta": "dpo"}
+DEFAULT_TRAIN_ON_INPUTS = False
+DEFAULT_DPO_BETA = 0.1
+MAX_DPO_BETA = 10.0
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 
 
@@ -43,6 +49,9 @@ class Hyperparameters:
     lora_dropout: float = 0.05
     seed: int = 42
     validation_split: float = 0.0
+    # Method-dependent (see resolve_method_hyperparameters): null until resolved.
+    train_on_inputs: bool | None = None  # supervised: every token carries loss (default false)
+    dpo_beta: float | None = None  # dpo: the KL penalty's strength (default 0.1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +109,36 @@ def _as_int(name: str, value: Any) -> int:
     return value
 
 
+def _as_method_value(name: str, value: Any) -> bool | float | None:
+    if value is None:
+        return None
+    if name == "train_on_inputs":
+        if not isinstance(value, bool):
+            raise TemplateError(f"hyperparameter {name} must be true, false or null, got {value!r}")
+        return value
+    beta = _as_float(name, value)
+    if not 0 < beta <= MAX_DPO_BETA:
+        raise TemplateError(f"RUNTIME_CONFIG: dpo_beta must be in (0, {MAX_DPO_BETA:g}]")
+    return beta
+
+
+def resolve_method_hyperparameters(hp: Hyperparameters, method: str) -> Hyperparameters:
+    """The method's defaults for the hyperparameters left null; one set for another
+    method is an error (``train_on_inputs: false`` with dpo is taken as null)."""
+    if method == "supervised":
+        if hp.dpo_beta is not None:
+            raise TemplateError("RUNTIME_CONFIG: hyperparameter dpo_beta applies only to dpo")
+        if hp.train_on_inputs is None:
+            return dataclasses.replace(hp, train_on_inputs=DEFAULT_TRAIN_ON_INPUTS)
+        return hp
+    if hp.train_on_inputs:
+        raise TemplateError(
+            "RUNTIME_CONFIG: hyperparameter train_on_inputs applies only to method supervised"
+        )
+    beta = DEFAULT_DPO_BETA if hp.dpo_beta is None else hp.dpo_beta
+    return dataclasses.replace(hp, train_on_inputs=None, dpo_beta=beta)
+
+
 def parse_hyperparameters(raw: Any) -> Hyperparameters:
     """Validate the request's hyperparameters; unknown keys are an error.
 
@@ -117,13 +156,15 @@ def parse_hyperparameters(raw: Any) -> Hyperparameters:
             f"RUNTIME_CONFIG: unknown hyperparameter(s) {', '.join(unknown)}; "
             f"train.py honours {', '.join(fields)}"
         )
-    absent = [name for name in fields if name not in raw]
+    absent = [name for name in fields if name not in raw and name not in METHOD_HYPERPARAMETERS]
     if absent:
         log.warning("RUNTIME_CONFIG sets no %s; using train.py's defaults", ", ".join(absent))
     defaults = Hyperparameters()
     values: dict[str, Any] = {}
     for name, value in raw.items():
-        if isinstance(getattr(defaults, name), float):
+        if name in METHOD_HYPERPARAMETERS:
+            values[name] = _as_method_value(name, value)
+        elif isinstance(getattr(defaults, name), float):
             values[name] = _as_float(name, value)
         else:
             values[name] = _as_int(name, value)
@@ -266,15 +307,18 @@ def load_runtime_config(environ: Mapping[str, str]) -> RuntimeConfig:
         raise TemplateError(
             "DATASET_ID is not set and RUNTIME_CONFIG has neither 'dataset_id' nor 'training_file'"
         )
+    method = parse_method(raw.get("method"))
     return RuntimeConfig(
         model_id=str(ids["model_id"]),
         dataset_id=ids["dataset_id"],
-        hyperparameters=parse_hyperparameters(raw.get("hyperparameters")),
+        hyperparameters=resolve_method_hyperparameters(
+            parse_hyperparameters(raw.get("hyperparameters")), method
+        ),
         raw=raw,
         training_file=training_file,
         validation_file=validation_file,
         resume_from=parse_resume_from(raw.get("resume_from")),
-        method=parse_method(raw.get("method")),
+        method=method,
     )
 
 
