@@ -263,7 +263,7 @@ def test_dpo_beta_defaults_to_a_tenth_for_dpo_and_stays_null_for_supervised() ->
     [
         (
             {"hyperparameters": {"dpo_beta": 0.2}},
-            "hyperparameter dpo_beta is for method 'dpo' only; this job's method is 'supervised'",
+            "RUNTIME_CONFIG: hyperparameter dpo_beta applies only to dpo",
         ),
         ({"method": "dpo", "hyperparameters": {"dpo_beta": 0}}, "dpo_beta must be in (0, 10]"),
         ({"method": "dpo", "hyperparameters": {"dpo_beta": 10.5}}, "dpo_beta must be in (0, 10]"),

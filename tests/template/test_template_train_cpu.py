@@ -161,7 +161,12 @@ def test_text_run_steps_follow_epochs_batch_size_and_accumulation(text_run: Trai
         N_EXAMPLES, ft.config_io.Hyperparameters(**TEXT_HP)
     )
     assert summary["epochs"] == pytest.approx(TEXT_HP["num_epochs"])
-    assert summary["hyperparameters"] == {**TEXT_HP, "validation_split": 0.0, "dpo_beta": None}
+    assert summary["hyperparameters"] == {
+        **TEXT_HP,
+        "validation_split": 0.0,
+        "train_on_inputs": False,
+        "dpo_beta": None,
+    }
     assert summary["dataset_format"] == "text"
 
 

@@ -73,16 +73,72 @@ def test_missing_hyperparameters_take_the_documented_defaults() -> None:
         defaults.lora_rank,
         defaults.seed,
     )
-    # The defaults match the service's example request.
-    assert dataclasses.asdict(defaults) == EXAMPLE_RUNTIME_CONFIG["hyperparameters"]
+    # The defaults, resolved for supervised, match the service's example request.
+    resolved = ft.config_io.resolve_method_hyperparameters(defaults, "supervised")
+    assert dataclasses.asdict(resolved) == EXAMPLE_RUNTIME_CONFIG["hyperparameters"]
 
 
 def test_train_py_honours_exactly_the_hyperparameters_the_service_accepts() -> None:
     """Same names, same defaults: a parameter added to the request schema but not to
-    train.py (or the other way round) fails here, not silently in a paid job."""
+    train.py (or the other way round) fails here, not silently in a paid job. The
+    method-dependent ones (train_on_inputs, dpo_beta) default to null in both."""
     schemas = pytest.importorskip("finetune_api.core.schemas")
     service_defaults = schemas.Hyperparameters().model_dump()
-    assert service_defaults == dataclasses.asdict(ft.config_io.Hyperparameters())
+    template_defaults = dataclasses.asdict(ft.config_io.Hyperparameters())
+    for name in ft.config_io.METHOD_HYPERPARAMETERS:
+        assert template_defaults[name] is None
+        # null until the service's schema gains the field (HELPERS decision 2)
+        assert service_defaults.setdefault(name, None) is None
+    assert service_defaults == template_defaults
+
+
+@pytest.mark.parametrize(
+    ("method", "given", "resolved"),
+    [
+        (None, {}, {"train_on_inputs": False, "dpo_beta": None}),  # an older job
+        ("supervised", {"train_on_inputs": None}, {"train_on_inputs": False, "dpo_beta": None}),
+        ("supervised", {"train_on_inputs": True}, {"train_on_inputs": True, "dpo_beta": None}),
+        ("dpo", {}, {"train_on_inputs": None, "dpo_beta": 0.1}),
+        (
+            "dpo",
+            {"dpo_beta": 0.5, "train_on_inputs": None},
+            {"train_on_inputs": None, "dpo_beta": 0.5},
+        ),
+        ("dpo", {"train_on_inputs": False}, {"train_on_inputs": None, "dpo_beta": 0.1}),
+    ],
+)
+def test_method_and_its_hyperparameters_take_the_method_defaults(
+    method: str | None, given: dict[str, Any], resolved: dict[str, Any]
+) -> None:
+    config = {**EXAMPLE_RUNTIME_CONFIG, "hyperparameters": given}
+    if method is None:
+        config.pop("method")
+    else:
+        config["method"] = method
+    loaded = ft.config_io.load_runtime_config(env_with(config))
+    assert loaded.method == (method or "supervised")
+    hp = dataclasses.asdict(loaded.hyperparameters)
+    assert {name: hp[name] for name in resolved} == resolved
+
+
+@pytest.mark.parametrize(
+    ("method", "given", "message"),
+    [
+        ("reinforcement", {}, "'method' must be one of supervised, dpo, not 'reinforcement'"),
+        ("supervised", {"dpo_beta": 0.1}, "dpo_beta applies only to dpo"),
+        ("dpo", {"train_on_inputs": True}, "train_on_inputs applies only to method supervised"),
+        ("dpo", {"dpo_beta": 0}, "dpo_beta must be in (0, 10]"),
+        ("dpo", {"dpo_beta": 10.5}, "dpo_beta must be in (0, 10]"),
+        ("supervised", {"train_on_inputs": 1}, "train_on_inputs must be true, false or null"),
+    ],
+)
+def test_a_method_hyperparameter_out_of_place_stops_the_job(
+    method: str, given: dict[str, Any], message: str
+) -> None:
+    config = {**EXAMPLE_RUNTIME_CONFIG, "method": method, "hyperparameters": given}
+    with pytest.raises(ft.errors.TemplateError) as caught:
+        ft.config_io.load_runtime_config(env_with(config))
+    assert message in str(caught.value)
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,10 @@ METHOD_NAMES = ("supervised", "dpo")
 # The file format a method needs (as the service's check names it): a dpo job trains
 # on preference pairs and only on them; a supervised one on anything else.
 PREFERENCE_FILE_FORMAT = "preference"
-# DPO's beta (hyperparameters.dpo_beta): used when absent or null; at most this.
+# Hyperparameters whose default depends on the method: absent or null means "the
+# method's default" (older jobs have neither), and each belongs to one method.
+METHOD_HYPERPARAMETERS = {"train_on_inputs": "supervised", "dpo_beta": "dpo"}
+DEFAULT_TRAIN_ON_INPUTS = False
 DEFAULT_DPO_BETA = 0.1
 MAX_DPO_BETA = 10.0
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
@@ -54,8 +57,9 @@ class Hyperparameters:
     lora_dropout: float = 0.05
     seed: int = 42
     validation_split: float = 0.0
-    # method "dpo" only: null (absent) for supervised; DEFAULT_DPO_BETA for dpo.
-    dpo_beta: float | None = None
+    # Method-dependent (see resolve_method_hyperparameters): null until resolved.
+    train_on_inputs: bool | None = None  # supervised: every token carries loss (default false)
+    dpo_beta: float | None = None  # dpo: the KL penalty's strength (default 0.1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,8 +117,34 @@ def _as_int(name: str, value: Any) -> int:
     return value
 
 
-# Hyperparameters that may be null (their method's default then applies).
-OPTIONAL_FLOATS = ("dpo_beta",)
+def _as_method_value(name: str, value: Any) -> bool | float | None:
+    if value is None:
+        return None
+    if name == "train_on_inputs":
+        if not isinstance(value, bool):
+            raise TemplateError(f"hyperparameter {name} must be true, false or null, got {value!r}")
+        return value
+    beta = _as_float(name, value)
+    if not 0 < beta <= MAX_DPO_BETA:
+        raise TemplateError(f"RUNTIME_CONFIG: dpo_beta must be in (0, {MAX_DPO_BETA:g}]")
+    return beta
+
+
+def resolve_method_hyperparameters(hp: Hyperparameters, method: str) -> Hyperparameters:
+    """The method's defaults for the hyperparameters left null; one set for another
+    method is an error (``train_on_inputs: false`` with dpo is taken as null)."""
+    if method == "supervised":
+        if hp.dpo_beta is not None:
+            raise TemplateError("RUNTIME_CONFIG: hyperparameter dpo_beta applies only to dpo")
+        if hp.train_on_inputs is None:
+            return dataclasses.replace(hp, train_on_inputs=DEFAULT_TRAIN_ON_INPUTS)
+        return hp
+    if hp.train_on_inputs:
+        raise TemplateError(
+            "RUNTIME_CONFIG: hyperparameter train_on_inputs applies only to method supervised"
+        )
+    beta = DEFAULT_DPO_BETA if hp.dpo_beta is None else hp.dpo_beta
+    return dataclasses.replace(hp, train_on_inputs=None, dpo_beta=beta)
 
 
 def parse_hyperparameters(raw: Any) -> Hyperparameters:
@@ -134,14 +164,14 @@ def parse_hyperparameters(raw: Any) -> Hyperparameters:
             f"RUNTIME_CONFIG: unknown hyperparameter(s) {', '.join(unknown)}; "
             f"train.py honours {', '.join(fields)}"
         )
-    absent = [name for name in fields if name not in raw]
+    absent = [name for name in fields if name not in raw and name not in METHOD_HYPERPARAMETERS]
     if absent:
         log.warning("RUNTIME_CONFIG sets no %s; using train.py's defaults", ", ".join(absent))
     defaults = Hyperparameters()
     values: dict[str, Any] = {}
     for name, value in raw.items():
-        if name in OPTIONAL_FLOATS:
-            values[name] = None if value is None else _as_float(name, value)
+        if name in METHOD_HYPERPARAMETERS:
+            values[name] = _as_method_value(name, value)
         elif isinstance(getattr(defaults, name), float):
             values[name] = _as_float(name, value)
         else:
@@ -166,8 +196,6 @@ def parse_hyperparameters(raw: Any) -> Hyperparameters:
         problems.append(f"seed must be in [0, {MAX_SEED}]")
     if not 0 <= hp.validation_split < 0.5:
         problems.append("validation_split must be in [0, 0.5)")
-    if hp.dpo_beta is not None and not 0 < hp.dpo_beta <= MAX_DPO_BETA:
-        problems.append(f"dpo_beta must be in (0, {MAX_DPO_BETA:g}]")
     if problems:
         raise TemplateError("RUNTIME_CONFIG: " + "; ".join(problems))
     return hp
@@ -246,39 +274,26 @@ def parse_method(raw: Any) -> str:
     return str(raw)
 
 
-def apply_method(
-    method: str, hp: Hyperparameters, files: tuple[DataFile | None, ...]
-) -> Hyperparameters:
-    """``hp`` with the method's defaults (dpo_beta 0.1 for dpo), once the method, its
-    hyperparameters and the recorded format of each file agree; else a TemplateError.
-
-    A preference file trains only with dpo, and dpo only on preference files; the
-    service refuses both earlier, so this guards a hand-written runtime_config.json.
+def check_method_files(method: str, files: tuple[DataFile | None, ...]) -> None:
+    """A preference file trains only with dpo, and dpo only on preference files (the
+    recorded ``format`` of each file); else a TemplateError. The service refuses both
+    earlier, so this guards a hand-written runtime_config.json, before anything heavy.
     """
-    if method == "dpo":
-        for data_file in files:
-            if data_file is not None and data_file.format not in (None, PREFERENCE_FILE_FORMAT):
-                raise TemplateError(
-                    f"RUNTIME_CONFIG: method 'dpo' trains on preference pairs, but "
-                    f"{data_file.field} {data_file.source} is a {data_file.format!r} file; a dpo "
-                    f"job needs a {PREFERENCE_FILE_FORMAT!r} file"
-                )
-        if hp.dpo_beta is None:
-            return dataclasses.replace(hp, dpo_beta=DEFAULT_DPO_BETA)
-        return hp
     for data_file in files:
-        if data_file is not None and data_file.format == PREFERENCE_FILE_FORMAT:
+        if data_file is None or data_file.format is None:
+            continue
+        if method == "dpo" and data_file.format != PREFERENCE_FILE_FORMAT:
+            raise TemplateError(
+                f"RUNTIME_CONFIG: method 'dpo' trains on preference pairs, but "
+                f"{data_file.field} {data_file.source} is a {data_file.format!r} file; a dpo "
+                f"job needs a {PREFERENCE_FILE_FORMAT!r} file"
+            )
+        if method != "dpo" and data_file.format == PREFERENCE_FILE_FORMAT:
             raise TemplateError(
                 f"RUNTIME_CONFIG: {data_file.field} {data_file.source} is a "
                 f"{PREFERENCE_FILE_FORMAT!r} file (preference pairs), which only method 'dpo' "
                 f"trains on; this job's method is {method!r}"
             )
-    if hp.dpo_beta is not None:
-        raise TemplateError(
-            f"RUNTIME_CONFIG: hyperparameter dpo_beta is for method 'dpo' only; this job's "
-            f"method is {method!r}"
-        )
-    return hp
 
 
 def load_runtime_config(environ: Mapping[str, str]) -> RuntimeConfig:
@@ -323,13 +338,13 @@ def load_runtime_config(environ: Mapping[str, str]) -> RuntimeConfig:
             "DATASET_ID is not set and RUNTIME_CONFIG has neither 'dataset_id' nor 'training_file'"
         )
     method = parse_method(raw.get("method"))
-    hyperparameters = apply_method(
-        method, parse_hyperparameters(raw.get("hyperparameters")), (training_file, validation_file)
-    )
+    check_method_files(method, (training_file, validation_file))
     return RuntimeConfig(
         model_id=str(ids["model_id"]),
         dataset_id=ids["dataset_id"],
-        hyperparameters=hyperparameters,
+        hyperparameters=resolve_method_hyperparameters(
+            parse_hyperparameters(raw.get("hyperparameters")), method
+        ),
         raw=raw,
         training_file=training_file,
         validation_file=validation_file,

@@ -95,8 +95,13 @@ def detect_format(columns: Sequence[str]) -> str:
     )
 
 
-def _columns(fmt: str) -> list[str]:
-    return ["prompt", "completion"] if fmt == "prompt_completion" else [fmt]
+def _columns(fmt: str, available: Sequence[str] = ()) -> list[str]:
+    """The columns the trainer reads: a chat example's ``tools`` too, when the data has them."""
+    if fmt == "prompt_completion":
+        return ["prompt", "completion"]
+    if fmt == "messages" and "tools" in available:
+        return ["messages", "tools"]
+    return [fmt]
 
 
 def _check_example(example: Mapping[str, Any], fmt: str) -> None:
@@ -117,7 +122,7 @@ def _check_example(example: Mapping[str, Any], fmt: str) -> None:
     if not isinstance(value, list) or not value:
         raise TemplateError("column 'messages' must hold non-empty lists of chat messages")
     for message in value:
-        if not isinstance(message, Mapping) or not {"role", "content"} <= set(message):
+        if not isinstance(message, Mapping) or "role" not in message:
             raise TemplateError(
                 "column 'messages' must hold lists of {'role': ..., 'content': ...} objects"
             )
@@ -139,7 +144,7 @@ def format_dataset(dataset: Any, name: str = "training split") -> tuple[Any, str
     if fmt == "preference":
         columns = preference_columns(list(dataset.column_names))
     else:
-        columns = _columns(fmt)
+        columns = _columns(fmt, list(dataset.column_names))
     kept = dataset.select_columns(columns).filter(_has_content, fn_kwargs={"fmt": fmt})
     if len(kept) == 0:
         raise TemplateError(f"the dataset's {name} has no non-empty {fmt!r} rows")

@@ -385,14 +385,16 @@ def dpo_trainer_class() -> Any:
     return PretokenizedDPOTrainer
 
 
-def prepare_dataset(dataset: Any, fmt: str, tokenizer: Any, config: RuntimeConfig) -> Any:
+def prepare_dataset(
+    dataset: Any, fmt: str, tokenizer: Any, config: RuntimeConfig, name: str = "training data"
+) -> Any:
     """The pairs of a formatted ``preference`` dataset as the tokens DPOTrainer reads
-    (``None`` passes through)."""
+    (``None`` passes through); ``name`` says which data it is in messages."""
     if dataset is None:
         return None
     hp = config.hyperparameters
-    pairs = pairs_from_dataset(dataset, "preference data")
-    return preference_dataset(pairs, tokenizer, hp.max_seq_length, "preference data")
+    pairs = pairs_from_dataset(dataset, name)
+    return preference_dataset(pairs, tokenizer, hp.max_seq_length, name)
 
 
 def preview_row(example: Mapping[str, Any], tokenizer: Any, limit: int = 500) -> str:

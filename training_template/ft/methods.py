@@ -5,8 +5,9 @@ A method is a module of this package that provides:
 - ``FORMATS``: the dataset formats it trains on (as ``ft.data.detect_format`` names them);
 - ``STEP_METRIC_KEYS``: keys of the trainer's logs that its ``FT_METRICS`` step lines
   carry besides the common ones (``ft.metrics.metrics_callback``);
-- ``prepare_dataset(dataset, fmt, tokenizer, config) -> dataset``: the rows its
-  trainer reads (``None`` passes through);
+- ``prepare_dataset(dataset, fmt, tokenizer, config, name) -> dataset``: the rows its
+  trainer reads, built before the model is loaded (``None`` passes through; ``name``
+  says which data it is in messages);
 - ``build_trainer(model, tokenizer, dataset, hp, output_dir, *, config, use_cuda, bf16,
   distributed, eval_dataset, callbacks) -> trainer``: a transformers Trainer on a LoRA
   adapter whose callbacks are exactly ``callbacks``.

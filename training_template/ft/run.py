@@ -102,17 +102,23 @@ def train(
         # Fails here, before the model download, when a chat dataset meets a
         # tokenizer without a chat template.
         first_example = preview_example(dataset[0], fmt, tokenizer)
-        model = load_model(config.model_id, token, use_cuda, bf16)
-    if eval_dataset is not None:
-        if hp.validation_split > 0:
-            log.warning("validation_file is the evaluation set; validation_split is ignored")
-        log.info("evaluating on the validation_file's %d examples", len(eval_dataset))
-    else:
-        dataset, eval_dataset = split_validation(dataset, hp.validation_split, hp.seed)
         if eval_dataset is not None:
-            log.info(
-                "holding out %d examples for evaluation at each epoch's end", len(eval_dataset)
-            )
+            if hp.validation_split > 0:
+                log.warning("validation_file is the evaluation set; validation_split is ignored")
+            log.info("evaluating on the validation_file's %d examples", len(eval_dataset))
+        else:
+            dataset, eval_dataset = split_validation(dataset, hp.validation_split, hp.seed)
+            if eval_dataset is not None:
+                log.info(
+                    "holding out %d examples for evaluation at each epoch's end", len(eval_dataset)
+                )
+        # What carries loss, built before the model download: a template that cannot
+        # render the data (tool calls, say) stops the job here.
+        dataset = method.prepare_dataset(dataset, fmt, tokenizer, config, "training data")
+        eval_dataset = method.prepare_dataset(
+            eval_dataset, fmt, tokenizer, config, "evaluation data"
+        )
+        model = load_model(config.model_id, token, use_cuda, bf16)
     total = expected_optimizer_steps(len(dataset), hp, state.num_processes)
     log.info(
         "dataset: %d examples, format %r; expecting %d optimizer steps", len(dataset), fmt, total
@@ -126,8 +132,6 @@ def train(
             )
         log.info("continuing at step %d of %d", resume.global_step + 1, total)
     log.info("first example starts: %s", json.dumps(first_example[:200]))
-    dataset = method.prepare_dataset(dataset, fmt, tokenizer, config)
-    eval_dataset = method.prepare_dataset(eval_dataset, fmt, tokenizer, config)
 
     metrics = metrics_callback(method.STEP_METRIC_KEYS)
     marker = {

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ft.config_io import Hyperparameters, RuntimeConfig
+from ft.labels import build_labels
 from ft.metrics import metrics_callback
 
 # What this method trains on, and what its step lines carry besides the common keys.
@@ -20,9 +21,22 @@ WARMUP_RATIO = 0.03
 LOGGING_STEPS = 1
 
 
-def prepare_dataset(dataset: Any, fmt: str, tokenizer: Any, config: RuntimeConfig) -> Any:
-    """The rows SFTTrainer reads (it renders and tokenizes them itself)."""
-    return dataset
+def prepare_dataset(
+    dataset: Any, fmt: str, tokenizer: Any, config: RuntimeConfig, name: str = "training data"
+) -> Any:
+    """``input_ids`` and ``labels`` (see ft.labels): SFTTrainer takes them as they are
+    (a dataset with ``input_ids`` is not tokenized again, its ``labels`` are kept)."""
+    if dataset is None:
+        return None
+    hp = config.hyperparameters
+    return build_labels(
+        dataset,
+        fmt,
+        tokenizer,
+        train_on_inputs=bool(hp.train_on_inputs),
+        max_length=hp.max_seq_length,
+        name=name,
+    )
 
 
 def build_trainer(
