@@ -71,7 +71,7 @@ def openai_pair(i: int) -> dict[str, Any]:
 # ----------------------------------------------------------------------- rows → pairs
 
 
-def test_an_openai_line_becomes_prompt_chosen_rejected_as_the_template_takes_them() -> None:
+def test_an_openai_line_becomes_prompt_chosen_rejected() -> None:
     line = {
         "input": {
             "messages": [
@@ -97,24 +97,12 @@ def test_an_openai_line_becomes_prompt_chosen_rejected_as_the_template_takes_the
         "non_preferred_output": [{"role": "assistant", "content": "no idea"}],
     }
     pair = ft.dpo.pair_from_openai(line, "training_file line 1")
-    assert pair.prompt == [
-        {"role": "system", "content": "be brief"},
-        {"role": "user", "content": "where is it", "name": "ann"},
-        {
-            "role": "assistant",
-            "tool_calls": [
-                {
-                    "id": "c1",
-                    "type": "function",
-                    "function": {"name": "find", "arguments": {"q": "it"}},
-                }
-            ],
-        },
-        {"role": "tool", "tool_call_id": "c1", "content": "here"},
-    ]
-    assert pair.chosen == [{"role": "assistant", "content": "here it is"}]
-    assert pair.rejected == [{"role": "assistant", "content": "no idea"}]
-    assert pair.tools == [{"type": "function", "function": {"name": "find", "parameters": {}}}]
+    # The messages as given; ft.labels.chat_messages normalizes them when the pair is
+    # tokenized, as it does for supervised chat (see the tools test below).
+    assert pair.prompt == line["input"]["messages"]
+    assert pair.chosen == line["preferred_output"]
+    assert pair.rejected == line["non_preferred_output"]
+    assert pair.tools == line["input"]["tools"]
 
 
 @pytest.mark.parametrize(
@@ -193,7 +181,10 @@ def test_tools_and_tool_calls_reach_the_chat_template() -> None:
         "function": {"name": "run", "arguments": '{"to": "sea"}'},
     }
     line["input"]["messages"] = [
-        {"role": "user", "content": "the fox"},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "the "}, {"type": "text", "text": "fox"}],
+        },
         {"role": "assistant", "content": None, "tool_calls": [call]},
         {"role": "tool", "tool_call_id": "c1", "content": "quiet hills"},
     ]
@@ -208,6 +199,17 @@ def test_tools_and_tool_calls_reach_the_chat_template() -> None:
     )
     assert tokenizer.decode(tokens["chosen_ids"]) == f"{PREFERRED} </s>"
     assert tokenizer.decode(tokens["rejected_ids"]) == "run to sea </s>"
+
+
+def test_a_template_that_leaves_out_the_tools_stops_the_job(tiny_tokenizer: Any) -> None:
+    line = openai_pair(3)
+    line["input"]["tools"] = [{"type": "function", "function": {"name": "run"}}]
+    pair = ft.dpo.pair_from_openai(line, "line 1")
+    with pytest.raises(ft.errors.TemplateError) as caught:
+        ft.dpo.preference_dataset([pair], tiny_tokenizer, max_length=64)
+    assert str(caught.value).startswith(
+        "training data pair 1: the model's chat template cannot render tools"
+    )
 
 
 def test_text_pairs_end_with_eos_like_trl(tiny_tokenizer: Any) -> None:

@@ -14,17 +14,17 @@ file, OpenAI's DPO line ``{"input": {"messages": [...], "tools"?,
 with those three columns or TRL's preference columns ``prompt`` / ``chosen`` /
 ``rejected`` (conversational lists of messages, or plain strings; without
 ``prompt`` the messages ``chosen`` and ``rejected`` share are the prompt) and an
-optional ``tools`` column. The pairs are tokenized here rather than by TRL, so the
-messages reach the chat template as the user wrote them: null members (which a
-datasets row gains from every other row's keys, and which some chat templates take
-for a tool call) and ``weight`` are dropped, text parts joined, and each tool
-call's ``arguments`` string parsed into the object chat templates render.
+optional ``tools`` column. The pairs are tokenized here rather than by TRL, through
+ft.labels' renderer, so they reach the chat template exactly as supervised chat
+does (``chat_messages``: text parts joined, ``developer`` as ``system`` where the
+template has no such role, tool call ``arguments`` parsed from their JSON string;
+null members dropped, which a datasets row gains from every other row's keys), and
+a template that leaves out the tools or tool calls the data has stops the job.
 
 Each pair becomes ``prompt_ids`` (the input rendered with the generation prompt),
 ``chosen_ids`` and ``rejected_ids`` (what the template adds after it for each
 answer, end of turn included), split where the tokenized prompt and
-prompt + answer first differ, as TRL does. ``tools`` go to the chat template
-(``apply_chat_template(..., tools=...)``).
+prompt + answer first differ, as TRL does.
 
 Every optimizer step's FT_METRICS line carries ``loss`` and TRL's
 ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins`` and
@@ -90,53 +90,15 @@ def _drop_nulls(value: Any) -> Any:
     return value
 
 
-def clean_message(message: Any, where: str) -> dict[str, Any]:
-    """A message as the chat template takes it: text parts joined, ``weight`` and null
-    members dropped, each tool call's ``arguments`` (a JSON object string, as OpenAI
-    writes it) parsed into the object the chat templates render."""
-    if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
-        raise TemplateError(f"{where}: each message must be an object with a 'role'")
-    out: dict[str, Any] = {}
-    for key, value in message.items():
-        if value is None or key == "weight":
-            continue
-        if key == "content" and isinstance(value, list):
-            texts = [
-                part.get("text")
-                for part in value
-                if isinstance(part, Mapping) and part.get("type") == "text"
-            ]
-            if len(texts) != len(value) or not all(isinstance(t, str) for t in texts):
-                raise TemplateError(
-                    f"{where}: a content part is not {{'type': 'text', 'text': ...}}"
-                )
-            value = "".join(str(t) for t in texts)
-        elif key == "tool_calls":
-            value = [_clean_tool_call(call, where) for call in value or []]
-        out[key] = _drop_nulls(value)
-    return out
-
-
-def _clean_tool_call(call: Any, where: str) -> dict[str, Any]:
-    if not isinstance(call, Mapping) or not isinstance(call.get("function"), Mapping):
-        raise TemplateError(f"{where}: a tool call must hold a 'function' object")
-    function = dict(_drop_nulls(call["function"]))
-    arguments = function.get("arguments")
-    if isinstance(arguments, str):
-        try:
-            parsed = json.loads(arguments)
-        except json.JSONDecodeError:
-            raise TemplateError(f"{where}: a tool call's arguments are not JSON") from None
-        if not isinstance(parsed, dict):
-            raise TemplateError(f"{where}: a tool call's arguments are not a JSON object")
-        function["arguments"] = parsed
-    return {**_drop_nulls(dict(call)), "function": function}
-
-
 def _conversation(value: Any, where: str, what: str) -> Conversation:
+    """A list of messages, each an object with a role (as given: ft.labels.chat_messages
+    normalizes them for the chat template when the pair is tokenized)."""
     if not isinstance(value, list) or not value:
         raise TemplateError(f"{where}: {what} must be a non-empty list of messages")
-    return [clean_message(message, f"{where}: {what}[{i}]") for i, message in enumerate(value)]
+    for i, message in enumerate(value):
+        if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
+            raise TemplateError(f"{where}: {what}[{i}] must be an object with a 'role'")
+    return [dict(message) for message in value]
 
 
 def _one_answer(value: Any, where: str, what: str) -> Conversation:
@@ -156,7 +118,7 @@ def _tools(value: Any, where: str) -> list[dict[str, Any]] | None:
             raise TemplateError(f"{where}: 'tools' is not JSON") from None
     if not isinstance(value, list) or not all(isinstance(tool, Mapping) for tool in value):
         raise TemplateError(f"{where}: 'tools' must be a list of tool objects")
-    return [_drop_nulls(dict(tool)) for tool in value] or None
+    return [dict(tool) for tool in value] or None
 
 
 def pair_from_openai(row: Mapping[str, Any], where: str) -> PreferencePair:
@@ -257,17 +219,6 @@ def pairs_from_dataset(dataset: Any, name: str = "training split") -> list[Prefe
 # ------------------------------------------------------------------------- tokens
 
 
-def _render_ids(tokenizer: Any, messages: Conversation, tools: Any, prompt: bool) -> list[int]:
-    encoded = tokenizer.apply_chat_template(
-        messages,
-        tools=tools,
-        add_generation_prompt=prompt,
-        tokenize=True,
-        return_dict=True,
-    )
-    return list(encoded["input_ids"])
-
-
 def _common_prefix(left: Sequence[int], right: Sequence[int]) -> int:
     n = 0
     for a, b in zip(left, right, strict=False):
@@ -277,32 +228,71 @@ def _common_prefix(left: Sequence[int], right: Sequence[int]) -> int:
     return n
 
 
-def tokenize_pair(pair: PreferencePair, tokenizer: Any, where: str) -> dict[str, list[int]]:
+def pair_renderer(tokenizer: Any) -> Any:
+    """The chat renderer of ft.labels for ``tokenizer`` (one per dataset)."""
+    from ft.labels import ChatRenderer
+
+    if not getattr(tokenizer, "chat_template", None):
+        raise TemplateError(
+            "the preference pairs are chat messages but the model's tokenizer has no chat template"
+        )
+    return ChatRenderer(tokenizer)
+
+
+def _rendered_ids(
+    pair: PreferencePair, renderer: Any, where: str
+) -> tuple[list[int], list[int], list[int]]:
+    """Token ids of the prompt (with the generation prompt), prompt + chosen and prompt +
+    rejected, rendered as supervised chat is (ft.labels: the same message normalization,
+    the same checks that the template shows the tools and tool calls the data has)."""
+    from ft.labels import chat_messages, chat_tools, tokens_with_labels
+
+    tokenizer = renderer.tokenizer
+    role = renderer.developer_role
+    prompt, _ = chat_messages(pair.prompt, developer_role=role)  # type: ignore[arg-type]
+    chosen, _ = chat_messages(pair.chosen, developer_role=role)  # type: ignore[arg-type]
+    rejected, _ = chat_messages(pair.rejected, developer_role=role)  # type: ignore[arg-type]
+    tools = chat_tools(pair.tools)
+    texts = []
+    try:
+        prompt_text = renderer.render(prompt, tools, add_generation_prompt=True)
+        for answer in (chosen, rejected):
+            messages = [*prompt, *answer]
+            text = renderer.render(messages, tools)
+            if tools and not renderer._tools_checked:
+                renderer._check_tools_rendered(messages, tools, text)
+            if any("tool_calls" in m or m["role"] == "tool" for m in messages):
+                # the answer's calls must show in what it adds after the prompt
+                answer_span = {len(prompt): (min(len(prompt_text), len(text)), len(text))}
+                renderer._check_tool_calls_rendered(messages, answer_span, text)
+            texts.append(text)
+    except TemplateError as exc:
+        raise TemplateError(f"{where}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 (jinja raises anything a template raises)
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise TemplateError(
+            f"{where}: the model's chat template cannot render it ({reason})"
+        ) from None
+
+    def ids(text: str) -> list[int]:
+        return tokens_with_labels(tokenizer, text, None)["input_ids"]
+
+    return ids(prompt_text), ids(texts[0]), ids(texts[1])
+
+
+def tokenize_pair(
+    pair: PreferencePair, tokenizer: Any, where: str, renderer: Any = None
+) -> dict[str, list[int]]:
     """``prompt_ids``, ``chosen_ids`` and ``rejected_ids`` of one pair.
 
     The answers start where the tokenized prompt and prompt + answer first differ
     (a chat template may render the generation prompt differently from the start of
-    an assistant turn); text pairs end with the tokenizer's EOS, as TRL does.
+    an assistant turn), as TRL splits them; text pairs end with the tokenizer's EOS,
+    as TRL adds it.
     """
     if pair.conversational:
-        if not getattr(tokenizer, "chat_template", None):
-            raise TemplateError(
-                "the preference pairs are chat messages but the model's tokenizer has no chat "
-                "template"
-            )
-        try:
-            prompt_ids = _render_ids(tokenizer, pair.prompt, pair.tools, prompt=True)  # type: ignore[arg-type]
-            with_chosen = _render_ids(tokenizer, [*pair.prompt, *pair.chosen], pair.tools, False)
-            with_rejected = _render_ids(
-                tokenizer, [*pair.prompt, *pair.rejected], pair.tools, False
-            )
-        except TemplateError:
-            raise
-        except Exception as exc:  # noqa: BLE001 (jinja raises anything a template raises)
-            raise TemplateError(
-                f"{where}: the model's chat template cannot render it "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-            ) from None
+        renderer = renderer or pair_renderer(tokenizer)
+        prompt_ids, with_chosen, with_rejected = _rendered_ids(pair, renderer, where)
     else:
         eos = tokenizer.eos_token or ""
 
@@ -338,8 +328,9 @@ def preference_dataset(
 
     columns: dict[str, list[list[int]]] = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": []}
     dropped = 0
+    renderer = pair_renderer(tokenizer) if pairs and pairs[0].conversational else None
     for i, pair in enumerate(pairs):
-        tokens = tokenize_pair(pair, tokenizer, f"{name} pair {i + 1}")
+        tokens = tokenize_pair(pair, tokenizer, f"{name} pair {i + 1}", renderer)
         if len(tokens["prompt_ids"]) >= max_length:
             dropped += 1
             continue
