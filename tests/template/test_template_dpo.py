@@ -158,47 +158,59 @@ def test_the_answers_tokens_are_exactly_each_answers_turn(tiny_tokenizer: Any) -
     assert decode(tokens["rejected_ids"]) == f"{words(4, 4)} </s>"
 
 
-# Renders the tools it is given, each call's arguments as an object (``.to``), and
-# tool results as user turns (the tiny vocabulary has no tool role).
-TOOLS_TEMPLATE = (
-    "{% if tools %}<|system|> {% for t in tools %}{{ t['function']['name'] }} {% endfor %}</s> "
-    "{% endif %}"
-    "{% for m in messages %}<|{{ 'user' if m['role'] == 'tool' else m['role'] }}|> "
-    "{% if m['tool_calls'] is defined %}{% for c in m['tool_calls'] %}"
-    "{{ c['function']['name'] }} to {{ c['function']['arguments']['to'] }} {% endfor %}"
-    "{% else %}{{ m['content'] }} {% endif %}</s> {% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|> {% endif %}"
-)
+def test_tools_and_tool_calls_render_as_the_models_template_renders_them() -> None:
+    """On the byte-level tokenizer with a Qwen2.5-style tools template (decoding gives
+    back the exact text): the prompt is the input as apply_chat_template renders it with
+    the tools and the generation prompt, and each answer's tokens are exactly what the
+    template adds for that answer (a tool call included), end of turn and all."""
+    from template_helpers import build_tools_tokenizer
 
-
-def test_tools_and_tool_calls_reach_the_chat_template() -> None:
-    from template_helpers import build_tokenizer
-
-    line = openai_pair(2)
+    tools = [{"type": "function", "function": {"name": "jumps", "parameters": {}}}]
     call = {
         "id": "c1",
         "type": "function",
-        "function": {"name": "run", "arguments": '{"to": "sea"}'},
+        "function": {"name": "jumps", "arguments": '{"over": "dog"}'},
     }
-    line["input"]["messages"] = [
-        {
-            "role": "user",
-            "content": [{"type": "text", "text": "the "}, {"type": "text", "text": "fox"}],
+    line = {
+        "input": {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "the "}, {"type": "text", "text": "fox"}],
+                },
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "c1", "content": "quiet hills"},
+                {"role": "user", "content": "and now"},
+            ],
+            "tools": tools,
         },
-        {"role": "assistant", "content": None, "tool_calls": [call]},
-        {"role": "tool", "tool_call_id": "c1", "content": "quiet hills"},
-    ]
-    line["input"]["tools"] = [{"type": "function", "function": {"name": "run"}}]
-    line["non_preferred_output"] = [{"role": "assistant", "tool_calls": [call]}]
-    tokenizer = build_tokenizer(chat_template=TOOLS_TEMPLATE)
+        "preferred_output": [{"role": "assistant", "content": PREFERRED}],
+        "non_preferred_output": [{"role": "assistant", "content": None, "tool_calls": [call]}],
+    }
+    tokenizer = build_tools_tokenizer()
     pair = ft.dpo.pair_from_openai(line, "line 1")
     tokens = ft.dpo.tokenize_pair(pair, tokenizer, "pair 1")
-    assert tokenizer.decode(tokens["prompt_ids"]) == (
-        "<|system|> run </s> <|user|> the fox </s> <|assistant|> run to sea </s> "
-        "<|user|> quiet hills </s> <|assistant|>"
-    )
-    assert tokenizer.decode(tokens["chosen_ids"]) == f"{PREFERRED} </s>"
-    assert tokenizer.decode(tokens["rejected_ids"]) == "run to sea </s>"
+    # What the template renders from the normalized messages (parts joined, arguments parsed).
+    parsed = {**call, "function": {"name": "jumps", "arguments": {"over": "dog"}}}
+    prompt = [
+        {"role": "user", "content": "the fox"},
+        {"role": "assistant", "content": "", "tool_calls": [parsed]},
+        {"role": "tool", "tool_call_id": "c1", "content": "quiet hills"},
+        {"role": "user", "content": "and now"},
+    ]
+
+    def render(messages: list[dict[str, Any]], **kwargs: Any) -> str:
+        text: str = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, **kwargs)
+        return text
+
+    prompt_text = render(prompt, add_generation_prompt=True)
+    chosen_text = render([*prompt, {"role": "assistant", "content": PREFERRED}])
+    rejected_text = render([*prompt, {"role": "assistant", "content": "", "tool_calls": [parsed]}])
+    assert "jumps" in prompt_text.split("<|im_start|>user")[0]  # the tools are shown
+    assert tokenizer.decode(tokens["prompt_ids"]) == prompt_text
+    assert tokenizer.decode(tokens["chosen_ids"]) == chosen_text[len(prompt_text) :]
+    assert tokenizer.decode(tokens["rejected_ids"]) == rejected_text[len(prompt_text) :]
+    assert '"over": "dog"' in tokenizer.decode(tokens["rejected_ids"])
 
 
 def test_a_template_that_leaves_out_the_tools_stops_the_job(tiny_tokenizer: Any) -> None:
