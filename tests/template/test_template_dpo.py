@@ -26,6 +26,7 @@ from typing import Any
 
 import ft.checkpoints
 import ft.config_io
+import ft.data
 import ft.dpo
 import ft.errors
 import ft.metrics
@@ -253,6 +254,27 @@ def test_without_a_chat_template_conversational_pairs_are_refused() -> None:
     pair = ft.dpo.pair_from_openai(openai_pair(0), "l")
     with pytest.raises(ft.errors.TemplateError, match="tokenizer has no chat template"):
         ft.dpo.tokenize_pair(pair, build_tokenizer(chat_template=None), "pair 1")
+
+
+def test_a_dataset_of_trl_preference_rows_is_read_through_datasets(
+    tmp_path: Path, tiny_tokenizer: Any
+) -> None:
+    """dataset_id with TRL's columns: read by ft.data as every format is, detected as
+    'preference' (other columns dropped), tokenized here."""
+    user = {"role": "user", "content": words(0, 4)}
+    good, bad = {"role": "assistant", "content": PREFERRED}, {"role": "assistant", "content": "sea"}
+    rows = [
+        {"prompt": [user], "chosen": [good], "rejected": [bad], "score": 1},
+        {"prompt": [{**user, "name": "ann"}], "chosen": [good], "rejected": [bad], "score": 2},
+    ]
+    loaded = ft.data.load_training_dataset(str(write_jsonl(tmp_path / "pairs.jsonl", rows)))
+    dataset, fmt = ft.data.format_dataset(loaded)
+    assert fmt == "preference" and dataset.column_names == ["prompt", "chosen", "rejected"]
+    pairs = ft.dpo.pairs_from_dataset(dataset)
+    assert pairs[0].prompt == [user] and pairs[1].prompt == [{**user, "name": "ann"}]
+    tokens = ft.dpo.preference_dataset(pairs, tiny_tokenizer, max_length=64)
+    assert tiny_tokenizer.decode(tokens[0]["chosen_ids"]) == f"{PREFERRED} </s>"
+    assert tiny_tokenizer.decode(tokens[1]["rejected_ids"]) == "sea </s>"
 
 
 # ----------------------------------------------------------------------- config, resume, summary
