@@ -373,3 +373,33 @@ def test_examples_cut_to_max_length_without_a_loss_token_are_dropped(
             max_length=40,
             name="data",
         )
+
+
+@pytest.mark.parametrize("tools_template", [True, False], ids=["qwen-like", "word-level"])
+def test_spans_found_in_one_rendering_match_the_rendering_turn_by_turn(
+    tools_template: bool,
+) -> None:
+    """Plain chats take the fast path (each assistant content found between the header
+    its generation prompt shows and its end of turn); it must give exactly the spans
+    that rendering the conversation up to each turn gives."""
+    tokenizer = build_tools_tokenizer() if tools_template else build_tokenizer()
+    renderer = ft.labels.ChatRenderer(tokenizer)
+    chats = [
+        [
+            {"role": "system", "content": "the sea"},
+            {"role": "user", "content": "the fox"},
+            {"role": "assistant", "content": "the fox"},  # the same words as the user's
+            {"role": "user", "content": "assistant"},  # a word of the header
+            {"role": "assistant", "content": "jumps", "weight": 0},
+            {"role": "user", "content": "again"},
+            {"role": "assistant", "content": "a lazy dog"},
+        ],
+        [{"role": "assistant", "content": "hills"}, {"role": "user", "content": "and"}],
+    ]
+    for raw in chats:
+        messages, weights = ft.labels.chat_messages(raw)
+        weighted = [i for i, w in enumerate(weights) if w == 1]
+        text = renderer.render(messages)
+        found = renderer._found_turns(messages, weighted, text)
+        assert found is not None
+        assert found == renderer._turn_spans(messages, weighted, None, text)
