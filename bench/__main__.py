@@ -45,6 +45,8 @@ BENCHMARKS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     # BENCH_FILE_BYTES (env) makes the 1 GiB file smaller for a quick look.
     "file_check": ("bench.file_check", {"runs": 3}, {"size": 64 << 20, "runs": 1}),
     "token_count": ("bench.token_count", {}, {"examples": 5000, "runs": 1}),
+    "dpo_memory": ("bench.dpo_memory", {"runs": 2}, {"runs": 1}),
+    "labels": ("bench.labels", {}, {"examples_count": 400, "runs": 3}),
 }
 # openai_list's baseline (the old scan of 5,000 records) alone takes minutes on a busy machine.
 CHILD_TIMEOUT_S = 1800
@@ -482,6 +484,45 @@ def _token_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _dpo_memory_rows(r: dict[str, Any]) -> list[Row]:
+    return [
+        _row(
+            f"DPO run's peak RSS, {r['weights_mb']:.0f} MB model, vs a supervised run",
+            f"{r['dpo_peak_mb']:.0f} MB",
+            f"{r['supervised_peak_mb']:.0f} MB supervised",
+            r["ratio"],
+            f"<= {r['goal_ratio']:.2f}x",
+            r["ratio"] <= r["goal_ratio"],
+        ),
+        _row(
+            "  the same with a second copy of the model (what it avoids)",
+            f"{r['supervised_peak_mb'] + r['weights_mb']:.0f} MB",
+            f"{r['supervised_peak_mb']:.0f} MB supervised",
+            r["copy_ratio"],
+        ),
+    ]
+
+
+def _labels_rows(r: dict[str, Any]) -> list[Row]:
+    what = f"{r['examples']:,} chats, {r['tool_examples']:,} with tool calls"
+    return [
+        _row(
+            f"build labels (what carries loss), {what}, µs/example",
+            f"{r['ours_us_per_example']:,} µs",
+            f"{r['baseline_us_per_example']:,} µs apply_chat_template(tokenize=True)",
+            r["ratio"],
+            "<= 1.30x",
+            r["ratio"] <= 1.3,
+        ),
+        _row(
+            "... the same against one direct render + the Rust tokenizer's encode",
+            f"{r['ours_us_per_example']:,} µs",
+            f"{r['floor_us_per_example']:,} µs",
+            r["ratio_to_floor"],
+        ),
+    ]
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "cold_start": _cold_rows,
     "first_submit": _first_rows,
@@ -496,6 +537,8 @@ ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "openai_list": _openai_list_rows,
     "file_check": _file_check_rows,
     "token_count": _token_rows,
+    "dpo_memory": _dpo_memory_rows,
+    "labels": _labels_rows,
 }
 
 
