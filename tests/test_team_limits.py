@@ -147,11 +147,13 @@ def test_two_instances_racing_at_the_limit_let_one_through(
             start = threading.Barrier(2)
             answers: list[int] = []
 
-            def submit(server: FunctionServer) -> None:
+            def submit(server: FunctionServer, start: Any, answers: list[int]) -> None:
                 start.wait()
                 answers.append(post(server, ALPHA, json=BODY).status_code)
 
-            threads = [threading.Thread(target=submit, args=(s,)) for s in (one, two)]
+            threads = [
+                threading.Thread(target=submit, args=(s, start, answers)) for s in (one, two)
+            ]
             for thread in threads:
                 thread.start()
             for thread in threads:
