@@ -79,7 +79,7 @@ def build_services(settings: Settings) -> Services:
     from finetune_api.polling.stores import claims_from_settings, store_from_settings
 
     secrets = SecretStore(settings)
-    teams = TeamDirectory(secrets, settings.project_name_prefix)
+    teams = TeamDirectory(secrets, settings.project_name_prefix, settings.teams)
 
     def api_key() -> str:
         value = secrets.get("baseten_api_key")

@@ -206,10 +206,14 @@ def test_every_event_carries_its_team(
     made = post(limited, BETA, json=BODY)
     assert made.status_code == 201
     # Pub/Sub: the team attribute (trusted by IAM) decides the team.
-    env = env_for(
+    # As deploy.sh deploys them: train_pubsub and poll_jobs hold no API keys; TEAMS
+    # names the teams.
+    env = function_env(
         sandbox,
         secret_manager,
         tmp_path / "pubsub",
+        TEAMS="alpha,beta",
+        TEAM_LIMITS=LIMITS,
         WEBHOOK_URL=receiver.url,
         WEBHOOK_SECRET=SECRET,
     )
@@ -221,7 +225,7 @@ def test_every_event_carries_its_team(
     assert by_job[alpha_job]["project"]["name"].startswith("alpha-")
     sandbox.advance(made.json()["training_job_id"], steps=6)
     with FunctionServer("poll_jobs", env) as poll:
-        polled = requests.post(poll.url, json={}, headers={"X-Api-Key": BETA}, timeout=60)
+        polled = requests.post(poll.url, json={}, timeout=60)
         assert polled.status_code == 200, polled.text
     events = list(receiver.unique_events.values())
     assert receiver.rejections == []

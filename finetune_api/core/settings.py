@@ -110,6 +110,14 @@ def _team(value: Any) -> str | None:
     return check_team_name(text) if text else None
 
 
+def _team_list(value: Any) -> tuple[str, ...]:
+    from finetune_api.core.teams import check_no_overlap, check_team_name
+
+    names = tuple(check_team_name(part.strip()) for part in _text(value).split(",") if part.strip())
+    check_no_overlap(names)
+    return names
+
+
 def _team_limits(value: Any) -> dict[str, dict[str, int]] | None:
     from finetune_api.core.teams import parse_limits
 
@@ -207,6 +215,9 @@ class Settings:
     # Teams (issue 29): the team whose keys see every team's objects, and the
     # per-team ceilings (see core/teams.py and docs/settings.md).
     admin_team: str | None = _setting(None, _team)
+    # The team names, for the functions that hold no API keys (poll_jobs,
+    # train_pubsub): with API_KEYS the teams are its team:key entries (plus these).
+    teams: tuple[str, ...] = _setting((), _team_list)
     team_limits: dict[str, dict[str, int]] | None = _setting(None, _team_limits)
 
     # Extras, not in the CONTRACT table (documented in docs/settings.md).

@@ -209,9 +209,10 @@ class TeamDirectory:
     Thread-safe: the parsed table is cached by the text it came from.
     """
 
-    def __init__(self, secrets: Any, base_prefix: str | None) -> None:
+    def __init__(self, secrets: Any, base_prefix: str | None, named: tuple[str, ...] = ()) -> None:
         self._secrets = secrets
         self._base = base_prefix
+        self._named = frozenset(named)  # TEAMS: for functions without API_KEYS
         self._parsed: tuple[str, KeyTable] | None = None
 
     def table(self) -> KeyTable | None:
@@ -225,16 +226,21 @@ class TeamDirectory:
         self._parsed = (text, table)
         return table
 
-    def teams_on(self) -> bool:
+    def names(self) -> frozenset[str]:
+        """Every configured team (empty: no teams, everything as before teams)."""
         table = self.table()
-        return table is not None and table.teams_on
+        keyed = table.teams if table is not None and table.teams_on else frozenset()
+        return keyed | self._named
+
+    def teams_on(self) -> bool:
+        return bool(self.names())
 
     def team_of(self, project_name: Any) -> str | None:
         """The team a project belongs to (``default`` when no team is configured)."""
-        table = self.table()
-        if table is None or not table.teams_on:
+        names = self.names()
+        if not names:
             return DEFAULT_TEAM
-        return team_of_project(project_name, self._base, sorted(table.teams))
+        return team_of_project(project_name, self._base, sorted(names))
 
 
 __all__ += ["TeamDirectory"]
