@@ -282,17 +282,17 @@ def plan_run(job_id: str, shape: RunShape, start: int, end: int) -> list[tuple[i
         if step % shape.steps_per_epoch == 0:
             epoch = step // shape.steps_per_epoch
             if shape.validation:
+                eval_losses.append(_eval_loss(step, total, rng))
+                accuracies.append(_accuracy(step, total, rng))
                 evaluation = {
                     "type": "eval",
                     "step": step,
                     "total_steps": total,
                     "epoch": float(epoch),
-                    "eval_loss": _eval_loss(step, total, rng),
-                    "eval_mean_token_accuracy": _accuracy(step, total, rng),
+                    "eval_loss": eval_losses[-1],
+                    "eval_mean_token_accuracy": accuracies[-1],
                     "model": "tuned",
                 }
-                eval_losses.append(evaluation["eval_loss"])
-                accuracies.append(evaluation["eval_mean_token_accuracy"])
                 lines.append(
                     (ns + 2000, (_prefix(ns, "INFO", 0) + _metrics(evaluation), leader, "INFO"))
                 )

@@ -436,7 +436,9 @@ class BasetenClient:
         files = self._list(body, "presigned_urls", what)
         token = body.get("next_page_token")
         if token is not None and (isinstance(token, bool) or not isinstance(token, int)):
-            raise UpstreamError(f"Baseten's answer has a 'next_page_token' that is not a number ({what})")
+            raise UpstreamError(
+                f"Baseten's answer has a 'next_page_token' that is not a number ({what})"
+            )
         return files, token
 
     def get_logs(

@@ -22,9 +22,9 @@ from finetune_api.core.schemas import (
     ResumeRequest,
     TrainingRequest,
 )
-from finetune_api.files.schemas import DryRun, File, FileDeleted, FileList, LargeFileRequest
 from finetune_api.edge.openapi_evaluation import MODELS as EVALUATION_MODELS
 from finetune_api.edge.openapi_evaluation import evaluation_paths
+from finetune_api.files.schemas import DryRun, File, FileDeleted, FileList, LargeFileRequest
 from finetune_api.insights.schemas import LogPage, MetricsAnswer
 
 

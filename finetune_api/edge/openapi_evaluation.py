@@ -59,7 +59,12 @@ def evaluation_paths(errors: dict[str, Any], common: dict[str, Any]) -> dict[str
                     {
                         "name": "limit",
                         "in": "query",
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": 1000,
+                            "default": 100,
+                        },
                     },
                     {
                         "name": "cursor",

@@ -424,6 +424,10 @@ class JobInsights:
 
     # -- evaluation -----------------------------------------------------------------------
 
+    def read_job(self, project_id: str, job_id: str) -> dict[str, Any]:
+        """Baseten's job, within the project scope (404 as for an unknown one)."""
+        return self._scope.read_job(project_id, job_id)
+
     def evaluation(self, project_id: str, job_id: str) -> dict[str, Any]:
         """Base beside tuned, their change and the samples, from the job's whole log."""
         raw_job = self._scope.read_job(project_id, job_id)

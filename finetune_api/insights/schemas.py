@@ -108,7 +108,9 @@ class MetricsAnswer(_Exact):
 
 class BaseEvaluation(_Exact):
     step: int | None = Field(description="0, or the step a resumed job started from")
-    eval_loss: float | None = Field(description="mean loss over the validation set's trained tokens")
+    eval_loss: float | None = Field(
+        description="mean loss over the validation set's trained tokens"
+    )
     eval_mean_token_accuracy: float | None = Field(
         description="share of those tokens the model predicted exactly (0..1)"
     )
@@ -122,8 +124,8 @@ class TunedEvaluation(_Exact):
 
 
 class EvaluationChange(_Exact):
-    eval_loss: float | None = Field(description="tuned − base: below 0 is better")
-    eval_mean_token_accuracy: float | None = Field(description="tuned − base: above 0 is better")
+    eval_loss: float | None = Field(description="tuned - base: below 0 is better")
+    eval_mean_token_accuracy: float | None = Field(description="tuned - base: above 0 is better")
 
 
 class EvaluationSample(_Exact):
@@ -149,7 +151,7 @@ class EvaluationAnswer(_Exact):
         description="null without a validation set, or before the base model was evaluated"
     )
     tuned: TunedEvaluation | None = Field(description="null until the first tuned evaluation")
-    change: EvaluationChange | None = Field(description="tuned − base; null unless both exist")
+    change: EvaluationChange | None = Field(description="tuned - base; null unless both exist")
     samples: list[EvaluationSample] | None = Field(
         description="held-out prompts answered by both models; texts cut at 2,000 characters; "
         "null until printed (after training) or with eval_samples 0"

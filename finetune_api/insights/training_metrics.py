@@ -332,9 +332,7 @@ class TrainingSeries:
             "step": None,
             "epoch": None,
             "eval_loss": _maybe(_number(final.get("base_eval_loss"))),
-            "eval_mean_token_accuracy": _maybe(
-                _number(final.get("base_eval_mean_token_accuracy"))
-            ),
+            "eval_mean_token_accuracy": _maybe(_number(final.get("base_eval_mean_token_accuracy"))),
             "timestamp": None,
         }
 
@@ -471,7 +469,7 @@ def evaluation_answer(series: TrainingSeries) -> dict[str, Any]:
     """The evaluation route's ``base``, ``tuned``, ``change``, ``samples`` and ``skipped``.
 
     ``base`` is the base model's evaluation (step 0, or the step a resumed job
-    started from), ``tuned`` the tuned model's newest one, ``change`` tuned − base
+    started from), ``tuned`` the tuned model's newest one, ``change`` tuned - base
     member by member; each is null until its line was printed (or when the job
     had no validation set). Sample texts are cut at :data:`SAMPLE_TEXT_CHARS`.
     """

@@ -118,7 +118,9 @@ class CheckpointFiles:
         if unknown:
             raise InvalidRequestError(
                 "unknown query parameter(s): " + ", ".join(unknown),
-                details=[{"location": f"query.{name}", "reason": "not allowed"} for name in unknown],
+                details=[
+                    {"location": f"query.{name}", "reason": "not allowed"} for name in unknown
+                ],
             )
         limit = bounded_int(
             query.get("limit") or None, "limit", 1, MAX_LIMIT, DEFAULT_LIMIT, location="query."

@@ -222,9 +222,18 @@ class JobService:
             "model_id": request.model_id,
             "project_name": request.project_name,
             "job_name": baseten_job_name,
-            "hyperparameters": request.hyperparameters.model_dump(),
+            "hyperparameters": {
+                **request.hyperparameters.model_dump(),
+                "eval_samples": request.resolved_eval_samples(),
+            },
             "compute": request.compute.model_dump(),
             "hf_token_secret_name": self._settings.hf_token_secret_name,
+            # OpenAI's shape; with a wandb entry the job gets WANDB_API_KEY as a
+            # reference to this Baseten secret (training_template/config.py).
+            "integrations": [
+                item.model_dump(exclude_none=True) for item in request.integrations or []
+            ],
+            "wandb_api_key_secret_name": self._settings.wandb_api_key_secret_name,
             # Read back by poll_jobs (GET .../download) to deploy on completion.
             "deploy": request.deploy.model_dump() if request.deploy is not None else None,
             # Read back by poll_jobs to resume the job when it fails (polling/retry.py).
