@@ -81,6 +81,7 @@ def test_submit_creates_the_requested_job(
         "lora_dropout": 0.05,
         "seed": 42,
         "validation_split": 0.0,
+        "eval_samples": 0,  # resolved: no validation set, so no samples
     }
     compute = recorded["request"]["compute"]
     assert compute["accelerator"] == {"accelerator": "A100", "count": 4}

@@ -44,6 +44,15 @@ def test_valid_call_returns_the_job(configured: Sandbox, s3: LocalS3) -> None:
     assert config["hyperparameters"]["num_epochs"] == 2
 
 
+def test_integrations_through_the_python_api(configured: Sandbox) -> None:
+    wandb = {"type": "wandb", "wandb": {"project": "p"}}
+    finetune_api.handle_training_request(DATASET, MODEL, integrations=[wandb])
+    [recorded] = configured.jobs()
+    env = recorded["request"]["runtime"]["environment_variables"]
+    assert env["WANDB_API_KEY"] == {"name": "wandb_api_key"}
+    assert json.loads(env["RUNTIME_CONFIG"])["integrations"] == [wandb]
+
+
 def test_idempotency_key_replays(configured: Sandbox) -> None:
     first = finetune_api.handle_training_request(DATASET, MODEL, idempotency_key="order-7")
     second = finetune_api.handle_training_request(DATASET, MODEL, idempotency_key="order-7")
@@ -71,6 +80,8 @@ def test_custom_template_dir(configured: Sandbox, tmp_path: Path) -> None:
         ({"hyperparameters": {"lora_rank": 0}}, finetune_api.InvalidRequestError, 400),
         ({"hyperparameters": {"unknown": 1}}, finetune_api.InvalidRequestError, 400),
         ({"compute": {"gpu_count": 99}}, finetune_api.InvalidRequestError, 400),
+        ({"integrations": [{"type": "wandb", "wandb": {}}]}, finetune_api.InvalidRequestError, 400),
+        ({"hyperparameters": {"eval_samples": 1}}, finetune_api.InvalidRequestError, 400),
         ({"idempotency_key": "has space"}, finetune_api.InvalidRequestError, 400),
         ({"training_template_dir": "/nonexistent"}, finetune_api.ConfigurationError, 500),
     ],
