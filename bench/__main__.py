@@ -38,6 +38,11 @@ BENCHMARKS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "poll": ("bench.poll_bench", {}, {}),
     "idempotency_race": ("bench.idempotency_race", {"rounds": 5}, {"rounds": 2}),
     "metrics": ("bench.metrics_bench", {"steps": 100_000, "runs": 3}, {"steps": 20_000, "runs": 1}),
+    "evaluation": (
+        "bench.evaluation_bench",
+        {"steps": 96_000, "runs": 3},
+        {"steps": 20_000, "runs": 1},
+    ),
     "deploy_race": ("bench.deploy_race", {"rounds": 5}, {"rounds": 2}),
     "poll_history": ("bench.poll_history", {}, {"sizes": (0, 10_000), "polls": 3}),
     "chat_proxy": ("bench.chat_proxy", {"rounds": 30}, {"rounds": 8}),

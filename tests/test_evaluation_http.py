@@ -93,6 +93,22 @@ def test_a_finished_jobs_evaluation_is_kept(train_http: FunctionServer, sandbox:
     assert len(first["samples"]) == 5  # the default with a validation set
 
 
+def test_reading_the_whole_log_costs_about_one_request_a_page(
+    train_http: FunctionServer, sandbox: Sandbox
+) -> None:
+    job = submit(train_http, hyperparameters={"validation_split": 0.1})
+    job_id = job["training_job_id"]
+    made = sandbox.synthesize_logs(job_id, steps=5000, seconds=3600)
+    sandbox.set_status(job_id, "TRAINING_JOB_COMPLETED")
+    before = logs_requests(sandbox)
+    answer = get(train_http, path(job) + "/evaluation").json()
+    pages = -(-made["lines"] // 1000)
+    # The first page alone, then a few concurrent slices, each ending on a partial page;
+    # a page is never asked for twice to top up the lines of its first millisecond.
+    assert pages <= logs_requests(sandbox) - before <= pages + 4
+    assert answer["tuned"]["step"] == 5000 and answer["evaluations"] == 200
+
+
 def test_without_a_validation_set_every_member_is_null(
     train_http: FunctionServer, sandbox: Sandbox
 ) -> None:

@@ -30,7 +30,7 @@ def evaluation_paths(errors: dict[str, Any], common: dict[str, Any]) -> dict[str
                 "summary": "Did it get better? The base model beside the tuned one, and samples",
                 "description": "Read from the job's own FT_METRICS eval and sample lines "
                 "(docs/evaluation.md). Costs 1 job read + every log page of the job's life "
-                "(at most 200 Baseten requests); a finished job's answer is kept.",
+                "(at most 240 Baseten log requests); a finished job's answer is kept.",
                 "operationId": "getJobEvaluation",
                 "security": [{"ApiKey": []}],
                 "parameters": _IDS,

@@ -91,9 +91,13 @@ MAX_POINTS = 10_000
 # trail its final status a little.
 _BEFORE_CREATED_NS = 60 * 1_000_000_000
 _AFTER_FINISHED_NS = 10 * 60 * 1_000_000_000
-#: Baseten log requests one metrics answer (or one completed event's summary) may
-#: cost: 200 pages of 1,000 lines. A longer range is a 400 asking for a narrower one.
-MAX_METRICS_REQUESTS = 200
+#: Baseten log requests one metrics or evaluation answer (or one completed event's
+#: summary) may cost: 200,000 lines (200 full pages of 1,000), plus the first page read
+#: alone and one partly filled page per concurrent slice (at most 32: see
+#: ``baseten.log_pages.scan_parallel``), with room to spare. At 200 a 200,000-line job
+#: (100,000 steps) could not be read at all. A longer range is a 400 asking for a
+#: narrower one.
+MAX_METRICS_REQUESTS = 240
 #: Bytes of finished jobs' metrics answers kept per instance (as compact JSON).
 CACHE_BYTES = 32 * 1024 * 1024
 #: Baseten requests ``progress`` may spend looking back for the newest step line.
