@@ -444,6 +444,29 @@ def _token_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _evaluation_rows(r: dict[str, Any]) -> list[Row]:
+    return [
+        _row(
+            f"GET evaluation vs GET metrics, same job of {r['log_lines']:,} log lines "
+            f"({r['steps']:,} steps, validation set), {r['latency_ms']:.0f} ms latency",
+            f"{r['evaluation_ms'] / 1000:.2f} s",
+            f"{r['metrics_ms'] / 1000:.2f} s (metrics route)",
+            r["ratio"],
+            "<= 1.20x",
+            r["ratio"] <= 1.2,
+        ),
+        _row(
+            "  finished job: first evaluation (kept), then again (Baseten requests)",
+            f"{r['finished_first_ms'] / 1000:.2f} s, {r['finished_kept_ms']:.0f} ms "
+            f"({r['finished_kept_baseten_requests']} request)",
+            "-",
+            None,
+            "1 request (the job)",
+            r["finished_kept_baseten_requests"] == 1,
+        ),
+    ]
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "cold_start": _cold_rows,
     "first_submit": _first_rows,
@@ -452,6 +475,7 @@ ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "poll": _poll_rows,
     "idempotency_race": _race_rows,
     "metrics": _metrics_rows,
+    "evaluation": _evaluation_rows,
     "deploy_race": _deploy_race_rows,
     "poll_history": _history_rows,
     "chat_proxy": _chat_rows,
