@@ -40,7 +40,7 @@ BENCHMARKS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "metrics": ("bench.metrics_bench", {"steps": 100_000, "runs": 3}, {"steps": 20_000, "runs": 1}),
     "evaluation": (
         "bench.evaluation_bench",
-        {"steps": 96_000, "runs": 3},
+        {"steps": 96_200, "runs": 3},
         {"steps": 20_000, "runs": 1},
     ),
     "deploy_race": ("bench.deploy_race", {"rounds": 5}, {"rounds": 2}),

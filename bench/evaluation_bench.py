@@ -1,10 +1,9 @@
 """``GET /jobs/{p}/{j}/evaluation`` vs ``GET …/metrics`` on the same long job, same run.
 
-The sandbox (a child process) holds a job of 96,000 optimizer steps with a
+The sandbox (a child process) holds a job of 96,200 optimizer steps with a
 validation set, written in the template's format (two lines a step, the base
 model's evaluation, an evaluation and a checkpoint line an epoch of 25 steps,
-five sample lines, the summary: ~199,700 log lines, just inside the 200 pages of
-1,000 lines one answer may read), with 20 ms of latency on every request
+five sample lines, the summary: ~200,100 log lines), with 20 ms of latency on every request
 and a server-side rate limit of 100 requests/s. ``train_http`` runs under
 functions-framework with ``BASETEN_MAX_REQUESTS_PER_SECOND=90``.
 
@@ -41,7 +40,7 @@ def _timed(url: str, **params: Any) -> tuple[float, dict[str, Any]]:
     return seconds, answer
 
 
-def run(*, steps: int = 96_000, latency_ms: float = 20.0, runs: int = 3) -> dict[str, Any]:
+def run(*, steps: int = 96_200, latency_ms: float = 20.0, runs: int = 3) -> dict[str, Any]:
     sandbox = SandboxProcess(API_KEY, None, step_seconds=0).start()
     function: FunctionServer | None = None
     try:
