@@ -278,6 +278,33 @@ def job_metrics(
     return answer
 
 
+def job_evaluation(project_id: str, job_id: str) -> dict[str, Any]:
+    """Did it get better: as ``GET /jobs/{project_id}/{job_id}/evaluation``.
+
+    ``{"base", "tuned", "change", "samples", "evaluations", "skipped"}`` plus the job's
+    ids, name and status (see docs/evaluation.md).
+    """
+    answer: dict[str, Any] = get_services().insights.evaluation(project_id, job_id)
+    return answer
+
+
+def checkpoint_files(
+    project_id: str,
+    job_id: str,
+    checkpoint_id: str,
+    *,
+    limit: int | None = None,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """One checkpoint's files as presigned URLs, as ``GET …/checkpoints/{id}/files``."""
+    from finetune_api.jobs.checkpoint_files import CheckpointFiles
+
+    services = get_services()
+    files = CheckpointFiles(services.settings.project_name_prefix, services.client)
+    query = {"limit": limit, "cursor": cursor}
+    return files.page(project_id, job_id, checkpoint_id, {k: v for k, v in query.items() if v})
+
+
 def job_metrics_svg(
     project_id: str,
     job_id: str,

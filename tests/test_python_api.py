@@ -181,6 +181,26 @@ def test_logs_and_metrics_functions_raise_the_same_exceptions(configured: Sandbo
         finetune_api.job_metrics(project_id, "nosuchjob")
 
 
+def test_evaluation_and_checkpoint_files_functions(configured: Sandbox, s3: LocalS3) -> None:
+    job = finetune_api.handle_training_request(
+        DATASET, MODEL, hyperparameters={"validation_split": 0.1, "eval_samples": 1}
+    )
+    project_id, job_id = job["training_project_id"], job["training_job_id"]
+    configured.synthesize_logs(job_id, steps=50, seconds=30)
+    checkpoint = configured.add_checkpoint(job_id)["checkpoint_id"]
+    configured.set_status(job_id, "TRAINING_JOB_COMPLETED")
+    answer = finetune_api.job_evaluation(project_id, job_id)
+    assert answer["change"]["eval_loss"] < 0 and len(answer["samples"]) == 1
+    page = finetune_api.checkpoint_files(project_id, job_id, checkpoint, limit=2)
+    assert len(page["data"]) == 2 and page["has_more"] is True
+    rest = finetune_api.checkpoint_files(project_id, job_id, checkpoint, cursor=page["next_cursor"])
+    assert [f["relative_file_name"] for f in rest["data"]] == [f"{checkpoint}/trainer_state.json"]
+    with pytest.raises(finetune_api.NotFoundError):
+        finetune_api.checkpoint_files(project_id, job_id, "checkpoint-99")
+    with pytest.raises(finetune_api.NotFoundError):
+        finetune_api.job_evaluation(project_id, "nosuchjob")
+
+
 def test_a_training_file_through_the_python_api(
     configured: Sandbox, s3: LocalS3, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
