@@ -185,6 +185,25 @@ def test_bad_integrations_are_400_and_create_nothing(
     assert len(sandbox.jobs()) == before
 
 
+@pytest.mark.parametrize("samples", [51, -1, 3])
+def test_bad_eval_samples_are_400_naming_it_and_create_nothing(
+    world: tuple[FunctionServer, Sandbox],  # noqa: F811
+    succeeded: dict[str, Any],
+    samples: int,
+) -> None:
+    server, sandbox = world
+    before = len(sandbox.jobs())
+    with pytest.raises(openai.BadRequestError) as caught:
+        # 3 is in range, but this job has no validation_file to take the prompts from.
+        client(server).fine_tuning.jobs.create(
+            model=MODEL,
+            training_file=succeeded["created"].training_file,
+            extra_body={"eval_samples": samples},
+        )
+    assert caught.value.param == "eval_samples" or "eval_samples" in str(caught.value.body)
+    assert len(sandbox.jobs()) == before
+
+
 def test_wandbs_own_openai_integration_logs_our_job_offline(
     world: tuple[FunctionServer, Sandbox],  # noqa: F811
     succeeded: dict[str, Any],
