@@ -62,6 +62,7 @@ def _walk_with_truss(truss_api: Any, sandbox: Sandbox, tmp_path: Path) -> str:
     truss_api.search_training_jobs(project_id=project["id"])
     truss_api.list_training_job_checkpoints(project["id"], job["id"])
     sandbox.advance(job["id"], steps=3)
+    sandbox.add_checkpoint(job["id"])
     checkpoints = truss_api.list_training_job_checkpoints(project["id"], job["id"])
     # truss's own pager over checkpoint_files (page_size and page_token as text).
     files = truss_api.get_training_job_checkpoint_presigned_url(
