@@ -3,7 +3,8 @@
 Holds: ``service`` (the job service), ``scope`` (PROJECT_NAME_PREFIX), ``staging``
 (per-request copy of the template + runtime_config.json), ``runtime_config`` (a
 job's runtime_config.json read back through Baseten), ``resume`` (a new job
-continuing an ended one from a checkpoint).
+continuing an ended one from a checkpoint), ``checkpoint_files`` (one checkpoint's
+files as presigned URLs, paged).
 
 May import: ``core``, ``baseten``, ``notify``.
 """
