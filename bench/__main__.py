@@ -38,6 +38,11 @@ BENCHMARKS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "poll": ("bench.poll_bench", {}, {}),
     "idempotency_race": ("bench.idempotency_race", {"rounds": 5}, {"rounds": 2}),
     "metrics": ("bench.metrics_bench", {"steps": 100_000, "runs": 3}, {"steps": 20_000, "runs": 1}),
+    "evaluation": (
+        "bench.evaluation_bench",
+        {"steps": 96_200, "runs": 3},
+        {"steps": 20_000, "runs": 1},
+    ),
     "deploy_race": ("bench.deploy_race", {"rounds": 5}, {"rounds": 2}),
     "poll_history": ("bench.poll_history", {}, {"sizes": (0, 10_000), "polls": 3}),
     "chat_proxy": ("bench.chat_proxy", {"rounds": 30}, {"rounds": 8}),
@@ -523,6 +528,29 @@ def _labels_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _evaluation_rows(r: dict[str, Any]) -> list[Row]:
+    return [
+        _row(
+            f"GET evaluation vs GET metrics, same job of {r['log_lines']:,} log lines "
+            f"({r['steps']:,} steps, validation set), {r['latency_ms']:.0f} ms latency",
+            f"{r['evaluation_ms'] / 1000:.2f} s",
+            f"{r['metrics_ms'] / 1000:.2f} s (metrics route)",
+            r["ratio"],
+            "<= 1.20x",
+            r["ratio"] <= 1.2,
+        ),
+        _row(
+            "  finished job: first evaluation (kept), then again (Baseten requests)",
+            f"{r['finished_first_ms'] / 1000:.2f} s, {r['finished_kept_ms']:.0f} ms "
+            f"({r['finished_kept_baseten_requests']} request)",
+            "-",
+            None,
+            "1 request (the job)",
+            r["finished_kept_baseten_requests"] == 1,
+        ),
+    ]
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "cold_start": _cold_rows,
     "first_submit": _first_rows,
@@ -531,6 +559,7 @@ ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "poll": _poll_rows,
     "idempotency_race": _race_rows,
     "metrics": _metrics_rows,
+    "evaluation": _evaluation_rows,
     "deploy_race": _deploy_race_rows,
     "poll_history": _history_rows,
     "chat_proxy": _chat_rows,

@@ -31,6 +31,7 @@ def handle_training_request(
     training_file: str | None = None,
     validation_file: str | None = None,
     method: str | None = None,
+    integrations: list[dict[str, Any]] | None = None,
     team: str | None = None,
 ) -> dict[str, Any]:
     """Start a Baseten training job fine-tuning ``model_id`` on ``dataset_id``.
@@ -39,6 +40,8 @@ def handle_training_request(
     ``"gs://bucket/object"``), optionally with ``validation_file``.
     ``method``: ``"supervised"`` (default) or ``"dpo"`` (a preference file;
     ``hyperparameters={"dpo_beta": …}``).
+    ``integrations`` (OpenAI's shape, ``[{"type": "wandb", "wandb": {"project": …}}]``)
+    reports the run to W&B.
 
     Validates exactly as ``POST /jobs`` does, stages the training template
     (``training_template_dir`` or the configured one) and pushes it to
@@ -54,28 +57,28 @@ def handle_training_request(
     (retry later), ``UpstreamError``, ``ConfigurationError``. Each carries
     ``.status`` and ``.body`` (the CONTRACT error JSON).
     """
+    body: dict[str, Any] = {"model_id": model_id}
+    optional = {
+        "dataset_id": dataset_id,
+        "training_file": training_file,
+        "validation_file": validation_file,
+        "project_name": project_name,
+        "job_name": job_name,
+        "hyperparameters": hyperparameters,
+        "compute": compute,
+        "deploy": deploy,
+        "retry": retry,
+        "method": method,
+        "integrations": integrations,
+    }
+    body.update({name: value for name, value in optional.items() if value is not None})
+    template_dir = Path(training_template_dir) if training_template_dir is not None else None
     with _as_team(team):
-        body: dict[str, Any] = {"model_id": model_id}
-        optional = {
-            "dataset_id": dataset_id,
-            "training_file": training_file,
-            "validation_file": validation_file,
-            "project_name": project_name,
-            "job_name": job_name,
-            "hyperparameters": hyperparameters,
-            "compute": compute,
-            "deploy": deploy,
-            "retry": retry,
-            "method": method,
-        }
-        body.update({name: value for name, value in optional.items() if value is not None})
         return _submit(
             _validate(body),
             idempotency_key=idempotency_key,
             message_id=message_id,
-            template_dir=(
-                Path(training_template_dir) if training_template_dir is not None else None
-            ),
+            template_dir=template_dir,
         )
 
 
@@ -315,6 +318,36 @@ def job_metrics(
         values = {"since": since, "until": until, "points": points}
         answer, _ = metrics_answer(project_id, job_id, values, prefix="")
         return answer
+
+
+def job_evaluation(project_id: str, job_id: str, *, team: str | None = None) -> dict[str, Any]:
+    """Did it get better: as ``GET /jobs/{project_id}/{job_id}/evaluation``.
+
+    ``{"base", "tuned", "change", "samples", "evaluations", "skipped"}`` plus the job's
+    ids, name and status (see docs/evaluation.md).
+    """
+    with _as_team(team):
+        answer: dict[str, Any] = get_services().insights.evaluation(project_id, job_id)
+    return answer
+
+
+def checkpoint_files(
+    project_id: str,
+    job_id: str,
+    checkpoint_id: str,
+    *,
+    limit: int | None = None,
+    cursor: str | None = None,
+    team: str | None = None,
+) -> dict[str, Any]:
+    """One checkpoint's files as presigned URLs, as ``GET …/checkpoints/{id}/files``."""
+    from finetune_api.jobs.checkpoint_files import CheckpointFiles
+
+    with _as_team(team):
+        services = get_services()
+    files = CheckpointFiles(services.settings.project_name_prefix, services.client)
+    query = {"limit": limit, "cursor": cursor}
+    return files.page(project_id, job_id, checkpoint_id, {k: v for k, v in query.items() if v})
 
 
 def job_metrics_svg(
