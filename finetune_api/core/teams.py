@@ -13,6 +13,7 @@ at all there are no teams: one Caller sees everything, exactly as before teams.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -85,8 +86,12 @@ def split_entry(entry: str) -> tuple[str | None, str]:
     return (team, key) if sep else (None, entry)
 
 
+@functools.lru_cache(maxsize=8)
 def key_table(text: str) -> KeyTable:
-    """Parse an ``API_KEYS`` list; ValueError (never quoting a key) when any entry is bad."""
+    """Parse an ``API_KEYS`` list; ValueError (never quoting a key) when any entry is bad.
+
+    Remembered per text (a few lists at most: the current one, during a rotation two).
+    """
     raw = secret_values.api_keys(text)  # non-empty, visible ASCII entries
     entries: list[tuple[str, str]] = []
     seen: dict[str, str] = {}

@@ -214,6 +214,7 @@ class JobIndex:
         # ``visible(team)`` says whether this caller may list a record (None: all).
         self._team_of = team_of
         self._visible = visible
+        self._projects_known: set[str] = set()  # project records written by this process
 
     def for_caller(self, visible: Any) -> JobIndex:
         """The same index, listing only the records ``visible(team)`` allows."""
@@ -258,10 +259,15 @@ class JobIndex:
 
     def _remember_project(self, project_id: str, team: str) -> None:
         """Which team a Baseten project is (create-only; a project never changes team)."""
-        if not _BASETEN_ID.match(str(project_id)):
+        if not _BASETEN_ID.match(str(project_id)) or project_id in self._projects_known:
             return
-        with contextlib.suppress(IndexConflict, IndexUnavailable):
+        try:
             self._store.create(f"{PROJECTS}{project_id}", team.encode())
+        except IndexConflict:
+            pass  # written before (by any instance)
+        except IndexUnavailable:
+            return  # tried again on the next submit
+        self._projects_known.add(project_id)
 
     def project_team(self, project_id: str) -> str | None:
         """The team that made ``project_id``'s jobs (None: unknown), read from storage only.
