@@ -36,6 +36,9 @@ class File(BaseModel):
         default=None, description="only while pending_upload: PUT the bytes here"
     )
     validation: Validation | None
+    team: str | None = Field(
+        default=None, description="the team it belongs to (only once teams are configured)"
+    )
 
 
 class FileList(BaseModel):
