@@ -234,3 +234,40 @@ def test_every_event_carries_its_team(
     assert seen[("training_job.submitted", alpha_job)] == "alpha"
     assert seen[("training_job.completed", made.json()["training_job_id"])] == "beta"
     assert all("team" in e["data"] for e in events)
+
+
+def test_the_docs_receiver_routes_events_by_team(monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import UTC, datetime
+
+    from standardwebhooks import Webhook
+
+    doc = (Path(__file__).parent.parent / "docs" / "polling-and-webhooks.md").read_text()
+    section = doc.split("## Routing events by team", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.setenv("WEBHOOK_SECRET", SECRET)
+    namespace: dict[str, Any] = {"__name__": "team_router"}
+    exec(compile(code, "polling-and-webhooks.md", "exec"), namespace)  # noqa: S102 - our doc
+    app = namespace["app"].test_client()
+    signer = Webhook(SECRET)
+    for number, team in enumerate(("alpha", "beta", None)):
+        body = json.dumps(
+            {
+                "id": f"evt_{number}",
+                "type": "training_job.running",
+                "timestamp": "2026-01-01T00:00:00Z",
+                "data": {"team": team},
+            }
+        )
+        now = datetime.now(UTC)
+        headers = {
+            "webhook-id": f"evt_{number}",
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": signer.sign(f"evt_{number}", now, body),
+        }
+        assert app.post("/hooks", data=body, headers=headers).status_code == 204
+    assert [url for url, _ in namespace["forwarded"]] == [
+        "https://alpha.example.com/hooks",
+        "https://beta.example.com/hooks",
+        "https://platform.example.com/hooks",
+    ]
+    assert app.post("/hooks", data="{}", headers={"webhook-id": "x"}).status_code == 401
