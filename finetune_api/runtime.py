@@ -43,6 +43,7 @@ def build_services(settings: Settings) -> Services:
     from finetune_api.baseten.push import push_training_job
     from finetune_api.core.secrets import SecretStore
     from finetune_api.insights.job_insights import JobInsights
+    from finetune_api.jobs.file_use import file_users
     from finetune_api.jobs.index import index_from_settings
     from finetune_api.jobs.resume import ResumeService
     from finetune_api.jobs.runtime_config import RuntimeConfigs
@@ -88,6 +89,8 @@ def build_services(settings: Settings) -> Services:
         throughput=throughput,
         price=price,
     )
+    # DELETE /files/{id} asks which job still needs the File (jobs sit above files).
+    files.users = file_users(index, jobs.read_job)
     # Each job's own request, read back through Baseten; shared by its three readers.
     configs = RuntimeConfigs(client)
     resume = ResumeService(settings, client, jobs, configs)
@@ -118,6 +121,12 @@ def build_files(settings: Settings) -> Any:
         files_store(settings),
         max_line_bytes=settings.max_line_bytes,
         url_ttl_seconds=settings.data_url_ttl_seconds,
+        max_file_bytes=settings.max_file_bytes,
+        allowed_buckets=settings.gcs_allowed_buckets,
+        # Never read for a caller, whatever GCS_ALLOWED_BUCKETS says: the files (and
+        # job index) bucket and the poll's state bucket.
+        own_buckets=[b for b in (settings.files_bucket, settings.poll_state_bucket) if b],
+        check_wait_seconds=settings.file_check_wait_seconds,
     )
 
 
