@@ -21,7 +21,8 @@ from finetune_api.jobs.index import IndexUnavailable, JobIndex, parse_job_id
 def file_users(
     index: JobIndex, read_job: Callable[[str, str], dict[str, Any]]
 ) -> Callable[[str], str | None]:
-    """``file_id -> the ftjob id of a job that has not ended and needs it, or None``."""
+    """``file_id ->`` the job (its ftjob id and Baseten ids) that has not ended and needs
+    it, or None."""
 
     def first_user(file_id: str) -> str | None:
         try:
@@ -42,7 +43,7 @@ def file_users(
             except NotFoundError:
                 continue
             if job.get("current_status") not in TERMINAL_STATUSES:
-                return job_id
+                return f"{job_id} (training project {ids[0]}, job {ids[1]})"
         return None
 
     return first_user
