@@ -141,7 +141,10 @@ def build_estimates(settings: Settings, client: Any) -> tuple[Any, Any, Any]:
     from finetune_api.jobs.tokenizer import HubTokenizers
 
     throughput = MeasuredThroughput(client, prefix=settings.project_name_prefix)
-    return HubTokenizers(), throughput, no_published_price
+    tokenizers = HubTokenizers(
+        max_bytes=settings.tokenizer_max_bytes, batch_seconds=settings.tokenizer_batch_seconds
+    )
+    return tokenizers, throughput, no_published_price
 
 
 def build_serving(

@@ -38,6 +38,10 @@ class TokenCounter(Protocol):
     def count(self, example: dict[str, Any]) -> int: ...
 
 
+class CountFailed(Exception):
+    """The model's tokenizer could not count a batch (it crashed, hung or was refused)."""
+
+
 @dataclass
 class RuleCounter:
     method: str = "estimate"
@@ -111,7 +115,15 @@ class Tally:
         if not self._texts:
             return
         texts, self._texts, self._chars = self._texts, [], 0
-        for tokens in self.counter.count_batch(texts):  # type: ignore[attr-defined]
+        try:
+            counted = self.counter.count_batch(texts)  # type: ignore[attr-defined]
+        except CountFailed:
+            # The tokenizer failed: the rule for the whole file, as when out of time.
+            self.examples += len(texts)
+            self.tokens, self.over = self._rule_tokens, self._rule_over
+            self.counter = RuleCounter()
+            return
+        for tokens in counted:
             self._add(tokens)
         if self.deadline is not None and self.clock() > self.deadline:
             # Out of time: the rule's counts of every example so far, and the rule from here.
