@@ -102,7 +102,7 @@ class FileStore(Protocol):
     def join_parts(self, upload_id: str, part_ids: list[str], file_id: str) -> None: ...
     def delete_parts(self, upload_id: str) -> None: ...
     def delete_part(self, upload_id: str, part_id: str) -> None: ...
-    def parts_total(self, upload_id: str) -> int: ...
+    def parts_stored(self, upload_id: str) -> tuple[int, int]: ...
 
 
 # --------------------------------------------------------------------------- local
@@ -296,13 +296,15 @@ class LocalFileStore:
         with contextlib.suppress(FileNotFoundError):
             self._part(upload_id, part_id).unlink()
 
-    def parts_total(self, upload_id: str) -> int:
-        total = 0
+    def parts_stored(self, upload_id: str) -> tuple[int, int]:
+        """How many parts an Upload holds now, and their bytes."""
+        count = total = 0
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.root / UPLOADS / upload_id):
                 with contextlib.suppress(FileNotFoundError):
                     total += entry.stat().st_size
-        return total
+                    count += 1
+        return count, total
 
     def delete_parts(self, upload_id: str) -> None:
         folder = self.root / UPLOADS / upload_id
@@ -553,12 +555,14 @@ class GcsFileStore:
             for part_id in part_ids
         ]
 
-    def parts_total(self, upload_id: str) -> int:
-        return sum(
+    def parts_stored(self, upload_id: str) -> tuple[int, int]:
+        """How many parts an Upload holds now, and their bytes (one listing)."""
+        sizes = [
             int(blob.size or 0)
             for name, blob in self._part_blobs(upload_id).items()
             if name.startswith("part_")
-        )
+        ]
+        return len(sizes), sum(sizes)
 
     def _each(self, call: Callable[[Any], Any], items: list[Any]) -> None:
         """``call`` on every item, ``PARALLEL_CALLS`` at a time; the first failure is raised."""
@@ -578,7 +582,7 @@ class GcsFileStore:
         The bytes never pass through the function: each round composes groups of
         32 into intermediate objects (the composes of one round at once, up to
         ``PARALLEL_CALLS``), until one call can make the final object: 512 parts
-        are 16 composes at once, then one; 10,000 are 313, then 10, then one.
+        are 16 composes at once, then one; 1,024 (``MAX_PARTS``) are 32, then one.
         """
         bucket = self._bucket()
         sources = [bucket.blob(f"{UPLOADS}{upload_id}/{part_id}") for part_id in part_ids]
