@@ -430,7 +430,8 @@ def _file_check_rows(r: dict[str, Any]) -> list[Row]:
 def _token_rows(r: dict[str, Any]) -> list[Row]:
     return [
         _row(
-            f"dry-run token count, {r['examples']:,} chats (BPE), examples/s",
+            f"dry-run token count, {r['examples']:,} chats (BPE, tokenizer in its own process, "
+            f"started once in {r['worker_start_ms']:.0f} ms), examples/s",
             f"{r['ours_examples_per_s']:,}/s",
             f"{r['baseline_examples_per_s']:,}/s tokenizer alone",
             r["ratio"],
@@ -446,7 +447,7 @@ def _upload_compose_rows(r: dict[str, Any]) -> list[Row]:
         base = item.get("baseline_s")
         rows.append(
             _row(
-                f"/v1/uploads complete storage work, {item['parts']} parts",
+                f"/v1/uploads complete storage, {item['parts']} parts, {item['route']}",
                 f"{item['ours_s']:.2f} s",
                 "-" if base is None else f"{base:.2f} s one call at a time",
                 item.get("ratio"),
