@@ -17,7 +17,15 @@ the ratio is ours / baseline throughput (goal ≥ 0.5). The checking child also
 reports its peak RSS growth: ``VmHWM`` after the check minus ``VmRSS`` just
 before it (goal ≤ 64 MB). Medians.
 
-Run alone: ``python -m bench.file_check`` (``BENCH_FILE_BYTES=268435456`` for 256 MiB).
+Then the check alone, in memory, in one more fresh child (``--shapes``), on
+32 MiB of each shape (medians of 3, fed in 1 MiB chunks): plain chat (the
+baseline of the rows: what the fast path takes), chat with tool calls and
+preference pairs (checked line by line), and two hostile files of nothing but
+invalid lines, ``1`` and ``{}`` (issue 27: 32 MiB of ``1`` lines took 44 s;
+goal ≥ 20 MB/s).
+
+Run alone: ``python -m bench.file_check`` (``BENCH_FILE_BYTES=268435456`` for 256 MiB),
+``python -m bench.file_check --shapes`` for the in-memory part only.
 """
 
 from __future__ import annotations
@@ -118,6 +126,108 @@ class GeneratedJsonl:
 
     def seekable(self) -> bool:
         return False
+
+
+def _tool_chat(line: bytes) -> bytes:
+    """A support chat whose assistant looks the order up with a tool first."""
+    value = json.loads(line)
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "lookup_order", "arguments": '{"order": 1042}'},
+    }
+    value["messages"][2:2] = [
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"status": "shipped"}'},
+    ]
+    value["tools"] = [
+        {
+            "type": "function",
+            "function": {
+                "name": "lookup_order",
+                "description": "Find an order by its number",
+                "parameters": {"type": "object", "properties": {"order": {"type": "integer"}}},
+            },
+        }
+    ]
+    return json.dumps(value).encode() + b"\n"
+
+
+def _preference(line: bytes) -> bytes:
+    """The chat's first exchange as a preference pair (a curt answer rejected)."""
+    messages = json.loads(line)["messages"]
+    pair = {
+        "input": {"messages": messages[:2]},
+        "preferred_output": [messages[2]],
+        "non_preferred_output": [{"role": "assistant", "content": "No."}],
+    }
+    return json.dumps(pair).encode() + b"\n"
+
+
+def shape_files(size: int) -> dict[str, bytes]:
+    """``size`` bytes (about) of each shape the shapes run measures."""
+    pool = example_lines(2000)
+
+    def fill(lines: list[bytes]) -> bytes:
+        out, have = [], 0
+        while have < size:
+            line = lines[len(out) % len(lines)]
+            out.append(line)
+            have += len(line)
+        return b"".join(out)
+
+    return {
+        "plain_chat": fill(pool),
+        "tool_chat": fill([_tool_chat(line) for line in pool]),
+        "preference": fill([_preference(line) for line in pool]),
+        "ones": b"1\n" * (size // 2),
+        "braces": b"{}\n" * (size // 3),
+    }
+
+
+def _shapes_child(size: int, runs: int) -> dict[str, Any]:
+    from finetune_api.files.check import JsonlCheck
+
+    results: dict[str, Any] = {}
+    for name, data in shape_files(size).items():
+        seconds = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            check = JsonlCheck()
+            for start in range(0, len(data), 1 << 20):
+                check.feed(data[start : start + (1 << 20)])
+            result = check.finish()
+            seconds.append(time.perf_counter() - started)
+        median = statistics.median(seconds)
+        results[name] = {
+            "bytes": len(data),
+            "seconds": round(median, 3),
+            "mb_per_s": round(len(data) / median / 1e6, 1),
+            "examples": result.examples,
+            "invalid_examples": result.invalid_examples,
+        }
+    base = results["plain_chat"]["mb_per_s"]
+    for item in results.values():
+        item["ratio"] = round(item["mb_per_s"] / base, 2)
+    return results
+
+
+def shapes(size: int = 32 << 20, runs: int = 3) -> dict[str, Any]:
+    """The in-memory check of each shape, in a fresh child process."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.file_check", "--shapes", str(size), str(runs)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": path},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"shapes run failed:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
 
 
 def _status_kb(field: str) -> int:
@@ -227,6 +337,7 @@ def run(size: int | None = None, runs: int = 3) -> dict[str, Any]:
         "ratio": round(base_s / ours_s, 2),
         "peak_rss_growth_mb": round(growth_mb, 1),
         "rss_before_mb": round(statistics.median(r["rss_before_kb"] for r in ours) / 1024, 1),
+        "shapes": shapes(runs=runs),
         "runs": {"ours": ours, "baseline": base},
     }
 
@@ -234,5 +345,9 @@ def run(size: int | None = None, runs: int = 3) -> dict[str, Any]:
 if __name__ == "__main__":
     if len(sys.argv) == 5 and sys.argv[1] == "--child":
         print(json.dumps(_child(sys.argv[2], sys.argv[3], sys.argv[4])))
+    elif len(sys.argv) == 4 and sys.argv[1] == "--shapes":
+        print(json.dumps(_shapes_child(int(sys.argv[2]), int(sys.argv[3]))))
+    elif sys.argv[1:] == ["--shapes"]:
+        print(json.dumps(shapes(), indent=2))
     else:
         print(json.dumps({k: v for k, v in run().items() if k != "runs"}, indent=2))

@@ -7,6 +7,13 @@ are read ``runs`` times each. We report the median time of the index part of a
 page (the Baseten reads it adds are one per job still moving, in parallel) and
 what it cost in Cloud Storage requests: listings and record reads. The goal is
 that both stay the same whatever the history: one listing, ``limit`` reads.
+
+``filtered``: two ``metadata[…]`` filters over a history of ``filtered_history`` jobs,
+``limit=1``, where the first pair marks every job and the second one job far down
+(issue 27 item 8: the worst case of the scan that listed the first pair's markers and
+read every record it marked). The baseline, measured in the same run on the same
+bucket, is that scan (:func:`_scan_first_pair`, the index's page before the join).
+Goal: at most 200 storage requests (listings + reads) per page, whatever the filter.
 """
 
 from __future__ import annotations
@@ -16,26 +23,29 @@ from types import SimpleNamespace
 from typing import Any
 
 from bench.harness import median, ms
-from finetune_api.jobs.index import GcsObjects, JobIndex
+from finetune_api.core.buckets import Bucket
+from finetune_api.jobs.index import BY_METADATA, JobIndex, metadata_key
 from loopback.servers import LocalGcs
 
 
-class _Counting(GcsObjects):
+class _Counting(Bucket):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.listings = 0
         self.reads = 0
 
-    def names(self, prefix: str, start_after: str | None, count: int) -> list[str]:
+    def names(
+        self, prefix: str, start_after: str | None, count: int, *, inclusive: bool = False
+    ) -> list[str]:
         self.listings += 1
-        return super().names(prefix, start_after, count)
+        return super().names(prefix, start_after, count, inclusive=inclusive)
 
     def read(self, name: str) -> tuple[bytes, str] | None:
         self.reads += 1
         return super().read(name)
 
 
-def _submit(index: JobIndex, number: int) -> None:
+def _submit(index: JobIndex, number: int, metadata: dict[str, str] | None = None) -> None:
     seconds = 1_700_000_000 + number
     job = SimpleNamespace(
         training_project_id="proj1",
@@ -51,10 +61,77 @@ def _submit(index: JobIndex, number: int) -> None:
         deploy=None,
         hyperparameters=SimpleNamespace(num_epochs=1, batch_size=4, learning_rate=2e-4, seed=42),
     )
-    index.record(job, request, {"metadata": {"team": f"t{number % 4}"}, "suffix": None})
+    pairs = metadata or {"team": f"t{number % 4}"}
+    index.record(job, request, {"metadata": pairs, "suffix": None})
 
 
-def run(sizes: tuple[int, ...] = (20, 200, 2000), limit: int = 20, runs: int = 7) -> dict[str, Any]:
+def _scan_first_pair(
+    index: JobIndex, limit: int, wanted: dict[str, str]
+) -> list[tuple[dict[str, Any], str]]:
+    """The baseline: the page before the join (the first pair's markers listed batch by
+    batch, every record read and checked against the other pairs)."""
+    key, value = next(iter(wanted.items()))
+    prefix = f"{BY_METADATA}{metadata_key(key, value)}/"
+    store = index._store
+    found: list[tuple[dict[str, Any], str]] = []
+    cursor = None
+    while True:
+        need = limit + 1 - len(found)
+        batch = store.names(prefix, cursor, need)
+        if not batch:
+            return found
+        cursor = batch[-1]
+        for item in index._read_all(batch):
+            if item is not None and all(
+                (item[0].get("metadata") or {}).get(k) == v for k, v in wanted.items()
+            ):
+                found.append(item)
+        if len(found) > limit or len(batch) < need:
+            return found[:limit]
+
+
+def _filtered(gcs: LocalGcs, history: int, runs: int) -> dict[str, Any]:
+    bucket = f"bench-filtered-{history}"
+    gcs.client().create_bucket(bucket)
+    store = _Counting(bucket, emulator_host=gcs.url, project="bench")
+    index = JobIndex(store)
+    rare = history // 10  # an old job (ids sort newest first: near the end of the listing)
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(number: int) -> None:
+        pairs = {"project": "all", "run": "rare" if number == rare else f"r{number}"}
+        _submit(index, number, pairs)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(history)))
+    wanted = {"project": "all", "run": "rare"}
+    figures: dict[str, Any] = {"history": history, "limit": 1}
+    for label, page in (
+        ("joined", lambda: index.page(None, 1, wanted)[0]),
+        ("baseline", lambda: _scan_first_pair(index, 1, wanted)),
+    ):
+        times = []
+        for _ in range(runs if label == "joined" else 1):
+            store.listings = store.reads = 0
+            started = time.perf_counter()
+            items = page()
+            times.append(time.perf_counter() - started)
+        assert [r["training_job_id"] for r, _ in items] == [f"job{rare:06d}"], label
+        figures[label] = {
+            "median_ms": ms(median(times)),
+            "listings": store.listings,
+            "reads": store.reads,
+            "items": len(items),
+        }
+    return figures
+
+
+def run(
+    sizes: tuple[int, ...] = (20, 200, 2000),
+    limit: int = 20,
+    runs: int = 7,
+    filtered_history: int = 5000,
+) -> dict[str, Any]:
     pages = []
     with LocalGcs() as gcs:
         for size in sizes:
@@ -84,7 +161,8 @@ def run(sizes: tuple[int, ...] = (20, 200, 2000), limit: int = 20, runs: int = 7
                         "items": len(page),
                     }
                 )
-    return {"limit": limit, "runs": runs, "pages": pages}
+        filtered = _filtered(gcs, filtered_history, runs) if filtered_history else None
+    return {"limit": limit, "runs": runs, "pages": pages, "filtered": filtered}
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def _tokenizer(lines: list[bytes]) -> Any:
 
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from finetune_api.jobs.estimate import example_text
+    from finetune_api.files.check import example_text
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # type: ignore[assignment]
@@ -54,8 +54,8 @@ def run(examples: int = 50_000, runs: int = 5) -> dict[str, Any]:
     import tempfile
     from pathlib import Path
 
-    from finetune_api.files.check import JsonlCheck
-    from finetune_api.jobs.estimate import BATCH_EXAMPLES, Tally, example_text
+    from finetune_api.files.check import JsonlCheck, example_text
+    from finetune_api.jobs.estimate import BATCH_EXAMPLES, Tally
     from finetune_api.jobs.tokenizer import WorkerCounter
 
     pool = example_lines(4000)

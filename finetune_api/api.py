@@ -27,11 +27,14 @@ def handle_training_request(
     message_id: str | None = None,
     training_file: str | None = None,
     validation_file: str | None = None,
+    method: str | None = None,
 ) -> dict[str, Any]:
     """Start a Baseten training job fine-tuning ``model_id`` on ``dataset_id``.
 
     Or on your own data: ``dataset_id=None, training_file="file-…"`` (or
     ``"gs://bucket/object"``), optionally with ``validation_file``.
+    ``method``: ``"supervised"`` (default) or ``"dpo"`` (a preference file;
+    ``hyperparameters={"dpo_beta": …}``).
 
     Validates exactly as ``POST /jobs`` does, stages the training template
     (``training_template_dir`` or the configured one) and pushes it to
@@ -58,6 +61,7 @@ def handle_training_request(
         "compute": compute,
         "deploy": deploy,
         "retry": retry,
+        "method": method,
     }
     body.update({name: value for name, value in optional.items() if value is not None})
     return _submit(

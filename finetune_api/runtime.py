@@ -50,7 +50,7 @@ def build_services(settings: Settings) -> Services:
     from finetune_api.jobs.service import JobService
     from finetune_api.notify.events import EventSink, submitted_event
     from finetune_api.polling.retry import RetryWatch
-    from finetune_api.polling.stores import store_from_settings
+    from finetune_api.polling.stores import claims_from_settings, store_from_settings
 
     secrets = SecretStore(settings)
 
@@ -107,7 +107,7 @@ def build_services(settings: Settings) -> Services:
         serving=serving,
         files=files,
         resume=resume,
-        retry=RetryWatch(resume, configs),
+        retry=RetryWatch(resume, configs, claims_from_settings(settings)),
         index=index,
         api_key=api_key,
     )
@@ -208,7 +208,13 @@ def build_openai(services: Services) -> OpenAIServices:
         uploads=uploads,
         jobs=FineTuningJobs(settings, jobs, services.index, services.insights, models),
         models=models,
-        chat=ChatProxy(settings.inference_url, services.api_key, models),
+        chat=ChatProxy(
+            settings.inference_url,
+            services.api_key,
+            models,
+            max_seconds=settings.chat_max_seconds,
+            max_bytes=settings.chat_max_bytes,
+        ),
     )
 
 

@@ -129,6 +129,7 @@ API_RULES = [
 CONTROL_RULES = [
     Rule("/_sandbox/deployments", methods=["GET"], endpoint="all_deployments"),
     Rule("/_sandbox/deployments/config", methods=["POST"], endpoint="configure_deployments"),
+    Rule("/_sandbox/models/seed", methods=["POST"], endpoint="seed_models"),
     Rule(
         "/_sandbox/deployments/<deployment_id>/status",
         methods=["POST"],
@@ -727,6 +728,45 @@ class DeploymentStore:
 
     # ---------------------------------------------------------------- control
 
+    def seed_models(self, body: Any) -> dict[str, Any]:
+        """``{"count": n, "deployments": 0 | 1}``: n models of someone else's (named
+        ``seed-model-<i>``), each with that many inactive deployments: a busy workspace."""
+        body = body or {}
+        count, per_model = body.get("count", 1), body.get("deployments", 1)
+        for value in (count, per_model):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10_000:
+                raise SandboxApiError(400, "VALIDATION_ERROR", "count, deployments: 0-10000")
+        with self.state._lock:
+            state = self.state
+            made = []
+            for _ in range(count):
+                now = state.now_us()
+                model = Model(
+                    id=state._new_id(self._models),
+                    name=f"seed-model-{len(self._models)}",
+                    created_us=now,
+                )
+                self._models[model.id] = model
+                self._models_by_name[model.name] = model.id
+                for number in range(per_model):
+                    deployment = Deployment(
+                        id=state._new_id(self._deployments),
+                        model_id=model.id,
+                        name=f"deployment-{number + 1}",
+                        created_us=now,
+                        status="INACTIVE",
+                        anchor_us=now,
+                        instance_type={
+                            "id": INSTANCE_TYPES[0]["id"],
+                            "name": INSTANCE_TYPES[0]["name"],
+                        },
+                        request={},
+                    )
+                    self._deployments[deployment.id] = deployment
+                    model.deployment_ids.append(deployment.id)
+                made.append(model.id)
+            return {"model_ids": made}
+
     def force_status(self, deployment_id: str, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict) or body.get("status") not in STATUSES:
             raise SandboxApiError(
@@ -823,6 +863,7 @@ def control_handlers(store: DeploymentStore, json_body: Any, reply: Any) -> dict
     return {
         "all_deployments": lambda r, p: reply(200, store.all()),
         "configure_deployments": lambda r, p: reply(200, store.configure(json_body(r) or {})),
+        "seed_models": lambda r, p: reply(200, store.seed_models(json_body(r))),
         "force_deployment_status": lambda r, p: reply(
             200, store.force_status(p["deployment_id"], json_body(r))
         ),

@@ -97,6 +97,8 @@ class RunShape:
     validation: bool
     model: str
     dataset: str
+    # The job's runtime_config.json "method": a "dpo" run's step lines carry TRL's rewards.
+    method: str = "supervised"
 
 
 def _shape(request: Mapping[str, Any]) -> RunShape:
@@ -131,7 +133,23 @@ def _shape(request: Mapping[str, Any]) -> RunShape:
         validation=number(hyper.get("validation_split"), 0) > 0,
         model=str(model),
         dataset=str(dataset),
+        method="dpo" if config.get("method") == "dpo" else "supervised",
     )
+
+
+def _dpo_metrics(done: float, rng: random.Random) -> dict[str, float]:
+    """TRL's DPO step metrics at ``done`` (0..1) of the run: the loss starts near ln 2 and
+    the chosen answers' reward pulls away from the rejected ones'."""
+    chosen = round(0.9 * done + rng.uniform(-0.03, 0.03), 4)
+    rejected = round(-1.1 * done + rng.uniform(-0.03, 0.03), 4)
+    margin = chosen - rejected
+    return {
+        "loss": round(math.log1p(math.exp(-margin)), 4),
+        "rewards/chosen": chosen,
+        "rewards/rejected": rejected,
+        "rewards/margins": round(margin, 4),
+        "rewards/accuracies": round(min(1.0, 0.5 + 0.5 * done + rng.uniform(0, 0.05)), 4),
+    }
 
 
 def _metrics(record: dict[str, Any]) -> str:
@@ -202,7 +220,7 @@ def plan_run(job_id: str, shape: RunShape, start: int, end: int) -> list[tuple[i
                 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup + 1)))
             )
         loss = 0.45 + 2.1 * math.exp(-4.0 * step / total) + rng.uniform(-0.04, 0.04)
-        record = {
+        record: dict[str, Any] = {
             "type": "step",
             "step": step,
             "total_steps": total,
@@ -214,7 +232,9 @@ def plan_run(job_id: str, shape: RunShape, start: int, end: int) -> list[tuple[i
             # Cumulative, as the template's num_input_tokens_seen.
             "tokens_seen": step * TOKENS_PER_STEP,
         }
-        last_loss = round(loss, 4)
+        if shape.method == "dpo":
+            record.update(_dpo_metrics(step / total, rng))
+        last_loss = float(record["loss"])
         lines.append((ns, (_prefix(ns, "INFO", 0) + _metrics(record), leader, "INFO")))
         node = step % shape.nodes
         lines.append(
@@ -423,6 +443,7 @@ class TrainingLogs:
             validation=bool(body.get("validation", shape.validation)),
             model=shape.model,
             dataset=shape.dataset,
+            method=shape.method,
         )
         start = now_ns - int(seconds * SECOND)
         log = self._logs[job_id] = JobLog(nodes=shape.nodes, gpus=shape.gpus)

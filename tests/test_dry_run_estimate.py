@@ -46,10 +46,34 @@ def word_tokens(example: dict[str, Any]) -> int:
 EXAMPLES = [chat(n) for n in (1, 3, 5, 6, 7, 20, 40, 2)]
 
 
+# A chat template that renders tools and tool calls (as Qwen's and Llama's do), and one
+# that prints only role and content (many base models' templates).
+TOOL_TEMPLATE = (
+    "{% if tools %}<|system|>You may call: {% for t in tools %}{{ t.function | tojson }}"
+    "{% endfor %}\n{% endif %}{% for m in messages %}<|{{ m.role }}|>"
+    "{% if m.content %}{{ m.content }}{% endif %}{% for c in m.tool_calls or [] %}"
+    "<call>{{ c.function.name }} {{ c.function.arguments }}</call>{% endfor %}\n{% endfor %}"
+)
+PLAIN_TEMPLATE = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
+TOOL_MODEL, PLAIN_MODEL = "org/tool-chat", "org/plain-chat"
+
+
 @pytest.fixture(scope="module")
 def hub() -> Iterator[HfHub]:
     corpus = [" ".join(WORDS), "user assistant system Sure here is how"]
-    with HfHub({MODEL: {"tokenizer.json": tiny_tokenizer_json(corpus)}}) as server:
+    tokenizer = tiny_tokenizer_json(corpus)
+    repos = {
+        MODEL: {"tokenizer.json": tokenizer},
+        TOOL_MODEL: {
+            "tokenizer.json": tokenizer,
+            "tokenizer_config.json": json.dumps({"chat_template": TOOL_TEMPLATE}).encode(),
+        },
+        PLAIN_MODEL: {
+            "tokenizer.json": tokenizer,
+            "chat_template.jinja": PLAIN_TEMPLATE.encode(),
+        },
+    }
+    with HfHub(repos) as server:
         yield server
 
 
@@ -205,3 +229,122 @@ def test_gpu_hours_from_earlier_jobs_of_the_model_and_no_invented_price(
         function, training_file=record["id"], compute={"accelerator": "A100", "gpu_count": 1}
     )["estimate"]
     assert other["gpu_hours"] is None and "no throughput measured yet" in other["cost_basis"]
+
+
+def pair(prompt_words: int, preferred: str, rejected: str) -> dict[str, Any]:
+    user = " ".join(WORDS[i % len(WORDS)] for i in range(prompt_words))
+    return {
+        "input": {
+            "messages": [{"role": "system", "content": "help"}, {"role": "user", "content": user}]
+        },
+        "preferred_output": [{"role": "assistant", "content": preferred}],
+        "non_preferred_output": [{"role": "assistant", "content": rejected}],
+    }
+
+
+def turns_tokens(messages: list[dict[str, Any]]) -> int:
+    return word_tokens({"messages": messages})
+
+
+def test_a_preference_file_counts_the_prompt_and_both_outputs(
+    functions: dict[str, FunctionServer], sandbox: Sandbox
+) -> None:
+    """Tokens: prompt + preferred + non-preferred; over max_seq_length: the prompt with the
+    longer output (each is its own sequence in DPO)."""
+    examples = [
+        pair(2, "Sure, here is how.", "No."),
+        pair(4, "Sure.", "Sure, here is how. Sure, here is how."),
+        pair(9, "Sure, here is how.", "Sure, here is how."),
+        pair(1, "Sure.", "No."),
+    ]
+    for name, method in (("hub", "tokenizer"), ("nohub", "estimate")):
+        function = functions[name]
+        record = upload(function, examples)
+        assert record["validation"]["format"] == "preference"
+        answer = dry_run(function, training_file=record["id"], method="dpo")
+        estimate = answer["estimate"]
+        assert answer["request"]["method"] == "dpo"
+        assert answer["request"]["hyperparameters"]["dpo_beta"] == 0.1
+        if method == "tokenizer":
+            pieces = [
+                [
+                    turns_tokens(e["input"]["messages"]),
+                    turns_tokens(e["preferred_output"]),
+                    turns_tokens(e["non_preferred_output"]),
+                ]
+                for e in examples
+            ]
+        else:
+            pieces = [
+                [
+                    -(-len(text.encode()) // 4)
+                    for text in (
+                        "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+                        for messages in (
+                            e["input"]["messages"],
+                            e["preferred_output"],
+                            e["non_preferred_output"],
+                        )
+                    )
+                ]
+                for e in examples
+            ]
+        assert estimate["tokens_method"] == method
+        assert estimate["examples"] == len(examples)
+        assert estimate["tokens"] == sum(map(sum, pieces))
+        longest = [p + max(c, r) for p, c, r in pieces]
+        assert estimate["examples_over_max_seq_length"] == sum(t > MAX_SEQ for t in longest)
+        assert 0 < estimate["examples_over_max_seq_length"] < len(examples)
+        assert estimate["trained_tokens"] == estimate["tokens"] * 3
+        # Supervised throughput is not a DPO run's: no GPU hours are invented.
+        assert estimate["gpu_hours"] is None and "DPO" in estimate["cost_basis"]
+    assert sandbox.jobs() == []
+
+
+def tool_pair() -> dict[str, Any]:
+    """A preference pair whose prompt holds tools, a tool call and the tool's answer."""
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "order_status", "arguments": json.dumps({"order": "7"})},
+    }
+    return {
+        "input": {
+            "tools": [{"type": "function", "function": {"name": "order_status"}}],
+            "messages": [
+                {"role": "user", "content": "order 7?"},
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "shipped"},
+            ],
+        },
+        "preferred_output": [{"role": "assistant", "content": "It shipped."}],
+        "non_preferred_output": [{"role": "assistant", "content": "No idea."}],
+    }
+
+
+def test_a_dry_run_says_when_the_chat_template_cannot_render_the_tools(
+    functions: dict[str, FunctionServer], hub: HfHub, sandbox: Sandbox
+) -> None:
+    function = functions["hub"]
+    tools = upload(function, [tool_pair()] * 3)
+    plain = upload(function, [pair(2, "Sure.", "No.")] * 3)
+
+    def problem(model_id: str, record: dict[str, Any]) -> Any:
+        estimate = dry_run(function, model_id=model_id, training_file=record["id"], method="dpo")[
+            "estimate"
+        ]
+        assert estimate["tokens_method"] == "tokenizer"
+        return estimate["chat_template_problem"]
+
+    said = problem(PLAIN_MODEL, tools)
+    assert "leaves out the tools' definitions and the assistant's tool calls" in said
+    assert "tool messages" not in said  # it prints every content, the tool's answer too
+    # A template that renders them, data without tools, and a model without a
+    # template file (nothing to check) say nothing.
+    assert problem(TOOL_MODEL, tools) is None
+    assert problem(PLAIN_MODEL, plain) is None
+    assert problem(MODEL, tools) is None
+    fetched = {path for _, path in hub.requests}
+    assert f"/{PLAIN_MODEL}/resolve/main/chat_template.jinja" in fetched
+    assert f"/{TOOL_MODEL}/resolve/main/tokenizer_config.json" in fetched
+    assert sandbox.jobs() == []

@@ -62,7 +62,9 @@ def test_submit_creates_the_requested_job(
         "updated_at",
         "dashboard_url",
         "idempotent_replay",
+        "method",
     }
+    assert job["method"] == "supervised"
 
     [recorded] = sandbox.jobs()
     assert recorded["job"]["id"] == job["training_job_id"]
@@ -81,7 +83,11 @@ def test_submit_creates_the_requested_job(
         "lora_dropout": 0.05,
         "seed": 42,
         "validation_split": 0.0,
+        "train_on_inputs": False,
+        "dpo_beta": None,
     }
+    assert config["method"] == "supervised"
+    assert recorded["job"]["name"] == "first-run"
     compute = recorded["request"]["compute"]
     assert compute["accelerator"] == {"accelerator": "A100", "count": 4}
     assert compute["node_count"] == 1

@@ -18,6 +18,7 @@ from typing import Any
 import openai
 import pytest
 
+from finetune_api.core.schemas import TrainingRequest
 from finetune_api.jobs.index import JobIndex, LocalObjects
 from loopback.fake_secret_manager import FakeSecretManager
 from loopback.functions import FunctionServer
@@ -35,9 +36,11 @@ class CountingObjects(LocalObjects):
         self.listed: list[int] = []
         self.read_count = 0
 
-    def names(self, prefix: str, start_after: str | None, count: int) -> list[str]:
+    def names(
+        self, prefix: str, start_after: str | None, count: int, *, inclusive: bool = False
+    ) -> list[str]:
         self.listed.append(count)
-        return super().names(prefix, start_after, count)
+        return super().names(prefix, start_after, count, inclusive=inclusive)
 
     def read(self, name: str) -> tuple[bytes, str] | None:
         self.read_count += 1
@@ -51,14 +54,7 @@ def _job(index: int) -> tuple[Any, Any]:
         job_name=f"run-{index}",
         created_at=f"2026-12-01T00:{index // 60:02d}:{index % 60:02d}Z",
     )
-    request = SimpleNamespace(
-        model_id="Qwen/Qwen3-0.6B",
-        training_file="file-x",
-        dataset_id=None,
-        validation_file=None,
-        deploy=None,
-        hyperparameters=SimpleNamespace(num_epochs=1, batch_size=4, learning_rate=2e-4, seed=42),
-    )
+    request = TrainingRequest(model_id="Qwen/Qwen3-0.6B", training_file="file-x")
     return job, request
 
 
@@ -89,6 +85,84 @@ def test_a_page_costs_limit_reads_whatever_the_history(tmp_path: Path, history: 
     odd, _ = index.page(None, 5, {"parity": "1"})
     assert all(r["metadata"] == {"parity": "1"} for r, _ in odd) and len(odd) == 5
     assert (store.listed, store.read_count) == ([6], 5)
+
+
+def _pairs(number: int) -> dict[str, str]:
+    # ``a`` matches every other job, ``b`` every third: both at once, every sixth; and
+    # ``rare`` only two jobs of the history (the worst case of the old scan: it read
+    # every record carrying the first pair to find them).
+    pairs = {"a": str(number % 2), "b": str(number % 3)}
+    if number in (3, 1500):
+        pairs["rare"] = "yes"
+    return pairs
+
+
+def _all_pages(
+    index: JobIndex, store: CountingObjects, limit: int, wanted: dict[str, str]
+) -> tuple[list[str], list[tuple[int, int, int]]]:
+    """Follow the pages as a client does (the SDK: ``after`` = the last item's id; an
+    empty page with has_more: its ``cursor``); every page's (listings, reads, items)."""
+    after: str | None = None
+    seen: list[str] = []
+    costs = []
+    for _ in range(1000):
+        store.listed.clear()
+        store.read_count = 0
+        page = index.scan(after, limit, wanted)
+        costs.append((len(store.listed), store.read_count, len(page.records)))
+        seen += [record["training_job_id"] for record, _ in page.records]
+        if not page.has_more:
+            return seen, costs
+        assert page.cursor is not None and page.cursor != after, "every page makes progress"
+        after = page.cursor
+    raise AssertionError("no end")
+
+
+def test_a_page_with_two_metadata_filters_reads_a_bounded_number_of_objects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 27 item 8: whatever the filters, one page makes at most MAX_LISTINGS
+    listings and reads at most ``limit`` records (the old scan read every record the
+    first pair marked: here 1,000 of them for the rare pair)."""
+    from finetune_api.jobs import index as index_module
+
+    store = CountingObjects(tmp_path)
+    index = JobIndex(store)
+    history = 2000
+    for number in range(history):
+        job, request = _job(number)
+        index.record(job, request, {"metadata": _pairs(number), "suffix": None})
+
+    def expected(wanted: dict[str, str]) -> list[str]:
+        ids = [n for n in range(history) if all(_pairs(n).get(k) == v for k, v in wanted.items())]
+        return [f"job{n:04d}" for n in sorted(ids, reverse=True)]
+
+    for wanted in (
+        {"a": "0", "rare": "yes"},
+        {"a": "1", "b": "2"},
+        {"a": "0", "b": "1", "rare": "yes"},
+    ):
+        seen, costs = _all_pages(index, store, 5, wanted)
+        assert seen == expected(wanted), wanted
+        assert all(
+            listings <= index_module.MAX_LISTINGS and reads <= 5 for listings, reads, _ in costs
+        )
+    # The rare pair's page: its listings, then only the two matching records.
+    store.listed.clear()
+    store.read_count = 0
+    page = index.scan(None, 20, {"a": "0", "rare": "yes"})
+    assert [r["training_job_id"] for r, _ in page.records] == ["job1500"] and not page.has_more
+    assert store.read_count == 1 and len(store.listed) <= 4
+
+    # With a tiny budget the listings run out: pages come back shorter, some empty,
+    # each with has_more and a cursor; following them still lists each match once.
+    monkeypatch.setattr(index_module, "MAX_LISTINGS", 3)
+    monkeypatch.setattr(index_module, "LIST_BATCH", 7)
+    for wanted in ({"a": "0", "rare": "yes"}, {"a": "1", "b": "2"}):
+        seen, costs = _all_pages(index, store, 5, wanted)
+        assert seen == expected(wanted), wanted
+        assert all(listings <= 3 and reads <= 5 for listings, reads, _ in costs)
+        assert any(items < 5 for _, _, items in costs[:-1]), "some pages came back short"
 
 
 def test_a_replayed_submit_is_indexed_once(tmp_path: Path) -> None:

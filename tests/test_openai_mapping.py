@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from finetune_api.compat.jobs import openai_status, training_request_body
+from finetune_api.compat.jobs import UnsupportedMethodError, openai_status, training_request_body
 from finetune_api.compat.models import model_name, parse_model_name
 from finetune_api.core.errors import (
     ConflictError,
@@ -85,7 +85,22 @@ def test_create_body_maps_onto_our_request() -> None:
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        ({"method": {"type": "dpo"}}, "method.type"),
+        ({"method": {"type": "reinforcement"}}, "method.type"),
+        ({"method": {"type": "rlhf"}}, "method.type"),
+        ({"method": "dpo"}, "method"),
+        ({"method": {"type": "dpo", "supervised": {}}}, "method"),
+        (
+            {"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": "big"}}}},
+            "method.dpo.hyperparameters.beta",
+        ),
+        (
+            {"method": {"type": "supervised", "supervised": {"hyperparameters": {"beta": 1}}}},
+            "method.supervised.hyperparameters",
+        ),
+        (
+            {"hyperparameters": {"n_epochs": 2}, "method": {"type": "dpo"}},
+            "hyperparameters",
+        ),
         ({"hyperparameters": {"n_epochs": "many"}}, "hyperparameters.n_epochs"),
         (
             {"hyperparameters": {"learning_rate_multiplier": 0}},
@@ -118,6 +133,48 @@ def test_bad_create_bodies_name_the_parameter(body: dict[str, object], param: st
     for value in body.values():
         if isinstance(value, str):
             assert value not in caught.value.message
+
+
+def test_reinforcement_is_refused_with_its_own_code() -> None:
+    with pytest.raises(UnsupportedMethodError) as caught:
+        training_request_body(
+            {"model": "m", "training_file": "file-x", "method": {"type": "reinforcement"}}
+        )
+    assert caught.value.openai_code == "unsupported_method" and caught.value.status == 400
+
+
+def test_openai_dpo_method_maps_to_ours() -> None:
+    ours, _ = training_request_body(
+        {
+            "model": "m",
+            "training_file": "file-x",
+            "method": {
+                "type": "dpo",
+                "dpo": {
+                    "hyperparameters": {
+                        "beta": 0.25,
+                        "n_epochs": 2,
+                        "batch_size": "auto",
+                        "learning_rate_multiplier": "auto",
+                    }
+                },
+            },
+        }
+    )
+    assert ours == {
+        "model_id": "m",
+        "training_file": "file-x",
+        "method": "dpo",
+        "hyperparameters": {"dpo_beta": 0.25, "num_epochs": 2},
+    }
+    auto, _ = training_request_body(
+        {"model": "m", "training_file": "file-x", "method": {"type": "dpo", "dpo": {}}}
+    )
+    assert auto == {"model_id": "m", "training_file": "file-x", "method": "dpo"}
+    supervised, _ = training_request_body(
+        {"model": "m", "training_file": "file-x", "method": {"type": "supervised"}}
+    )
+    assert "method" not in supervised
 
 
 def test_ids_and_model_names_round_trip() -> None:

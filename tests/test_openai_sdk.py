@@ -97,6 +97,11 @@ def test_job_create_retrieve_while_the_sandbox_moves_it(
     assert (job.model, job.training_file, job.suffix, job.seed) == (MODEL, training_file, "mine", 7)
     assert job.metadata == {"team": "search", "run": "1"}
     assert job.hyperparameters.n_epochs == 2
+    # The method echoed with the values used: numbers, never "auto".
+    assert job.method is not None and job.method.type == "supervised"
+    assert job.method.supervised is not None and job.method.supervised.hyperparameters is not None
+    used = job.method.supervised.hyperparameters
+    assert (used.n_epochs, used.batch_size, used.learning_rate_multiplier) == (2, 4, 1.0)
     baseten_job = job.model_extra["training_job_id"]
     request = next(j["request"] for j in sandbox.jobs() if j["job"]["id"] == baseten_job)
     config = json.loads(request["runtime"]["environment_variables"]["RUNTIME_CONFIG"])
@@ -125,6 +130,101 @@ def test_job_create_retrieve_while_the_sandbox_moves_it(
     for checkpoint in checkpoints:
         assert checkpoint.fine_tuning_job_id == job.id and checkpoint.step_number > 0
         assert checkpoint.metrics.train_loss is not None
+
+
+PAIR = {
+    "input": {"messages": [{"role": "user", "content": "hi"}]},
+    "preferred_output": [{"role": "assistant", "content": "hello, how can I help?"}],
+    "non_preferred_output": [{"role": "assistant", "content": "what"}],
+}
+
+
+def test_dpo_with_openais_method_object(
+    world: tuple[FunctionServer, Sandbox], training_file: str
+) -> None:
+    server, sandbox = world
+    sdk = client(server)
+    data = ("\n".join(json.dumps(PAIR) for _ in range(10)) + "\n").encode()
+    pairs = sdk.files.create(file=("pairs.jsonl", data), purpose="fine-tune")
+    assert pairs.model_extra["validation"]["format"] == "preference"
+    auto = sdk.fine_tuning.jobs.create(
+        model=MODEL,
+        training_file=pairs.id,
+        method={
+            "type": "dpo",
+            "dpo": {"hyperparameters": {"beta": "auto", "n_epochs": 2, "batch_size": "auto"}},
+        },
+    )
+    for job in (auto, sdk.fine_tuning.jobs.retrieve(auto.id)):
+        assert job.method is not None and job.method.type == "dpo" and job.method.dpo is not None
+        used = job.method.dpo.hyperparameters
+        assert used is not None
+        assert (used.beta, used.n_epochs, used.batch_size, used.learning_rate_multiplier) == (
+            0.1,
+            2,
+            4,
+            1.0,
+        )
+    listed = next(j for j in sdk.fine_tuning.jobs.list() if j.id == auto.id)
+    assert listed.method is not None and listed.method.type == "dpo"
+    # The raw object matches the OpenAPI document's method (numbers only: "auto" would fail).
+    import jsonschema
+
+    headers = {"X-Api-Key": KEY}
+    raw = requests.get(f"{server.url}/v1/fine_tuning/jobs/{auto.id}", headers=headers, timeout=30)
+    document = requests.get(f"{server.url}/openapi.json", headers=headers, timeout=30).json()
+    schema = document["components"]["schemas"]["OpenAIFineTuningJob"]["properties"]["method"]
+    jsonschema.validate(raw.json()["method"], schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"type": "dpo", "dpo": {"hyperparameters": {"beta": "auto"}}}, schema)
+    explicit = sdk.fine_tuning.jobs.create(
+        model=MODEL,
+        training_file=pairs.id,
+        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.5}}},
+    )
+    assert explicit.method is not None and explicit.method.dpo is not None
+    assert explicit.method.dpo.hyperparameters is not None
+    assert explicit.method.dpo.hyperparameters.beta == 0.5
+    baseten_job = explicit.model_extra["training_job_id"]
+    entry = next(j for j in sandbox.jobs() if j["job"]["id"] == baseten_job)
+    config = json.loads(entry["request"]["runtime"]["environment_variables"]["RUNTIME_CONFIG"])
+    assert config["method"] == "dpo" and config["hyperparameters"]["dpo_beta"] == 0.5
+
+    before = len(sandbox.jobs())
+    with pytest.raises(openai.BadRequestError) as reinforcement:
+        sdk.fine_tuning.jobs.create(
+            model=MODEL,
+            training_file=training_file,
+            method={"type": "reinforcement", "reinforcement": {"grader": {"type": "string_check"}}},  # type: ignore[typeddict-item]
+        )
+    assert reinforcement.value.code == "unsupported_method"
+    assert reinforcement.value.param == "method.type"
+    refusals = [
+        ({"type": "supervised"}, pairs.id, "training_file"),
+        (
+            {"type": "dpo", "dpo": {"hyperparameters": {"beta": 11}}},
+            pairs.id,
+            "method.dpo.hyperparameters.beta",
+        ),
+        (
+            {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0}}},
+            pairs.id,
+            "method.dpo.hyperparameters.beta",
+        ),
+    ]
+    for method, file_id, param in refusals:
+        with pytest.raises(openai.BadRequestError) as refused:
+            sdk.fine_tuning.jobs.create(model=MODEL, training_file=file_id, method=method)  # type: ignore[arg-type]
+        assert refused.value.param == param, refused.value.body
+    with pytest.raises(openai.BadRequestError) as both:
+        sdk.fine_tuning.jobs.create(
+            model=MODEL,
+            training_file=pairs.id,
+            hyperparameters={"n_epochs": 2},
+            method={"type": "dpo"},
+        )
+    assert both.value.param == "hyperparameters"
+    assert len(sandbox.jobs()) == before  # nothing created at Baseten
 
 
 def test_a_running_job_has_an_estimated_finish(
@@ -169,7 +269,9 @@ def test_auto_paging_lists_each_job_once_newest_first_and_filters_by_metadata(
             made.append(answer.json()["training_job_id"])
         else:
             job = sdk.fine_tuning.jobs.create(
-                model=MODEL, training_file=training_file, metadata={"batch": f"b{index % 2}"}
+                model=MODEL,
+                training_file=training_file,
+                metadata={"batch": f"b{index % 2}", "kind": f"k{index // 3}"},
             )
             made.append(job.model_extra["training_job_id"])
         time.sleep(0.01)
@@ -182,8 +284,20 @@ def test_auto_paging_lists_each_job_once_newest_first_and_filters_by_metadata(
     assert baseten_ids[:6] == list(reversed(made))
     even = list(sdk.fine_tuning.jobs.list(limit=1, metadata={"batch": "b0"}))
     assert [j.model_extra["training_job_id"] for j in even] == [made[4], made[0]]
-    assert all(j.metadata == {"batch": "b0"} for j in even)
+    assert all(j.metadata is not None and j.metadata["batch"] == "b0" for j in even)
     assert list(sdk.fine_tuning.jobs.list(metadata={"batch": "none"})) == []
+    # Two filters: the pairs' listings joined (a bounded page), auto-paged by the SDK.
+    both = sdk.fine_tuning.jobs.list(limit=1, metadata={"batch": "b1", "kind": "k0"})
+    assert [j.model_extra["training_job_id"] for j in both] == [made[1]]
+    by_kind = [
+        j.model_extra["training_job_id"]
+        for pair in ({"batch": "b0", "kind": "k1"}, {"batch": "b0", "kind": "k0"})
+        for j in sdk.fine_tuning.jobs.list(limit=1, metadata=pair)
+    ]
+    assert by_kind == [made[4], made[0]]
+    assert list(sdk.fine_tuning.jobs.list(metadata={"batch": "b1", "kind": "k9"})) == []
+    many = {f"k{i}": "v" for i in range(17)}  # more than a job can carry: nothing read
+    assert list(sdk.fine_tuning.jobs.list(metadata=many)) == []
 
 
 def test_cancel(world: tuple[FunctionServer, Sandbox], training_file: str) -> None:
@@ -323,7 +437,8 @@ def test_errors_raise_the_sdks_own_classes(
         sdk.fine_tuning.jobs.create(
             model=MODEL, training_file=training_file, method={"type": "dpo"}
         )
-    assert bad_method.value.param == "method.type"
+    # dpo is a method now: it needs a preference file, and this one is chat.
+    assert bad_method.value.param == "training_file"
     with pytest.raises(openai.BadRequestError):
         sdk.fine_tuning.jobs.create(model=MODEL, training_file="file-000000000000000000000000")
     with pytest.raises(openai.BadRequestError):

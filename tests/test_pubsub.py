@@ -101,6 +101,20 @@ def test_message_creates_a_job_with_its_key(
     assert job["request"]["runtime"]["environment_variables"]["DATASET_ID"] == VALID["dataset_id"]
 
 
+def test_a_dpo_message_makes_a_dpo_job(pubsub: FunctionServer, sandbox: Sandbox) -> None:
+    body = {**VALID, "job_name": "prefs", "method": "dpo", "hyperparameters": {"dpo_beta": 0.5}}
+    event = message_event("dpo-1", body=body)
+    for _ in range(2):  # redelivered: still one job
+        assert deliver(pubsub, event).status_code == 200
+    [job] = sandbox.jobs()
+    assert job["job"]["name"] == f"prefs--dpo-ik-{key_digest('dpo-1')}"
+    env = job["request"]["runtime"]["environment_variables"]
+    config = json.loads(env["RUNTIME_CONFIG"])
+    assert config["method"] == "dpo"
+    assert config["hyperparameters"]["dpo_beta"] == 0.5
+    assert config["hyperparameters"]["train_on_inputs"] is None
+
+
 @pytest.mark.parametrize("mode", ["binary", "structured"])
 def test_redelivered_five_times_in_a_row_is_one_job(
     pubsub: FunctionServer, sandbox: Sandbox, mode: str
@@ -162,6 +176,18 @@ def test_bare_cloudevent_with_type_field_works(pubsub: FunctionServer, sandbox: 
         (lambda: message_event("p9", attributes="k=v"), "attributes"),
         (lambda: message_event("p10", attributes={"idempotency_key": 7}), "idempotency_key"),
         (lambda: message_event("p11", attributes={"idempotency_key": ["k"]}), "idempotency_key"),
+        (
+            lambda: message_event("p12", body={**VALID, "hyperparameters": {"dpo_beta": 0.2}}),
+            "hyperparameters.dpo_beta",
+        ),
+        (
+            lambda: message_event(
+                "p13",
+                body={**VALID, "method": "dpo", "hyperparameters": {"train_on_inputs": True}},
+            ),
+            "hyperparameters.train_on_inputs",
+        ),
+        (lambda: message_event("p14", body={**VALID, "method": "ppo"}), "method"),
     ],
 )
 def test_poison_messages_are_acknowledged_and_create_nothing(

@@ -72,6 +72,13 @@ def test_custom_template_dir(configured: Sandbox, tmp_path: Path) -> None:
         ({"hyperparameters": {"unknown": 1}}, finetune_api.InvalidRequestError, 400),
         ({"compute": {"gpu_count": 99}}, finetune_api.InvalidRequestError, 400),
         ({"idempotency_key": "has space"}, finetune_api.InvalidRequestError, 400),
+        ({"method": "rl"}, finetune_api.InvalidRequestError, 400),
+        ({"hyperparameters": {"dpo_beta": 0.2}}, finetune_api.InvalidRequestError, 400),
+        (
+            {"method": "dpo", "hyperparameters": {"train_on_inputs": False}},
+            finetune_api.InvalidRequestError,
+            400,
+        ),
         ({"training_template_dir": "/nonexistent"}, finetune_api.ConfigurationError, 500),
     ],
 )
@@ -188,4 +195,37 @@ def test_a_training_file_through_the_python_api(
     with pytest.raises(finetune_api.InvalidRequestError) as refused:
         finetune_api.handle_training_request(DATASET, MODEL, training_file=file["id"])
     assert "exactly one of dataset_id and training_file" in str(refused.value.body)
+    assert len(configured.jobs()) == 1
+
+
+def test_method_dpo_through_the_python_api(
+    configured: Sandbox, s3: LocalS3, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import io
+
+    monkeypatch.setenv("FILES_DIR", str(tmp_path / "files"))
+    runtime.reset()
+    files = runtime.get_services().files
+    pair = {
+        "input": {"messages": [{"role": "user", "content": "a"}]},
+        "preferred_output": [{"role": "assistant", "content": "b"}],
+        "non_preferred_output": [{"role": "assistant", "content": "c"}],
+    }
+    chat = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
+    pairs = files.upload("p.jsonl", io.BytesIO((json.dumps(pair) + "\n").encode() * 3), "fine-tune")
+    chats = files.upload("c.jsonl", io.BytesIO((json.dumps(chat) + "\n").encode() * 3), "fine-tune")
+    assert pairs["validation"]["format"] == "preference"
+    job = finetune_api.handle_training_request(
+        None, MODEL, training_file=pairs["id"], method="dpo", hyperparameters={"dpo_beta": 0.2}
+    )
+    assert job["method"] == "dpo"
+    [recorded] = configured.jobs()
+    config = json.loads(recorded["request"]["runtime"]["environment_variables"]["RUNTIME_CONFIG"])
+    assert config["method"] == "dpo" and config["hyperparameters"]["dpo_beta"] == 0.2
+    for method, file in ((None, pairs), ("dpo", chats)):
+        with pytest.raises(finetune_api.InvalidRequestError) as refused:
+            finetune_api.handle_training_request(
+                None, MODEL, training_file=file["id"], method=method
+            )
+        assert refused.value.body["error"]["details"][0]["location"] == "training_file"
     assert len(configured.jobs()) == 1

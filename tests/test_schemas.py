@@ -8,7 +8,10 @@ import pytest
 
 from finetune_api.core.errors import InvalidRequestError
 from finetune_api.core.schemas import (
+    baseten_job_name,
     job_from_baseten,
+    method_hyperparameters,
+    parse_job_name,
     parse_training_request,
     short_status,
     split_job_name,
@@ -181,6 +184,49 @@ def test_job_conversion_and_status_forms() -> None:
     assert job.dashboard_url == "https://app.baseten.co/training/p1/logs/j1"
     assert short_status("TRAINING_JOB_PREEMPTED") == "preempted"
     assert split_job_name("plain") == ("plain", None)
+
+
+@pytest.mark.parametrize("method", ["supervised", "dpo"])
+@pytest.mark.parametrize("digest", [None, "0123456789abcdef0123"])
+@pytest.mark.parametrize("name", ["run", "my-dpo", "a--b", "x-ik-1"])
+def test_the_baseten_job_name_carries_the_method_and_round_trips(
+    name: str, digest: str | None, method: str
+) -> None:
+    full = baseten_job_name(name, method, digest)
+    assert parse_job_name(full) == (name, digest, method)
+    assert split_job_name(full) == (name, digest)
+    job = job_from_baseten({"id": "j", "name": full, "training_project_id": "p"}, "https://x")
+    assert job.method == method and job.job_name == name
+
+
+def test_jobs_made_before_methods_are_supervised() -> None:
+    assert parse_job_name("gpt-oss-20b-20261127-060000")[2] == "supervised"
+    assert parse_job_name(None) == (None, None, "supervised")
+    assert job_from_baseten({"id": "j", "training_project_id": "p"}, "https://x").method == (
+        "supervised"
+    )
+
+
+def test_method_hyperparameters_fill_each_methods_defaults() -> None:
+    plain = method_hyperparameters(parse_training_request(VALID, SETTINGS))
+    assert (plain["train_on_inputs"], plain["dpo_beta"]) == (False, None)
+    dpo = method_hyperparameters(parse_training_request({**VALID, "method": "dpo"}, SETTINGS))
+    assert (dpo["train_on_inputs"], dpo["dpo_beta"]) == (None, 0.1)
+    inputs = parse_training_request(
+        {**VALID, "hyperparameters": {"train_on_inputs": True}}, SETTINGS
+    )
+    assert method_hyperparameters(inputs)["train_on_inputs"] is True
+    # Both method errors and a schema-level one are reported together.
+    error = reject(
+        {
+            "model_id": "m",
+            "method": "dpo",
+            "hyperparameters": {"train_on_inputs": True},
+        }
+    )
+    assert locations(error) == {"hyperparameters.train_on_inputs", "dataset_id"}
+    assert "mine--dpo" not in reject({**VALID, "job_name": "mine--dpo"}).message
+    assert locations(reject({**VALID, "job_name": "mine--dpo"})) == {"job_name"}
 
 
 def test_keyed_locks_serialize_one_key_and_forget_it_afterwards() -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from finetune_api.jobs.estimate import Tally, example_text
+from finetune_api.files.check import example_text
+from finetune_api.jobs.estimate import Tally
 from finetune_api.jobs.tokenizer import HubTokenizers, TokenizerCounter
 from loopback.hf_hub import tiny_tokenizer_json
 

@@ -9,6 +9,13 @@ process keeps the connection to Baseten warm.
 
 Baseten's 429 is retried here (twice, honouring a short ``Retry-After``) and then
 reaches the caller as a 429; an inactive deployment is a 404.
+
+Bounded whatever the deployment does: one answer may take ``CHAT_MAX_SECONDS``
+(each silence also ends at the read timeout) and hold ``CHAT_MAX_BYTES``. A stream
+past either ends with one server-sent event ``data: {"error": {…}}`` (the OpenAI SDK
+raises it as an ``APIError``) and the connection to the model is closed; a whole
+answer past either is a 502. An error answer is read up to :data:`MAX_ERROR_BYTES`,
+never further.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ _session_lock = threading.Lock()
 ATTEMPTS = 3
 MAX_RETRY_WAIT = 1.0
 READ_BYTES = 64 * 1024
+#: The most of a model's error answer read (for its ``code``); the rest is never read.
+MAX_ERROR_BYTES = 64 * 1024
 
 
 def _pooled() -> Any:
@@ -61,12 +70,16 @@ class ChatProxy:
         *,
         timeout: tuple[float, float] = (5.0, 300.0),
         sleep: Callable[[float], None] = time.sleep,
+        max_seconds: float = 600.0,
+        max_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         self._inference_url = inference_url
         self._api_key = api_key
         self._models = models
-        self._timeout = timeout
+        self._timeout = (timeout[0], min(timeout[1], max_seconds))
         self._sleep = sleep
+        self._max_seconds = max_seconds
+        self._max_bytes = max_bytes
 
     def forward(self, raw_body: bytes) -> tuple[int, str, Iterator[bytes]]:
         """``(status, content type, body chunks)``; errors before any byte are raised."""
@@ -89,12 +102,22 @@ class ChatProxy:
             "Content-Type": "application/json",
             "Accept": "text/event-stream" if body.get("stream") is True else "application/json",
         }
+        deadline = time.monotonic() + self._max_seconds
         response = self._send(url, raw_body, headers)
         status = response.status_code
         if status >= 400:
             self._fail(response, model_id, deployment_id)
         content_type = response.headers.get("Content-Type", "application/json")
-        return status, content_type, _chunks(response)
+        bounded = _bounded(response, deadline, self._max_seconds, self._max_bytes)
+        if not content_type.startswith("text/event-stream"):
+            # A whole answer: read (within the bounds) before the caller gets a byte, so
+            # one past them is a clear 502 rather than half a JSON document.
+            try:
+                body = b"".join(bounded)
+            except _OutOfBounds as problem:
+                raise UpstreamError(f"the model's answer {problem}") from None
+            return status, content_type, iter([body])
+        return status, content_type, _stream(bounded)
 
     def _send(self, url: str, raw_body: bytes, headers: dict[str, str]) -> Any:
         import requests
@@ -134,9 +157,13 @@ class ChatProxy:
 
     def _fail(self, response: Any, model_id: str, deployment_id: str) -> None:
         status = response.status_code
+        payload: Any = {}
         try:
-            payload = response.json() if len(response.content) < 65536 else {}
-        except ValueError:
+            # One byte past the cap says it is too long to look into: never read further.
+            head = response.raw.read(MAX_ERROR_BYTES + 1, decode_content=True)
+            if len(head) <= MAX_ERROR_BYTES:
+                payload = json.loads(head)
+        except Exception:  # noqa: BLE001 - not JSON, or the read failed: no code to look at
             payload = {}
         finally:
             response.close()
@@ -164,14 +191,36 @@ def _retry_after(response: Any) -> int | None:
         return None
 
 
-def _chunks(response: Any) -> Iterator[bytes]:
-    """Each piece as it arrives; the connection goes back to the pool at the end."""
+class _OutOfBounds(Exception):
+    """The answer went past CHAT_MAX_SECONDS or CHAT_MAX_BYTES; says which, as a phrase."""
+
+
+def _bounded(response: Any, deadline: float, max_seconds: float, max_bytes: int) -> Iterator[bytes]:
+    """Each piece as it arrives, until the answer ends or passes a bound (raises
+    :class:`_OutOfBounds`); the connection is released at the end either way."""
     raw = response.raw
+    total = 0
     try:
         while True:
+            if time.monotonic() > deadline:
+                raise _OutOfBounds(f"took longer than {max_seconds:g} s (CHAT_MAX_SECONDS)")
             chunk = raw.read1(READ_BYTES, decode_content=True)
             if not chunk:
                 break
+            total += len(chunk)
+            if total > max_bytes:
+                raise _OutOfBounds(f"is larger than {max_bytes} bytes (CHAT_MAX_BYTES)")
             yield chunk
     finally:
         response.close()
+
+
+def _stream(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """A streamed answer: past a bound, one error event ends it (the SDK raises it)."""
+    try:
+        yield from chunks
+    except _OutOfBounds as problem:
+        message = f"the model's answer {problem}; it was cut off"
+        log(_logger, 30, "cut off a chat stream", reason=str(problem))
+        error = {"error": {"message": message, "type": "server_error", "code": "answer_too_long"}}
+        yield b"\n\ndata: " + json.dumps(error).encode() + b"\n\n"

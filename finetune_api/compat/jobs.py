@@ -15,7 +15,13 @@ import time
 from typing import Any
 
 from finetune_api.core.errors import InvalidRequestError, NotFoundError, ServiceError
-from finetune_api.core.schemas import TERMINAL_STATUSES, parse_training_request, short_status
+from finetune_api.core.schemas import (
+    DEFAULT_DPO_BETA,
+    TERMINAL_STATUSES,
+    parse_job_name,
+    parse_training_request,
+    short_status,
+)
 from finetune_api.core.timestamps import parse_time
 from finetune_api.jobs.index import BASE_LEARNING_RATE, JobIndex, openai_job_id, parse_job_id
 
@@ -63,7 +69,17 @@ _PARAM = {
     "hyperparameters.seed": "seed",
     "hyperparameters.max_seq_length": "max_seq_length",
     "hyperparameters.gradient_accumulation_steps": "gradient_accumulation_steps",
+    "hyperparameters.dpo_beta": "method.dpo.hyperparameters.beta",
 }
+#: OpenAI's method types; ``reinforcement`` is refused with ``code: "unsupported_method"``.
+METHOD_TYPES = ("supervised", "dpo")
+_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
+
+
+class UnsupportedMethodError(InvalidRequestError):
+    """A ``method.type`` this service does not train (OpenAI's ``reinforcement``)."""
+
+    openai_code = "unsupported_method"
 
 
 def openai_status(baseten_status: str) -> str:
@@ -92,15 +108,20 @@ def _auto(value: Any, param: str, kind: type) -> Any:
     return kind(value)
 
 
-def _hyperparameters(value: Any, where: str) -> dict[str, Any]:
+def _hyperparameters(value: Any, where: str, *, beta: bool = False) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise _bad(where, "must be an object")
-    unknown = set(value) - {"n_epochs", "batch_size", "learning_rate_multiplier"}
+    allowed = (*_HYPERPARAMETERS, "beta") if beta else _HYPERPARAMETERS
+    unknown = set(value) - set(allowed)
     if unknown:
-        raise _bad(where, "only n_epochs, batch_size and learning_rate_multiplier are supported")
+        raise _bad(where, f"only {', '.join(allowed)} are supported")
     ours: dict[str, Any] = {}
+    if beta:
+        dpo_beta = _auto(value.get("beta"), f"{where}.beta", float)
+        if dpo_beta is not None:
+            ours["dpo_beta"] = dpo_beta
     epochs = _auto(value.get("n_epochs"), f"{where}.n_epochs", int)
     if epochs is not None:
         ours["num_epochs"] = epochs
@@ -115,6 +136,29 @@ def _hyperparameters(value: Any, where: str) -> dict[str, Any]:
             raise _bad(f"{where}.learning_rate_multiplier", "must be greater than 0")
         ours["learning_rate"] = multiplier * BASE_LEARNING_RATE
     return ours
+
+
+def _method(method: Any) -> tuple[str, dict[str, Any]]:
+    """OpenAI's ``method`` object → (``supervised`` | ``dpo``, our hyperparameters)."""
+    if method is None:
+        return "supervised", {}
+    if not isinstance(method, dict):
+        raise _bad("method", "must be an object")
+    kind = method.get("type")
+    if kind == "reinforcement":
+        reason = "reinforcement fine-tuning is not supported: use supervised or dpo"
+        raise UnsupportedMethodError(
+            f"method.type: {reason}", details=[{"location": "method.type", "reason": reason}]
+        )
+    if kind not in METHOD_TYPES:
+        raise _bad("method.type", 'must be "supervised" or "dpo"')
+    if set(method) - {"type", kind}:
+        raise _bad("method", f"only type and {kind} are supported with type {kind}")
+    section = method.get(kind) or {}
+    if not isinstance(section, dict) or set(section) - {"hyperparameters"}:
+        raise _bad(f"method.{kind}", "only hyperparameters is supported")
+    where = f"method.{kind}.hyperparameters"
+    return kind, _hyperparameters(section.get("hyperparameters"), where, beta=kind == "dpo")
 
 
 def _metadata(value: Any) -> dict[str, str] | None:
@@ -143,22 +187,12 @@ def training_request_body(body: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     if body.get("integrations") not in (None, []):
         raise _bad("integrations", "integrations are not supported")
     hyperparameters = _hyperparameters(body.get("hyperparameters"), "hyperparameters")
-    method = body.get("method")
-    if method is not None:
-        if not isinstance(method, dict) or method.get("type") != "supervised":
-            raise _bad("method.type", "only supervised fine-tuning is supported")
-        unknown_method = set(method) - {"type", "supervised"}
-        if unknown_method:
-            raise _bad("method", "only type and supervised are supported")
-        supervised = method.get("supervised") or {}
-        if not isinstance(supervised, dict) or set(supervised) - {"hyperparameters"}:
-            raise _bad("method.supervised", "only hyperparameters is supported")
-        from_method = _hyperparameters(
-            supervised.get("hyperparameters"), "method.supervised.hyperparameters"
-        )
-        if from_method and hyperparameters:
-            raise _bad("hyperparameters", "give hyperparameters or method, not both")
-        hyperparameters = hyperparameters or from_method
+    kind, from_method = _method(body.get("method"))
+    if from_method and hyperparameters:
+        raise _bad("hyperparameters", "give hyperparameters or method, not both")
+    if kind == "dpo" and hyperparameters:
+        raise _bad("hyperparameters", "with method dpo, give method.dpo.hyperparameters")
+    hyperparameters = hyperparameters or from_method
     seed = body.get("seed")
     if seed is not None:
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -183,6 +217,8 @@ def training_request_body(body: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     if not isinstance(training_file, str) or not training_file:
         raise _bad("training_file", "required: a File id, gs://bucket/object or hf://dataset")
     ours: dict[str, Any] = {"model_id": model}
+    if kind == "dpo":
+        ours["method"] = "dpo"
     if training_file.startswith("hf://"):
         ours["dataset_id"] = training_file[len("hf://") :]
     else:
@@ -335,7 +371,7 @@ class FineTuningJobs:
             "training_file": record.get("training_file") or "unknown",
             "validation_file": record.get("validation_file"),
             "hyperparameters": hyperparameters,
-            "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+            "method": _method_object(record, raw, hyperparameters),
             "trained_tokens": trained_tokens,
             "estimated_finish": estimated_finish,
             "error": error,
@@ -372,7 +408,10 @@ class FineTuningJobs:
         """A page of the index, newest first; Baseten is read only for jobs still moving."""
         if after is not None and parse_job_id(after) is None:
             raise NotFoundError("no such fine-tuning job (after)")
-        records, more = self._index.page(after, limit, metadata)
+        if len(metadata) > MAX_METADATA:
+            return _page([], False)  # no job carries more pairs than that: nothing to read
+        found = self._index.scan(after, limit, metadata)
+        records, more = found.records, found.has_more
 
         def one(item: tuple[dict[str, Any], str]) -> dict[str, Any]:
             record = item[0]
@@ -405,7 +444,11 @@ class FineTuningJobs:
                 data = list(pool.map(one, records))
         else:
             data = [one(item) for item in records]
-        return _page(data, more)
+        page = _page(data, more)
+        if not data and more:
+            # The page's listings ran out before a match: go on from what was examined.
+            page["last_id"] = found.cursor
+        return page
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         project_id, baseten_id = self._ids(job_id)
@@ -551,6 +594,19 @@ class FineTuningJobs:
             )
         found.sort(key=lambda c: (c["created_at"], c["step_number"]), reverse=True)
         return _after(found, after, limit)
+
+
+def _method_object(
+    record: dict[str, Any], raw: dict[str, Any], hyperparameters: dict[str, Any]
+) -> dict[str, Any]:
+    """OpenAI's ``method`` with the values the job runs with (index records made
+    before methods existed are supervised; without a record, the Baseten name says)."""
+    kind = record.get("method") or parse_job_name(raw.get("name"))[2]
+    if kind != "dpo":
+        return {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}
+    beta = record.get("dpo_beta")
+    used = {**hyperparameters, "beta": beta if beta is not None else DEFAULT_DPO_BETA}
+    return {"type": "dpo", "dpo": {"hyperparameters": used}}
 
 
 def _event(

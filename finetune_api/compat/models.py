@@ -18,12 +18,21 @@ from collections.abc import Callable
 from typing import Any
 
 from finetune_api.core.errors import NotFoundError, ServiceError
+from finetune_api.core.logs import get_logger, log
 from finetune_api.serving.deployments import default_model_name, parse_marker
 
+_logger = get_logger("models")
+# (model, deployment, (project id, job id, checkpoint id)) of each serving deployment.
+_Serving = list[tuple[dict[str, Any], dict[str, Any], tuple[str, str, str]]]
 _ID = re.compile(r"^[A-Za-z0-9]{1,40}\Z")
 # Statuses whose deployment answers (or wakes up to answer) a request.
 SERVING = frozenset({"ACTIVE", "SCALED_TO_ZERO", "WAKING_UP", "UPDATING"})
 CACHE_SECONDS = 30.0
+#: ``/v1/models`` lists the deployments of at most this many models (the newest that
+#: have any): one Baseten call each, made 8 at a time; a model without deployments
+#: costs nothing. So one request makes at most 1 + MAX_MODELS_READ Baseten calls.
+MAX_MODELS_READ = 100
+_LIST_WORKERS = 8
 
 
 def model_name(baseten_name: str, model_id: str, deployment_id: str) -> str:
@@ -62,6 +71,7 @@ class ModelDirectory:
         self._clock = clock
         self._lock = threading.Lock()
         self._checked: dict[tuple[str, str], float] = {}
+        self._flight: _Flight | None = None
 
     def find_for_job(
         self, project_id: str, job_id: str, raw_job: dict[str, Any], names: list[str | None]
@@ -126,31 +136,98 @@ class ModelDirectory:
             self._checked.pop((model_id, deployment_id), None)
 
     def list(self) -> list[dict[str, Any]]:
-        """Every serving deployment this service created, as OpenAI model objects."""
+        """Every serving deployment this service created, as OpenAI model objects.
+
+        Bounded: the deployments of the newest :data:`MAX_MODELS_READ` models that
+        have any are read (in parallel); requests arriving while a listing is being
+        read wait for it and share its answer instead of reading again.
+        """
         listed = []
-        for model in self._client.list_models():
-            for deployment in self._client.list_deployments(str(model["id"])):
+        for model, deployment, source in self._serving():
+            if not self._allows(source[0], source[1]):
+                continue
+            listed.append(
+                {
+                    "id": model_name(
+                        str(model.get("name") or "model"), str(model["id"]), str(deployment["id"])
+                    ),
+                    "object": "model",
+                    "created": _unix(deployment.get("created_at")),
+                    "owned_by": "baseten",
+                    "training_project_id": source[0],
+                    "training_job_id": source[1],
+                    "checkpoint_id": source[2],
+                }
+            )
+        return listed
+
+    def _serving(self) -> _Serving:
+        """This service's serving deployments; one reading shared by concurrent callers."""
+        with self._lock:
+            flight = self._flight
+            leader = flight is None
+            if leader:
+                flight = self._flight = _Flight()
+        assert flight is not None
+        if not leader:
+            return flight.wait()
+        try:
+            flight.answer = self._read_serving()
+        except BaseException as error:
+            flight.error = error
+            raise
+        finally:
+            with self._lock:
+                self._flight = None
+            flight.done.set()
+        return flight.answer
+
+    def _read_serving(self) -> _Serving:
+        models = [m for m in self._client.list_models() if m.get("deployments_count") != 0]
+        if len(models) > MAX_MODELS_READ:
+            log(
+                _logger,
+                30,
+                "more models with deployments than /v1/models reads; the oldest are left out",
+                models=len(models),
+                read=MAX_MODELS_READ,
+            )
+            models.sort(key=lambda m: str(m.get("created_at") or ""), reverse=True)
+            models = models[:MAX_MODELS_READ]
+
+        def deployments(model: dict[str, Any]) -> list[dict[str, Any]]:
+            return list(self._client.list_deployments(str(model["id"])))
+
+        if len(models) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(_LIST_WORKERS, len(models))) as pool:
+                each = list(pool.map(deployments, models))
+        else:
+            each = [deployments(model) for model in models]
+        found = []
+        for model, items in zip(models, each, strict=True):
+            for deployment in items:
                 source = parse_marker(deployment.get("name"))
                 if source is None or str(deployment.get("status")) not in SERVING:
                     continue
-                if not self._allows(source[0], source[1]):
-                    continue
-                listed.append(
-                    {
-                        "id": model_name(
-                            str(model.get("name") or "model"),
-                            str(model["id"]),
-                            str(deployment["id"]),
-                        ),
-                        "object": "model",
-                        "created": _unix(deployment.get("created_at")),
-                        "owned_by": "baseten",
-                        "training_project_id": source[0],
-                        "training_job_id": source[1],
-                        "checkpoint_id": source[2],
-                    }
-                )
-        return listed
+                found.append((model, deployment, source))
+        return found
+
+
+class _Flight:
+    """One listing in progress; later callers wait for its answer."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.answer: _Serving = []
+        self.error: BaseException | None = None
+
+    def wait(self) -> _Serving:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.answer
 
 
 def _unix(value: Any) -> int:

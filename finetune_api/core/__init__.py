@@ -4,7 +4,8 @@ Holds: ``settings`` (every setting, typed, read once), ``errors`` (one exception
 CONTRACT error type), ``logs`` (the JSON log format and redaction), ``secrets`` /
 ``secret_values`` (Secret Manager, API_KEYS), ``schemas`` (request/response models,
 Baseten -> Job), ``timestamps`` (the one time parser), ``decoding`` (untrusted JSON
-bytes) and ``query`` (strict query-string numbers).
+bytes), ``query`` (strict query-string numbers), ``cloud_storage`` (the storage
+client) and ``buckets`` (small objects in a bucket or folder, written with preconditions).
 
 May import: nothing else of ``finetune_api`` (the bottom layer).
 """

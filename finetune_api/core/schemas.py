@@ -7,7 +7,7 @@ HTTP route, the Pub/Sub trigger and the Python API validate identically.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -32,6 +32,16 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 # job_name may not end in it, so names always round-trip.
 IDEMPOTENCY_SUFFIX = re.compile(r"^(?P<name>.*)-ik-(?P<digest>[0-9a-f]{20})$")
 IDEMPOTENCY_SUFFIX_LENGTH = len("-ik-") + 20
+# The marker a DPO job's Baseten name carries before that suffix
+# (``<job_name>--dpo[-ik-<digest>]``): every Job answer reads its ``method`` from the
+# name Baseten already returns, so no read costs an extra call. A user's own job_name
+# may not end in it either; a name without it (every job made before) is supervised.
+DPO_MARKER = "--dpo"
+METHODS = ("supervised", "dpo")
+Method = Literal["supervised", "dpo"]
+#: What the template trains with when the request leaves them out (CONTRACT "Method").
+DEFAULT_DPO_BETA = 0.1
+DEFAULT_TRAIN_ON_INPUTS = False
 
 
 def _repo_id(value: str) -> str:
@@ -46,6 +56,15 @@ def _repo_id(value: str) -> str:
 def _name(value: str) -> str:
     if not NAME.fullmatch(value):
         raise ValueError("must be 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit")
+    return value
+
+
+def _unreserved_job_name(value: str | None) -> str | None:
+    """A user's job name may not end in what the service adds to the Baseten name."""
+    if value is not None and IDEMPOTENCY_SUFFIX.match(value):
+        raise ValueError("may not end in -ik-<20 hex digits> (reserved for idempotency keys)")
+    if value is not None and value.endswith(DPO_MARKER):
+        raise ValueError(f"may not end in {DPO_MARKER} (reserved: it marks a DPO job)")
     return value
 
 
@@ -85,6 +104,18 @@ class Hyperparameters(BaseModel):
         ge=0,
         lt=0.5,
         description="fraction held out and evaluated at each epoch's end (0: no evaluation)",
+    )
+    train_on_inputs: bool | None = Field(
+        default=None,
+        description="supervised only: true trains on every token; default false: only the "
+        "assistant's weight-1 turns (chat) or the completion (prompt_completion) carry loss",
+    )
+    dpo_beta: float | None = Field(
+        default=None,
+        gt=0,
+        le=10,
+        description="dpo only: how far the tuned model may move from the base model "
+        "(TRL's beta); default 0.1",
     )
 
 
@@ -243,6 +274,11 @@ class TrainingRequest(BaseModel):
     dry_run: bool = Field(
         default=False, description="check everything (the data included), create nothing"
     )
+    method: Method = Field(
+        default="supervised",
+        description="supervised (default): learn the examples; dpo: preference tuning on a "
+        "preference file (input, preferred_output, non_preferred_output)",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> TrainingRequest:
@@ -257,9 +293,7 @@ class TrainingRequest(BaseModel):
     @field_validator("job_name")
     @classmethod
     def _not_reserved(cls, value: str | None) -> str | None:
-        if value is not None and IDEMPOTENCY_SUFFIX.match(value):
-            raise ValueError("may not end in -ik-<20 hex digits> (reserved for idempotency keys)")
-        return value
+        return _unreserved_job_name(value)
 
 
 class ResumeRequest(BaseModel):
@@ -289,9 +323,7 @@ class ResumeRequest(BaseModel):
     @field_validator("job_name")
     @classmethod
     def _not_reserved(cls, value: str | None) -> str | None:
-        if value is not None and IDEMPOTENCY_SUFFIX.match(value):
-            raise ValueError("may not end in -ik-<20 hex digits> (reserved for idempotency keys)")
-        return value
+        return _unreserved_job_name(value)
 
 
 class ResumedFrom(BaseModel):
@@ -325,6 +357,10 @@ class Job(BaseModel):
     updated_at: str | None = None
     dashboard_url: str
     idempotent_replay: bool = False
+    method: Method = Field(
+        default="supervised",
+        description="what the job trains with: supervised or dpo (jobs made before: supervised)",
+    )
 
 
 class ResumedJob(Job):
@@ -472,10 +508,46 @@ def parse_training_request(data: Any, settings: Any) -> TrainingRequest:
         request = TrainingRequest.model_validate(data, context={"settings": settings})
     except ValidationError as error:
         details = validation_details(error) + details
+    else:
+        details = method_details(request) + details
     if details:
         fields = ", ".join(sorted({d["location"] for d in details}))
         raise InvalidRequestError(f"invalid training request: {fields}", details=details) from None
     return request
+
+
+def method_details(request: TrainingRequest) -> list[dict[str, Any]]:
+    """Hyperparameters given for the other method: one detail each (CONTRACT "Method")."""
+    hp = request.hyperparameters
+    details = []
+    if hp.dpo_beta is not None and request.method != "dpo":
+        details.append({"location": "hyperparameters.dpo_beta", "reason": 'only with method "dpo"'})
+    if hp.train_on_inputs is not None and request.method != "supervised":
+        details.append(
+            {
+                "location": "hyperparameters.train_on_inputs",
+                "reason": 'only with method "supervised" (DPO trains on the outputs)',
+            }
+        )
+    return details
+
+
+def method_hyperparameters(request: TrainingRequest) -> dict[str, Any]:
+    """The request's hyperparameters with the method's defaults filled in (decision 2).
+
+    ``train_on_inputs``: false by default for supervised, null for dpo; ``dpo_beta``:
+    0.1 by default for dpo, null for supervised.
+    """
+    values = request.hyperparameters.model_dump()
+    if request.method == "dpo":
+        values["train_on_inputs"] = None
+        if values["dpo_beta"] is None:
+            values["dpo_beta"] = DEFAULT_DPO_BETA
+    else:
+        values["dpo_beta"] = None
+        if values["train_on_inputs"] is None:
+            values["train_on_inputs"] = DEFAULT_TRAIN_ON_INPUTS
+    return values
 
 
 # Baseten statuses after which a job never changes again; any other (including
@@ -495,14 +567,30 @@ def short_status(baseten_status: str) -> str:
     return baseten_status.removeprefix("TRAINING_JOB_").lower()
 
 
-def split_job_name(name: str | None) -> tuple[str | None, str | None]:
-    """Baseten job name → (the user's job name, idempotency key digest or None)."""
+def parse_job_name(name: str | None) -> tuple[str | None, str | None, Method]:
+    """Baseten job name → (the user's job name, idempotency key digest or None, method)."""
     if not name:
-        return name, None
+        return name, None, "supervised"
+    digest = None
     match = IDEMPOTENCY_SUFFIX.match(name)
     if match:
-        return match["name"] or None, match["digest"]
-    return name, None
+        name, digest = match["name"], match["digest"]
+    method: Method = "supervised"
+    if name.endswith(DPO_MARKER):
+        name, method = name[: -len(DPO_MARKER)], "dpo"
+    return name or None, digest, method
+
+
+def split_job_name(name: str | None) -> tuple[str | None, str | None]:
+    """Baseten job name → (the user's job name, idempotency key digest or None)."""
+    user_name, digest, _ = parse_job_name(name)
+    return user_name, digest
+
+
+def baseten_job_name(job_name: str, method: str, digest: str | None = None) -> str:
+    """What :func:`parse_job_name` reads back: ``<job_name>[--dpo][-ik-<digest>]``."""
+    name = f"{job_name}{DPO_MARKER}" if method == "dpo" else job_name
+    return f"{name}-ik-{digest}" if digest is not None else name
 
 
 def _scrubbed(text: Any) -> str | None:
@@ -526,7 +614,7 @@ def job_from_baseten(
     project_id = str(job.get("training_project_id") or project.get("id") or "")
     job_id = str(job["id"])
     baseten_status = str(job.get("current_status") or "TRAINING_JOB_UNKNOWN")
-    name, _ = split_job_name(job.get("name"))
+    name, _, method = parse_job_name(job.get("name"))
     return Job(
         training_project_id=project_id,
         training_project_name=project.get("name"),
@@ -538,6 +626,7 @@ def job_from_baseten(
         created_at=job.get("created_at"),
         updated_at=job.get("updated_at"),
         dashboard_url=f"{app_url.rstrip('/')}/training/{project_id}/logs/{job_id}",
+        method=method,
     )
 
 

@@ -213,6 +213,9 @@ class Settings:
     baseten_inference_url: str | None = _setting(None, _url)
     deployment_watch_seconds: int = _setting(86400, _int(60))
     deploy_max_attempts: int = _setting(3, _int(1, 20))
+    # The chat proxy's bounds on one answer (issue 27): its total time and size.
+    chat_max_seconds: float = _setting(600.0, _positive_float(3600))
+    chat_max_bytes: int = _setting(32 * 1024 * 1024, _int(1024))
     # Where the poll keeps its small state (see polling/state.py): a Cloud Storage
     # object when a bucket is named, else a local file (no cloud needed).
     poll_state_bucket: str | None = _setting(None, _optional_text)

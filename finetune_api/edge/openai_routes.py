@@ -82,6 +82,7 @@ _TYPES = {
 def openai_error(error: ServiceError) -> Response:
     """``{"error": {"message", "type", "param", "code"}}`` with the SDK's statuses."""
     kind, code = _TYPES.get(error.type, ("api_error", error.type))
+    code = getattr(error, "openai_code", None) or code
     status = error.status
     if isinstance(error, UpstreamRateLimitedError):
         status, kind, code = 429, "rate_limit_error", "rate_limit_exceeded"

@@ -45,6 +45,67 @@ _HYPERPARAMETERS = _obj(
         },
     }
 )
+_DPO_HYPERPARAMETERS: dict[str, Any] = {
+    **_HYPERPARAMETERS,
+    "properties": {
+        **_HYPERPARAMETERS["properties"],
+        "beta": {
+            "oneOf": [{"const": "auto"}, {"type": "number", "exclusiveMinimum": 0, "maximum": 10}],
+            "description": "DPO's beta (auto: 0.1)",
+        },
+    },
+}
+# The create body's method: OpenAI's shape; "reinforcement" is a 400 (code unsupported_method).
+_METHOD = {
+    "oneOf": [
+        _obj(
+            {
+                "type": {"const": "supervised"},
+                "supervised": _obj({"hyperparameters": _HYPERPARAMETERS}),
+            },
+            ["type"],
+        ),
+        _obj(
+            {
+                "type": {"const": "dpo"},
+                "dpo": _obj({"hyperparameters": _DPO_HYPERPARAMETERS}),
+            },
+            ["type"],
+        ),
+    ],
+    "description": "supervised (default) or dpo (a preference file); reinforcement is a 400 "
+    "with code unsupported_method. Each value a number or auto (our default)",
+}
+
+
+# A job's hyperparameters as it echoes them: the numbers used, never "auto".
+_USED = {
+    "n_epochs": {"type": "integer"},
+    "batch_size": {"type": "integer"},
+    "learning_rate_multiplier": {"type": "number"},
+}
+
+
+# The job's method: the values it runs with.
+_METHOD_USED = {
+    "oneOf": [
+        _obj(
+            {
+                "type": {"const": "supervised"},
+                "supervised": _obj({"hyperparameters": _obj(_USED)}),
+            },
+            ["type", "supervised"],
+        ),
+        _obj(
+            {
+                "type": {"const": "dpo"},
+                "dpo": _obj({"hyperparameters": _obj({**_USED, "beta": {"type": "number"}})}),
+            },
+            ["type", "dpo"],
+        ),
+    ],
+    "description": "the method the job runs, with the values used (numbers, never auto)",
+}
 
 SCHEMAS: dict[str, Any] = {
     "OpenAIError": _obj(
@@ -100,13 +161,7 @@ SCHEMAS: dict[str, Any] = {
             },
             "validation_file": _NULL_STR,
             "hyperparameters": _HYPERPARAMETERS,
-            "method": _obj(
-                {
-                    "type": {"const": "supervised"},
-                    "supervised": _obj({"hyperparameters": _HYPERPARAMETERS}),
-                },
-                ["type"],
-            ),
+            "method": _METHOD,
             "suffix": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"},
             "metadata": {
                 "type": "object",
@@ -147,7 +202,7 @@ SCHEMAS: dict[str, Any] = {
             "training_file": _STR,
             "validation_file": _NULL_STR,
             "hyperparameters": _HYPERPARAMETERS,
-            "method": {"type": "object"},
+            "method": _METHOD_USED,
             "trained_tokens": _NULL_INT,
             "estimated_finish": _NULL_INT,
             "error": {"type": ["object", "null"]},

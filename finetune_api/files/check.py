@@ -5,41 +5,65 @@ are cut as they come and checked one by one, so a 1 GiB file costs one line of
 memory (at most ``max_line_bytes``) plus the chunk in hand. A line longer than
 that is skipped to its end without being held.
 
-Every line is one example. It must be UTF-8, one JSON object, and in the file's
-format, which the first valid line decides and every other line must follow:
-
-- ``chat``: ``{"messages": [{"role": "system"|"user"|"assistant", "content": "…"}, …]}``
-  with non-empty string contents and at least one assistant turn;
-- ``text``: ``{"text": "…"}`` (non-empty);
-- ``prompt_completion``: ``{"prompt": "…", "completion": "…"}`` (completion non-empty).
+Every line is one example. It must be UTF-8, one JSON object (no key twice, no
+lone surrogate), and in the file's format, which the first valid line decides
+and every other line must follow. The formats and their rules are
+``files/rules.py`` (``chat`` in OpenAI's full format, ``preference``, ``text``,
+``prompt_completion``); docs/own-data.md shows each with an example line.
 
 ``examples``, ``invalid_examples`` and every error's ``line`` are exact; only the
 first ``MAX_ERRORS`` errors are kept. A UTF-8 byte order mark at the very start
 is accepted (and hashed, like every byte: the sha256 is of the file as stored).
+A file-wide error has ``line: null``; :func:`describe` words any error for a message.
 
-Speed: bytes are gathered into 1 MiB windows; once the format is known, the
-complete lines of a window are decoded as one JSON array of that format by
-msgspec (typed, in C), and only a window that is not entirely valid is checked
-line by line, which then gives each line its exact verdict (tests/test_check_fast_path.py
-holds the two paths to identical results). The check alone runs at ~200 MB/s of
-chat JSONL on one core, about twice the line-by-line speed; docs/performance.md
-has the figures against the download itself.
+Speed: bytes are gathered into 1 MiB windows; once the format is known, each
+complete line of a window is decoded by msgspec (typed, in C) into a closed
+shape that only the plainest valid examples fit (chat of system, developer,
+user and assistant string contents; text; prompt/completion), with a count of
+the window's key separators that proves no key was given twice; only a window that is
+not entirely such lines is checked line by line, which gives each line its
+exact verdict (tests/test_check_fast_path.py holds the two paths to identical
+results). Once ``MAX_ERRORS`` reasons are kept, runs of lines that do not
+even name the format's key are counted invalid without being cut.
+docs/performance.md has the figures.
 """
 
 from __future__ import annotations
 
 import gc
 import hashlib
-import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, Literal
 
 import msgspec
 
-FORMATS = ("chat", "text", "prompt_completion")
-ROLES = frozenset({"system", "user", "assistant"})
+from finetune_api.files.rules import (
+    FORMATS,
+    LineError,
+    check_example,
+    example_format,
+    example_pieces,
+    example_text,
+    loads,
+)
+
+__all__ = [
+    "FORMATS",
+    "MAX_ERRORS",
+    "CheckResult",
+    "JsonlCheck",
+    "LineError",
+    "check_chunks",
+    "check_example",
+    "describe",
+    "example_format",
+    "example_pieces",
+    "example_text",
+]
+
 MAX_ERRORS = 100
 DEFAULT_MAX_LINE_BYTES = 4 * 1024 * 1024
 _BOM = b"\xef\xbb\xbf"
@@ -51,140 +75,179 @@ _GZIP = b"\x1f\x8b"
 BUFFER_BYTES = 1024 * 1024
 
 
-class LineError(ValueError):
-    """Why one line is not a valid example (the message is the reason users see)."""
+def describe(error: dict[str, Any]) -> str:
+    """One error of a validation as a person would write it: ``line 3: not valid JSON``.
+
+    A file-wide error (``line`` null) is its reason alone: it already speaks of
+    the file ("the file is empty").
+    """
+    line = error.get("line")
+    return f"line {line}: {error['reason']}" if line is not None else str(error["reason"])
 
 
-def example_format(value: Any) -> str:
-    """The format one decoded line is written in, or LineError saying why it has none."""
-    if not isinstance(value, dict):
-        kind = "array" if isinstance(value, list) else type(value).__name__
-        raise LineError(f"a JSON {kind}, not an object")
-    if "messages" in value:
-        return "chat"
-    if "text" in value:
-        return "text"
-    if "prompt" in value or "completion" in value:
-        return "prompt_completion"
-    raise LineError("no 'messages', 'text' or 'prompt'/'completion' key")
+# -- the fast path: closed shapes only the plainest valid examples fit ----------------------
 
 
-def _non_empty_text(value: Any, where: str) -> None:
-    if not isinstance(value, str):
-        raise LineError(f"{where} must be a string")
-    if not value.strip():
-        raise LineError(f"{where} is empty")
-
-
-def check_example(value: dict[str, Any], fmt: str) -> None:
-    """LineError unless ``value`` is a valid example of ``fmt``."""
-    if fmt == "chat":
-        messages = value.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise LineError("'messages' must be a non-empty list")
-        answered = False
-        for index, message in enumerate(messages):
-            if not isinstance(message, dict):
-                raise LineError(f"messages[{index}] must be an object")
-            role = message.get("role")
-            if role not in ROLES:
-                raise LineError(f"messages[{index}].role must be system, user or assistant")
-            _non_empty_text(message.get("content"), f"messages[{index}].content")
-            answered = answered or role == "assistant"
-        if not answered:
-            raise LineError("no assistant message: nothing to learn from")
-    elif fmt == "text":
-        _non_empty_text(value.get("text"), "'text'")
-    else:
-        prompt = value.get("prompt")
-        if not isinstance(prompt, str):
-            raise LineError("'prompt' must be a string")
-        _non_empty_text(value.get("completion"), "'completion'")
-
-
-class _Message(msgspec.Struct, gc=False):
-    role: Literal["system", "user", "assistant"]
+class _Message(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    role: Literal["system", "developer", "user", "assistant"]
     content: str
+    name: str | msgspec.UnsetType = msgspec.UNSET
 
 
-class _Chat(msgspec.Struct, gc=False):
+class _Chat(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     messages: list[_Message]
 
 
-class _Text(msgspec.Struct, gc=False):
+class _Text(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     text: str
-    messages: msgspec.UnsetType = msgspec.UNSET
 
 
-class _PromptCompletion(msgspec.Struct, gc=False):
+class _PromptCompletion(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     prompt: str
     completion: str
-    messages: msgspec.UnsetType = msgspec.UNSET
-    text: msgspec.UnsetType = msgspec.UNSET
 
 
 def _fast_decoders() -> dict[str, Any]:
-    """One msgspec decoder per format, for a JSON array of that format's examples.
+    """One msgspec decoder per format with a fast path, for one line of that format.
 
     Each accepts only what :func:`example_format` and :func:`check_example` also
-    accept, as the same format (a key that would make a line another format, such
-    as ``messages`` on a text line, must be absent); what they cannot tell (an
-    empty list, blank content, no assistant turn) :func:`_all_valid` checks.
-    Anything they refuse is checked again line by line, for the exact reason.
+    accept, as the same format: its shape is closed (any other key, ``tools``,
+    ``tool_calls``, ``weight``, a list content, a ``null``, is refused), so what
+    it accepts has exactly the keys its fields count. What a type cannot say
+    (an empty list, blank content, no assistant turn, a key given twice)
+    :func:`_all_valid` checks. Anything refused is checked again line by line,
+    for the exact reason. Preference pairs are always checked line by line.
     """
     return {
-        "chat": msgspec.json.Decoder(list[_Chat]),
-        "text": msgspec.json.Decoder(list[_Text]),
-        "prompt_completion": msgspec.json.Decoder(list[_PromptCompletion]),
+        "chat": msgspec.json.Decoder(_Chat),
+        "text": msgspec.json.Decoder(_Text),
+        "prompt_completion": msgspec.json.Decoder(_PromptCompletion),
     }
 
 
 _FAST = _fast_decoders()
+# Whether runs of lines that name no key of the format are counted at once once no more
+# reasons are kept (tests switch it off to compare with every line checked one by one).
+_BULK_INVALID = True
+# What a valid line of each format must hold: the key the format is known by, written
+# out, or a backslash (an escape could spell it). None: the format is not known yet.
+_KEY_NAMES: dict[str | None, tuple[bytes, ...]] = {
+    None: (b"messages", b"input", b"preferred_output", b"text", b"prompt", b"completion", b"\\"),
+    "chat": (b"messages", b"\\"),
+    "preference": (b"input", b"preferred_output", b"\\"),
+    "text": (b"text", b"\\"),
+    "prompt_completion": (b"prompt", b"completion", b"\\"),
+}
+
+
+def _next_key_name(
+    block: bytes, start: int, needles: tuple[bytes, ...], found: dict[bytes, int]
+) -> int:
+    """Where the first of ``needles`` occurs in ``block`` from ``start`` on, or -1.
+
+    -1 too when no ``{`` is left (every valid line is an object). ``found``
+    remembers each needle's last answer, so a block is searched about once per
+    needle however many times this is asked (``bytes.find`` runs in C).
+    """
+
+    def after_start(needle: bytes) -> int:
+        at = found.get(needle, -2)
+        if at == -2 or 0 <= at < start:
+            at = found[needle] = block.find(needle, start)
+        return at
+
+    if after_start(b"{") < 0:
+        return -1
+    places = [at for at in map(after_start, needles) if at >= 0]
+    return min(places) if places else -1
 
 
 _ROLE = attrgetter("role")
+_NAME = attrgetter("name")
+_MESSAGES = attrgetter("messages")
 
 
-def _all_valid(examples: list[Any], fmt: str) -> bool:
-    """The rest of :func:`check_example` for examples the fast decoder accepted.
+def _no_key_twice(block: bytes, keys: int) -> bool:
+    """Whether ``block``, whose examples have ``keys`` keys, writes no key twice.
+
+    msgspec keeps the last of a key given twice silently; this proves there is
+    none by counting key separators, which can only overcount. Every key is
+    followed by a ``:``, so ``block.count(b":") == keys`` settles it at once
+    (no colon in any text). Otherwise every key the fast shapes know ends
+    ``":`` unless whitespace stands between: a ``"`` before whitespace that is
+    not ``\\"`` (an escaped quote in a text; no known key name ends in a
+    backslash) sends the block line by line, and else ``block.count(b'":')``
+    must equal ``keys``.
+    """
+    colons = block.count(b":")
+    if colons == keys:
+        return True
+    if colons < keys or block.count(b'":') != keys:
+        return False
+    spaced = block.count(b'" ') + block.count(b'"\t')
+    return spaced == 0 or spaced == block.count(b'\\" ') + block.count(b'\\"\t')
+
+
+def _all_valid(examples: list[Any], fmt: str, block: bytes) -> bool:
+    """The rest of :func:`check_example` for the examples of ``block`` the fast decoder accepted.
 
     ``not value or value.isspace()`` is the same test as ``not value.strip()``;
     the loops run in C (``map``) wherever they can.
     """
     if fmt == "chat":
-        texts = [message.content for example in examples for message in example.messages]
+        conversations = list(map(_MESSAGES, examples))
+        if not all(conversations):
+            return False
+        messages = [message for conversation in conversations for message in conversation]
+        texts = [message.content for message in messages]
         if not all(texts) or any(map(str.isspace, texts)):
             return False
-        # An empty list has no assistant turn either.
-        return all("assistant" in map(_ROLE, example.messages) for example in examples)
-    field = "text" if fmt == "text" else "completion"
-    texts = list(map(attrgetter(field), examples))
-    return all(texts) and not any(map(str.isspace, texts))
+        if not all("assistant" in map(_ROLE, conversation) for conversation in conversations):
+            return False
+        names = len(messages) - list(map(_NAME, messages)).count(msgspec.UNSET)
+        return _no_key_twice(block, len(examples) + 2 * len(messages) + names)
+    texts = list(map(attrgetter("text" if fmt == "text" else "completion"), examples))
+    if not all(texts) or any(map(str.isspace, texts)):
+        return False
+    return _no_key_twice(block, (1 if fmt == "text" else 2) * len(examples))
 
 
-def _decode(decoder: Any, data: bytes) -> list[Any] | None:
-    """The examples of a JSON array, or None when the fast decoder refuses it.
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for a window's work, back on after (if it was on).
 
-    The cyclic garbage collector is paused for the call: decoding a run of
-    examples allocates thousands of lists, each a trigger for a collection that
-    can find nothing (they are all alive until checked), which would double the
-    time. It is switched back on at once, only if it was on.
+    Checking a window allocates thousands of lists and dicts, each a trigger for
+    a collection that can find nothing (they are freed by reference counting, or
+    alive until checked), which costs up to half the time.
     """
     paused = gc.isenabled()
     if paused:
         gc.disable()
     try:
-        examples: list[Any] = decoder.decode(data)
-        return examples
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
+        yield
     finally:
         if paused:
             gc.enable()
 
 
+def _decode_lines(decoder: Any, lines: list[bytes]) -> list[Any] | None:
+    """Each line decoded on its own (so each is exactly one value), or None at any refusal."""
+    try:
+        with _gc_paused():
+            return list(map(decoder.decode, lines))
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def _stray_carriage_returns(block: bytes) -> bool:
+    """Whether a ``\\r`` stands anywhere but at the end of a line (msgspec reads it as a space)."""
+    if b"\r" not in block:
+        return False
+    return block.count(b"\r") != block.count(b"\r\n") + block.endswith(b"\r")
+
+
 def _utf8(data: bytes) -> bool:
-    # msgspec does not check the UTF-8 of keys it skips; the line-by-line check does.
+    # msgspec may not check the UTF-8 of every byte it passes over; the line-by-line check does.
     try:
         data.decode("utf-8")
     except UnicodeDecodeError:
@@ -303,35 +366,68 @@ class JsonlCheck:
     # -- many lines ----------------------------------------------------------------
 
     def _check_block(self, block: bytes) -> None:
-        """Check complete lines (``block`` without its last newline): at once if all are valid.
+        """Check complete lines (``block`` without its last newline): at once if all are valid."""
+        if not self._all_fast(block):
+            with _gc_paused():
+                self._check_each(block)
 
-        The fast path decodes the lines as one JSON array of the file's format
-        (msgspec, in C) once the format is known: the newlines become commas, so
-        an empty or blank line, or one holding two values, makes the array invalid
-        or its length wrong. Any doubt (that, invalid UTF-8 anywhere, a type or
-        content error, a line that may be over-long, a hook that wants each
-        example) checks every line with :meth:`_check_line` instead, which gives
-        each its exact verdict: counts and errors are the same either way.
+    def _all_fast(self, block: bytes) -> bool:
+        """Count the block's lines as valid if the fast path proves every one is.
+
+        Once the format is known, each line is decoded alone by that format's
+        closed msgspec shape, so each is exactly one JSON value (a value split
+        over two lines, or two values on one line, is refused); the block's key
+        count must equal its examples' (no key twice). Any doubt (that, invalid
+        UTF-8 anywhere, a type or content error, a line that may be over-long, a
+        hook that wants each example) answers False, and every line is checked
+        one by one instead: counts and errors are the same either way.
         """
         decoder = _FAST.get(self.format or "")
-        if decoder is not None and self.on_example is None:
-            lines = block.count(b"\n") + 1
-            fits = len(block) <= self.max_line_bytes or (
-                max(map(len, block.split(b"\n"))) <= self.max_line_bytes
-            )
-            examples = None
-            if fits and _utf8(block):
-                examples = _decode(decoder, b"[" + block.replace(b"\n", b",") + b"]")
-            if (
-                examples is not None
-                and len(examples) == lines
-                and _all_valid(examples, self.format or "")
-            ):
-                self._line += lines
-                self._examples += lines
-                return
-        for raw in block.split(b"\n"):
-            self._check_line(raw)
+        if decoder is None or self.on_example is not None:
+            return False
+        lines = block.split(b"\n")
+        if len(block) > self.max_line_bytes and max(map(len, lines)) > self.max_line_bytes:
+            return False
+        if _stray_carriage_returns(block) or not _utf8(block):
+            return False
+        examples = _decode_lines(decoder, lines)
+        if examples is None or not _all_valid(examples, self.format or "", block):
+            return False
+        self._line += len(lines)
+        self._examples += len(lines)
+        return True
+
+    def _check_each(self, block: bytes) -> None:
+        """Every line of ``block`` through :meth:`_check_line`, for its exact verdict.
+
+        Once ``MAX_ERRORS`` reasons are kept, only the counts can change: a run
+        of lines none of which holds a key name of the format (nor a backslash,
+        which could spell one) has no valid example, and is counted invalid at
+        once, so a file of millions of ``1`` or ``{}`` lines costs a few scans of
+        its bytes rather than a JSON parse per line.
+        """
+        start, end = 0, len(block)
+        found: dict[bytes, int] = {}  # needle -> its next place at or after a start (-1: none)
+        wait = 0  # lines to check one by one before searching again (a search that skipped none)
+        while start <= end:
+            if _BULK_INVALID and len(self._errors) >= MAX_ERRORS and not wait:
+                at = _next_key_name(block, start, _KEY_NAMES[self.format], found)
+                first = end if at < 0 else block.rfind(b"\n", start, at) + 1
+                if first > start:
+                    skipped = block.count(b"\n", start, first) + (at < 0)
+                    self._line += skipped
+                    self._invalid += skipped
+                    start = first
+                    if at < 0:
+                        return
+                else:
+                    wait = 64
+            wait = max(0, wait - 1)
+            stop = block.find(b"\n", start)
+            if stop < 0:
+                stop = end
+            self._check_line(block[start:stop])
+            start = stop + 1
 
     # -- one line ----------------------------------------------------------------
 
@@ -356,20 +452,17 @@ class JsonlCheck:
         if not raw.strip():
             self._reject("empty line")
             return
+        if b"\r" in raw:
+            # JSON allows it between values, but a loader reading text lines ends the line there.
+            self._reject("a carriage return (\\r) inside the line: only \\r\\n may end a line")
+            return
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             self._reject("not valid UTF-8")
             return
         try:
-            value = json.loads(text)
-        except RecursionError:
-            self._reject("JSON nested too deeply")
-            return
-        except ValueError:
-            self._reject("not valid JSON")
-            return
-        try:
+            value = loads(text)
             fmt = example_format(value)
             if self.format is not None and fmt != self.format:
                 raise LineError(f"a {fmt} example in a {self.format} file")

@@ -17,7 +17,7 @@ class LineError(BaseModel):
 
 
 class Validation(BaseModel):
-    format: Literal["chat", "text", "prompt_completion"] | None
+    format: Literal["chat", "text", "prompt_completion", "preference"] | None
     examples: int = Field(description="valid lines (exact)")
     invalid_examples: int = Field(description="invalid lines (exact)")
     errors: list[LineError] = Field(description="the first 100 errors")
@@ -69,6 +69,12 @@ class Estimate(BaseModel):
     gpu_hours: float | None = Field(description="null unless grounded in measured throughput")
     cost_usd: float | None = Field(description="null unless grounded in throughput and a price")
     cost_basis: str = Field(description="where gpu_hours and cost_usd came from, or why null")
+    chat_template_problem: str | None = Field(
+        default=None,
+        description="set when the model's tokenizer was loaded and its chat template cannot "
+        "render the tools, tool calls or tool messages the data holds (the job would fail at "
+        "once); null otherwise",
+    )
 
 
 class DryRun(BaseModel):

@@ -26,7 +26,7 @@ from finetune_api.core.errors import (
     UpstreamUnavailableError,
 )
 from finetune_api.core.logs import get_logger, log
-from finetune_api.files.check import CheckResult, JsonlCheck
+from finetune_api.files.check import CheckResult, JsonlCheck, describe
 from finetune_api.files.stores import (
     Conflict,
     FileStore,
@@ -510,13 +510,12 @@ class FileService:
         if not checked["ok"]:
             validation = checked["validation"]
             first = (validation["errors"] or [{"line": None, "reason": "no valid example"}])[0]
-            where = f"line {first['line']}: " if first["line"] else ""
             raise InvalidRequestError(
                 f"{field}: the object failed its check ({validation['invalid_examples']} invalid "
-                f"lines; first: {where}{first['reason']})",
+                f"lines; first: {describe(first)})",
                 details=[
-                    {"location": field, "reason": f"line {e['line']}: {e['reason']}"}
-                    for e in validation["errors"][:20]
+                    {"location": field, "reason": describe(error)}
+                    for error in validation["errors"][:20]
                 ],
             )
         handoff = _handoff(ref, url, checked["sha256"], checked["bytes"], checked["validation"])

@@ -27,12 +27,18 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from finetune_api.core.cloud_storage import describe, storage_client
+from finetune_api.core.buckets import (
+    Bucket,
+    BucketUnavailable,
+    PreconditionFailed,
+)
+from finetune_api.core.buckets import ObjectForbidden as ObjectForbidden
+from finetune_api.core.buckets import ObjectMissing as ObjectMissing
 
 META = "files/meta/"
 DATA = "files/data/"
@@ -45,20 +51,10 @@ CHUNK = 8 * 1024 * 1024
 _ID_SPAN = 2**48  # milliseconds: until the year 10889
 
 
-class StorageUnavailable(Exception):
-    """The store failed (outage, timeout): retry later; nothing was decided."""
-
-
-class ObjectMissing(Exception):
-    """The named object does not exist (or has no bytes yet)."""
-
-
-class ObjectForbidden(Exception):
-    """The service's identity may not read the named object."""
-
-
-class Conflict(Exception):
-    """Someone else changed the record since it was read."""
+#: The store failed (outage, timeout): retry later; nothing was decided.
+StorageUnavailable = BucketUnavailable
+#: Someone else changed the record since it was read (or it exists already).
+Conflict = PreconditionFailed
 
 
 def new_file_id(now_ms: int | None = None) -> str:
@@ -359,65 +355,32 @@ class GcsFileStore:
         self.bucket_name = bucket
         self.description = f"gs://{bucket}"
         self._emulator_host = emulator_host
-        self._project = project
         self._deadline = deadline_seconds
-        self._client: Any = None
-        self._lock = threading.Lock()
+        self._objects = Bucket(
+            bucket, emulator_host=emulator_host, project=project, deadline_seconds=deadline_seconds
+        )
 
     def _storage(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                self._client = storage_client(self._emulator_host, self._project)
-            return self._client
+        return self._objects.client()
 
     def _bucket(self, name: str | None = None) -> Any:
-        return self._storage().bucket(name or self.bucket_name)
+        return self._objects.bucket(name)
 
     def _retry(self) -> Any:
-        from google.cloud.storage.retry import DEFAULT_RETRY
+        return self._objects.retry()
 
-        return DEFAULT_RETRY.with_timeout(self._deadline)
-
-    @contextlib.contextmanager
-    def _calls(self) -> Iterator[None]:
-        """Map the client's failures onto this module's four outcomes."""
-        from google.api_core import exceptions
-
-        try:
-            yield
-        except exceptions.NotFound:
-            raise ObjectMissing("not found") from None
-        except exceptions.Forbidden:
-            raise ObjectForbidden("forbidden") from None
-        except exceptions.PreconditionFailed:
-            raise Conflict("changed") from None
-        except (ObjectMissing, ObjectForbidden, Conflict, StorageUnavailable):
-            raise
-        except Exception as error:  # noqa: BLE001 - anything else is an outage
-            raise StorageUnavailable(describe(error)) from None
+    def _calls(self) -> contextlib.AbstractContextManager[None]:
+        """Map the client's failures onto the four outcomes (see core.buckets)."""
+        return self._objects.calls()
 
     def _read_record(self, name: str) -> tuple[dict[str, Any], str] | None:
         """A small JSON record and its generation (the token a conditional write needs)."""
-        blob = self._bucket().blob(name)
-        try:
-            with self._calls():
-                data = blob.download_as_bytes(timeout=self._deadline, retry=self._retry())
-        except ObjectMissing:
-            return None
-        return json.loads(data), str(blob.generation)
+        found = self._objects.read(name)
+        return None if found is None else (json.loads(found[0]), found[1])
 
     def _write_record(self, name: str, record: dict[str, Any], token: str | None) -> str:
         """Write ``record`` only over the generation ``token`` names (None: only if absent)."""
-        blob = self._bucket().blob(name)
-        with self._calls():
-            blob.upload_from_string(
-                json.dumps(record),
-                content_type="application/json",
-                if_generation_match=0 if token is None else int(token),
-                timeout=self._deadline,
-                retry=self._retry(),
-            )
-        return str(blob.generation)
+        return self._objects.write(name, json.dumps(record).encode(), token)
 
     def read_meta(self, file_id: str) -> tuple[dict[str, Any], str] | None:
         return self._read_record(f"{META}{file_id}.json")

@@ -30,7 +30,28 @@ class LogPage(_Exact):
     has_more: bool = Field(description="more lines exist now beyond this page")
 
 
-class StepPoint(_Exact):
+class _Rewards(_Exact):
+    """TRL's DPO metrics: present only on a DPO job's answers (exact TRL key names)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    rewards_chosen: float | None = Field(
+        default=None, alias="rewards/chosen", description="DPO only: mean reward of the chosen"
+    )
+    rewards_rejected: float | None = Field(
+        default=None, alias="rewards/rejected", description="DPO only: of the rejected"
+    )
+    rewards_margins: float | None = Field(
+        default=None, alias="rewards/margins", description="DPO only: chosen minus rejected"
+    )
+    rewards_accuracies: float | None = Field(
+        default=None,
+        alias="rewards/accuracies",
+        description="DPO only: share of pairs whose chosen reward is higher",
+    )
+
+
+class StepPoint(_Rewards):
     step: int
     timestamp: str
     epoch: float | None
@@ -47,7 +68,7 @@ class EvalPoint(_Exact):
     eval_loss: float | None
 
 
-class TrainingSummary(_Exact):
+class TrainingSummary(_Rewards):
     step: int
     total_steps: int | None
     percent: float | None

@@ -10,6 +10,11 @@ the fixed marker ``FT_METRICS`` followed by one JSON object::
     FT_METRICS {"type": "summary", "step": 40, "total_steps": 40, "epoch": 2.0,
                 "final_loss": 1.2, "best_eval_loss": 1.6, "runtime_seconds": 812.5}
 
+A DPO job's step lines add TRL's ``rewards/chosen``, ``rewards/rejected``,
+``rewards/margins`` and ``rewards/accuracies`` (:data:`REWARD_FIELDS`): a series
+that has seen one gets that column (earlier steps null), its step records and
+summaries carry it; a supervised series has none, so its answers keep their shape.
+
 Anything before the marker (a logging prefix) is ignored, so a custom template
 can print the same lines through its own logger. Numbers may be null. A line
 without the marker is an ordinary log line; one with the marker that cannot be
@@ -39,6 +44,8 @@ STEP = "step"
 EVAL = "eval"
 SUMMARY = "summary"
 STEP_FIELDS = ("epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second")
+#: TRL's DPO metrics (exact key names), kept only by series whose lines carry them.
+REWARD_FIELDS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 _NAN = math.nan
 _BIG_INT = 2**1000  # a larger int does not convert to a float
 _DECODER = json.JSONDecoder()
@@ -148,8 +155,16 @@ class TrainingSeries:
             self.step_ns.append(ns)
             self.steps.append(record["step"])
             get = record.get
-            for name, column in self.columns.items():
-                column.append(_number(get(name)))
+            for name in STEP_FIELDS:
+                self.columns[name].append(_number(get(name)))
+            for name in REWARD_FIELDS:
+                value = get(name)
+                column = self.columns.get(name)
+                if column is None:
+                    if value is None:
+                        continue
+                    column = self.columns[name] = _nan_column(len(self.steps) - 1)
+                column.append(_number(value))
         elif kind == EVAL:
             self.eval_ns.append(ns)
             self.eval_steps.append(record["step"])
@@ -168,6 +183,10 @@ class TrainingSeries:
 
     def extend(self, other: TrainingSeries) -> None:
         """Append ``other`` (the next stretch of the same log)."""
+        for name in REWARD_FIELDS:
+            if name in self.columns or name in other.columns:
+                mine = self.columns.setdefault(name, _nan_column(len(self.steps)))
+                mine.extend(other.columns.get(name) or _nan_column(len(other.steps)))
         self.step_ns.extend(other.step_ns)
         self.steps.extend(other.steps)
         for name in STEP_FIELDS:
@@ -189,9 +208,18 @@ class TrainingSeries:
             "step": self.steps[index],
             "timestamp": ns_to_rfc3339(self.step_ns[index]),
         }
-        for name in STEP_FIELDS:
-            record[name] = _maybe(self.columns[name][index])
+        for name, column in self.columns.items():
+            record[name] = _maybe(column[index])
         return record
+
+    def latest_rewards(self) -> dict[str, float | None]:
+        """The newest value of each DPO reward metric the series has (none: ``{}``)."""
+        latest: dict[str, float | None] = {}
+        for name in REWARD_FIELDS:
+            column = self.columns.get(name)
+            if column is not None:
+                latest[name] = next((v for v in reversed(column) if not math.isnan(v)), None)
+        return latest
 
     def eval_record(self, index: int) -> dict[str, Any]:
         return {
@@ -232,6 +260,10 @@ class TrainingSeries:
     def tokens_per_second(self) -> float | None:
         values = [v for v in self.columns["tokens_per_second"][-PACE_WINDOW:] if not math.isnan(v)]
         return sum(values) / len(values) if values else None
+
+
+def _nan_column(length: int) -> array[float]:
+    return array("d", [_NAN]) * length
 
 
 def parse_series(lines: Iterable[tuple[int, str]]) -> TrainingSeries:
@@ -286,6 +318,7 @@ def summary(
         **base,
         "best_eval_loss": series.best_eval_loss(),
         "tokens_per_second": _round(series.tokens_per_second()),
+        **series.latest_rewards(),
     }
 
 
@@ -314,6 +347,7 @@ def final_summary(
         "final_loss": final_loss,
         "best_eval_loss": series.best_eval_loss(),
         "duration_seconds": _round(duration),
+        **series.latest_rewards(),
     }
 
 
@@ -391,6 +425,7 @@ def downsample_series(series: list[dict[str, Any]], points: int) -> list[dict[st
 
 __all__ = [
     "MARKER",
+    "REWARD_FIELDS",
     "TrainingSeries",
     "downsample_indices",
     "downsample_series",

@@ -3,7 +3,9 @@
 Holds: ``service`` (the job service), ``scope`` (PROJECT_NAME_PREFIX), ``staging``
 (per-request copy of the template + runtime_config.json), ``runtime_config`` (a
 job's runtime_config.json read back through Baseten), ``resume`` (a new job
-continuing an ended one from a checkpoint).
+continuing an ended one from a checkpoint), ``estimate`` / ``tokenizer`` /
+``chat_template`` (a dry run's counts, the model's tokenizer, and whether its chat
+template renders the tools the data holds).
 
 May import: ``core``, ``baseten``, ``notify``.
 """

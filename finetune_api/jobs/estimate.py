@@ -16,20 +16,28 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from finetune_api.files.check import example_pieces
+from finetune_api.jobs.chat_template import NEEDS, tool_needs
+
 BYTES_PER_TOKEN = 4
 
 
-def example_text(example: dict[str, Any]) -> str:
-    """The text of one example as the template trains on it (roles and turns joined)."""
-    if "messages" in example:
-        return "\n".join(f"{m['role']}: {m['content']}" for m in example["messages"])
-    if "text" in example:
-        return str(example["text"])
-    return f"{example.get('prompt', '')}{example.get('completion', '')}"
+def text_rule_tokens(text: str) -> int:
+    return max(1, math.ceil(len(text.encode("utf-8")) / BYTES_PER_TOKEN))
 
 
 def rule_tokens(example: dict[str, Any]) -> int:
-    return max(1, math.ceil(len(example_text(example).encode("utf-8")) / BYTES_PER_TOKEN))
+    return sum(text_rule_tokens(piece) for piece in example_pieces(example))
+
+
+def sizes(counts: list[int]) -> tuple[int, int]:
+    """(tokens, longest sequence) of one example's piece counts: a single text, or a
+    preference pair's prompt + preferred + non-preferred (its longest: the prompt with
+    the longer output)."""
+    if len(counts) == 3:
+        prompt, chosen, rejected = counts
+        return prompt + chosen + rejected, prompt + max(chosen, rejected)
+    return sum(counts), sum(counts)
 
 
 class TokenCounter(Protocol):
@@ -48,6 +56,9 @@ class RuleCounter:
 
     def count(self, example: dict[str, Any]) -> int:
         return rule_tokens(example)
+
+    def count_pieces(self, example: dict[str, Any]) -> list[int]:
+        return [text_rule_tokens(piece) for piece in example_pieces(example)]
 
 
 # model_id -> a counter (the tokenizer's, or None when it cannot be fetched)
@@ -92,22 +103,33 @@ class Tally:
     tokens: int = 0
     over: int = 0
     _texts: list[str] = field(default_factory=list)
+    _shapes: list[int] = field(default_factory=list)  # texts per waiting example
+    #: what the examples need the chat template to render (tools, tool_calls, tool messages)
+    needs: set[str] = field(default_factory=set)
     _chars: int = 0
     _rule_tokens: int = 0
     _rule_over: int = 0
 
     def __call__(self, example: dict[str, Any]) -> None:
+        if len(self.needs) < len(NEEDS):
+            self.needs |= tool_needs(example)
         batch = getattr(self.counter, "count_batch", None)
         if batch is None:
-            self._add(self.counter.count(example))
+            count_pieces = getattr(self.counter, "count_pieces", None)
+            if count_pieces is not None:
+                self._add(*sizes(count_pieces(example)))
+            else:
+                tokens = self.counter.count(example)
+                self._add(tokens, tokens)
             return
-        text = example_text(example)
-        rule = max(1, math.ceil(len(text.encode("utf-8")) / BYTES_PER_TOKEN))
+        pieces = example_pieces(example)
+        rule, rule_longest = sizes([text_rule_tokens(piece) for piece in pieces])
         self._rule_tokens += rule
-        self._rule_over += rule > self.max_seq_length
-        self._texts.append(text)
-        self._chars += len(text)
-        if len(self._texts) >= BATCH_EXAMPLES or self._chars >= BATCH_CHARS:
+        self._rule_over += rule_longest > self.max_seq_length
+        self._texts.extend(pieces)
+        self._shapes.append(len(pieces))
+        self._chars += sum(map(len, pieces))
+        if len(self._shapes) >= BATCH_EXAMPLES or self._chars >= BATCH_CHARS:
             self.flush()
 
     def flush(self) -> None:
@@ -115,25 +137,28 @@ class Tally:
         if not self._texts:
             return
         texts, self._texts, self._chars = self._texts, [], 0
+        shapes, self._shapes = self._shapes, []
         try:
-            counted = self.counter.count_batch(texts)  # type: ignore[attr-defined]
+            counts = self.counter.count_batch(texts)  # type: ignore[attr-defined]
         except CountFailed:
             # The tokenizer failed: the rule for the whole file, as when out of time.
-            self.examples += len(texts)
+            self.examples += len(shapes)
             self.tokens, self.over = self._rule_tokens, self._rule_over
             self.counter = RuleCounter()
             return
-        for tokens in counted:
-            self._add(tokens)
+        start = 0
+        for shape in shapes:
+            self._add(*sizes(counts[start : start + shape]))
+            start += shape
         if self.deadline is not None and self.clock() > self.deadline:
             # Out of time: the rule's counts of every example so far, and the rule from here.
             self.tokens, self.over = self._rule_tokens, self._rule_over
             self.counter = RuleCounter()
 
-    def _add(self, tokens: int) -> None:
+    def _add(self, tokens: int, longest: int) -> None:
         self.examples += 1
         self.tokens += tokens
-        self.over += tokens > self.max_seq_length
+        self.over += longest > self.max_seq_length
 
 
 def estimate(
@@ -145,8 +170,15 @@ def estimate(
     gpu_count: int,
     throughput: ThroughputSource | None = None,
     price: PriceSource | None = None,
+    method: str = "supervised",
+    chat_template_problem: str | None = None,
 ) -> dict[str, Any]:
-    """The ``estimate`` object of a dry run (CONTRACT "Your own data")."""
+    """The ``estimate`` object of a dry run (CONTRACT "Your own data").
+
+    ``method`` ``dpo``: tokens are the prompt and both outputs; GPU hours and cost
+    stay null, since the throughput measured is of supervised runs and a DPO step
+    also runs the reference pass (the base model, adapter disabled) on both outputs.
+    """
     if tally is None:  # a hub dataset: its rows are not ours to read here
         return {
             "examples": None,
@@ -158,6 +190,7 @@ def estimate(
             "cost_usd": None,
             "cost_basis": "a Hugging Face dataset is not counted before the job: "
             "upload it as a training_file to get an estimate",
+            "chat_template_problem": None,
         }
     trained = tally.tokens * num_epochs
     rate, rate_basis = (
@@ -165,6 +198,12 @@ def estimate(
         if throughput
         else (None, "no throughput measured yet for this model and accelerator")
     )
+    if method == "dpo":
+        rate, rate_basis = (
+            None,
+            "no DPO throughput measured: the throughput known is of supervised runs, and a "
+            "DPO step also runs the reference pass on both outputs",
+        )
     gpu_hours = cost = None
     basis = rate_basis
     if rate:
@@ -182,4 +221,5 @@ def estimate(
         "gpu_hours": gpu_hours,
         "cost_usd": cost,
         "cost_basis": basis,
+        "chat_template_problem": chat_template_problem,
     }

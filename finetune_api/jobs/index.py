@@ -13,8 +13,14 @@ through :meth:`JobService.submit`, which calls :meth:`JobIndex.record`):
   whatever the history. The id also names the Baseten job, so a retrieve needs no
   lookup.
 - ``jobs/metadata/<sha256(key, value)[:32]>/<id>``: an empty marker per metadata
-  pair, so ``metadata[k]=v`` is a prefix listing of its own (same cost); with several
-  pairs the first one's markers are listed and the others checked on the records.
+  pair, so ``metadata[k]=v`` is a prefix listing of its own (same cost). With
+  several pairs, the pairs' marker listings (names only, sorted like the ids) are
+  joined by leapfrogging (each listing jumps to the largest id another one reached),
+  and only the page's matches are read. One page makes at most
+  :data:`MAX_LISTINGS` listings of at most :data:`LIST_BATCH` names and ``limit``
+  (at most 100) record reads, whatever the filter and the history: when the
+  listings run out first, the page comes back shorter (perhaps empty) with
+  ``has_more`` and a cursor to go on (see :class:`IndexPage`).
 
 Writes are create-only (``if_generation_match=0``; an exclusive create on disk), so
 an idempotent replay or a retried hook writes nothing twice. The record of a job
@@ -27,17 +33,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
-import tempfile
-import threading
 import time
-from collections.abc import Iterator
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from finetune_api.core.cloud_storage import describe, storage_client
+from finetune_api.core.buckets import Bucket, BucketUnavailable, Folder, PreconditionFailed
 from finetune_api.core.logs import get_logger, log
+from finetune_api.core.schemas import method_hyperparameters
 from finetune_api.core.timestamps import parse_time
 
 _logger = get_logger("job_index")
@@ -52,17 +57,19 @@ _SPAN = 2**48
 JOB_ID = re.compile(
     r"^ftjob-(?P<stamp>[0-9a-f]{12})-(?P<project>[A-Za-z0-9]{1,40})-(?P<job>[A-Za-z0-9]{1,40})\Z"
 )
+#: One page's listings when several metadata pairs are joined, and names per listing:
+#: with at most 100 record reads (``limit``), one page makes at most 200 storage requests.
+MAX_LISTINGS = 100
+LIST_BATCH = 1000
 _BASETEN_ID = re.compile(r"^[A-Za-z0-9]{1,40}\Z")
 # The learning rate a learning_rate_multiplier of 1 means (Hyperparameters' default).
 BASE_LEARNING_RATE = 2e-4
 
 
-class IndexUnavailable(Exception):
-    """The index store failed (outage, timeout)."""
-
-
-class IndexConflict(Exception):
-    """The object exists already, or changed since it was read."""
+#: The index store failed (outage, timeout).
+IndexUnavailable = BucketUnavailable
+#: The object exists already, or changed since it was read.
+IndexConflict = PreconditionFailed
 
 
 def openai_job_id(project_id: str, job_id: str, created_at: Any) -> str | None:
@@ -109,6 +116,9 @@ def index_record(job: Any, request: Any, labels: dict[str, Any] | None) -> dict[
             "learning_rate_multiplier": round(hp.learning_rate / BASE_LEARNING_RATE, 6),
         },
         "seed": hp.seed,
+        # Absent from records made before: supervised.
+        "method": request.method,
+        "dpo_beta": method_hyperparameters(request)["dpo_beta"],
         "suffix": labels.get("suffix"),
         "metadata": labels.get("metadata"),
         "deploy_model_name": deploy.model_name if deploy is not None else None,
@@ -118,143 +128,71 @@ def index_record(job: Any, request: Any, labels: dict[str, Any] | None) -> dict[
     }
 
 
-class _Missing(Exception):
-    pass
-
-
 class ObjectStore(Protocol):
+    """What the index needs of a store: :class:`~finetune_api.core.buckets.Bucket` or
+    :class:`~finetune_api.core.buckets.Folder`."""
+
     def read(self, name: str) -> tuple[bytes, str] | None: ...
-    def create(self, name: str, data: bytes) -> None: ...
-    def replace(self, name: str, data: bytes, token: str) -> None: ...
-    def names(self, prefix: str, start_after: str | None, count: int) -> list[str]: ...
+    def create(self, name: str, data: bytes) -> Any: ...
+    def replace(self, name: str, data: bytes, token: str) -> Any: ...
+    def names(
+        self, prefix: str, start_after: str | None, count: int, *, inclusive: bool = False
+    ) -> list[str]: ...
 
 
-class LocalObjects:
-    """The files' local folder (``FILES_DIR``)."""
+@dataclass(frozen=True)
+class IndexPage:
+    """A page of records, whether more may follow, and where to go on from.
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self._lock = threading.Lock()
+    ``cursor``: the id to pass as ``after`` for the next page; the last record's id,
+    or, when the page's listings ran out before it found any match, the last id it
+    examined (a page may then be empty and still have ``has_more``).
+    """
 
-    def read(self, name: str) -> tuple[bytes, str] | None:
-        path = self.root / name
-        try:
-            data = path.read_bytes()
-            return data, str(path.stat().st_mtime_ns)
-        except FileNotFoundError:
+    records: list[tuple[dict[str, Any], str]]
+    has_more: bool
+    cursor: str | None
+
+
+class _Spent(Exception):
+    """The page's listings are used up."""
+
+
+class _Names:
+    """One metadata pair's marker names, read forward in batches, able to jump ahead."""
+
+    def __init__(self, store: ObjectStore, prefix: str, budget: list[int]) -> None:
+        self._store = store
+        self._prefix = prefix
+        self._budget = budget
+        self._buffer: deque[str] = deque()
+        self._last: str | None = None  # the last name fetched
+        self._ended = False  # no name after ``_last``
+
+    def first(self, bound: str | None, *, inclusive: bool) -> str | None:
+        """The first name after ``bound`` (or from it when ``inclusive``); None: there is none."""
+
+        def before(name: str) -> bool:
+            return bound is not None and (name < bound or (name == bound and not inclusive))
+
+        while self._buffer and before(self._buffer[0]):
+            self._buffer.popleft()
+        if self._buffer:
+            return self._buffer[0]
+        if self._ended and (bound is None or self._last is None or bound >= self._last):
             return None
-        except OSError as error:
-            raise IndexUnavailable(error.strerror or "cannot read") from None
-
-    def create(self, name: str, data: bytes) -> None:
-        """Create-only and atomic: written aside, then linked in (fails if it exists)."""
-        path = self.root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".index-")
-        try:
-            with os.fdopen(handle, "wb") as out:
-                out.write(data)
-            os.link(temporary, path)
-        except FileExistsError:
-            raise IndexConflict(name) from None
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-
-    def replace(self, name: str, data: bytes, token: str) -> None:
-        path = self.root / name
-        with self._lock:
-            try:
-                if str(path.stat().st_mtime_ns) != token:
-                    raise IndexConflict(name)
-            except FileNotFoundError:
-                raise IndexConflict(name) from None
-            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".index-")
-            with os.fdopen(handle, "wb") as out:
-                out.write(data)
-            os.replace(temporary, path)
-
-    def names(self, prefix: str, start_after: str | None, count: int) -> list[str]:
-        folder = self.root / prefix
-        try:
-            found = sorted(e.name for e in os.scandir(folder) if not e.name.startswith("."))
-        except FileNotFoundError:
-            return []
-        if start_after is not None:
-            found = [name for name in found if name > start_after]
-        return found[:count]
+        if self._budget[0] <= 0:
+            raise _Spent
+        self._budget[0] -= 1
+        batch = self._store.names(self._prefix, bound, LIST_BATCH, inclusive=inclusive)
+        self._ended = len(batch) < LIST_BATCH
+        self._last = batch[-1] if batch else bound
+        self._buffer = deque(batch)
+        return batch[0] if batch else None
 
 
-class GcsObjects:
-    """The files' bucket (``FILES_BUCKET``), through the real ``google-cloud-storage`` client."""
-
-    def __init__(
-        self, bucket: str, *, emulator_host: str | None, project: str | None, deadline: float = 30.0
-    ) -> None:
-        self.bucket_name = bucket
-        self._emulator_host = emulator_host
-        self._project = project
-        self._deadline = deadline
-        self._client: Any = None
-        self._lock = threading.Lock()
-
-    def _storage(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                self._client = storage_client(self._emulator_host, self._project)
-            return self._client
-
-    @contextlib.contextmanager
-    def _calls(self) -> Iterator[None]:
-        from google.api_core import exceptions
-
-        try:
-            yield
-        except exceptions.NotFound:
-            raise _Missing from None
-        except exceptions.PreconditionFailed:
-            raise IndexConflict("changed") from None
-        except (IndexConflict, IndexUnavailable):
-            raise
-        except Exception as error:  # noqa: BLE001 - anything else is an outage
-            raise IndexUnavailable(describe(error)) from None
-
-    def read(self, name: str) -> tuple[bytes, str] | None:
-        blob = self._storage().bucket(self.bucket_name).blob(name)
-        try:
-            with self._calls():
-                data = blob.download_as_bytes(timeout=self._deadline)
-        except _Missing:
-            return None
-        return data, str(blob.generation)
-
-    def create(self, name: str, data: bytes) -> None:
-        blob = self._storage().bucket(self.bucket_name).blob(name)
-        with self._calls():
-            blob.upload_from_string(
-                data, content_type="application/json", if_generation_match=0, timeout=self._deadline
-            )
-
-    def replace(self, name: str, data: bytes, token: str) -> None:
-        blob = self._storage().bucket(self.bucket_name).blob(name)
-        with self._calls():
-            blob.upload_from_string(
-                data,
-                content_type="application/json",
-                if_generation_match=int(token),
-                timeout=self._deadline,
-            )
-
-    def names(self, prefix: str, start_after: str | None, count: int) -> list[str]:
-        with self._calls():
-            blobs = self._storage().list_blobs(
-                self.bucket_name,
-                prefix=prefix,
-                start_offset=f"{prefix}{start_after}\x00" if start_after else None,
-                max_results=count,
-                timeout=self._deadline,
-            )
-            return [blob.name[len(prefix) :] for blob in blobs]
+#: The files' local folder (``FILES_DIR``).
+LocalObjects = Folder
 
 
 class JobIndex:
@@ -330,39 +268,63 @@ class JobIndex:
     def page(
         self, after: str | None, limit: int, metadata: dict[str, str] | None = None
     ) -> tuple[list[tuple[dict[str, Any], str]], bool]:
-        """Up to ``limit`` records, newest first, after ``after``; and whether more follow.
+        """Up to ``limit`` records, newest first, after ``after``; and whether more follow."""
+        found = self.scan(after, limit, metadata)
+        return found.records, found.has_more
+
+    def scan(
+        self, after: str | None, limit: int, metadata: dict[str, str] | None = None
+    ) -> IndexPage:
+        """Up to ``limit`` records, newest first, after ``after`` (see :class:`IndexPage`).
 
         Unfiltered or with one metadata pair: one listing of ``limit + 1`` names and
-        ``limit`` record reads (in parallel). With more pairs, the first pair's
-        markers are listed and the records checked against the rest, batch by batch.
+        ``limit`` record reads (in parallel). With more pairs: the pairs' marker
+        listings joined (at most :data:`MAX_LISTINGS`), then the matches' records read.
         """
         wanted = dict(metadata or {})
+        if len(wanted) >= 2:
+            return self._joined(after, limit, wanted)
         prefix, suffix = INDEX, ".json"
         if wanted:
             first_key, first_value = next(iter(wanted.items()))
             prefix, suffix = f"{BY_METADATA}{metadata_key(first_key, first_value)}/", ""
-        cursor = f"{after}{suffix}" if after else None
-        found: list[tuple[dict[str, Any], str]] = []
-        while True:
-            need = limit + 1 - len(found)
-            batch = self._store.names(prefix, cursor, need)
-            if not batch:
-                return found, False
-            cursor = batch[-1]
-            exact = len(wanted) <= 1  # every listed name matches: the extra one needs no read
-            ids = [name.removesuffix(".json") for name in (batch[:limit] if exact else batch)]
-            for item in self._read_all(ids):
-                if item is None:
-                    continue
-                meta = item[0].get("metadata") or {}
-                if all(meta.get(k) == v for k, v in wanted.items()):
-                    found.append(item)
-            if exact:
-                return found[:limit], len(batch) == need
-            if len(found) > limit:
-                return found[:limit], True
-            if len(batch) < need:
-                return found, False
+        batch = self._store.names(prefix, f"{after}{suffix}" if after else None, limit + 1)
+        ids = [name.removesuffix(".json") for name in batch[:limit]]
+        records = [item for item in self._read_all(ids) if item is not None]
+        records = [item for item in records if _carries(item[0], wanted)]
+        more = len(batch) == limit + 1
+        return IndexPage(records, more, ids[-1] if ids else None)
+
+    def _joined(self, after: str | None, limit: int, wanted: dict[str, str]) -> IndexPage:
+        budget = [MAX_LISTINGS]
+        streams = [
+            _Names(self._store, f"{BY_METADATA}{metadata_key(k, v)}/", budget)
+            for k, v in wanted.items()
+        ]
+        matches: list[str] = []
+        settled = after  # every id up to here is decided (a match, or proven not one)
+        try:
+            target = streams[0].first(after, inclusive=False)
+            while target is not None and len(matches) <= limit:
+                for stream in streams:
+                    head = stream.first(target, inclusive=True)
+                    if head != target:
+                        # No match in [target, head): jump every listing to ``head``.
+                        settled, target = target, head
+                        break
+                else:
+                    matches.append(target)
+                    settled = target
+                    target = streams[0].first(target, inclusive=False)
+            more = target is not None
+        except _Spent:
+            more = True
+        page = matches[:limit]
+        more = more or len(matches) > limit
+        records = [item for item in self._read_all(page) if item is not None]
+        records = [item for item in records if _carries(item[0], wanted)]
+        cursor = page[-1] if page else (settled if more else None)
+        return IndexPage(records, more, cursor)
 
     def _read_all(self, ids: list[str]) -> list[tuple[dict[str, Any], str] | None]:
         if len(ids) <= 1:
@@ -373,11 +335,17 @@ class JobIndex:
             return list(pool.map(self.get, ids))
 
 
+def _carries(record: dict[str, Any], wanted: dict[str, str]) -> bool:
+    """The record really carries every wanted pair (a marker is only a hash)."""
+    meta = record.get("metadata") or {}
+    return all(meta.get(k) == v for k, v in wanted.items())
+
+
 def index_from_settings(settings: Any) -> JobIndex:
     """Beside the files: their bucket, or their local folder."""
     if settings.files_bucket:
         return JobIndex(
-            GcsObjects(
+            Bucket(
                 settings.files_bucket,
                 emulator_host=settings.storage_emulator_host,
                 project=settings.google_cloud_project,
@@ -389,6 +357,9 @@ def index_from_settings(settings: Any) -> JobIndex:
 
 __all__ = [
     "BASE_LEARNING_RATE",
+    "LIST_BATCH",
+    "MAX_LISTINGS",
+    "IndexPage",
     "JobIndex",
     "index_from_settings",
     "index_record",

@@ -45,7 +45,7 @@ from finetune_api.jobs.service import JobService, check_idempotency_key
 _logger = get_logger("resume")
 
 #: runtime_config.json keys a resumed job takes over from the job it continues.
-CARRIED = ("dataset_id", "model_id", "hyperparameters", "compute", "deploy", "retry")
+CARRIED = ("dataset_id", "model_id", "method", "hyperparameters", "compute", "deploy", "retry")
 
 CHECKPOINT_NOT_FOUND = "checkpoint not found for this training job"
 
@@ -55,7 +55,11 @@ class CheckpointReads(Protocol):
 
 
 def retry_key(failed_job_id: str) -> str:
-    """The idempotency key of the retry of one failed job: one failure, one new job."""
+    """The idempotency key of the retry of one failed job: one failure, one new job.
+
+    An internal key: digested apart from callers' keys (see jobs/service.py), so a
+    caller sending this text as its ``Idempotency-Key`` makes a job of its own.
+    """
     return f"retry-{failed_job_id}"
 
 
@@ -157,6 +161,7 @@ class ResumeService:
             ResumeRequest(),
             key=retry_key(job_id),
             attempt=attempt,
+            internal=True,
         )
 
     def _config(self, project_id: str, job_id: str) -> dict[str, Any]:
@@ -178,6 +183,7 @@ class ResumeService:
         *,
         key: str | None,
         attempt: int | None,
+        internal: bool = False,
     ) -> Job:
         job_id = str(raw["id"])
         body: dict[str, Any] = {name: config.get(name) for name in CARRIED}
@@ -208,7 +214,11 @@ class ResumeService:
         )
         extra = {"resume_from": resumed_from.model_dump(), "attempt": attempt}
         job = self._jobs.start(
-            request, idempotency_key=key, extra_config=extra, resumed_from=resumed_from
+            request,
+            idempotency_key=None if internal else key,
+            internal_key=key if internal else None,
+            extra_config=extra,
+            resumed_from=resumed_from,
         )
         log(
             _logger,

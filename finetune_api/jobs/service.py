@@ -8,6 +8,12 @@ carried in the Baseten job name (``<job_name>-ik-<20 hex>``). Before pushing we
 look for a job of the project carrying it; after pushing we look again and, if
 concurrent duplicates slipped through (other instances), keep the earliest job,
 stop the others at once and answer every caller with the kept one.
+
+Callers' keys and the keys the service derives itself (a poll's retry of a failed
+job) live in two domains: a caller's digest is ``sha256(key)``, an internal one
+``sha256("finetune-api/internal" NUL key)``. A caller's ``Idempotency-Key`` is
+visible ASCII only (never NUL), so no key a caller can send digests to an internal
+one: a caller cannot take a retry by sending its key.
 """
 
 from __future__ import annotations
@@ -35,8 +41,10 @@ from finetune_api.core.schemas import (
     ResumedFrom,
     ResumedJob,
     TrainingRequest,
+    baseten_job_name,
     checkpoint_from_baseten,
     job_from_baseten,
+    method_hyperparameters,
     split_job_name,
 )
 from finetune_api.core.settings import Settings
@@ -89,8 +97,14 @@ Announcer = Callable[[Job, str | None, str | None], None]
 Indexer = Callable[[Job, TrainingRequest, dict[str, Any] | None], Any]
 
 
-def key_digest(idempotency_key: str) -> str:
-    return hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()[:20]
+#: What an internal key's digest starts from (NUL: never in a caller's key).
+INTERNAL_KEY_DOMAIN = "finetune-api/internal\x00"
+
+
+def key_digest(idempotency_key: str, *, internal: bool = False) -> str:
+    """The digest a job's Baseten name carries; ``internal``: a key the service derived."""
+    material = f"{INTERNAL_KEY_DOMAIN}{idempotency_key}" if internal else idempotency_key
+    return hashlib.sha256(material.encode("utf-8")).hexdigest()[:20]
 
 
 def check_idempotency_key(key: str | None) -> str | None:
@@ -203,6 +217,7 @@ class JobService:
             if self._files is None:
                 raise InvalidRequestError(f"{field}: this service keeps no files")
             data[field] = self._files.resolve(field, ref)
+            _check_method(request.method, field, data[field].get("format"))
         return data
 
     def runtime_config(
@@ -222,7 +237,10 @@ class JobService:
             "model_id": request.model_id,
             "project_name": request.project_name,
             "job_name": baseten_job_name,
-            "hyperparameters": request.hyperparameters.model_dump(),
+            # What the template trains with (supervised or dpo) and both method
+            # hyperparameters, defaults filled (train_on_inputs, dpo_beta).
+            "method": request.method,
+            "hyperparameters": method_hyperparameters(request),
             "compute": request.compute.model_dump(),
             "hf_token_secret_name": self._settings.hf_token_secret_name,
             # Read back by poll_jobs (GET .../download) to deploy on completion.
@@ -238,6 +256,7 @@ class JobService:
         data = self.data(request)
         hp = request.hyperparameters
         tally = None
+        problem = None
         if data["training_file"] is not None and self._files is not None:
             from finetune_api.jobs.estimate import TOKENIZER_SECONDS, RuleCounter, Tally
 
@@ -250,6 +269,11 @@ class JobService:
             )
             self._files.each_example(data["training_file"], tally)
             tally.flush()
+            # The model's chat template, when its tokenizer was loaded: can it render the
+            # tools, tool calls and tool messages the data holds? (the job would fail)
+            template = getattr(counter, "chat_template", None)
+            if template is not None and tally.needs:
+                problem = template.problem(tally.needs)
         from finetune_api.jobs.estimate import estimate
 
         shown = self.runtime_config(request, str(request.job_name), data)
@@ -268,6 +292,8 @@ class JobService:
                 gpu_count=request.compute.gpu_count or 1,
                 throughput=self._throughput,
                 price=self._price,
+                method=request.method,
+                chat_template_problem=problem,
             ),
         }
 
@@ -328,21 +354,31 @@ class JobService:
         extra_config: Mapping[str, Any] | None = None,
         resumed_from: ResumedFrom | None = None,
         labels: dict[str, Any] | None = None,
+        internal_key: str | None = None,
     ) -> Job:
         """Push an already resolved request (see :meth:`resolve`); idempotent with a key.
 
         ``extra_config`` adds keys to the job's runtime_config.json and
         ``resumed_from`` is set on the answer (resume uses both). ``labels``
         (``metadata``, ``suffix``) are kept in the job index, not on Baseten.
+        ``internal_key``: a key the service derived itself (never a caller's), digested
+        in its own domain (see the module's docstring); it takes the place of
+        ``idempotency_key``.
         """
         template = template_dir or self._settings.training_template_dir
         key = check_idempotency_key(idempotency_key)
         # The checked files, resolved (and their read URLs signed) before anything exists.
         extra = {**self.data(request), **(extra_config or {})}
-        if key is None:
-            job = self._create(request, str(request.job_name), template, extra)
+        if internal_key is not None:
+            key = internal_key
+            digest: str | None = key_digest(internal_key, internal=True)
         else:
-            job = self._submit_idempotent(request, key, template, extra)
+            digest = None if key is None else key_digest(key)
+        if digest is None:
+            name = baseten_job_name(str(request.job_name), request.method)
+            job = self._create(request, name, template, extra)
+        else:
+            job = self._submit_idempotent(request, digest, template, extra)
         if resumed_from is not None:
             job = ResumedJob(**job.model_dump(), resumed_from=resumed_from)
         log(
@@ -387,11 +423,10 @@ class JobService:
     def _submit_idempotent(
         self,
         request: TrainingRequest,
-        key: str,
+        digest: str,
         template: Path,
         extra: Mapping[str, Any] | None = None,
     ) -> Job:
-        digest = key_digest(key)
         project_name = str(request.project_name)
         # Same-instance duplicates wait here and become cheap replays.
         with self._key_locks.hold(f"{project_name}/{digest}"):
@@ -399,7 +434,8 @@ class JobService:
             existing = self._jobs_with_digest(project_id, digest)
             if existing:
                 return self._as_replay(existing[0], project_id)
-            created = self._create(request, f"{request.job_name}-ik-{digest}", template, extra)
+            name = baseten_job_name(str(request.job_name), request.method, digest)
+            created = self._create(request, name, template, extra)
             # The pushed job names the project authoritatively (a cached id may be stale).
             project_id = created.training_project_id
             self._project_ids[project_name] = project_id
@@ -513,6 +549,20 @@ class JobService:
                     break  # every later row is older still: stop reading
         raw = [job for _, _, job in sorted(newest, key=lambda entry: entry[0], reverse=True)]
         return [job_from_baseten(job, self._settings.baseten_remote_url) for job in raw]
+
+
+def _check_method(method: str, field: str, data_format: Any) -> None:
+    """A preference file needs ``dpo`` and ``dpo`` needs one (CONTRACT "Method"); else a 400."""
+    if (data_format == "preference") == (method == "dpo"):
+        return
+    if method == "dpo":
+        reason = (
+            f"method dpo needs a preference file (input, preferred_output, "
+            f"non_preferred_output); this one is {data_format}"
+        )
+    else:
+        reason = 'a preference file trains only with method "dpo"'
+    raise InvalidRequestError(f"{field}: {reason}", details=[{"location": field, "reason": reason}])
 
 
 def normalize_status(status: str) -> str:

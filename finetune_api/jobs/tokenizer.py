@@ -27,10 +27,17 @@ What is fetched: the repository's ``tokenizer.json`` at revision ``main``
 ``HF_TOKEN``), into a scratch directory removed as soon as the worker has
 loaded it, so nothing stays on the instance's in-memory disk. A model without a
 ``tokenizer.json``, a gated or private one, or a Hub that does not answer within
-``timeout`` seconds gives ``None``: the rule again.
+``timeout`` seconds gives ``None``: the rule again. Beside it, best effort, the
+chat template (``chat_template.jinja``, and ``tokenizer_config.json`` for its
+``chat_template`` and special tokens; each at most 1 MiB, bounded the same way:
+a larger one is not downloaded): the dry run checks it against the tools the
+data holds (:mod:`finetune_api.jobs.chat_template`). A model without either is
+not checked.
 
-What is counted: the text of each example as :func:`~finetune_api.jobs.estimate.example_text`
-joins it (for a chat, ``role: content`` per turn, one per line), encoded with
+What is counted: the text of each example as :func:`~finetune_api.files.check.example_pieces`
+joins it (for a chat, ``role: content`` per turn, one per line, tool calls as
+``name(arguments)`` and the tools' JSON first; a preference pair's prompt and
+both outputs, each its own text), encoded with
 the tokenizer's own post-processor (its BOS/EOS special tokens included). The
 chat template's markup is not rendered.
 
@@ -55,28 +62,57 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from finetune_api.core.logs import get_logger, log
-from finetune_api.jobs.estimate import CountFailed, example_text
+from finetune_api.files.check import example_pieces
+from finetune_api.jobs.estimate import CountFailed, sizes
 
 _logger = get_logger("tokenizer")
 
 TOKENIZER_FILE = "tokenizer.json"
+#: Where the chat template may be: its own file (newer repositories), else the config.
+TEMPLATE_FILES = ("chat_template.jinja", "tokenizer_config.json")
+MAX_TEMPLATE_FILE_BYTES = 1024 * 1024
 REVISION = "main"
 
 
+@dataclass(frozen=True)
+class ChatTemplate:
+    """What the model's tokenizer config says about rendering chats (see jobs/chat_template.py)."""
+
+    config: dict[str, Any]
+    jinja: str | None
+
+    def problem(self, needs: set[str]) -> str | None:
+        """Why this template cannot render what the data needs (tools, tool calls, …)."""
+        from finetune_api.jobs.chat_template import (
+            chat_template_of,
+            special_tokens,
+            template_problem,
+        )
+
+        template = chat_template_of(self.config, self.jinja, "tools" in needs)
+        return template_problem(template, needs, special_tokens(self.config))
+
+
 class TokenizerCounter:
-    """Counts an example's tokens with one ``tokenizers.Tokenizer`` (batched where it can)."""
+    """Counts an example's tokens with one ``tokenizers.Tokenizer`` (batched where it can).
+
+    ``chat_template``: the model's, when it could be read (None: not checked).
+    """
 
     method = "tokenizer"
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, chat_template: ChatTemplate | None = None) -> None:
         self.tokenizer = tokenizer
+        self.chat_template = chat_template
 
     def count(self, example: dict[str, Any]) -> int:
-        return len(self.tokenizer.encode(example_text(example)))
+        pieces = example_pieces(example)
+        return sizes([len(encoding) for encoding in self.tokenizer.encode_batch(list(pieces))])[0]
 
     def count_batch(self, texts: list[str]) -> list[int]:
         """Token counts of many texts in one call (the library spreads it over its threads)."""
@@ -84,13 +120,19 @@ class TokenizerCounter:
 
 
 class TokenizerRefused(Exception):
-    """The Hub's tokenizer.json is larger than we download."""
+    """The Hub's file is larger than we download."""
 
 
 def download_tokenizer(
-    model_id: str, dest: Path, *, endpoint: str | None, timeout: float, max_bytes: int
+    model_id: str,
+    dest: Path,
+    *,
+    endpoint: str | None,
+    timeout: float,
+    max_bytes: int,
+    filename: str = TOKENIZER_FILE,
 ) -> int:
-    """Write ``model_id``'s ``tokenizer.json`` to ``dest``; its size (raises on any failure).
+    """Write ``model_id``'s ``filename`` to ``dest``; its size (raises on any failure).
 
     Refused before any byte when the Hub's metadata says it is over ``max_bytes``,
     and stopped at ``max_bytes`` while downloading whatever the metadata said.
@@ -101,10 +143,10 @@ def download_tokenizer(
     from huggingface_hub.utils._validators import validate_repo_id
 
     validate_repo_id(model_id)
-    url = hf_hub_url(model_id, TOKENIZER_FILE, revision=REVISION, endpoint=endpoint)
+    url = hf_hub_url(model_id, filename, revision=REVISION, endpoint=endpoint)
     meta = get_hf_file_metadata(url, timeout=timeout, endpoint=endpoint)
     if meta.size is None or meta.size > max_bytes:
-        raise TokenizerRefused(f"tokenizer.json holds {meta.size} bytes (at most {max_bytes})")
+        raise TokenizerRefused(f"{filename} holds {meta.size} bytes (at most {max_bytes})")
     received = 0
     with requests.get(
         meta.location or url, headers=build_hf_headers(), stream=True, timeout=timeout
@@ -114,7 +156,7 @@ def download_tokenizer(
             for chunk in response.iter_content(1024 * 1024):
                 received += len(chunk)
                 if received > max_bytes:
-                    raise TokenizerRefused(f"tokenizer.json is over {max_bytes} bytes")
+                    raise TokenizerRefused(f"{filename} is over {max_bytes} bytes")
                 out.write(chunk)
     return received
 
@@ -136,6 +178,7 @@ class WorkerCounter:
         self._buffer = b""
         self._lock = threading.Lock()
         self.broken = False
+        self.chat_template: ChatTemplate | None = None
 
     @classmethod
     def start(
@@ -155,7 +198,7 @@ class WorkerCounter:
         return counter
 
     def count(self, example: dict[str, Any]) -> int:
-        return self.count_batch([example_text(example)])[0]
+        return sizes(self.count_batch(list(example_pieces(example))))[0]
 
     def count_batch(self, texts: list[str]) -> list[int]:
         with self._lock:
@@ -211,6 +254,43 @@ class WorkerCounter:
             if pipe is not None:
                 with contextlib.suppress(OSError):
                     pipe.close()
+
+
+def fetch_chat_template(model_id: str, *, endpoint: str | None, timeout: float) -> ChatTemplate:
+    """The model's chat template files from the Hub (a file it lacks is skipped; raises when
+    neither can be read)."""
+    from huggingface_hub.errors import EntryNotFoundError
+
+    found: dict[str, str] = {}
+    scratch = Path(tempfile.mkdtemp(prefix="tokenizer-"))
+    try:
+        for name in TEMPLATE_FILES:
+            path = scratch / name
+            try:
+                download_tokenizer(
+                    model_id,
+                    path,
+                    endpoint=endpoint,
+                    timeout=timeout,
+                    max_bytes=MAX_TEMPLATE_FILE_BYTES,
+                    filename=name,
+                )
+            except (EntryNotFoundError, TokenizerRefused):
+                continue  # absent, or over 1 MiB (never downloaded past it)
+            found[name] = path.read_bytes().decode("utf-8", errors="replace")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if not found:
+        raise LookupError("no chat template file")
+    config: Any = {}
+    if "tokenizer_config.json" in found:
+        try:
+            config = json.loads(found["tokenizer_config.json"])
+        except ValueError:
+            config = {}
+    return ChatTemplate(
+        config if isinstance(config, dict) else {}, found.get("chat_template.jinja")
+    )
 
 
 class HubTokenizers:
@@ -304,6 +384,7 @@ class HubTokenizers:
             shutil.rmtree(scratch, ignore_errors=True)
 
     def _load(self, model_id: str) -> Any:
+        endpoint = self._endpoint or os.environ.get("HF_ENDPOINT") or None
         started = time.monotonic()
         try:
             if self._fetch is not None:
@@ -319,6 +400,18 @@ class HubTokenizers:
                 error_type=type(error).__name__,
             )
             return None
+        template = None
+        if self._fetch is None:
+            try:
+                template = fetch_chat_template(model_id, endpoint=endpoint, timeout=self._timeout)
+            except Exception as error:  # noqa: BLE001 - only the tool check is skipped
+                log(
+                    _logger,
+                    30,
+                    "model chat template unavailable; the dry run does not check it",
+                    model_id=model_id,
+                    error_type=type(error).__name__,
+                )
         log(
             _logger,
             20,
@@ -326,6 +419,8 @@ class HubTokenizers:
             model_id=model_id,
             duration_ms=round((time.monotonic() - started) * 1000, 1),
         )
+        if template is not None:
+            counter.chat_template = template
         return counter
 
 

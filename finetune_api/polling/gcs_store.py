@@ -13,10 +13,7 @@ emulator with anonymous credentials; tests use fake-gcs-server that way.
 
 from __future__ import annotations
 
-import threading
-from typing import Any
-
-from finetune_api.core.cloud_storage import describe, storage_client
+from finetune_api.core.buckets import Bucket, BucketError, PreconditionFailed
 from finetune_api.polling.state import ABSENT, StateConflict, StateUnavailable
 
 #: Cloud Storage allows about one write per second to one object.
@@ -41,54 +38,24 @@ class GcsStateStore:
         self.name = name
         self.description = f"gs://{bucket}/{name}"
         self.min_write_interval = min_write_interval
-        self._emulator_host = emulator_host
-        self._project = project
-        self._deadline = deadline_seconds
-        self._client: Any = None
-        self._lock = threading.Lock()
-
-    def _blob(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                self._client = storage_client(self._emulator_host, self._project)
-            return self._client.bucket(self.bucket).blob(self.name)
-
-    def _retry(self) -> Any:
-        from google.cloud.storage.retry import DEFAULT_RETRY
-
-        return DEFAULT_RETRY.with_timeout(self._deadline)
+        self.objects = Bucket(
+            bucket, emulator_host=emulator_host, project=project, deadline_seconds=deadline_seconds
+        )
 
     def read(self) -> tuple[bytes | None, str | None]:
-        from google.api_core import exceptions
-
         try:
-            blob = self._blob()
-            data: bytes = blob.download_as_bytes(
-                timeout=self._deadline, retry=self._retry(), checksum="crc32c"
-            )
-        except exceptions.NotFound:
-            return None, ABSENT
-        except Exception as error:  # noqa: BLE001 - any failure of the store is an outage here
-            raise StateUnavailable(describe(error)) from None
-        return data, str(blob.generation)
+            found = self.objects.read(self.name, checksum="crc32c")
+        except BucketError as error:  # any failure of the store is an outage here
+            raise StateUnavailable(str(error)) from None
+        return (None, ABSENT) if found is None else found
 
     def save(self, data: bytes, token: str) -> str:
-        from google.api_core import exceptions
-
         try:
-            blob = self._blob()
-            blob.upload_from_string(
-                data,
-                content_type="application/json",
-                if_generation_match=int(token),
-                timeout=self._deadline,
-                retry=self._retry(),
-            )
-        except exceptions.PreconditionFailed:
+            return self.objects.replace(self.name, data, token)
+        except PreconditionFailed:
             raise StateConflict(f"{self.description} was saved by someone else") from None
-        except Exception as error:  # noqa: BLE001 - any other failure is an outage
-            raise StateUnavailable(describe(error)) from None
-        return str(blob.generation)
+        except BucketError as error:  # any other failure is an outage
+            raise StateUnavailable(str(error)) from None
 
 
 __all__ = ["GcsStateStore"]

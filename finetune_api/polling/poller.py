@@ -76,7 +76,7 @@ from finetune_api.notify.events import (
 )
 from finetune_api.notify.webhooks import DeliveryResult
 from finetune_api.polling.ledger import PollLedger
-from finetune_api.polling.retry import FAILED, RetryPlan, RetryWatch
+from finetune_api.polling.retry import FAILED, RetryPlan, RetryWatch, is_permanent
 from finetune_api.polling.state import StateStore, TrackedJob
 
 _logger = get_logger("poller")
@@ -653,6 +653,18 @@ class _PollRun:
                 if isinstance(error, ServiceError)
                 else f"unexpected {type(error).__name__}"
             )
+            if is_permanent(error):
+                # Remembered in the retry's claim: no later poll tries again.
+                log(
+                    _logger,
+                    logging.ERROR,
+                    "a failed job cannot be retried as it stands; no later poll tries again",
+                    reason=reason,
+                    attempt=plan.next_attempt,
+                    max_attempts=plan.max_attempts,
+                )
+                outcome.failed = True
+                return None, False
             log(
                 _logger,
                 logging.ERROR,
@@ -662,6 +674,8 @@ class _PollRun:
                 max_attempts=plan.max_attempts,
             )
             return reason, False
+        if new is None:
+            return None, False  # another poll holds the retry, or it was refused before
         event = retried_event(job, new, attempt=plan.next_attempt, max_attempts=plan.max_attempts)
         return None, not self._emit(event, outcome)
 

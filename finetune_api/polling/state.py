@@ -34,15 +34,13 @@ identity for the local store), so a stale writer loses instead of overwriting.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
+
+from finetune_api.core.buckets import ABSENT, BucketError, Folder, PreconditionFailed
 
 VERSION = 1
 #: The largest state read, and the most jobs it may track: a state past either was
@@ -50,8 +48,6 @@ VERSION = 1
 #: history), so it is unreadable: that poll sweeps and overwrites it.
 MAX_STATE_BYTES = 8 * 1024 * 1024
 MAX_TRACKED_JOBS = 10_000
-#: The token of an object that does not exist (Cloud Storage's ``ifGenerationMatch=0``).
-ABSENT = "0"
 
 
 class StateError(Exception):
@@ -197,10 +193,12 @@ def load(store: StateStore, baseten: str) -> Loaded:
 
 
 class LocalStateStore:
-    """The state in a local file, replaced atomically; a lock file serializes writers.
+    """The state in a local file (a :class:`~finetune_api.core.buckets.Folder` object):
+    created exclusively, then replaced atomically under a lock file (``<file>.lock``).
 
-    The token is the file's identity (inode and modification time): every save
-    writes a new file and renames it into place, so any save changes it.
+    The token is the file's identity (inode, modification time and size): every
+    save writes a new file and renames it into place, so any save changes it.
+    (No fsync: a lost state costs one full sweep.)
     """
 
     min_write_interval = 0.0
@@ -208,62 +206,25 @@ class LocalStateStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.description = f"file {path}"
-
-    def _token(self) -> str:
-        try:
-            info = self.path.stat()
-        except FileNotFoundError:
-            return ABSENT
-        return f"{info.st_ino}-{info.st_mtime_ns}-{info.st_size}"
-
-    @contextlib.contextmanager
-    def _locked(self) -> Any:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            lock = open(self.path.with_name(self.path.name + ".lock"), "a+b")  # noqa: SIM115
-        except OSError as error:
-            raise StateUnavailable(f"cannot open {self.path}: {error.strerror}") from None
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
-        finally:
-            lock.close()  # releases the lock
+        self._folder = Folder(path.parent, lock_name=f"{path.name}.lock")
 
     def read(self) -> tuple[bytes | None, str | None]:
-        with self._locked():
-            token = self._token()
-            if token == ABSENT:
-                return None, ABSENT
-            try:
-                # One byte past the cap is enough to know the state is unreadable.
-                with self.path.open("rb") as handle:
-                    return handle.read(MAX_STATE_BYTES + 1), token
-            except FileNotFoundError:
-                return None, ABSENT
-            except OSError as error:
-                raise StateUnavailable(f"cannot read {self.path}: {error.strerror}") from None
+        try:
+            # One byte past the cap is enough to know the state is unreadable.
+            found = self._folder.read(self.path.name, limit=MAX_STATE_BYTES + 1)
+        except BucketError as error:
+            raise StateUnavailable(f"cannot read {self.path}: {error}") from None
+        return (None, ABSENT) if found is None else found
 
     def save(self, data: bytes, token: str) -> str:
-        with self._locked():
-            if self._token() != token:
-                raise StateConflict(f"{self.path} changed since it was read")
-            try:
-                handle, temporary = tempfile.mkstemp(
-                    dir=self.path.parent, prefix=self.path.name, suffix=".tmp"
-                )
-                try:
-                    # Renamed into place: a reader sees the old state or the new,
-                    # never half of one (no fsync: a lost state costs one full sweep).
-                    with os.fdopen(handle, "wb") as out:
-                        out.write(data)
-                    os.replace(temporary, self.path)
-                except BaseException:
-                    with contextlib.suppress(OSError):
-                        os.unlink(temporary)
-                    raise
-            except OSError as error:
-                raise StateUnavailable(f"cannot write {self.path}: {error.strerror}") from None
-            return self._token()
+        try:
+            if token == ABSENT:
+                return str(self._folder.create(self.path.name, data))
+            return str(self._folder.replace(self.path.name, data, token))
+        except PreconditionFailed:
+            raise StateConflict(f"{self.path} changed since it was read") from None
+        except BucketError as error:
+            raise StateUnavailable(f"cannot write {self.path}: {error}") from None
 
 
 __all__ = [

@@ -78,14 +78,23 @@ def test_crlf_line_ends_are_accepted() -> None:
         (b"name,answer\nfoo,bar\n", [(1, "not valid JSON"), (2, "not valid JSON")]),
         (b"[1, 2]\n", [(1, "a JSON array, not an object")]),
         (b"42\n", [(1, "a JSON int, not an object")]),
-        (line({"foo": "bar"}), [(1, "no 'messages', 'text' or 'prompt'/'completion' key")]),
+        (
+            line({"foo": "bar"}),
+            [
+                (
+                    1,
+                    "no 'messages' (chat), 'input'/'preferred_output' (preference), 'text' or "
+                    "'prompt'/'completion' key",
+                )
+            ],
+        ),
         (
             line({"messages": [{"role": "user", "content": "hi"}]}),
             [(1, "no assistant message: nothing to learn from")],
         ),
         (
             line({"messages": [{"role": "robot", "content": "hi"}]}),
-            [(1, "messages[0].role must be system, user or assistant")],
+            [(1, "messages[0].role must be system, developer, user, assistant or tool")],
         ),
         (
             line(

@@ -195,9 +195,7 @@ def test_a_bucket_not_allowed_or_our_own_is_refused_and_read_not_at_all(
     server: FunctionServer, sandbox: Sandbox, gcs: tuple[LocalGcs, GcsProxy], ref: str, reason: str
 ) -> None:
     bucket = ref.split("/")[2]
-    stored_before = sorted(
-        (b.name, b.generation) for b in gcs[0].client().list_blobs(bucket)
-    )
+    stored_before = sorted((b.name, b.generation) for b in gcs[0].client().list_blobs(bucket))
     gcs[1].paths.clear()
     for body in (
         {"training_file": ref, "model_id": MODEL},
@@ -252,8 +250,35 @@ def test_signed_url_for_a_real_bucket_is_v4_and_short_lived(tmp_path: Path) -> N
     }
     credentials = service_account.Credentials.from_service_account_info(info)  # type: ignore[no-untyped-call]
     store = GcsFileStore(BUCKET)
-    store._client = storage.Client(project="p", credentials=credentials)
+    store._objects._client = storage.Client(project="p", credentials=credentials)
     url = store.object_url(USERS, "chats/good.jsonl", "123", 3600)
     assert url.startswith(f"https://storage.googleapis.com/{USERS}/chats/good.jsonl?")
     assert "X-Goog-Algorithm=GOOG4-RSA-SHA256" in url and "X-Goog-Expires=3600" in url
     assert "generation=123" in url and "X-Goog-Signature=" in url
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "sentence"),
+    [
+        ("empty.jsonl", b"", "the file is empty"),
+        ("blank.jsonl", b"\n\n", "no valid example in the file"),
+    ],
+)
+def test_a_file_wide_error_reads_as_a_sentence(
+    server: FunctionServer,
+    sandbox: Sandbox,
+    gcs: tuple[LocalGcs, GcsProxy],
+    name: str,
+    data: bytes,
+    sentence: str,
+) -> None:
+    gcs[0].client().bucket(USERS).blob(f"chats/{name}").upload_from_string(data)
+    response = submit(server, {"training_file": f"gs://{USERS}/chats/{name}", "model_id": MODEL})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert f"first: {sentence})" in error["message"]
+    reasons = [detail["reason"] for detail in error["details"]]
+    assert reasons[0] == sentence
+    assert "None" not in error["message"] and not any("None" in r for r in reasons)
+    assert all(r == sentence or r.startswith("line ") for r in reasons)
+    assert sandbox.jobs() == []

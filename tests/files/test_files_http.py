@@ -276,6 +276,29 @@ def test_a_dry_run_checks_and_estimates_and_creates_nothing(
     assert sandbox.jobs() == []
 
 
+_ANSWER = {"role": "assistant", "content": "It is sunny."}
+_TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+_TOOL_ANSWER = {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}
+
+
+def _caller(name: str, arguments: str) -> dict[str, Any]:
+    call = {"id": "call_1", "type": "function", "function": {"name": name, "arguments": arguments}}
+    return {"role": "assistant", "content": None, "tool_calls": [call]}
+
+
+def _chat(*messages: Any, **extra: Any) -> bytes:
+    return json.dumps({"messages": list(messages), **extra}).encode() + b"\n"
+
+
+def _pair(**changes: Any) -> bytes:
+    pair = {
+        "input": {"messages": [{"role": "user", "content": "Weather?"}]},
+        "preferred_output": [_ANSWER],
+        "non_preferred_output": [{"role": "assistant", "content": "No idea."}],
+    }
+    return json.dumps({**pair, **changes}).encode() + b"\n"
+
+
 BAD_FILES = {
     "latin-1.jsonl": ('{"text": "caf\u00e9"}\n'.encode("latin-1"), (1, "not valid UTF-8")),
     "chats.jsonl.gz": (
@@ -293,12 +316,81 @@ BAD_FILES = {
     ),
     "robot.jsonl": (
         b'{"messages": [{"role": "robot", "content": "hi"}]}\n',
-        (1, "messages[0].role must be system, user or assistant"),
+        (1, "messages[0].role must be system, developer, user, assistant or tool"),
     ),
     "empty-content.jsonl": (
         b'{"messages": [{"role": "user", "content": "hi"}, '
         b'{"role": "assistant", "content": ""}]}\n',
         (1, "messages[1].content is empty"),
+    ),
+    # OpenAI's chat format: each rule of the contract's table broken once (issue 26).
+    "image-part.jsonl": (
+        _chat({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}),
+        (
+            1,
+            "messages[0].content[0] is a part of type 'image_url': only \"text\" parts are "
+            "accepted",
+        ),
+    ),
+    "unanswered-tool.jsonl": (
+        _chat({"role": "tool", "tool_call_id": "call_9", "content": "42"}),
+        (1, "messages[0].tool_call_id 'call_9' names no tool call made earlier in this example"),
+    ),
+    "arguments.jsonl": (
+        _chat(_caller("get_weather", "Paris"), _TOOL_ANSWER, tools=_TOOLS),
+        (1, "messages[0].tool_calls[0].function.arguments is not a JSON object string"),
+    ),
+    "unknown-function.jsonl": (
+        _chat(_caller("get_time", "{}"), _TOOL_ANSWER, tools=_TOOLS),
+        (1, "messages[0].tool_calls[0].function.name 'get_time' is not one of the line's tools"),
+    ),
+    "weight-2.jsonl": (
+        _chat({"role": "assistant", "content": "x", "weight": 2}),
+        (1, "messages[0].weight must be 0 or 1, not 2"),
+    ),
+    "weight-on-user.jsonl": (
+        _chat({"role": "user", "content": "hi", "weight": 1}),
+        (1, "messages[0].weight is only allowed on assistant messages"),
+    ),
+    "all-weight-0.jsonl": (
+        _chat(
+            {"role": "user", "content": "hi"}, {"role": "assistant", "content": "x", "weight": 0}
+        ),
+        (1, "every assistant message has weight 0: nothing to learn from"),
+    ),
+    "two-preferred.jsonl": (
+        _pair(preferred_output=[_ANSWER, _ANSWER]),
+        (1, "'preferred_output' must be a list of exactly one assistant message (2 messages)"),
+    ),
+    "input-ends-with-assistant.jsonl": (
+        _pair(input={"messages": [{"role": "user", "content": "hi"}, _ANSWER]}),
+        (
+            1,
+            "input.messages ends with an assistant message: it must end with a user or tool "
+            "message (the outputs answer it)",
+        ),
+    ),
+    # JSON a loader could read another way (issue 27 item 3).
+    "surrogate.jsonl": (
+        b'{"messages": [{"role": "assistant", "content": "\\ud800"}]}\n',
+        (
+            1,
+            "a string holds a lone surrogate escape such as \\ud800 (half of a UTF-16 pair, "
+            "no character): not valid Unicode",
+        ),
+    ),
+    "duplicate-key.jsonl": (
+        b'{"messages": [{"role": "assistant", "content": "a", "content": "b"}]}\n',
+        (1, "the key 'content' appears twice in one object"),
+    ),
+    "split-and-doubled.jsonl": (
+        GOOD
+        + b'{"messages": [{"role": "user", "content": "split"}\n'
+        + b'{"role": "assistant", "content": "over two lines"}]}\n'
+        + GOOD.split(b"\n")[0]
+        + b", "
+        + GOOD,
+        (13, "not valid JSON"),
     ),
     "empty.jsonl": (b"", (None, "the file is empty")),
     "blank.jsonl": (b"\n\n", (None, "no valid example in the file")),
@@ -317,3 +409,27 @@ def test_each_bad_file_is_stored_as_error_with_its_reason(
     bom = upload(train_http, b"\xef\xbb\xbf" + GOOD, "bom.jsonl").json()
     assert bom["status"] == "processed" and bom["validation"]["examples"] == 12
     assert sandbox.jobs() == []
+
+
+def test_openais_full_chat_format_and_preference_pairs_upload_as_processed(
+    train_http: FunctionServer,
+) -> None:
+    agent = _chat(
+        {"role": "developer", "content": "Use the tools."},
+        {"role": "user", "content": [{"type": "text", "text": "Weather in Paris?"}]},
+        _caller("get_weather", '{"city": "Paris"}'),
+        _TOOL_ANSWER,
+        {**_ANSWER, "weight": 1, "name": "bot"},
+        tools=_TOOLS,
+        parallel_tool_calls=False,
+    )
+    for data, fmt, examples in ((agent * 3 + GOOD, "chat", 15), (_pair() * 4, "preference", 4)):
+        file = upload(train_http, data).json()
+        assert file["status"] == "processed", file["validation"]
+        assert file["validation"] == {
+            "format": fmt,
+            "examples": examples,
+            "invalid_examples": 0,
+            "errors": [],
+        }
+        assert File.model_validate(file).validation is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -212,6 +213,22 @@ def test_plan_run_writes_the_template_format() -> None:
     assert [r["step"] for r in records if r["type"] == "eval"] == [4, 8, 12]
     assert max(r["learning_rate"] for r in records if r["type"] == "step") == pytest.approx(1e-4)
     assert all(r["tokens_per_second"] > 16 * 3000 for r in records if r["type"] == "step")
+    assert not any(key.startswith("rewards/") for r in records for key in r)
+
+
+def test_a_dpo_run_prints_trls_rewards_on_every_step() -> None:
+    shape = RunShape(2, 5, 1, 1, 1e-4, False, "m", "d", method="dpo")
+    lines = plan_run("job-dpo", shape, 0, 60 * SECOND)
+    steps = [
+        r for r in _metric_records([{"message": row[0]} for _, row in lines]) if r["type"] == "step"
+    ]
+    rewards = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+    assert len(steps) == 10 and all(isinstance(r[k], float) for r in steps for k in rewards)
+    for r in steps:  # DPO's sigmoid loss of the margin: ln 2 at no preference, then less
+        assert r["loss"] == pytest.approx(math.log1p(math.exp(-r["rewards/margins"])), abs=1e-3)
+    assert steps[-1]["rewards/margins"] > 1.5 > steps[0]["rewards/margins"]
+    assert all(0 <= r["rewards/accuracies"] <= 1 for r in steps)
+    assert steps[-1]["loss"] < steps[0]["loss"]
 
 
 def test_check_answers_off_skips_the_spec_check_of_answers(

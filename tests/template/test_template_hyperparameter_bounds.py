@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import typing
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -29,12 +30,24 @@ def _bounds(name: str) -> dict[str, Any]:
     return bounds
 
 
+def _kind(field: Any) -> type:
+    """``int``, ``float`` or ``bool`` (an optional one's too: ``dpo_beta`` is ``float | None``)."""
+    kinds = [k for k in typing.get_args(field.annotation) or (field.annotation,) if k is not NONE]
+    assert len(kinds) == 1, field.annotation
+    kind: type = kinds[0]
+    return kind
+
+
+NONE = type(None)
+NUMERIC = [n for n, f in schemas.Hyperparameters.model_fields.items() if _kind(f) is not bool]
+
+
 def _extremes() -> list[tuple[str, Any]]:
-    """(name, value) for the lowest and highest value each field accepts."""
+    """(name, value) for the lowest and highest value each numeric field accepts."""
     cases = []
-    for name, field in schemas.Hyperparameters.model_fields.items():
+    for name in NUMERIC:
         bounds = _bounds(name)
-        is_float = field.annotation is float
+        is_float = _kind(schemas.Hyperparameters.model_fields[name]) is float
         if "ge" in bounds:
             low = bounds["ge"]
         else:
@@ -47,8 +60,19 @@ def _extremes() -> list[tuple[str, Any]]:
     return cases
 
 
+def _config(name: str, value: Any) -> dict[str, Any]:
+    """The runtime config the service makes of a request setting ``name`` to ``value``."""
+    method = "dpo" if name == "dpo_beta" else "supervised"
+    body = {"dataset_id": "o/d", "model_id": "o/m", "method": method}
+    request = schemas.TrainingRequest.model_validate({**body, "hyperparameters": {name: value}})
+    hyperparameters = schemas.method_hyperparameters(request)
+    return {**EXAMPLE_RUNTIME_CONFIG, "method": method, "hyperparameters": hyperparameters}
+
+
 def test_every_hyperparameter_has_a_lower_and_an_upper_bound() -> None:
-    for name in schemas.Hyperparameters.model_fields:
+    for name, field in schemas.Hyperparameters.model_fields.items():
+        if _kind(field) is bool:  # train_on_inputs: true or false is the whole range
+            continue
         bounds = _bounds(name)
         assert {"ge", "gt"} & set(bounds), f"{name} has no lower bound"
         assert {"le", "lt"} & set(bounds), f"{name} has no upper bound"
@@ -58,10 +82,18 @@ def test_every_hyperparameter_has_a_lower_and_an_upper_bound() -> None:
 def test_extreme_values_pass_the_service_and_the_trainers_loader(
     train_py: ModuleType, name: str, value: Any
 ) -> None:
-    accepted = schemas.Hyperparameters.model_validate({name: value}).model_dump()
-    config = {**EXAMPLE_RUNTIME_CONFIG, "hyperparameters": accepted}
+    config = _config(name, value)
     loaded = train_py.load_runtime_config({"RUNTIME_CONFIG": json.dumps(config)})
     assert getattr(loaded.hyperparameters, name) == value
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_train_on_inputs_passes_the_service_and_the_trainers_loader(
+    train_py: ModuleType, value: bool
+) -> None:
+    config = _config("train_on_inputs", value)
+    loaded = train_py.load_runtime_config({"RUNTIME_CONFIG": json.dumps(config)})
+    assert loaded.hyperparameters.train_on_inputs is value
 
 
 @pytest.mark.parametrize(("name", "value"), _extremes(), ids=lambda v: str(v)[:12])
@@ -70,8 +102,7 @@ def test_extreme_values_seed_and_configure_the_trainer(
 ) -> None:
     from transformers import set_seed
 
-    accepted = schemas.Hyperparameters.model_validate({name: value}).model_dump()
-    config = {**EXAMPLE_RUNTIME_CONFIG, "hyperparameters": accepted}
+    config = _config(name, value)
     hp = train_py.load_runtime_config({"RUNTIME_CONFIG": json.dumps(config)}).hyperparameters
     set_seed(hp.seed)  # what train() does first
     args, lora = train_py.trainer_configs(
