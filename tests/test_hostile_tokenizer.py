@@ -2,9 +2,10 @@
 (issue 27, items 1 and 14).
 
 A real ``train_http`` whose ``HF_ENDPOINT`` is a loopback Hub (loopback/hf_hub.py)
-serving three ``tokenizer.json`` files: one whose ``Split`` pre-tokenizer holds a
+serving four ``tokenizer.json`` files: one whose ``Split`` pre-tokenizer holds a
 backtracking regex (``tokenizers`` panics on it: a pyo3 ``PanicException``, a
-``BaseException``), one larger than ``TOKENIZER_MAX_BYTES``, and an ordinary one.
+``BaseException``), one whose regex backtracks for ~17 s a line without panicking
+(a stall), one larger than ``TOKENIZER_MAX_BYTES``, and an ordinary one.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import requests
 from finetune_api.jobs.estimate import CountFailed, RuleCounter, Tally, rule_tokens
 from finetune_api.jobs.tokenizer import WorkerCounter
 from loopback.fake_secret_manager import FakeSecretManager
-from loopback.functions import FunctionServer
+from loopback.functions import FunctionServer, child_pids
 from loopback.hf_hub import HfHub, tiny_tokenizer_json
 from sandbox import Sandbox
 from tests.conftest import function_env
@@ -44,6 +45,8 @@ PANIC = json.dumps(
         "model": {"type": "WordLevel", "vocab": {"[UNK]": 0}, "unk_token": "[UNK]"},
     }
 ).encode()
+# No panic here: onig backtracks for ~17 s on 200 "a"s before a "!" (a stall).
+STALL = PANIC.replace(b"(a|a)*(a|a)*(a|a)*$", b"a*a*a*a*\\\\d")
 CAP = 16 * 1024
 GOOD = tiny_tokenizer_json(["user assistant hello world aaaa b"])
 HUGE = tiny_tokenizer_json([" ".join(f"word{n}" for n in range(3000))], vocab_size=4000)
@@ -63,6 +66,7 @@ def hub() -> Iterator[HfHub]:
     repos = {
         "evil/panic": {"tokenizer.json": PANIC},
         "evil/huge": {"tokenizer.json": HUGE},
+        "evil/stall": {"tokenizer.json": STALL},
         "org/tiny": {"tokenizer.json": GOOD},
     }
     with HfHub(repos) as server:
@@ -84,6 +88,7 @@ def function(
         HF_ENDPOINT=hub.url,
         HF_HOME=str(tmp.parent / "hostile-tokenizer-hf-home"),
         TOKENIZER_MAX_BYTES=str(CAP),
+        TOKENIZER_BATCH_SECONDS="2",
     )
     with FunctionServer("train_http", env, threads=4) as server:
         yield server
@@ -122,6 +127,46 @@ def test_a_panicking_tokenizer_leaves_the_worker_serving(
     assert [p for _, p in hub.requests[before:] if "evil/panic" in p] == []
     assert function.worker_pid() == worker
     assert "Booting worker" not in function.output().split("Booting worker", 1)[-1]
+    assert sandbox.jobs() == []
+
+
+def _counting_processes(function: FunctionServer) -> set[int]:
+    found = set()
+    for pid in child_pids(function.worker_pid()):
+        try:
+            if b"tokenizer_worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.add(pid)
+        except OSError:
+            continue
+    return found
+
+
+def test_a_stalling_tokenizer_is_cut_off_and_its_process_ended(
+    function: FunctionServer, sandbox: Sandbox
+) -> None:
+    stall = [
+        {
+            "messages": [
+                {"role": "user", "content": "a" * 200 + "!"},
+                {"role": "assistant", "content": "ok"},
+            ]
+        }
+    ] * 3
+    data = "".join(json.dumps(e) + "\n" for e in stall).encode()
+    file = requests.post(
+        f"{function.url}/files",
+        files={"file": ("s.jsonl", data)},
+        data={"purpose": "fine-tune"},
+        timeout=30,
+    ).json()
+    worker = function.worker_pid()
+    before = _counting_processes(function)
+    estimate = _dry_run(function, file["id"], "evil/stall")
+    # Left alone the count would end (~17 s a line) and say "tokenizer": it was cut off.
+    assert estimate["tokens_method"] == "estimate" and estimate["examples"] == 3
+    assert estimate["tokens"] == sum(rule_tokens(e) for e in stall)
+    assert function.worker_pid() == worker
+    assert _counting_processes(function) <= before  # killed and reaped, not left burning
     assert sandbox.jobs() == []
 
 
