@@ -282,3 +282,29 @@ def test_a_file_wide_error_reads_as_a_sentence(
     assert "None" not in error["message"] and not any("None" in r for r in reasons)
     assert all(r == sentence or r.startswith("line ") for r in reasons)
     assert sandbox.jobs() == []
+
+
+def test_a_refused_part_is_deleted_from_the_bucket(
+    server: FunctionServer, gcs: tuple[LocalGcs, GcsProxy]
+) -> None:
+    upload = requests.post(
+        f"{server.url}/v1/uploads",
+        json={"filename": "x.jsonl", "bytes": 100, "purpose": "fine-tune"},
+        timeout=10,
+    ).json()
+    prefix = f"files/uploads/{upload['id']}/"
+
+    def part(data: bytes) -> requests.Response:
+        return requests.post(
+            f"{server.url}/v1/uploads/{upload['id']}/parts",
+            files={"data": ("blob", data, "application/octet-stream")},
+            timeout=30,
+        )
+
+    assert part(b"x" * 150).status_code == 413
+    assert objects(gcs, prefix) == []
+    kept = part(b"x" * 60)
+    assert kept.status_code == 200
+    past = part(b"y" * 60)
+    assert past.status_code == 413 and "announced" in past.json()["error"]["message"]
+    assert objects(gcs, prefix) == [prefix + kept.json()["id"]]
