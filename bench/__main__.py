@@ -38,6 +38,11 @@ BENCHMARKS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "poll": ("bench.poll_bench", {}, {}),
     "idempotency_race": ("bench.idempotency_race", {"rounds": 5}, {"rounds": 2}),
     "metrics": ("bench.metrics_bench", {"steps": 100_000, "runs": 3}, {"steps": 20_000, "runs": 1}),
+    "evaluation": (
+        "bench.evaluation_bench",
+        {"steps": 96_200, "runs": 3},
+        {"steps": 20_000, "runs": 1},
+    ),
     "deploy_race": ("bench.deploy_race", {"rounds": 5}, {"rounds": 2}),
     "poll_history": ("bench.poll_history", {}, {"sizes": (0, 10_000), "polls": 3}),
     "chat_proxy": ("bench.chat_proxy", {"rounds": 30}, {"rounds": 8}),
@@ -46,6 +51,8 @@ BENCHMARKS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "file_check": ("bench.file_check", {"runs": 3}, {"size": 64 << 20, "runs": 1}),
     "token_count": ("bench.token_count", {}, {"examples": 5000, "runs": 1}),
     "upload_compose": ("bench.upload_compose", {}, {"parts": (512,)}),
+    "dpo_memory": ("bench.dpo_memory", {"runs": 2}, {"runs": 1}),
+    "labels": ("bench.labels", {}, {"examples_count": 400, "runs": 3}),
 }
 # openai_list's baseline (the old scan of 5,000 records) alone takes minutes on a busy machine.
 CHILD_TIMEOUT_S = 1800
@@ -501,6 +508,68 @@ def _upload_compose_rows(r: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _dpo_memory_rows(r: dict[str, Any]) -> list[Row]:
+    return [
+        _row(
+            f"DPO run's peak RSS, {r['weights_mb']:.0f} MB model, vs a supervised run",
+            f"{r['dpo_peak_mb']:.0f} MB",
+            f"{r['supervised_peak_mb']:.0f} MB supervised",
+            r["ratio"],
+            f"<= {r['goal_ratio']:.2f}x",
+            r["ratio"] <= r["goal_ratio"],
+        ),
+        _row(
+            "  the same with a second copy of the model (what it avoids)",
+            f"{r['supervised_peak_mb'] + r['weights_mb']:.0f} MB",
+            f"{r['supervised_peak_mb']:.0f} MB supervised",
+            r["copy_ratio"],
+        ),
+    ]
+
+
+def _labels_rows(r: dict[str, Any]) -> list[Row]:
+    what = f"{r['examples']:,} chats, {r['tool_examples']:,} with tool calls"
+    return [
+        _row(
+            f"build labels (what carries loss), {what}, µs/example",
+            f"{r['ours_us_per_example']:,} µs",
+            f"{r['baseline_us_per_example']:,} µs apply_chat_template(tokenize=True)",
+            r["ratio"],
+            "<= 1.30x",
+            r["ratio"] <= 1.3,
+        ),
+        _row(
+            "... the same against one direct render + the Rust tokenizer's encode",
+            f"{r['ours_us_per_example']:,} µs",
+            f"{r['floor_us_per_example']:,} µs",
+            r["ratio_to_floor"],
+        ),
+    ]
+
+
+def _evaluation_rows(r: dict[str, Any]) -> list[Row]:
+    return [
+        _row(
+            f"GET evaluation vs GET metrics, same job of {r['log_lines']:,} log lines "
+            f"({r['steps']:,} steps, validation set), {r['latency_ms']:.0f} ms latency",
+            f"{r['evaluation_ms'] / 1000:.2f} s",
+            f"{r['metrics_ms'] / 1000:.2f} s (metrics route)",
+            r["ratio"],
+            "<= 1.20x",
+            r["ratio"] <= 1.2,
+        ),
+        _row(
+            "  finished job: first evaluation (kept), then again (Baseten requests)",
+            f"{r['finished_first_ms'] / 1000:.2f} s, {r['finished_kept_ms']:.0f} ms "
+            f"({r['finished_kept_baseten_requests']} request)",
+            "-",
+            None,
+            "1 request (the job)",
+            r["finished_kept_baseten_requests"] == 1,
+        ),
+    ]
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "cold_start": _cold_rows,
     "first_submit": _first_rows,
@@ -509,6 +578,7 @@ ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "poll": _poll_rows,
     "idempotency_race": _race_rows,
     "metrics": _metrics_rows,
+    "evaluation": _evaluation_rows,
     "deploy_race": _deploy_race_rows,
     "poll_history": _history_rows,
     "chat_proxy": _chat_rows,
@@ -516,6 +586,8 @@ ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "file_check": _file_check_rows,
     "token_count": _token_rows,
     "upload_compose": _upload_compose_rows,
+    "dpo_memory": _dpo_memory_rows,
+    "labels": _labels_rows,
 }
 
 

@@ -6,10 +6,12 @@ job["training_job_id"], job["status"], job["dashboard_url"]
 """
 
 from finetune_api.api import (
+    checkpoint_files,
     deactivate_deployment,
     deploy_checkpoint,
     get_deployment,
     handle_training_request,
+    job_evaluation,
     job_logs,
     job_metrics,
     job_metrics_svg,
@@ -47,10 +49,12 @@ __all__ = [
     "UpstreamError",
     "UpstreamRejectedError",
     "UpstreamUnavailableError",
+    "checkpoint_files",
     "deactivate_deployment",
     "deploy_checkpoint",
     "get_deployment",
     "handle_training_request",
+    "job_evaluation",
     "job_logs",
     "job_metrics",
     "job_metrics_svg",

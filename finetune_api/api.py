@@ -28,6 +28,7 @@ def handle_training_request(
     training_file: str | None = None,
     validation_file: str | None = None,
     method: str | None = None,
+    integrations: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Start a Baseten training job fine-tuning ``model_id`` on ``dataset_id``.
 
@@ -35,6 +36,8 @@ def handle_training_request(
     ``"gs://bucket/object"``), optionally with ``validation_file``.
     ``method``: ``"supervised"`` (default) or ``"dpo"`` (a preference file;
     ``hyperparameters={"dpo_beta": …}``).
+    ``integrations`` (OpenAI's shape, ``[{"type": "wandb", "wandb": {"project": …}}]``)
+    reports the run to W&B.
 
     Validates exactly as ``POST /jobs`` does, stages the training template
     (``training_template_dir`` or the configured one) and pushes it to
@@ -62,6 +65,7 @@ def handle_training_request(
         "deploy": deploy,
         "retry": retry,
         "method": method,
+        "integrations": integrations,
     }
     body.update({name: value for name, value in optional.items() if value is not None})
     return _submit(
@@ -276,6 +280,33 @@ def job_metrics(
     values = {"since": since, "until": until, "points": points}
     answer, _ = metrics_answer(project_id, job_id, values, prefix="")
     return answer
+
+
+def job_evaluation(project_id: str, job_id: str) -> dict[str, Any]:
+    """Did it get better: as ``GET /jobs/{project_id}/{job_id}/evaluation``.
+
+    ``{"base", "tuned", "change", "samples", "evaluations", "skipped"}`` plus the job's
+    ids, name and status (see docs/evaluation.md).
+    """
+    answer: dict[str, Any] = get_services().insights.evaluation(project_id, job_id)
+    return answer
+
+
+def checkpoint_files(
+    project_id: str,
+    job_id: str,
+    checkpoint_id: str,
+    *,
+    limit: int | None = None,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """One checkpoint's files as presigned URLs, as ``GET …/checkpoints/{id}/files``."""
+    from finetune_api.jobs.checkpoint_files import CheckpointFiles
+
+    services = get_services()
+    files = CheckpointFiles(services.settings.project_name_prefix, services.client)
+    query = {"limit": limit, "cursor": cursor}
+    return files.page(project_id, job_id, checkpoint_id, {k: v for k, v in query.items() if v})
 
 
 def job_metrics_svg(

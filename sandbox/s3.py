@@ -98,6 +98,34 @@ class S3Gateway:
             ) from exc
         return True
 
+    def put_object(self, key: str, data: bytes) -> None:
+        """Write ``data`` at ``key`` of the sandbox's bucket (Baseten's own storage)."""
+        self.ensure_bucket()
+        try:
+            self._get_client().put_object(Bucket=self.bucket, Key=key, Body=data)
+        except Exception as exc:
+            raise SandboxApiError(
+                503, "UNAVAILABLE", f"sandbox could not reach S3: {type(exc).__name__}"
+            ) from exc
+
+    def list_objects(self, prefix: str) -> list[dict[str, Any]]:
+        """``[{"Key", "Size", "LastModified"}]`` under ``prefix`` of the sandbox's bucket."""
+        if self.endpoint is None:
+            raise SandboxApiError(
+                503, "UNAVAILABLE", "the sandbox was started without an S3 endpoint"
+            )
+        self.ensure_bucket()
+        found: list[dict[str, Any]] = []
+        try:
+            pages = self._get_client().get_paginator("list_objects_v2")
+            for page in pages.paginate(Bucket=self.bucket, Prefix=prefix):
+                found.extend(page.get("Contents") or [])
+        except Exception as exc:
+            raise SandboxApiError(
+                503, "UNAVAILABLE", f"sandbox could not reach S3: {type(exc).__name__}"
+            ) from exc
+        return found
+
     def presigned_get(self, bucket: str, key: str, expires_in: int = 3600) -> str:
         """A presigned GET URL for ``bucket/key`` (what Baseten's download answers hold)."""
         if self.endpoint is None:

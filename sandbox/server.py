@@ -30,6 +30,7 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from sandbox import deployments
+from sandbox.checkpoint_files import checkpoint_files
 from sandbox.conformance import (
     LEDGER,
     PROBE_HEADER,
@@ -69,6 +70,7 @@ API_ROUTES = Map(
         Rule(_JOB, methods=["GET"], endpoint="get_job"),
         Rule(f"{_JOB}/stop", methods=["POST"], endpoint="stop_job"),
         Rule(f"{_JOB}/checkpoints", methods=["GET"], endpoint="checkpoints"),
+        Rule(f"{_JOB}/checkpoint_files", methods=["GET"], endpoint="checkpoint_files"),
         # GET is current; the POST forms (JSON body) are deprecated but truss still calls them.
         Rule(f"{_JOB}/logs", methods=["GET", "POST"], endpoint="logs"),
         Rule(f"{_JOB}/metrics", methods=["GET", "POST"], endpoint="metrics"),
@@ -219,6 +221,9 @@ class SandboxApp:
             "get_job": lambda r, p: Reply(200, s.get_job(p["project_id"], p["job_id"])),
             "stop_job": self._stop_job,
             "checkpoints": lambda r, p: Reply(200, s.checkpoints(p["project_id"], p["job_id"])),
+            "checkpoint_files": lambda r, p: Reply(
+                200, checkpoint_files(s, p["project_id"], p["job_id"], _params(r))
+            ),
             "search": lambda r, p: Reply(200, s.search(_json_body(r))),
             "logs": lambda r, p: Reply(200, s.job_logs(p["project_id"], p["job_id"], _params(r))),
             "metrics": lambda r, p: Reply(

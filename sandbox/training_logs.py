@@ -4,8 +4,14 @@ Each job that starts running gets a simulated training run written ahead of
 time: start-up lines from every replica (a multi-node job has one replica per
 node, and they share timestamps), one ``FT_METRICS`` step line per optimizer
 step (the template's format) plus one progress line, an evaluation line and a
-checkpoint line at each epoch's end (evaluations only when the request's
-``validation_split`` > 0), and a summary line at the end. Lines become visible
+checkpoint line at each epoch's end (evaluations only when the request has a
+validation set: ``validation_split`` > 0 or a ``validation_file``), and a summary
+line at the end. With a validation set the run is the template's "Did it get
+better?" one: the base model's evaluation (``"model": "base"``) before step 1,
+the tuned one's (``"model": "tuned"``) at each epoch's end, then one sample line
+per ``hyperparameters.eval_samples`` (default 5 with a validation set), and the
+summary names ``base_eval_loss`` and ``eval_loss``; every step line carries
+``mean_token_accuracy``. Lines become visible
 as the clock passes their timestamp (nanoseconds), so a client watching a
 running job sees them appear. When the job ends early the rest of the run is
 squeezed into the time left (completed), or cut off with an error traceback
@@ -99,6 +105,7 @@ class RunShape:
     dataset: str
     # The job's runtime_config.json "method": a "dpo" run's step lines carry TRL's rewards.
     method: str = "supervised"
+    eval_samples: int = 0
 
 
 def _shape(request: Mapping[str, Any]) -> RunShape:
@@ -122,6 +129,12 @@ def _shape(request: Mapping[str, Any]) -> RunShape:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         return float(value) if ok else default
 
+    validation = (
+        number(hyper.get("validation_split"), 0) > 0 or config.get("validation_file") is not None
+    )
+    samples = hyper.get("eval_samples")
+    if isinstance(samples, bool) or not isinstance(samples, int) or not 0 <= samples <= 50:
+        samples = 5 if validation else 0
     model = env.get("MODEL_ID") if isinstance(env.get("MODEL_ID"), str) else "sandbox/model"
     dataset = env.get("DATASET_ID") if isinstance(env.get("DATASET_ID"), str) else "sandbox/data"
     return RunShape(
@@ -130,10 +143,11 @@ def _shape(request: Mapping[str, Any]) -> RunShape:
         nodes=max(1, int(number(compute.get("node_count"), 1))),
         gpus=max(1, int(number(accelerator.get("count"), 1))),
         learning_rate=number(hyper.get("learning_rate"), 2e-4),
-        validation=number(hyper.get("validation_split"), 0) > 0,
+        validation=validation,
         model=str(model),
         dataset=str(dataset),
         method="dpo" if config.get("method") == "dpo" else "supervised",
+        eval_samples=samples if validation else 0,
     )
 
 
@@ -149,6 +163,29 @@ def _dpo_metrics(done: float, rng: random.Random) -> dict[str, float]:
         "rewards/rejected": rejected,
         "rewards/margins": round(margin, 4),
         "rewards/accuracies": round(min(1.0, 0.5 + 0.5 * done + rng.uniform(0, 0.05)), 4),
+    }
+
+
+def _eval_loss(step: int, total: int, rng: random.Random) -> float:
+    return round(0.55 + 2.0 * math.exp(-4.0 * step / total) + rng.uniform(-0.02, 0.02), 4)
+
+
+def _accuracy(step: int, total: int, rng: random.Random) -> float:
+    """Token accuracy rises as the loss falls (0.40 before training, about 0.78 at the end)."""
+    return round(0.40 + 0.39 * (1 - math.exp(-4.0 * step / total)) + rng.uniform(-0.01, 0.01), 4)
+
+
+def sample_record(index: int, rng: random.Random) -> dict[str, Any]:
+    """A sample line: a held-out prompt, its reference, the base and the tuned answers."""
+    topics = ("the refund policy", "a late delivery", "a password reset", "an invoice")
+    topic = topics[index % len(topics)]
+    return {
+        "type": "sample",
+        "index": index,
+        "prompt": f"user: Can you help me with {topic}? (held-out example {index})",
+        "reference": f"Of course. Here is how {topic} works, step by step.",
+        "base": f"I am a language model. {topic.capitalize()} is a topic. " * 2,
+        "tuned": f"Of course. Here is how {topic} works{rng.choice(('.', ', step by step.'))}",
     }
 
 
@@ -209,6 +246,20 @@ def plan_run(job_id: str, shape: RunShape, start: int, end: int) -> list[tuple[i
     # The summary line states what the step and eval lines said, as the template's does.
     last_loss: float | None = None
     eval_losses: list[float] = []
+    accuracies: list[float] = []
+    base: dict[str, Any] | None = None
+    if shape.validation:
+        # The base model, evaluated on the held-out set before the first step.
+        base = {
+            "type": "eval",
+            "step": 0,
+            "total_steps": total,
+            "epoch": 0.0,
+            "eval_loss": _eval_loss(0, total, rng),
+            "eval_mean_token_accuracy": _accuracy(0, total, rng),
+            "model": "base",
+        }
+        lines.append((t + 2, (_prefix(t, "INFO", 0) + _metrics(base), leader, "INFO")))
     for step in range(1, total + 1):
         ns = first + stretch * step // total
         if step <= warmup:
@@ -231,6 +282,7 @@ def plan_run(job_id: str, shape: RunShape, start: int, end: int) -> list[tuple[i
             "tokens_per_second": round(tokens * rng.uniform(0.95, 1.05), 1),
             # Cumulative, as the template's num_input_tokens_seen.
             "tokens_seen": step * TOKENS_PER_STEP,
+            "mean_token_accuracy": _accuracy(step, total, rng),
         }
         if shape.method == "dpo":
             record.update(_dpo_metrics(step / total, rng))
@@ -250,15 +302,17 @@ def plan_run(job_id: str, shape: RunShape, start: int, end: int) -> list[tuple[i
         if step % shape.steps_per_epoch == 0:
             epoch = step // shape.steps_per_epoch
             if shape.validation:
-                eval_loss = 0.55 + 2.0 * math.exp(-4.0 * step / total) + rng.uniform(-0.02, 0.02)
+                eval_losses.append(_eval_loss(step, total, rng))
+                accuracies.append(_accuracy(step, total, rng))
                 evaluation = {
                     "type": "eval",
                     "step": step,
                     "total_steps": total,
                     "epoch": float(epoch),
-                    "eval_loss": round(eval_loss, 4),
+                    "eval_loss": eval_losses[-1],
+                    "eval_mean_token_accuracy": accuracies[-1],
+                    "model": "tuned",
                 }
-                eval_losses.append(round(eval_loss, 4))
                 lines.append(
                     (ns + 2000, (_prefix(ns, "INFO", 0) + _metrics(evaluation), leader, "INFO"))
                 )
@@ -273,6 +327,10 @@ def plan_run(job_id: str, shape: RunShape, start: int, end: int) -> list[tuple[i
                 )
             )
     final_ns = first + stretch + span // 40
+    for index in range(shape.eval_samples):
+        at = final_ns - 1000 * (shape.eval_samples - index)
+        record = sample_record(index, rng)
+        lines.append((at, (_prefix(at, "INFO", 0) + _metrics(record), leader, "INFO")))
     summary = {
         "type": "summary",
         "step": total,
@@ -280,6 +338,10 @@ def plan_run(job_id: str, shape: RunShape, start: int, end: int) -> list[tuple[i
         "epoch": float(shape.epochs),
         "final_loss": last_loss,
         "best_eval_loss": min(eval_losses) if eval_losses else None,
+        "base_eval_loss": base["eval_loss"] if base else None,
+        "eval_loss": eval_losses[-1] if eval_losses else None,
+        "base_eval_mean_token_accuracy": base["eval_mean_token_accuracy"] if base else None,
+        "eval_mean_token_accuracy": accuracies[-1] if accuracies else None,
         "runtime_seconds": round(span * 0.95 / SECOND, 3),
     }
     lines.append((final_ns, (_prefix(final_ns, "INFO", 0) + _metrics(summary), leader, "INFO")))
@@ -422,9 +484,17 @@ class TrainingLogs:
     ) -> dict[str, Any]:
         """A whole run of ``steps`` steps that ended ``now``, lasting ``seconds``."""
         body = body or {}
-        if not isinstance(body, dict) or set(body) - {"steps", "seconds", "nodes", "validation"}:
+        if not isinstance(body, dict) or set(body) - {
+            "steps",
+            "seconds",
+            "nodes",
+            "validation",
+            "eval_samples",
+        }:
             raise SandboxApiError(
-                400, "VALIDATION_ERROR", 'body: {"steps", "seconds"?, "nodes"?, "validation"?}'
+                400,
+                "VALIDATION_ERROR",
+                'body: {"steps", "seconds"?, "nodes"?, "validation"?, "eval_samples"?}',
             )
         steps = body.get("steps", 100)
         seconds = body.get("seconds", 3600)
@@ -434,16 +504,21 @@ class TrainingLogs:
             raise SandboxApiError(400, "VALIDATION_ERROR", "body.seconds: > 0")
         shape = _shape(request)
         epochs = max(1, steps // STEPS_PER_EPOCH)
+        validation = bool(body.get("validation", shape.validation))
+        samples = body.get("eval_samples", shape.eval_samples if shape.validation else 5)
+        if isinstance(samples, bool) or not isinstance(samples, int) or not 0 <= samples <= 50:
+            raise SandboxApiError(400, "VALIDATION_ERROR", "body.eval_samples: 0..50")
         shape = RunShape(
             epochs=epochs,
             steps_per_epoch=max(1, steps // epochs),
             nodes=int(body.get("nodes", shape.nodes)),
             gpus=shape.gpus,
             learning_rate=shape.learning_rate,
-            validation=bool(body.get("validation", shape.validation)),
+            validation=validation,
             model=shape.model,
             dataset=shape.dataset,
             method=shape.method,
+            eval_samples=samples if validation else 0,
         )
         start = now_ns - int(seconds * SECOND)
         log = self._logs[job_id] = JobLog(nodes=shape.nodes, gpus=shape.gpus)

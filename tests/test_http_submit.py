@@ -85,6 +85,7 @@ def test_submit_creates_the_requested_job(
         "validation_split": 0.0,
         "train_on_inputs": False,
         "dpo_beta": None,
+        "eval_samples": 0,  # resolved: no validation set, so no samples
     }
     assert config["method"] == "supervised"
     assert recorded["job"]["name"] == "first-run"

@@ -92,6 +92,8 @@ def test_logs_metrics_and_deploys_of_jobs_outside_the_prefix_are_not_found(
         ("GET", f"{base}/logs"),
         ("GET", f"{base}/metrics"),
         ("GET", f"{base}/metrics?format=svg"),
+        ("GET", f"{base}/evaluation"),
+        ("GET", f"{base}/checkpoints/checkpoint-1/files"),
         ("POST", f"{base}/deployments"),
     ]:
         response = requests.request(method, url, timeout=30)

@@ -168,6 +168,10 @@ def test_bare_cloudevent_with_type_field_works(pubsub: FunctionServer, sandbox: 
         (lambda: message_event("p2", data=b"{not json"), "not valid JSON"),
         (lambda: message_event("p3", data=b"\xff\xfe"), "not UTF-8"),
         (lambda: message_event("p4", body={"dataset_id": "../etc"}), "invalid training request"),
+        (
+            lambda: message_event("p4b", body={**VALID, "integrations": [{"type": "comet"}]}),
+            "integrations.0.type",
+        ),
         (lambda: message_event("p5", body=[1, 2]), "JSON object"),
         # Issue 12: each of these failed the function (a retried poison message).
         (lambda: message_event("p6", data=b"[" * 3000), "nested too deeply"),

@@ -44,6 +44,15 @@ def test_valid_call_returns_the_job(configured: Sandbox, s3: LocalS3) -> None:
     assert config["hyperparameters"]["num_epochs"] == 2
 
 
+def test_integrations_through_the_python_api(configured: Sandbox) -> None:
+    wandb = {"type": "wandb", "wandb": {"project": "p"}}
+    finetune_api.handle_training_request(DATASET, MODEL, integrations=[wandb])
+    [recorded] = configured.jobs()
+    env = recorded["request"]["runtime"]["environment_variables"]
+    assert env["WANDB_API_KEY"] == {"name": "wandb_api_key"}
+    assert json.loads(env["RUNTIME_CONFIG"])["integrations"] == [wandb]
+
+
 def test_idempotency_key_replays(configured: Sandbox) -> None:
     first = finetune_api.handle_training_request(DATASET, MODEL, idempotency_key="order-7")
     second = finetune_api.handle_training_request(DATASET, MODEL, idempotency_key="order-7")
@@ -71,6 +80,8 @@ def test_custom_template_dir(configured: Sandbox, tmp_path: Path) -> None:
         ({"hyperparameters": {"lora_rank": 0}}, finetune_api.InvalidRequestError, 400),
         ({"hyperparameters": {"unknown": 1}}, finetune_api.InvalidRequestError, 400),
         ({"compute": {"gpu_count": 99}}, finetune_api.InvalidRequestError, 400),
+        ({"integrations": [{"type": "wandb", "wandb": {}}]}, finetune_api.InvalidRequestError, 400),
+        ({"hyperparameters": {"eval_samples": 1}}, finetune_api.InvalidRequestError, 400),
         ({"idempotency_key": "has space"}, finetune_api.InvalidRequestError, 400),
         ({"method": "rl"}, finetune_api.InvalidRequestError, 400),
         ({"hyperparameters": {"dpo_beta": 0.2}}, finetune_api.InvalidRequestError, 400),
@@ -175,6 +186,26 @@ def test_logs_and_metrics_functions_raise_the_same_exceptions(configured: Sandbo
     ]
     with pytest.raises(finetune_api.NotFoundError):
         finetune_api.job_metrics(project_id, "nosuchjob")
+
+
+def test_evaluation_and_checkpoint_files_functions(configured: Sandbox, s3: LocalS3) -> None:
+    job = finetune_api.handle_training_request(
+        DATASET, MODEL, hyperparameters={"validation_split": 0.1, "eval_samples": 1}
+    )
+    project_id, job_id = job["training_project_id"], job["training_job_id"]
+    configured.synthesize_logs(job_id, steps=50, seconds=30)
+    checkpoint = configured.add_checkpoint(job_id)["checkpoint_id"]
+    configured.set_status(job_id, "TRAINING_JOB_COMPLETED")
+    answer = finetune_api.job_evaluation(project_id, job_id)
+    assert answer["change"]["eval_loss"] < 0 and len(answer["samples"]) == 1
+    page = finetune_api.checkpoint_files(project_id, job_id, checkpoint, limit=2)
+    assert len(page["data"]) == 2 and page["has_more"] is True
+    rest = finetune_api.checkpoint_files(project_id, job_id, checkpoint, cursor=page["next_cursor"])
+    assert [f["relative_file_name"] for f in rest["data"]] == [f"{checkpoint}/trainer_state.json"]
+    with pytest.raises(finetune_api.NotFoundError):
+        finetune_api.checkpoint_files(project_id, job_id, "checkpoint-99")
+    with pytest.raises(finetune_api.NotFoundError):
+        finetune_api.job_evaluation(project_id, "nosuchjob")
 
 
 def test_a_training_file_through_the_python_api(

@@ -133,6 +133,27 @@ def test_a_stopped_or_completed_job_can_be_resumed_too(
     assert response.status_code == 201, response.text
 
 
+def test_a_resumed_job_keeps_its_wandb_integration_and_samples(
+    train_http: FunctionServer, sandbox: Sandbox
+) -> None:
+    wandb = {"type": "wandb", "wandb": {"project": "support"}}
+    job = failed_with_checkpoints(
+        train_http,
+        sandbox,
+        integrations=[wandb],
+        hyperparameters={**BODY["hyperparameters"], "validation_split": 0.1, "eval_samples": 7},
+    )
+    response = resume(train_http, job)
+    assert response.status_code == 201, response.text
+    resumed = next(
+        j for j in sandbox.jobs() if j["job"]["id"] == response.json()["training_job_id"]
+    )
+    config = runtime_config(resumed)
+    assert config["integrations"] == [wandb] and config["hyperparameters"]["eval_samples"] == 7
+    env = resumed["request"]["runtime"]["environment_variables"]
+    assert env["WANDB_API_KEY"] == {"name": "wandb_api_key"}
+
+
 def test_idempotency_key_replays_the_same_resumed_job(
     train_http: FunctionServer, sandbox: Sandbox
 ) -> None:

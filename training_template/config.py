@@ -43,6 +43,10 @@ DEFAULT_NODE_COUNT = 1
 # runtime_config.json names another one.
 DEFAULT_HF_TOKEN_SECRET_NAME = "hf_access_token"  # noqa: S105 (a name, not a secret)
 
+# Baseten workspace secret exposed to the job as WANDB_API_KEY when the request has a
+# wandb integration (runtime_config.json's wandb_api_key_secret_name names another one).
+DEFAULT_WANDB_API_KEY_SECRET_NAME = "wandb_api_key"  # noqa: S105 (a name, not a secret)
+
 RUNTIME_CONFIG_FILE = "runtime_config.json"
 
 # Runs in the uploaded copy of this folder: installs train.py's pinned libraries
@@ -140,6 +144,25 @@ def _secret_name(config: dict[str, Any]) -> str:
     return name
 
 
+def _integration_environment(config: dict[str, Any]) -> dict[str, SecretReference]:
+    """``WANDB_API_KEY`` as a reference to a Baseten secret when W&B is asked for, else nothing.
+
+    ``integrations`` is OpenAI's list (``[{"type": "wandb", "wandb": {...}}]``); the key
+    itself never appears in the request, the runtime config or the job's environment.
+    """
+    integrations = config.get("integrations") or []
+    if not isinstance(integrations, list):
+        raise ValueError(f"{RUNTIME_CONFIG_FILE}: 'integrations' must be a list")
+    if not any(isinstance(item, dict) and item.get("type") == "wandb" for item in integrations):
+        return {}
+    name = config.get("wandb_api_key_secret_name")
+    if name is None:
+        name = DEFAULT_WANDB_API_KEY_SECRET_NAME
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{RUNTIME_CONFIG_FILE}: 'wandb_api_key_secret_name' must be a string")
+    return {"WANDB_API_KEY": SecretReference(name=name)}
+
+
 def _load_checkpoint(config: dict[str, Any]) -> LoadCheckpointConfig | None:
     """Baseten's ``load_checkpoint_config`` for ``resume_from`` (null: start fresh).
 
@@ -178,6 +201,7 @@ def _build_project(config: dict[str, Any]) -> TrainingProject:
             "MODEL_ID": _required_str(config, "model_id"),
             "RUNTIME_CONFIG": json.dumps(resolved),
             "HF_TOKEN": SecretReference(name=_secret_name(config)),
+            **_integration_environment(config),
         },
         checkpointing_config=CheckpointingConfig(enabled=True),
         load_checkpoint_config=_load_checkpoint(config),

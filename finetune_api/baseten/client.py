@@ -419,6 +419,28 @@ class BasetenClient:
         body = self._call("GET", path, what=what)
         return self._list(body, "checkpoints", what)
 
+    def checkpoint_files(
+        self, project_id: str, job_id: str, *, page_size: int = 1000, page_token: int = 0
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """One page of a job's checkpoint files (``getTrainingJobCheckpointFiles``).
+
+        Every checkpoint's files of the job, as presigned URLs, each with
+        ``relative_file_name`` (``<checkpoint>/<path>``), ``node_rank``,
+        ``size_bytes`` and ``last_modified``; and the next page's token (an offset),
+        None after the last page.
+        """
+        what = "checkpoint files of the training job"
+        path = f"{self._job_path(project_id, job_id)}/checkpoint_files"
+        params = {"page_size": page_size, "page_token": page_token}
+        body = self._call("GET", path, what=what, params=params)
+        files = self._list(body, "presigned_urls", what)
+        token = body.get("next_page_token")
+        if token is not None and (isinstance(token, bool) or not isinstance(token, int)):
+            raise UpstreamError(
+                f"Baseten's answer has a 'next_page_token' that is not a number ({what})"
+            )
+        return files, token
+
     def get_logs(
         self,
         project_id: str,

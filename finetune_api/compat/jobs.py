@@ -14,6 +14,7 @@ import re
 import time
 from typing import Any
 
+from finetune_api.compat.results import results_file_id
 from finetune_api.core.errors import InvalidRequestError, NotFoundError, ServiceError
 from finetune_api.core.schemas import (
     DEFAULT_DPO_BETA,
@@ -56,6 +57,7 @@ CREATE_FIELDS = {
     "deploy",
     "project_name",
     "job_name",
+    "eval_samples",
 }
 # Our names in a validation error → the caller's names.
 _PARAM = {
@@ -70,6 +72,7 @@ _PARAM = {
     "hyperparameters.max_seq_length": "max_seq_length",
     "hyperparameters.gradient_accumulation_steps": "gradient_accumulation_steps",
     "hyperparameters.dpo_beta": "method.dpo.hyperparameters.beta",
+    "hyperparameters.eval_samples": "eval_samples",
 }
 #: OpenAI's method types; ``reinforcement`` is refused with ``code: "unsupported_method"``.
 METHOD_TYPES = ("supervised", "dpo")
@@ -184,8 +187,9 @@ def training_request_body(body: Any) -> tuple[dict[str, Any], dict[str, Any]]:
             f"{len(unknown)} unsupported field(s) in the request body",
             details=[{"location": "body", "reason": "unsupported field"} for _ in unknown],
         )
-    if body.get("integrations") not in (None, []):
-        raise _bad("integrations", "integrations are not supported")
+    integrations = body.get("integrations")
+    if integrations is not None and not isinstance(integrations, list):
+        raise _bad("integrations", "must be a list")
     hyperparameters = _hyperparameters(body.get("hyperparameters"), "hyperparameters")
     kind, from_method = _method(body.get("method"))
     if from_method and hyperparameters:
@@ -204,7 +208,7 @@ def training_request_body(body: Any) -> tuple[dict[str, Any], dict[str, Any]]:
             raise _bad("lora", "must be an object with rank, alpha and/or dropout")
         for key, value in lora.items():
             hyperparameters[f"lora_{key}"] = value
-    for key in ("max_seq_length", "gradient_accumulation_steps"):
+    for key in ("max_seq_length", "gradient_accumulation_steps", "eval_samples"):
         if body.get(key) is not None:
             hyperparameters[key] = body[key]
     suffix = body.get("suffix")
@@ -230,6 +234,9 @@ def training_request_body(body: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     for key in ("compute", "project_name", "job_name"):
         if body.get(key) is not None:
             ours[key] = body[key]
+    if integrations:
+        # OpenAI's shape is ours: checked by the shared schema (400 naming the entry).
+        ours["integrations"] = integrations
     deploy = body.get("deploy")
     if deploy is not None:
         if isinstance(deploy, dict) and suffix and "model_name" not in deploy:
@@ -375,11 +382,15 @@ class FineTuningJobs:
             "trained_tokens": trained_tokens,
             "estimated_finish": estimated_finish,
             "error": error,
-            "result_files": [],
+            "result_files": (
+                [results_file_id(*self._ids(job_id))]
+                if baseten_status == "TRAINING_JOB_COMPLETED"
+                else []
+            ),
             "seed": record.get("seed") if record.get("seed") is not None else 42,
             "metadata": record.get("metadata"),
             "suffix": record.get("suffix"),
-            "integrations": [],
+            "integrations": record.get("integrations") or [],
             "training_project_id": project_id,
             "training_job_id": baseten_id,
             "baseten_status": baseten_status,
@@ -501,14 +512,14 @@ class FineTuningJobs:
                         )
                     )
                     first = False
-                valid = _loss_at(evaluations, step["step"])
                 data = {
                     "step": step["step"],
                     "total_steps": total,
-                    "train_loss": step.get("loss"),
-                    "valid_loss": valid,
-                    "train_mean_token_accuracy": None,
+                    **openai_metrics(step["step"], step, evaluations),
                 }
+                if data["full_valid_loss"] is None:
+                    # As OpenAI's: the full-validation keys only on steps that ran one.
+                    del data["full_valid_loss"], data["full_valid_mean_token_accuracy"]
                 message = f"Step {step['step']}" + (f"/{total}" if total else "")
                 if step.get("loss") is not None:
                     message += f": training loss={step['loss']:.4f}"
@@ -570,7 +581,7 @@ class FineTuningJobs:
         for item in items:
             created = parse_time(item.created_at)
             step = _step_at(steps, created, item.checkpoint_id)
-            train_loss = next((s.get("loss") for s in steps if s["step"] == step), None)
+            at_step = _point_at(steps, step)
             found.append(
                 {
                     "id": f"ftckpt-{baseten_id}-{item.checkpoint_id}",
@@ -581,12 +592,7 @@ class FineTuningJobs:
                     "step_number": step,
                     "metrics": {
                         "step": step,
-                        "train_loss": train_loss,
-                        "valid_loss": _loss_at(evaluations, step),
-                        "train_mean_token_accuracy": None,
-                        "valid_mean_token_accuracy": None,
-                        "full_valid_loss": None,
-                        "full_valid_mean_token_accuracy": None,
+                        **openai_metrics(step, at_step, evaluations),
                     },
                     "checkpoint_id": item.checkpoint_id,
                     "checkpoint_type": item.checkpoint_type,
@@ -623,13 +629,41 @@ def _event(
     }
 
 
-def _loss_at(evaluations: list[dict[str, Any]], step: int) -> float | None:
-    """The newest evaluation loss at or before ``step``."""
+def _eval_at(evaluations: list[dict[str, Any]], step: int) -> dict[str, Any] | None:
+    """The newest (tuned) evaluation at or before ``step``."""
     best = None
     for item in evaluations:
         if item["step"] <= step:
-            best = item.get("eval_loss")
+            best = item
     return best
+
+
+def _point_at(steps: list[dict[str, Any]], step: int) -> dict[str, Any] | None:
+    """The step point of ``step``, else the newest before it (the series may be thinned)."""
+    best = None
+    for item in steps:
+        if item["step"] <= step:
+            best = item
+    return best
+
+
+def openai_metrics(
+    step: int, point: dict[str, Any] | None, evaluations: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """OpenAI's metric keys at a step: training from its step line, validation from our
+    evaluations, which run on the whole validation set (so ``full_valid_*`` is the
+    evaluation made at exactly that step, ``valid_*`` the newest one at or before it)."""
+    point = point or {}
+    newest = _eval_at(evaluations, step)
+    exact = newest if newest is not None and newest["step"] == step else None
+    return {
+        "train_loss": point.get("loss"),
+        "train_mean_token_accuracy": point.get("mean_token_accuracy"),
+        "valid_loss": (newest or {}).get("eval_loss"),
+        "valid_mean_token_accuracy": (newest or {}).get("eval_mean_token_accuracy"),
+        "full_valid_loss": (exact or {}).get("eval_loss"),
+        "full_valid_mean_token_accuracy": (exact or {}).get("eval_mean_token_accuracy"),
+    }
 
 
 def _step_at(steps: list[dict[str, Any]], created: Any, checkpoint_id: str) -> int:

@@ -82,6 +82,9 @@ _STRICT = ConfigDict(extra="forbid", strict=True)
 # A File id or gs://bucket/object; checked against the store by the file service.
 DataRef = Annotated[str, Field(min_length=1, max_length=1100)]
 MAX_SEED = 2**32 - 1
+#: ``hyperparameters.eval_samples``: at most this many held-out prompts answered twice.
+MAX_EVAL_SAMPLES = 50
+DEFAULT_EVAL_SAMPLES = 5
 
 
 class Hyperparameters(BaseModel):
@@ -117,6 +120,53 @@ class Hyperparameters(BaseModel):
         description="dpo only: how far the tuned model may move from the base model "
         "(TRL's beta); default 0.1",
     )
+    eval_samples: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_EVAL_SAMPLES,
+        description="held-out prompts answered by the base and the tuned model after training "
+        "(default 5 with a validation set, else 0; more than 0 needs a validation set)",
+    )
+
+
+def _tag(value: str) -> str:
+    if not 1 <= len(value) <= 64:
+        raise ValueError("each tag must be 1 to 64 characters")
+    return value
+
+
+class WandbSettings(BaseModel):
+    """OpenAI's ``wandb`` integration: where the job reports its steps and evaluations."""
+
+    model_config = _STRICT
+
+    project: Annotated[str, Field(min_length=1, max_length=128)] = Field(
+        description="the W&B project the run is logged under"
+    )
+    entity: Annotated[str, Field(min_length=1, max_length=128)] | None = Field(
+        default=None, description="W&B team or user; default: the key's own"
+    )
+    name: Annotated[str, Field(min_length=1, max_length=128)] | None = Field(
+        default=None, description="the run's name; default: the job's name"
+    )
+    tags: list[Annotated[str, AfterValidator(_tag)]] | None = Field(
+        default=None, max_length=50, description="at most 50 tags of 1-64 characters"
+    )
+
+
+class Integration(BaseModel):
+    """One entry of ``integrations`` (OpenAI's shape); ``wandb`` is the one type known."""
+
+    model_config = _STRICT
+
+    type: Literal["wandb"]
+    wandb: WandbSettings
+
+
+def _one_wandb(value: list[Integration] | None) -> list[Integration] | None:
+    if value is not None and sum(item.type == "wandb" for item in value) > 1:
+        raise ValueError("at most one wandb integration")
+    return value
 
 
 class Compute(BaseModel):
@@ -279,12 +329,30 @@ class TrainingRequest(BaseModel):
         description="supervised (default): learn the examples; dpo: preference tuning on a "
         "preference file (input, preferred_output, non_preferred_output)",
     )
+    integrations: Annotated[list[Integration] | None, AfterValidator(_one_wandb)] = Field(
+        default=None,
+        max_length=8,
+        description='OpenAI\'s shape: [{"type": "wandb", "wandb": {"project", "entity"?, '
+        '"name"?, "tags"?}}]: the job reports every step and evaluation to W&B, with '
+        "WANDB_API_KEY from the Baseten secret WANDB_API_KEY_SECRET_NAME",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> TrainingRequest:
         if self.validation_file is not None and self.hyperparameters.validation_split:
             raise ValueError("give validation_file or hyperparameters.validation_split, not both")
         return self
+
+    @property
+    def has_validation(self) -> bool:
+        return self.validation_file is not None or self.hyperparameters.validation_split > 0
+
+    def resolved_eval_samples(self) -> int:
+        """``eval_samples`` as the job runs it: 5 by default with a validation set, else 0."""
+        samples = self.hyperparameters.eval_samples
+        if samples is not None:
+            return samples
+        return DEFAULT_EVAL_SAMPLES if self.has_validation else 0
 
     retry: RetryPolicy | None = Field(
         default=None, description="resume the job by itself when it fails (not when stopped)"
@@ -510,6 +578,14 @@ def parse_training_request(data: Any, settings: Any) -> TrainingRequest:
         details = validation_details(error) + details
     else:
         details = method_details(request) + details
+        if request.hyperparameters.eval_samples and not request.has_validation:
+            details.append(
+                {
+                    "location": "hyperparameters.eval_samples",
+                    "reason": "needs a validation set (validation_file or "
+                    "hyperparameters.validation_split); 0 or leave it out",
+                }
+            )
     if details:
         fields = ", ".join(sorted({d["location"] for d in details}))
         raise InvalidRequestError(f"invalid training request: {fields}", details=details) from None
@@ -533,12 +609,14 @@ def method_details(request: TrainingRequest) -> list[dict[str, Any]]:
 
 
 def method_hyperparameters(request: TrainingRequest) -> dict[str, Any]:
-    """The request's hyperparameters with the method's defaults filled in (decision 2).
+    """The request's hyperparameters as the job gets them, every default filled in.
 
     ``train_on_inputs``: false by default for supervised, null for dpo; ``dpo_beta``:
-    0.1 by default for dpo, null for supervised.
+    0.1 by default for dpo, null for supervised; ``eval_samples``: resolved (5 with a
+    validation set, else 0).
     """
     values = request.hyperparameters.model_dump()
+    values["eval_samples"] = request.resolved_eval_samples()
     if request.method == "dpo":
         values["train_on_inputs"] = None
         if values["dpo_beta"] is None:

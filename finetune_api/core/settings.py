@@ -183,6 +183,7 @@ class Settings:
     secretmanager_emulator_host: str | None = _setting(None, _optional_text)
     training_template_dir: Path = _setting(DEFAULT_TEMPLATE_DIR, _path)
     hf_token_secret_name: str = _setting("hf_access_token", _text)
+    wandb_api_key_secret_name: str = _setting("wandb_api_key", _text)
     allowed_accelerators: tuple[str, ...] = _setting(DEFAULT_ALLOWED_ACCELERATORS, _commas)
     max_gpus_per_node: int = _setting(8, _int(1, 64))
     max_nodes: int = _setting(1, _int(1, 64))

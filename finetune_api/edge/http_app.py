@@ -64,6 +64,16 @@ TRAIN_ROUTES = Map(
             methods=["POST"],
         ),
         Rule(f"/jobs/<{_ID}:project_id>/<{_ID}:job_id>/logs", endpoint="logs", methods=["GET"]),
+        Rule(
+            f"/jobs/<{_ID}:project_id>/<{_ID}:job_id>/evaluation",
+            endpoint="evaluation",
+            methods=["GET"],
+        ),
+        Rule(
+            f"/jobs/<{_ID}:project_id>/<{_ID}:job_id>/checkpoints/<{_ID}:checkpoint_id>/files",
+            endpoint="checkpoint_files",
+            methods=["GET"],
+        ),
         Rule("/files", endpoint="create_file", methods=["POST"]),
         Rule("/files", endpoint="list_files", methods=["GET"]),
         Rule(f"/files/<{_ID}:file_id>", endpoint="get_file", methods=["GET"]),

@@ -185,11 +185,25 @@ def list_files(request: Request) -> Response:
     return json_response(_list(page["data"], page["has_more"]))
 
 
+def _results() -> Any:
+    from finetune_api.compat.results import ResultFiles
+
+    return ResultFiles(get_services().insights)
+
+
 def get_file(request: Request, file_id: str) -> Response:
+    from finetune_api.compat.results import is_results_id
+
+    if is_results_id(file_id):
+        return json_response(_results().retrieve(file_id))
     return json_response(get_services().files.get(file_id))
 
 
 def delete_file(request: Request, file_id: str) -> Response:
+    from finetune_api.compat.results import is_results_id
+
+    if is_results_id(file_id):
+        return json_response(_results().delete(file_id))
     return json_response(get_services().files.delete(file_id))
 
 
@@ -197,6 +211,12 @@ def file_content(request: Request, file_id: str) -> Response:
     """The stored bytes, streamed from storage (never held whole in memory)."""
     import queue
     import threading
+
+    from finetune_api.compat.results import is_results_id
+
+    if is_results_id(file_id):
+        # OpenAI's results file: CSV, made from the job's log (kept once it finished).
+        return Response(_results().content(file_id), status=200, mimetype="text/csv")
 
     files = get_services().files
     files.readable(file_id)  # 404, or 409 while pending or validating, before any byte

@@ -22,6 +22,8 @@ from finetune_api.core.schemas import (
     ResumeRequest,
     TrainingRequest,
 )
+from finetune_api.edge.openapi_evaluation import MODELS as EVALUATION_MODELS
+from finetune_api.edge.openapi_evaluation import evaluation_paths
 from finetune_api.files.schemas import DryRun, File, FileDeleted, FileList, LargeFileRequest
 from finetune_api.insights.schemas import LogPage, MetricsAnswer
 
@@ -88,6 +90,7 @@ _MODELS: tuple[type[BaseModel], ...] = (
     ResumedJob,
     FailedEvent,
     RetriedEvent,
+    *EVALUATION_MODELS,
 )
 
 
@@ -527,6 +530,7 @@ def openapi_document() -> dict[str, Any]:
         },
         **_deployment_paths(common),
         **_resume_paths(common),
+        **evaluation_paths(_errors(400, 404), common),
         "/healthz": {
             "get": {
                 "summary": "Liveness; contacts nothing",

@@ -31,6 +31,26 @@ def _list_of(name: str) -> dict[str, Any]:
     )
 
 
+_INTEGRATIONS = {
+    "type": "array",
+    "description": "OpenAI's shape; one wandb entry at most: the job reports to W&B with "
+    "WANDB_API_KEY from the Baseten secret WANDB_API_KEY_SECRET_NAME",
+    "items": _obj(
+        {
+            "type": {"const": "wandb"},
+            "wandb": _obj(
+                {
+                    "project": {"type": "string", "minLength": 1, "maxLength": 128},
+                    "entity": {"type": ["string", "null"]},
+                    "name": {"type": ["string", "null"]},
+                    "tags": {"type": ["array", "null"], "items": {"type": "string"}},
+                },
+                ["project"],
+            ),
+        },
+        ["type", "wandb"],
+    ),
+}
 _HYPERPARAMETERS = _obj(
     {
         "n_epochs": {
@@ -178,6 +198,14 @@ SCHEMAS: dict[str, Any] = {
             "deploy": {"type": "object", "description": "ours: as POST /jobs deploy"},
             "project_name": _STR,
             "job_name": _STR,
+            "integrations": _INTEGRATIONS,
+            "eval_samples": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 50,
+                "description": "ours: held-out prompts answered by the base and the tuned "
+                "model (default 5 with a validation_file, else 0)",
+            },
         },
         ["model", "training_file"],
     ),
@@ -206,7 +234,13 @@ SCHEMAS: dict[str, Any] = {
             "trained_tokens": _NULL_INT,
             "estimated_finish": _NULL_INT,
             "error": {"type": ["object", "null"]},
-            "result_files": {"type": "array", "items": _STR},
+            "result_files": {
+                "type": "array",
+                "items": _STR,
+                "description": "once succeeded: one File (purpose fine-tune-results) whose "
+                "content is OpenAI's results CSV",
+            },
+            "integrations": _INTEGRATIONS,
             "seed": _INT,
             "metadata": {"type": ["object", "null"]},
             "suffix": _NULL_STR,
@@ -225,7 +259,12 @@ SCHEMAS: dict[str, Any] = {
             "level": {"enum": ["info", "warn", "error"]},
             "message": _STR,
             "type": {"enum": ["message", "metrics"]},
-            "data": {"type": "object"},
+            "data": {
+                "type": "object",
+                "description": "metrics events: step, total_steps, train_loss, "
+                "train_mean_token_accuracy, valid_loss, valid_mean_token_accuracy (and "
+                "full_valid_loss, full_valid_mean_token_accuracy on an evaluated step)",
+            },
         }
     ),
     "OpenAIFineTuningJobCheckpoint": _obj(
@@ -240,7 +279,11 @@ SCHEMAS: dict[str, Any] = {
                 {
                     "step": _INT,
                     "train_loss": {"type": ["number", "null"]},
+                    "train_mean_token_accuracy": {"type": ["number", "null"]},
                     "valid_loss": {"type": ["number", "null"]},
+                    "valid_mean_token_accuracy": {"type": ["number", "null"]},
+                    "full_valid_loss": {"type": ["number", "null"]},
+                    "full_valid_mean_token_accuracy": {"type": ["number", "null"]},
                 }
             ),
         }

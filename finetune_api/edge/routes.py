@@ -121,6 +121,23 @@ def metrics(request: Request, project_id: str, job_id: str) -> Response:
     return response
 
 
+def evaluation(request: Request, project_id: str, job_id: str) -> Response:
+    from finetune_api.insights.job_insights import check_unknown
+
+    check_unknown(_query(request), (), "query.")
+    return json_response(get_services().insights.evaluation(project_id, job_id))
+
+
+def checkpoint_files(
+    request: Request, project_id: str, job_id: str, checkpoint_id: str
+) -> Response:
+    from finetune_api.jobs.checkpoint_files import CheckpointFiles
+
+    services = get_services()
+    files = CheckpointFiles(services.settings.project_name_prefix, services.client)
+    return json_response(files.page(project_id, job_id, checkpoint_id, _query(request)))
+
+
 def deploy(request: Request, project_id: str, job_id: str) -> Response:
     from finetune_api.api import deploy_body
 
@@ -277,6 +294,8 @@ TRAIN_HANDLERS: dict[str, Any] = {
     "stop": stop,
     "logs": logs,
     "metrics": metrics,
+    "evaluation": evaluation,
+    "checkpoint_files": checkpoint_files,
     "deploy": deploy,
     "resume": resume,
     "get_deployment": get_deployment,

@@ -11,6 +11,11 @@ Costs, in Baseten requests:
   concurrent slices), at most :data:`MAX_METRICS_REQUESTS`, + 1 metrics read; a
   finished job's answer is kept per instance (its logs no longer change), within
   :data:`CACHE_BYTES`.
+* ``evaluation``: 1 job read + every log page inside the job's life (as
+  ``metrics``, without its metrics read), at most :data:`MAX_METRICS_REQUESTS`;
+  a finished job's answer is kept like the metrics answer.
+* ``results_csv`` (``/v1`` ``result_files``' content): the same read as
+  ``evaluation``; a finished job's file is kept like the metrics answer.
 * ``progress`` (on ``GET /jobs/{p}/{j}``): 1 read of the newest 1,000 lines, up to
   :data:`PROGRESS_MAX_REQUESTS` when no step line is among them; none for a job
   that never started.
@@ -56,9 +61,11 @@ from finetune_api.core.settings import Settings
 from finetune_api.insights.training_metrics import (
     TrainingSeries,
     downsample_series,
+    evaluation_answer,
     final_summary,
     ns_to_rfc3339,
     progress,
+    results_csv,
     seconds_between,
     training_answer,
 )
@@ -84,9 +91,13 @@ MAX_POINTS = 10_000
 # trail its final status a little.
 _BEFORE_CREATED_NS = 60 * 1_000_000_000
 _AFTER_FINISHED_NS = 10 * 60 * 1_000_000_000
-#: Baseten log requests one metrics answer (or one completed event's summary) may
-#: cost: 200 pages of 1,000 lines. A longer range is a 400 asking for a narrower one.
-MAX_METRICS_REQUESTS = 200
+#: Baseten log requests one metrics or evaluation answer (or one completed event's
+#: summary) may cost: 200,000 lines (200 full pages of 1,000), plus the first page read
+#: alone and one partly filled page per concurrent slice (at most 32: see
+#: ``baseten.log_pages.scan_parallel``), with room to spare. At 200 a 200,000-line job
+#: (100,000 steps) could not be read at all. A longer range is a 400 asking for a
+#: narrower one.
+MAX_METRICS_REQUESTS = 240
 #: Bytes of finished jobs' metrics answers kept per instance (as compact JSON).
 CACHE_BYTES = 32 * 1024 * 1024
 #: Baseten requests ``progress`` may spend looking back for the newest step line.
@@ -415,6 +426,65 @@ class JobInsights:
             self._keep(key, json.dumps(answer, separators=(",", ":")).encode())
         return answer
 
+    # -- evaluation -----------------------------------------------------------------------
+
+    def read_job(self, project_id: str, job_id: str) -> dict[str, Any]:
+        """Baseten's job, within the project scope (404 as for an unknown one)."""
+        return self._scope.read_job(project_id, job_id)
+
+    def evaluation(self, project_id: str, job_id: str) -> dict[str, Any]:
+        """Base beside tuned, their change and the samples, from the job's whole log."""
+        raw_job = self._scope.read_job(project_id, job_id)
+        status = str(raw_job.get("current_status") or "")
+        key = ("evaluation", project_id, job_id, status)
+        cached = self._cached(key, status)
+        if cached is not None:
+            answer: dict[str, Any] = json.loads(cached)
+            return answer
+        self._load_secrets()
+        series = self._whole_series(project_id, job_id, raw_job)
+        answer = {
+            "training_project_id": project_id,
+            "training_job_id": job_id,
+            "job_name": raw_job.get("name"),
+            "status": short_status(status or "TRAINING_JOB_UNKNOWN"),
+            **evaluation_answer(series),
+        }
+        _scrub_samples(answer["samples"])
+        if status in TERMINAL_STATUSES:
+            self._keep(key, json.dumps(answer, separators=(",", ":")).encode())
+        return answer
+
+    def results_csv(self, project_id: str, job_id: str) -> bytes:
+        """OpenAI's results file of a job: one CSV row per step (see :func:`results_csv`)."""
+        raw_job = self._scope.read_job(project_id, job_id)
+        status = str(raw_job.get("current_status") or "")
+        key = ("results.csv", project_id, job_id, status)
+        cached = self._cached(key, status)
+        if cached is not None:
+            return cached
+        data = results_csv(self._whole_series(project_id, job_id, raw_job))
+        if status in TERMINAL_STATUSES:
+            self._keep(key, data)
+        return data
+
+    def _whole_series(
+        self, project_id: str, job_id: str, raw_job: Mapping[str, Any]
+    ) -> TrainingSeries:
+        lo, hi = self._job_start_ns(raw_job), self._job_end_ns(raw_job, self._clock())
+        if lo > hi:
+            return TrainingSeries()
+        return self.read_series(project_id, job_id, lo, hi, MAX_METRICS_REQUESTS)
+
+    def _cached(self, key: tuple[Any, ...], status: str) -> bytes | None:
+        if status not in TERMINAL_STATUSES:
+            return None
+        with self._cache_lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+        return cached
+
     def read_series(
         self, project_id: str, job_id: str, lo: int, hi: int, max_requests: int
     ) -> TrainingSeries:
@@ -639,6 +709,14 @@ class _Budget:
         return result
 
 
+def _scrub_samples(samples: list[dict[str, Any]] | None) -> None:
+    """Sample texts are the job's own output: known secrets are replaced like in a log line."""
+    for sample in samples or []:
+        for name, value in sample.items():
+            if isinstance(value, str):
+                sample[name] = scrub_log_text(value)
+
+
 def final_summary_without_lines(job: Job) -> dict[str, Any]:
     """A completed job whose script printed no metrics lines: only its duration is known."""
     duration = seconds_between(job.created_at, job.updated_at)
@@ -647,6 +725,8 @@ def final_summary_without_lines(job: Job) -> dict[str, Any]:
         "total_steps": None,
         "final_loss": None,
         "best_eval_loss": None,
+        "base_eval_loss": None,
+        "eval_loss": None,
         "duration_seconds": None if duration is None else round(duration, 3),
     }
 

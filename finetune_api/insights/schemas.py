@@ -59,6 +59,9 @@ class StepPoint(_Rewards):
     learning_rate: float | None
     grad_norm: float | None
     tokens_per_second: float | None
+    mean_token_accuracy: float | None = Field(
+        description="share of the loss-carrying tokens predicted right (0..1)"
+    )
 
 
 class EvalPoint(_Exact):
@@ -66,6 +69,7 @@ class EvalPoint(_Exact):
     timestamp: str
     epoch: float | None
     eval_loss: float | None
+    eval_mean_token_accuracy: float | None
 
 
 class TrainingSummary(_Rewards):
@@ -123,4 +127,58 @@ class MetricsAnswer(_Exact):
     system: SystemMetrics = Field(description="Baseten's system metrics, per node")
 
 
-__all__ = ["LogLine", "LogPage", "MetricsAnswer"]
+class BaseEvaluation(_Exact):
+    step: int | None = Field(description="0, or the step a resumed job started from")
+    eval_loss: float | None = Field(
+        description="mean loss over the validation set's trained tokens"
+    )
+    eval_mean_token_accuracy: float | None = Field(
+        description="share of those tokens the model predicted exactly (0..1)"
+    )
+
+
+class TunedEvaluation(_Exact):
+    step: int | None = Field(description="the step of the tuned model's newest evaluation")
+    epoch: float | None
+    eval_loss: float | None
+    eval_mean_token_accuracy: float | None
+
+
+class EvaluationChange(_Exact):
+    eval_loss: float | None = Field(description="tuned - base: below 0 is better")
+    eval_mean_token_accuracy: float | None = Field(description="tuned - base: above 0 is better")
+
+
+class EvaluationSample(_Exact):
+    index: int
+    prompt: str | None = Field(description="the held-out example up to its last trained turn")
+    reference: str | None = Field(description="the answer the validation data gives")
+    base: str | None = Field(description="the base model's greedy answer (≤ 256 new tokens)")
+    tuned: str | None = Field(description="the tuned model's greedy answer")
+
+
+class EvaluationSkipped(_Exact):
+    lines: int = Field(description="FT_METRICS lines that could not be read, of any type")
+    eval_lines: int = Field(description="of them, eval lines (bad JSON, bad model or numbers)")
+    sample_lines: int = Field(description="of them, sample lines (bad JSON, index, texts)")
+
+
+class EvaluationAnswer(_Exact):
+    training_project_id: str
+    training_job_id: str
+    job_name: str | None
+    status: str
+    base: BaseEvaluation | None = Field(
+        description="null without a validation set, or before the base model was evaluated"
+    )
+    tuned: TunedEvaluation | None = Field(description="null until the first tuned evaluation")
+    change: EvaluationChange | None = Field(description="tuned - base; null unless both exist")
+    samples: list[EvaluationSample] | None = Field(
+        description="held-out prompts answered by both models; texts cut at 2,000 characters; "
+        "null until printed (after training) or with eval_samples 0"
+    )
+    evaluations: int = Field(description="tuned evaluations read (one per epoch and the last)")
+    skipped: EvaluationSkipped
+
+
+__all__ = ["EvaluationAnswer", "LogLine", "LogPage", "MetricsAnswer"]

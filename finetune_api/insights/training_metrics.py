@@ -14,6 +14,17 @@ A DPO job's step lines add TRL's ``rewards/chosen``, ``rewards/rejected``,
 ``rewards/margins`` and ``rewards/accuracies`` (:data:`REWARD_FIELDS`): a series
 that has seen one gets that column (earlier steps null), its step records and
 summaries carry it; a supervised series has none, so its answers keep their shape.
+"Did it get better?" adds: ``mean_token_accuracy`` on step lines;
+``eval_mean_token_accuracy`` and ``model`` (``"base"`` or ``"tuned"``; absent: tuned,
+as old jobs print) on eval lines, the base model's evaluation being the line with
+``"model": "base"``; one sample line per held-out prompt answered by both models::
+
+    FT_METRICS {"type": "sample", "index": 0, "prompt": "...", "reference": "...",
+                "base": "...", "tuned": "..."}
+
+and ``base_eval_loss``, ``eval_loss``, ``base_eval_mean_token_accuracy``,
+``eval_mean_token_accuracy`` on the summary line. A sample line may be up to
+:data:`MAX_SAMPLE_RECORD_CHARS` long (four texts of up to 2,000 characters each).
 
 Anything before the marker (a logging prefix) is ignored, so a custom template
 can print the same lines through its own logger. Numbers may be null. A line
@@ -31,6 +42,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -43,9 +55,25 @@ MARKER = "FT_METRICS "
 STEP = "step"
 EVAL = "eval"
 SUMMARY = "summary"
-STEP_FIELDS = ("epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second")
 #: TRL's DPO metrics (exact key names), kept only by series whose lines carry them.
 REWARD_FIELDS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+SAMPLE = "sample"
+STEP_FIELDS = (
+    "epoch",
+    "loss",
+    "learning_rate",
+    "grad_norm",
+    "tokens_per_second",
+    "mean_token_accuracy",
+)
+#: The ``model`` of an eval line: the base model (before training) or the tuned one.
+BASE = "base"
+TUNED = "tuned"
+#: Sample lines read: indexes 0 to MAX_SAMPLES - 1 (``eval_samples`` is at most 50).
+MAX_SAMPLES = 50
+#: The texts of a sample, as the evaluation route answers them, are cut at this length.
+SAMPLE_TEXT_CHARS = 2000
+SAMPLE_TEXTS = ("prompt", "reference", "base", "tuned")
 _NAN = math.nan
 _BIG_INT = 2**1000  # a larger int does not convert to a float
 _DECODER = json.JSONDecoder()
@@ -63,6 +91,12 @@ def format_line(record: dict[str, Any]) -> str:
 MAX_STEP = 2**53
 #: The longest text after the marker that is decoded; a longer line is skipped.
 MAX_RECORD_CHARS = 4096
+#: The longest sample line decoded: four texts of 2,000 characters, each escaped
+#: (``\\uXXXX``) at worst, and the keys.
+MAX_SAMPLE_RECORD_CHARS = 64 * 1024
+# What a line that cannot be read claimed to be (to say what was skipped).
+_CLAIMED_TYPE = re.compile(r'"type"\s*:\s*"(step|eval|sample|summary)"')
+_SAMPLE_START = re.compile(r'\s*\{\s*"type"\s*:\s*"sample"')
 
 
 def parse_line(message: str) -> dict[str, Any] | None:
@@ -83,13 +117,23 @@ def read_line(message: str) -> tuple[dict[str, Any] | None, bool]:
     if index < 0:
         return None, False
     start = index + len(MARKER)
-    if len(message) - start > MAX_RECORD_CHARS:
+    size = len(message) - start
+    if size > MAX_RECORD_CHARS and (
+        size > MAX_SAMPLE_RECORD_CHARS or not _SAMPLE_START.match(message, start)
+    ):
         return None, True
     try:
         record, _ = _DECODER.raw_decode(message, start)
     except (ValueError, RecursionError):
         return None, True
-    if not isinstance(record, dict) or record.get("type") not in (STEP, EVAL, SUMMARY):
+    if not isinstance(record, dict):
+        return None, True
+    kind = record.get("type")
+    if kind == SAMPLE:
+        return (record, False) if _good_sample(record) else (None, True)
+    if kind not in (STEP, EVAL, SUMMARY) or size > MAX_RECORD_CHARS:
+        return None, True
+    if kind == EVAL and not _good_eval(record):
         return None, True
     step = record.get("step")
     if type(step) is not int or not 0 <= step <= MAX_STEP:
@@ -98,6 +142,33 @@ def read_line(message: str) -> tuple[dict[str, Any] | None, bool]:
     if type(total) is int and not 0 <= total <= MAX_STEP:
         return None, True
     return record, False
+
+
+def _good_sample(record: dict[str, Any]) -> bool:
+    index = record.get("index")
+    if type(index) is not int or not 0 <= index < MAX_SAMPLES:
+        return False
+    return all(isinstance(record.get(name), str | None) for name in SAMPLE_TEXTS)
+
+
+def _numeric_or_null(value: Any) -> bool:
+    return value is None or (type(value) in (int, float))
+
+
+def _good_eval(record: dict[str, Any]) -> bool:
+    """An eval line names a known model and carries numbers (or nulls) where it reports."""
+    if record.get("model") not in (None, BASE, TUNED):
+        return False
+    return _numeric_or_null(record.get("eval_loss")) and _numeric_or_null(
+        record.get("eval_mean_token_accuracy")
+    )
+
+
+def claimed_type(message: str) -> str:
+    """The ``type`` an unreadable metrics line seems to claim (``unknown`` when none)."""
+    index = message.find(MARKER)
+    match = _CLAIMED_TYPE.search(message, index + len(MARKER), index + len(MARKER) + 200)
+    return match.group(1) if match else "unknown"
 
 
 def _number(value: Any) -> float:
@@ -135,9 +206,16 @@ class TrainingSeries:
     eval_steps: array[int] = field(default_factory=lambda: array("q"))
     eval_epochs: array[float] = field(default_factory=lambda: array("d"))
     eval_losses: array[float] = field(default_factory=lambda: array("d"))
+    eval_accuracies: array[float] = field(default_factory=lambda: array("d"))
+    #: the base model's evaluation (``"model": "base"``), the newest one
+    base_eval: dict[str, Any] | None = None
+    #: sample lines by index (a later line of the same index replaces an earlier one)
+    samples: dict[int, dict[str, Any]] = field(default_factory=dict)
     final: dict[str, Any] | None = None
     #: metrics lines that carried the marker but could not be read (skipped)
     skipped: int = 0
+    #: the skipped lines by the type they claimed: step, eval, sample, summary, unknown
+    skipped_types: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -166,17 +244,36 @@ class TrainingSeries:
                     column = self.columns[name] = _nan_column(len(self.steps) - 1)
                 column.append(_number(value))
         elif kind == EVAL:
+            if record.get("model") == BASE:
+                self.base_eval = {
+                    "step": record["step"],
+                    "epoch": _maybe(_number(record.get("epoch"))),
+                    "eval_loss": _maybe(_number(record.get("eval_loss"))),
+                    "eval_mean_token_accuracy": _maybe(
+                        _number(record.get("eval_mean_token_accuracy"))
+                    ),
+                    "timestamp": ns_to_rfc3339(ns),
+                }
+                return
             self.eval_ns.append(ns)
             self.eval_steps.append(record["step"])
             self.eval_epochs.append(_number(record.get("epoch")))
             self.eval_losses.append(_number(record.get("eval_loss")))
+            self.eval_accuracies.append(_number(record.get("eval_mean_token_accuracy")))
+        elif kind == SAMPLE:
+            self.samples[record["index"]] = {
+                name: record.get(name) for name in ("index", *SAMPLE_TEXTS)
+            }
         else:
             self.final = record
 
     def add_message(self, message: str, ns: int) -> bool:
         record, poisoned = read_line(message)
         if record is None:
-            self.skipped += poisoned
+            if poisoned:
+                self.skipped += 1
+                kind = claimed_type(message)
+                self.skipped_types[kind] = self.skipped_types.get(kind, 0) + 1
             return False
         self.add(record, ns)
         return True
@@ -195,11 +292,17 @@ class TrainingSeries:
         self.eval_steps.extend(other.eval_steps)
         self.eval_epochs.extend(other.eval_epochs)
         self.eval_losses.extend(other.eval_losses)
+        self.eval_accuracies.extend(other.eval_accuracies)
+        if other.base_eval is not None:
+            self.base_eval = other.base_eval
+        self.samples.update(other.samples)
         if other.total_steps is not None:
             self.total_steps = other.total_steps
         if other.final is not None:
             self.final = other.final
         self.skipped += other.skipped
+        for kind, count in other.skipped_types.items():
+            self.skipped_types[kind] = self.skipped_types.get(kind, 0) + count
 
     # -- views ------------------------------------------------------------
 
@@ -226,7 +329,38 @@ class TrainingSeries:
             "step": self.eval_steps[index],
             "epoch": _maybe(self.eval_epochs[index]),
             "eval_loss": _maybe(self.eval_losses[index]),
+            "eval_mean_token_accuracy": _maybe(self.eval_accuracies[index]),
             "timestamp": ns_to_rfc3339(self.eval_ns[index]),
+        }
+
+    def last_eval(self) -> dict[str, Any] | None:
+        """The tuned model's newest evaluation (the summary line's when none was read)."""
+        if self.eval_steps:
+            return self.eval_record(len(self.eval_steps) - 1)
+        final = self.final or {}
+        if _maybe(_number(final.get("eval_loss"))) is None:
+            return None
+        return {
+            "step": final.get("step"),
+            "epoch": _maybe(_number(final.get("epoch"))),
+            "eval_loss": _maybe(_number(final.get("eval_loss"))),
+            "eval_mean_token_accuracy": _maybe(_number(final.get("eval_mean_token_accuracy"))),
+            "timestamp": None,
+        }
+
+    def base_evaluation(self) -> dict[str, Any] | None:
+        """The base model's evaluation (the summary line's when its eval line was not read)."""
+        if self.base_eval is not None:
+            return self.base_eval
+        final = self.final or {}
+        if _maybe(_number(final.get("base_eval_loss"))) is None:
+            return None
+        return {
+            "step": None,
+            "epoch": None,
+            "eval_loss": _maybe(_number(final.get("base_eval_loss"))),
+            "eval_mean_token_accuracy": _maybe(_number(final.get("base_eval_mean_token_accuracy"))),
+            "timestamp": None,
         }
 
     def best_eval_loss(self) -> float | None:
@@ -341,14 +475,108 @@ def final_summary(
     duration = _maybe(_number(final.get("runtime_seconds"))) if final else None
     if duration is None:
         duration = seconds_between(created_at, finished_at)
+    base, tuned = series.base_evaluation(), series.last_eval()
     return {
         "steps": steps,
         "total_steps": series.total_steps,
         "final_loss": final_loss,
         "best_eval_loss": series.best_eval_loss(),
+        "base_eval_loss": base["eval_loss"] if base else None,
+        "eval_loss": tuned["eval_loss"] if tuned else None,
         "duration_seconds": _round(duration),
         **series.latest_rewards(),
     }
+
+
+def _cut(text: Any) -> Any:
+    return text[:SAMPLE_TEXT_CHARS] if isinstance(text, str) else text
+
+
+def _difference(tuned: float | None, base: float | None) -> float | None:
+    if tuned is None or base is None:
+        return None
+    return round(tuned - base, 6)
+
+
+def evaluation_answer(series: TrainingSeries) -> dict[str, Any]:
+    """The evaluation route's ``base``, ``tuned``, ``change``, ``samples`` and ``skipped``.
+
+    ``base`` is the base model's evaluation (step 0, or the step a resumed job
+    started from), ``tuned`` the tuned model's newest one, ``change`` tuned - base
+    member by member; each is null until its line was printed (or when the job
+    had no validation set). Sample texts are cut at :data:`SAMPLE_TEXT_CHARS`.
+    """
+    base_record, tuned_record = series.base_evaluation(), series.last_eval()
+    base = (
+        None
+        if base_record is None
+        else {
+            "step": base_record["step"],
+            "eval_loss": base_record["eval_loss"],
+            "eval_mean_token_accuracy": base_record["eval_mean_token_accuracy"],
+        }
+    )
+    tuned = (
+        None
+        if tuned_record is None
+        else {
+            "step": tuned_record["step"],
+            "epoch": tuned_record["epoch"],
+            "eval_loss": tuned_record["eval_loss"],
+            "eval_mean_token_accuracy": tuned_record["eval_mean_token_accuracy"],
+        }
+    )
+    change = None
+    if base is not None and tuned is not None:
+        change = {
+            name: _difference(tuned[name], base[name])
+            for name in ("eval_loss", "eval_mean_token_accuracy")
+        }
+    samples = [
+        {name: _cut(series.samples[index][name]) for name in ("index", *SAMPLE_TEXTS)}
+        for index in sorted(series.samples)
+    ]
+    types = series.skipped_types
+    return {
+        "base": base,
+        "tuned": tuned,
+        "change": change,
+        "samples": samples or None,
+        "evaluations": len(series.eval_steps),
+        "skipped": {
+            "lines": series.skipped,
+            "eval_lines": types.get(EVAL, 0),
+            "sample_lines": types.get(SAMPLE, 0),
+        },
+    }
+
+
+def results_csv(series: TrainingSeries) -> bytes:
+    """OpenAI's fine-tuning results file: one row per step, as ``files.content`` gives it.
+
+    Header ``step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy``;
+    the validation columns hold the tuned evaluation at that step (empty elsewhere),
+    as OpenAI's own file leaves them empty between evaluations.
+    """
+    at_step: dict[int, int] = {}
+    for index, step in enumerate(series.eval_steps):
+        at_step[step] = index
+    out = ["step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"]
+    loss, accuracy = series.columns["loss"], series.columns["mean_token_accuracy"]
+    for index, step in enumerate(series.steps):
+        evaluated = at_step.get(step)
+        valid = (
+            (series.eval_losses[evaluated], series.eval_accuracies[evaluated])
+            if evaluated is not None
+            else (_NAN, _NAN)
+        )
+        cells = [str(step)] + [_cell(value) for value in (loss[index], accuracy[index], *valid)]
+        out.append(",".join(cells))
+    return ("\n".join(out) + "\n").encode("ascii")
+
+
+def _cell(value: float) -> str:
+    return "" if math.isnan(value) else repr(value)
 
 
 def seconds_between(start: str | None, end: str | None) -> float | None:
@@ -429,6 +657,7 @@ __all__ = [
     "TrainingSeries",
     "downsample_indices",
     "downsample_series",
+    "evaluation_answer",
     "final_summary",
     "format_line",
     "ns_to_rfc3339",
@@ -436,6 +665,7 @@ __all__ = [
     "parse_series",
     "progress",
     "read_line",
+    "results_csv",
     "summary",
     "training_answer",
 ]

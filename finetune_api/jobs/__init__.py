@@ -6,6 +6,8 @@ job's runtime_config.json read back through Baseten), ``resume`` (a new job
 continuing an ended one from a checkpoint), ``estimate`` / ``tokenizer`` /
 ``chat_template`` (a dry run's counts, the model's tokenizer, and whether its chat
 template renders the tools the data holds).
+continuing an ended one from a checkpoint), ``checkpoint_files`` (one checkpoint's
+files as presigned URLs, paged).
 
 May import: ``core``, ``baseten``, ``notify``.
 """

@@ -121,6 +121,10 @@ def index_record(job: Any, request: Any, labels: dict[str, Any] | None) -> dict[
         "dpo_beta": method_hyperparameters(request)["dpo_beta"],
         "suffix": labels.get("suffix"),
         "metadata": labels.get("metadata"),
+        "integrations": [
+            item.model_dump(exclude_none=True)
+            for item in getattr(request, "integrations", None) or []
+        ],
         "deploy_model_name": deploy.model_name if deploy is not None else None,
         "deploy_on_completion": bool(deploy is not None and deploy.on_completion),
         "final_status": None,

@@ -45,7 +45,16 @@ from finetune_api.jobs.service import JobService, check_idempotency_key
 _logger = get_logger("resume")
 
 #: runtime_config.json keys a resumed job takes over from the job it continues.
-CARRIED = ("dataset_id", "model_id", "method", "hyperparameters", "compute", "deploy", "retry")
+CARRIED = (
+    "dataset_id",
+    "model_id",
+    "method",
+    "hyperparameters",
+    "compute",
+    "deploy",
+    "retry",
+    "integrations",
+)
 
 CHECKPOINT_NOT_FOUND = "checkpoint not found for this training job"
 

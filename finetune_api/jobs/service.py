@@ -238,11 +238,17 @@ class JobService:
             "project_name": request.project_name,
             "job_name": baseten_job_name,
             # What the template trains with (supervised or dpo) and both method
-            # hyperparameters, defaults filled (train_on_inputs, dpo_beta).
+            # hyperparameters, defaults filled (train_on_inputs, dpo_beta, eval_samples).
             "method": request.method,
             "hyperparameters": method_hyperparameters(request),
             "compute": request.compute.model_dump(),
             "hf_token_secret_name": self._settings.hf_token_secret_name,
+            # OpenAI's shape; with a wandb entry the job gets WANDB_API_KEY as a
+            # reference to this Baseten secret (training_template/config.py).
+            "integrations": [
+                item.model_dump(exclude_none=True) for item in request.integrations or []
+            ],
+            "wandb_api_key_secret_name": self._settings.wandb_api_key_secret_name,
             # Read back by poll_jobs (GET .../download) to deploy on completion.
             "deploy": request.deploy.model_dump() if request.deploy is not None else None,
             # Read back by poll_jobs to resume the job when it fails (polling/retry.py).

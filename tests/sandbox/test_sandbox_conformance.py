@@ -62,7 +62,18 @@ def _walk_with_truss(truss_api: Any, sandbox: Sandbox, tmp_path: Path) -> str:
     truss_api.search_training_jobs(project_id=project["id"])
     truss_api.list_training_job_checkpoints(project["id"], job["id"])
     sandbox.advance(job["id"], steps=3)
-    truss_api.list_training_job_checkpoints(project["id"], job["id"])
+    sandbox.add_checkpoint(job["id"])
+    checkpoints = truss_api.list_training_job_checkpoints(project["id"], job["id"])
+    # truss's own pager over checkpoint_files (page_size and page_token as text).
+    files = truss_api.get_training_job_checkpoint_presigned_url(
+        project["id"], job["id"], page_size=2
+    )
+    names = {c["checkpoint_id"] for c in checkpoints["checkpoints"]}
+    assert names, "the advanced job has written checkpoints"
+    assert (
+        len(files) == 3 * len(names)
+        and {f["relative_file_name"].split("/")[0] for f in files} == names
+    )
     # truss still reads logs and metrics through the deprecated POST forms.
     truss_api.get_training_job_logs(project["id"], job["id"])
     truss_api.get_training_job_metrics(project["id"], job["id"])
@@ -84,6 +95,10 @@ def _walk_with_client(client: BasetenClient, sandbox: Sandbox) -> list[dict[str,
     client.search_jobs(newest_first=False)
     client.get_job(project["id"], job_id)
     [checkpoint] = client.list_checkpoints(project["id"], job_id)
+    files, token = client.checkpoint_files(project["id"], job_id, page_size=2)
+    assert len(files) == 2 and token == 2
+    rest, token = client.checkpoint_files(project["id"], job_id, page_size=2, page_token=2)
+    assert len(rest) == 1 and token is None
     now_ms = sandbox.state.now_us() // 1000
     client.get_logs(project["id"], job_id, start_ms=now_ms - 60_000, end_ms=now_ms + 1000)
     client.get_logs(

@@ -60,13 +60,27 @@ def test_a_run_unfolds_as_the_clock_passes(
     done = _logs(http, job, direction="asc", limit=1000, **span).json()["logs"]
     records = _metric_records(done)
     assert [r["step"] for r in records if r["type"] == "step"] == list(range(1, 51))
-    assert [r["epoch"] for r in records if r["type"] == "eval"] == [1.0, 2.0]
+    # The base model is evaluated before step 1 (step 0), the tuned one at each epoch's end.
+    evals_all = [r for r in records if r["type"] == "eval"]
+    assert [(r["model"], r["step"], r["epoch"]) for r in evals_all] == [
+        ("base", 0, 0.0),
+        ("tuned", 25, 1.0),
+        ("tuned", 50, 2.0),
+    ]
+    assert all(0 < r["eval_mean_token_accuracy"] < 1 for r in evals_all)
     assert records[-1]["type"] == "summary"
     # One final loss (issue 21): the summary states what its own step and eval lines said.
     steps_done = [r for r in records if r["type"] == "step"]
-    evals_done = [r for r in records if r["type"] == "eval"]
+    assert all(0 < r["mean_token_accuracy"] < 1 for r in steps_done)
+    evals_done = [r for r in evals_all if r["model"] == "tuned"]
     assert records[-1]["final_loss"] == steps_done[-1]["loss"]
     assert records[-1]["best_eval_loss"] == min(r["eval_loss"] for r in evals_done)
+    assert records[-1]["base_eval_loss"] == evals_all[0]["eval_loss"]
+    assert records[-1]["eval_loss"] == evals_done[-1]["eval_loss"]
+    # Five samples (the default with a validation set), after the last step, before the summary.
+    samples = [r for r in records if r["type"] == "sample"]
+    assert [r["index"] for r in samples] == [0, 1, 2, 3, 4]
+    assert all(isinstance(r[k], str) for r in samples for k in ("prompt", "reference", "base"))
     assert records[-1]["step"] == steps_done[-1]["step"] == 50
     assert any("saved checkpoint-25" in line["message"] for line in done)
     status = http.api("GET", f"v1/training_projects/{job['training_project_id']}/jobs/{job['id']}")
@@ -210,7 +224,10 @@ def test_plan_run_writes_the_template_format() -> None:
     assert [ns for ns, _ in lines] == sorted(ns for ns, _ in lines)
     records = _metric_records([{"message": row[0]} for _, row in lines])
     assert [r["step"] for r in records if r["type"] == "step"] == list(range(1, 13))
-    assert [r["step"] for r in records if r["type"] == "eval"] == [4, 8, 12]
+    assert [r["step"] for r in records if r["type"] == "eval"] == [0, 4, 8, 12]
+    assert [r["model"] for r in records if r["type"] == "eval"] == ["base"] + ["tuned"] * 3
+    # eval_samples not given: no samples (the request's default is resolved by the service).
+    assert not [r for r in records if r["type"] == "sample"]
     assert max(r["learning_rate"] for r in records if r["type"] == "step") == pytest.approx(1e-4)
     assert all(r["tokens_per_second"] > 16 * 3000 for r in records if r["type"] == "step")
     assert not any(key.startswith("rewards/") for r in records for key in r)

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -26,6 +25,9 @@ from template_helpers import (
     prepare_job,
     save_tiny_model,
 )
+
+# The template's package (training_template/ft), as train.py finds it beside itself.
+sys.path.insert(0, str(TEMPLATE_DIR))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -47,17 +49,6 @@ def training_stack() -> None:
             f"CPU training needs {', '.join(missing)}: pip install -r requirements-train.txt "
             "(torch and the libraries that need it install on Python 3.11 only)"
         )
-
-
-@pytest.fixture(scope="session")
-def train_py() -> ModuleType:
-    """training_template/train.py as a module (importing it needs only the stdlib)."""
-    spec = importlib.util.spec_from_file_location("template_train", TEMPLATE_DIR / "train.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -84,6 +75,12 @@ def tiny_tokenizer() -> Any:
 def tiny_model(tmp_path_factory: pytest.TempPathFactory, training_stack: None) -> Path:
     """A 2-layer, hidden-size-32 Llama and its tokenizer (with a chat template) on disk."""
     return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tools_model(tmp_path_factory: pytest.TempPathFactory, training_stack: None) -> Path:
+    """The tiny Llama with the byte-level tokenizer whose chat template renders tools."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama-tools"), tools=True)
 
 
 @pytest.fixture(scope="session")

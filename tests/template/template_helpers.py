@@ -35,6 +35,42 @@ CHAT_TEMPLATE = (
 )
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
 
+# A chat template that renders tools, tool calls and tool results the way Qwen2.5's
+# does (its structure, a shorter default system prompt), for the tool-calling tests.
+TOOLS_CHAT_TEMPLATE = (
+    "{%- if tools %}{{- '<|im_start|>system\\n' }}"
+    "{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] }}"
+    "{%- else %}{{- 'You are a helpful assistant.' }}{%- endif %}"
+    "{{- '\\n\\n# Tools\\n<tools>' }}"
+    "{%- for tool in tools %}{{- '\\n' }}{{- tool | tojson }}{%- endfor %}"
+    "{{- '\\n</tools><|im_end|>\\n' }}"
+    "{%- else %}{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+    "{%- endif %}{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if (message.role == 'user') or (message.role == 'system' and not loop.first)"
+    " or (message.role == 'assistant' and not message.tool_calls) %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
+    "{%- elif message.role == 'assistant' %}{{- '<|im_start|>' + message.role }}"
+    "{%- if message.content %}{{- '\\n' + message.content }}{%- endif %}"
+    "{%- for tool_call in message.tool_calls %}"
+    "{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}"
+    '{{- \'\\n<tool_call>\\n{"name": "\' }}{{- tool_call.name }}'
+    "{{- '\", \"arguments\": ' }}{{- tool_call.arguments | tojson }}{{- '}\\n</tool_call>' }}"
+    "{%- endfor %}{{- '<|im_end|>\\n' }}"
+    "{%- elif message.role == 'tool' %}"
+    "{%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != 'tool') %}"
+    "{{- '<|im_start|>user' }}{%- endif %}"
+    "{{- '\\n<tool_response>\\n' }}{{- message.content }}{{- '\\n</tool_response>' }}"
+    "{%- if loop.last or (messages[loop.index0 + 1].role != 'tool') %}"
+    "{{- '<|im_end|>\\n' }}{%- endif %}"
+    "{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+TOOLS_INITIALIZER_RANGE = 0.3
+TOOLS_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
 EXAMPLE_RUNTIME_CONFIG: dict[str, Any] = {
     "dataset_id": "HuggingFaceH4/Multilingual-Thinking",
     "model_id": "openai/gpt-oss-20b",
@@ -51,7 +87,10 @@ EXAMPLE_RUNTIME_CONFIG: dict[str, Any] = {
         "lora_dropout": 0.05,
         "seed": 42,
         "validation_split": 0.0,
+        "train_on_inputs": False,
+        "dpo_beta": None,
     },
+    "method": "supervised",
     "compute": {"accelerator": None, "gpu_count": None, "node_count": None},
     "hf_token_secret_name": "hf_access_token",
 }
@@ -93,11 +132,46 @@ def build_tokenizer(chat_template: str | None = CHAT_TEMPLATE) -> Any:
     return tokenizer
 
 
-def save_tiny_model(directory: Path, chat_template: str | None = CHAT_TEMPLATE) -> Path:
-    """A 2-layer, hidden-size-32 Llama with its tokenizer, saved like a hub model."""
+def build_tools_tokenizer() -> Any:
+    """A byte-level BPE tokenizer (decoding any run of its tokens gives back the exact
+    text) with TOOLS_CHAT_TEMPLATE, trained offline on the test words and the template's
+    own text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    corpus = [
+        " ".join(WORDS),
+        "You are a helpful assistant. system user assistant tool",
+        '<tools> </tools> <tool_call> </tool_call> <tool_response> </tool_response> {"name": '
+        '"arguments": {"type": "function", "function": "parameters" "description" "object"',
+    ]
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=TOOLS_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    backend.train_from_iterator(corpus, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>"],
+    )
+    tokenizer.chat_template = TOOLS_CHAT_TEMPLATE
+    return tokenizer
+
+
+def save_tiny_model(
+    directory: Path, chat_template: str | None = CHAT_TEMPLATE, *, tools: bool = False
+) -> Path:
+    """A 2-layer, hidden-size-32 Llama with its tokenizer, saved like a hub model
+    (``tools``: the byte-level tokenizer whose chat template renders tools)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = build_tokenizer(chat_template)
+    tokenizer = build_tools_tokenizer() if tools else build_tokenizer(chat_template)
     tokenizer.save_pretrained(directory)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -110,6 +184,9 @@ def save_tiny_model(directory: Path, chat_template: str | None = CHAT_TEMPLATE) 
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        # Larger output weights for the 400-token vocabulary: with the default 0.02 a
+        # hidden size of 32 cannot make any token likely, so no loss could fall far.
+        **({"initializer_range": TOOLS_INITIALIZER_RANGE} if tools else {}),
     )
     LlamaForCausalLM(config).save_pretrained(directory)
     return directory

@@ -132,6 +132,26 @@ def test_hf_token_is_a_reference_to_the_configured_secret(stage: Stage) -> None:
         assert dumped == {"name": "team_hf_read"}
 
 
+def test_wandb_key_is_a_secret_reference_only_when_wandb_is_asked_for(stage: Stage) -> None:
+    with loaded(stage, example()) as project:
+        assert "WANDB_API_KEY" not in project.job.runtime.environment_variables
+    wandb = [{"type": "wandb", "wandb": {"project": "tuning", "tags": ["a"]}}]
+    with loaded(stage, example(integrations=wandb), "w1") as project:
+        key = project.job.runtime.environment_variables["WANDB_API_KEY"]
+        assert isinstance(key, SecretReference) and key.name == "wandb_api_key"
+    config = example(integrations=wandb, wandb_api_key_secret_name="team_wandb")
+    with loaded(stage, config, "w2") as project:
+        dumped = project.job.model_dump()["runtime"]["environment_variables"]
+        assert dumped["WANDB_API_KEY"] == {"name": "team_wandb"}
+        # The integration reaches train.py as data; no key is anywhere in the environment.
+        assert json.loads(dumped["RUNTIME_CONFIG"])["integrations"] == wandb
+    with (
+        pytest.raises(ValueError, match="integrations"),
+        loaded(stage, example(integrations={"type": "wandb"}), "w3"),
+    ):
+        pass
+
+
 def test_checkpointing_is_enabled(stage: Stage) -> None:
     with loaded(stage, example()) as project:
         assert project.job.runtime.checkpointing_config.enabled is True

@@ -12,9 +12,10 @@ import json
 import math
 import typing
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+import ft.config_io
+import ft.sft
 import pytest
 from template_helpers import EXAMPLE_RUNTIME_CONFIG
 
@@ -79,35 +80,29 @@ def test_every_hyperparameter_has_a_lower_and_an_upper_bound() -> None:
 
 
 @pytest.mark.parametrize(("name", "value"), _extremes(), ids=lambda v: str(v)[:12])
-def test_extreme_values_pass_the_service_and_the_trainers_loader(
-    train_py: ModuleType, name: str, value: Any
-) -> None:
+def test_extreme_values_pass_the_service_and_the_trainers_loader(name: str, value: Any) -> None:
     config = _config(name, value)
-    loaded = train_py.load_runtime_config({"RUNTIME_CONFIG": json.dumps(config)})
+    loaded = ft.config_io.load_runtime_config({"RUNTIME_CONFIG": json.dumps(config)})
     assert getattr(loaded.hyperparameters, name) == value
 
 
 @pytest.mark.parametrize("value", [True, False])
-def test_train_on_inputs_passes_the_service_and_the_trainers_loader(
-    train_py: ModuleType, value: bool
-) -> None:
+def test_train_on_inputs_passes_the_service_and_the_trainers_loader(value: bool) -> None:
     config = _config("train_on_inputs", value)
-    loaded = train_py.load_runtime_config({"RUNTIME_CONFIG": json.dumps(config)})
+    loaded = ft.config_io.load_runtime_config({"RUNTIME_CONFIG": json.dumps(config)})
     assert loaded.hyperparameters.train_on_inputs is value
 
 
 @pytest.mark.parametrize(("name", "value"), _extremes(), ids=lambda v: str(v)[:12])
 def test_extreme_values_seed_and_configure_the_trainer(
-    train_py: ModuleType, training_stack: None, tmp_path: Path, name: str, value: Any
+    training_stack: None, tmp_path: Path, name: str, value: Any
 ) -> None:
     from transformers import set_seed
 
     config = _config(name, value)
-    hp = train_py.load_runtime_config({"RUNTIME_CONFIG": json.dumps(config)}).hyperparameters
+    hp = ft.config_io.load_runtime_config({"RUNTIME_CONFIG": json.dumps(config)}).hyperparameters
     set_seed(hp.seed)  # what train() does first
-    args, lora = train_py.trainer_configs(
-        hp, tmp_path, use_cuda=False, bf16=False, distributed=False
-    )
+    args, lora = ft.sft.trainer_configs(hp, tmp_path, use_cuda=False, bf16=False, distributed=False)
     assert (args.seed, args.learning_rate, lora.r, lora.lora_dropout) == (
         hp.seed,
         hp.learning_rate,

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+import ft.config_io
+import ft.data
 import pytest
 
 from finetune_api.files.check import check_chunks
@@ -233,26 +234,9 @@ def _lines(data: bytes) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.split("\n") if line.strip()]
 
 
-# Files the check rightly passes that this tree's template refuses: issue 26 changes the
-# template to read OpenAI's full format. Strict: once it does, these pass and the mark must go.
-TEMPLATE_GAPS = {
-    "tool calls first, content absent": (
-        "train.py's _check_example still wants 'content' on every message of the first row"
-    ),
-}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=TEMPLATE_GAPS[name]))
-        if name in TEMPLATE_GAPS
-        else name
-        for name in CORPUS
-    ],
-)
+@pytest.mark.parametrize("name", list(CORPUS))
 def test_a_file_the_check_passes_loads_in_the_template_with_the_same_examples(
-    name: str, train_py: ModuleType, tmp_path: Path
+    name: str, tmp_path: Path
 ) -> None:
     pytest.importorskip("datasets")
     data, passes = CORPUS[name]
@@ -261,11 +245,10 @@ def test_a_file_the_check_passes_loads_in_the_template_with_the_same_examples(
     if not passes:
         assert result.invalid_examples >= 1 and all(e["line"] for e in result.errors)
         return
-    if result.format not in train_py.FILE_FORMATS:
-        pytest.skip(f"the template in this tree does not read {result.format!r} files yet")
+    assert result.format in ft.config_io.FILE_FORMATS
     path = tmp_path / "data.jsonl"
     path.write_bytes(data)
-    data_file = train_py.DataFile(
+    data_file = ft.config_io.DataFile(
         field="training_file",
         source="file-test",
         url="file:///unused",
@@ -274,7 +257,7 @@ def test_a_file_the_check_passes_loads_in_the_template_with_the_same_examples(
         format=result.format,
         examples=result.examples,
     )
-    dataset, _ = train_py.load_data_file(data_file, path)
+    dataset, _ = ft.data.load_data_file(data_file, path)
     assert len(dataset) == result.examples
     columns = COLUMNS[result.format]
     loaded = [_without_nulls({c: row[c] for c in columns}) for row in dataset]

@@ -27,9 +27,13 @@ import sys
 import threading
 import zipfile
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
+import ft.checkpoints
+import ft.config_io
+import ft.errors
+import ft.metrics
 import pytest
 from template_helpers import (
     EXAMPLE_RUNTIME_CONFIG,
@@ -92,59 +96,57 @@ def fake_checkpoint(folder: Path, step: int = 2, base: str = BASE, rank: int = 4
     return folder
 
 
-def hp(train_py: ModuleType, **changes: Any) -> Any:
-    return train_py.Hyperparameters(**{**HP, **changes})
+def hp(**changes: Any) -> Any:
+    return ft.config_io.Hyperparameters(**{**HP, **changes})
 
 
-def test_a_checkpoint_under_rank_0_checkpoint_name_is_found(
-    train_py: ModuleType, tmp_path: Path
-) -> None:
-    root = train_py.load_checkpoint_root({"BT_LOAD_CHECKPOINT_DIR": str(tmp_path)})
+def test_a_checkpoint_under_rank_0_checkpoint_name_is_found(tmp_path: Path) -> None:
+    root = ft.checkpoints.load_checkpoint_root({"BT_LOAD_CHECKPOINT_DIR": str(tmp_path)})
     assert root == tmp_path / "rank-0"
     found = fake_checkpoint(root / "checkpoint-2")
-    assert train_py.find_checkpoint(root) == found
-    checked = train_py.check_checkpoint(found, BASE, hp(train_py))
+    assert ft.checkpoints.find_checkpoint(root) == found
+    checked = ft.checkpoints.check_checkpoint(found, BASE, hp())
     assert (checked.global_step, checked.max_steps, checked.base_model) == (2, 6, BASE)
 
 
-def test_a_checkpoint_directly_under_rank_0_is_found(train_py: ModuleType, tmp_path: Path) -> None:
+def test_a_checkpoint_directly_under_rank_0_is_found(tmp_path: Path) -> None:
     root = fake_checkpoint(tmp_path / "rank-0")
-    assert train_py.find_checkpoint(root) == root
-    assert train_py.find_checkpoint(root, "checkpoint-2") == root
+    assert ft.checkpoints.find_checkpoint(root) == root
+    assert ft.checkpoints.find_checkpoint(root, "checkpoint-2") == root
 
 
-def test_the_node_rank_picks_the_folder(train_py: ModuleType, tmp_path: Path) -> None:
+def test_the_node_rank_picks_the_folder(tmp_path: Path) -> None:
     environ = {"BT_LOAD_CHECKPOINT_DIR": str(tmp_path), "BT_NODE_RANK": "1"}
-    assert train_py.load_checkpoint_root(environ) == tmp_path / "rank-1"
-    assert train_py.load_checkpoint_root({}) is None
+    assert ft.checkpoints.load_checkpoint_root(environ) == tmp_path / "rank-1"
+    assert ft.checkpoints.load_checkpoint_root({}) is None
 
 
-def test_with_several_checkpoints_the_named_one_wins_else_the_newest(
-    train_py: ModuleType, tmp_path: Path
-) -> None:
+def test_with_several_checkpoints_the_named_one_wins_else_the_newest(tmp_path: Path) -> None:
     root = tmp_path / "rank-0"
     for step in (2, 9, 10):
         fake_checkpoint(root / f"checkpoint-{step}", step=step)
-    assert train_py.find_checkpoint(root, "checkpoint-9") == root / "checkpoint-9"
-    assert train_py.find_checkpoint(root) == root / "checkpoint-10"  # by step, not by name
-    assert train_py.find_checkpoint(root, "checkpoint-77") == root / "checkpoint-10"
-    assert train_py.find_checkpoint(root, "../rank-0") == root / "checkpoint-10"
+    assert ft.checkpoints.find_checkpoint(root, "checkpoint-9") == root / "checkpoint-9"
+    assert ft.checkpoints.find_checkpoint(root) == root / "checkpoint-10"  # by step, not by name
+    assert ft.checkpoints.find_checkpoint(root, "checkpoint-77") == root / "checkpoint-10"
+    assert ft.checkpoints.find_checkpoint(root, "../rank-0") == root / "checkpoint-10"
 
 
-def test_nothing_loaded_means_a_fresh_start(train_py: ModuleType, tmp_path: Path) -> None:
-    assert train_py.find_checkpoint(tmp_path / "rank-0") is None  # no folder
+def test_nothing_loaded_means_a_fresh_start(tmp_path: Path) -> None:
+    assert ft.checkpoints.find_checkpoint(tmp_path / "rank-0") is None  # no folder
     (tmp_path / "rank-0").mkdir()
-    assert train_py.find_checkpoint(tmp_path / "rank-0") is None  # empty folder
-    config = train_py.load_runtime_config({"RUNTIME_CONFIG": json.dumps(EXAMPLE_RUNTIME_CONFIG)})
-    assert train_py.resolve_resume(config, {"BT_LOAD_CHECKPOINT_DIR": str(tmp_path)}) is None
+    assert ft.checkpoints.find_checkpoint(tmp_path / "rank-0") is None  # empty folder
+    config = ft.config_io.load_runtime_config(
+        {"RUNTIME_CONFIG": json.dumps(EXAMPLE_RUNTIME_CONFIG)}
+    )
+    assert ft.checkpoints.resolve_resume(config, {"BT_LOAD_CHECKPOINT_DIR": str(tmp_path)}) is None
 
 
-def test_resume_from_without_a_loaded_checkpoint_is_refused(train_py: ModuleType) -> None:
+def test_resume_from_without_a_loaded_checkpoint_is_refused() -> None:
     raw = {**EXAMPLE_RUNTIME_CONFIG, "resume_from": RESUME_FROM}
-    config = train_py.load_runtime_config({"RUNTIME_CONFIG": json.dumps(raw)})
+    config = ft.config_io.load_runtime_config({"RUNTIME_CONFIG": json.dumps(raw)})
     assert config.resume_from == RESUME_FROM
-    with pytest.raises(train_py.TemplateError) as caught:
-        train_py.resolve_resume(config, {})
+    with pytest.raises(ft.errors.TemplateError) as caught:
+        ft.checkpoints.resolve_resume(config, {})
     assert str(caught.value) == (
         "resume_from names checkpoint 'checkpoint-2' of job 'job-killed', but no checkpoint "
         "was loaded (BT_LOAD_CHECKPOINT_DIR=unset); the job needs "
@@ -180,55 +182,49 @@ def _break(folder: Path, how: str) -> None:
     ],
 )
 def test_an_unreadable_checkpoint_is_refused_by_name(
-    train_py: ModuleType, tmp_path: Path, how: str, message: str
+    tmp_path: Path, how: str, message: str
 ) -> None:
     folder = fake_checkpoint(tmp_path / "rank-0" / "checkpoint-2")
     _break(folder, how)
-    with pytest.raises(train_py.TemplateError) as caught:
-        train_py.check_checkpoint(folder, BASE, hp(train_py))
+    with pytest.raises(ft.errors.TemplateError) as caught:
+        ft.checkpoints.check_checkpoint(folder, BASE, hp())
     assert str(caught.value).startswith(f"checkpoint 'checkpoint-2' cannot be resumed: {message}")
 
 
-def test_a_folder_without_any_checkpoint_file_is_refused(
-    train_py: ModuleType, tmp_path: Path
-) -> None:
+def test_a_folder_without_any_checkpoint_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "rank-0" / "stuff").mkdir(parents=True)
     (tmp_path / "rank-0" / "stuff" / "notes.txt").write_text("hello")
     with pytest.raises(
-        train_py.TemplateError, match=r"unreadable: it holds no trainer_state\.json"
+        ft.errors.TemplateError, match=r"unreadable: it holds no trainer_state\.json"
     ):
-        train_py.find_checkpoint(tmp_path / "rank-0")
+        ft.checkpoints.find_checkpoint(tmp_path / "rank-0")
 
 
-def test_another_base_model_or_other_lora_settings_are_refused(
-    train_py: ModuleType, tmp_path: Path
-) -> None:
+def test_another_base_model_or_other_lora_settings_are_refused(tmp_path: Path) -> None:
     folder = fake_checkpoint(tmp_path / "checkpoint-2")
-    with pytest.raises(train_py.TemplateError) as caught:
-        train_py.check_checkpoint(folder, "acme/other-model", hp(train_py))
+    with pytest.raises(ft.errors.TemplateError) as caught:
+        ft.checkpoints.check_checkpoint(folder, "acme/other-model", hp())
     assert str(caught.value) == (
         "checkpoint 'checkpoint-2' cannot be resumed: it was trained from base model "
         "'acme/base-model', and this job's model is 'acme/other-model'; a checkpoint "
         "resumes only on its own base model"
     )
     with pytest.raises(
-        train_py.TemplateError, match="trained with lora_rank 4, this job asks for 16"
+        ft.errors.TemplateError, match="trained with lora_rank 4, this job asks for 16"
     ):
-        train_py.check_checkpoint(folder, BASE, hp(train_py, lora_rank=16))
+        ft.checkpoints.check_checkpoint(folder, BASE, hp(lora_rank=16))
     # The marker train.py writes names the base model too, and wins over the adapter's.
     (folder / "ft_checkpoint.json").write_text(json.dumps({"model_id": "acme/third"}))
-    with pytest.raises(train_py.TemplateError, match="from base model 'acme/third'"):
-        train_py.check_checkpoint(folder, BASE, hp(train_py))
+    with pytest.raises(ft.errors.TemplateError, match="from base model 'acme/third'"):
+        ft.checkpoints.check_checkpoint(folder, BASE, hp())
 
 
-def test_an_adapter_only_folder_such_as_final_is_refused_with_the_way_out(
-    train_py: ModuleType, tmp_path: Path
-) -> None:
+def test_an_adapter_only_folder_such_as_final_is_refused_with_the_way_out(tmp_path: Path) -> None:
     folder = fake_checkpoint(tmp_path / "final")
     for name in ("trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth"):
         (folder / name).unlink()
-    with pytest.raises(train_py.TemplateError) as caught:
-        train_py.check_checkpoint(folder, BASE, hp(train_py))
+    with pytest.raises(ft.errors.TemplateError) as caught:
+        ft.checkpoints.check_checkpoint(folder, BASE, hp())
     assert str(caught.value) == (
         "checkpoint 'final' cannot be resumed: it holds an adapter but no trainer_state.json "
         "(optimizer, scheduler and step); resume from a checkpoint-<step> folder, not final/"
@@ -247,15 +243,15 @@ def test_an_adapter_only_folder_such_as_final_is_refused_with_the_way_out(
     ],
 )
 def test_checkpoints_at_each_epoch_end_and_at_least_four_per_run(
-    train_py: ModuleType, max_steps: int, epochs: int, expected: set[int]
+    max_steps: int, epochs: int, expected: set[int]
 ) -> None:
-    assert train_py.checkpoint_steps(max_steps, epochs) == expected
+    assert ft.checkpoints.checkpoint_steps(max_steps, epochs) == expected
 
 
 # ----------------------------------------------------------------------- one final loss
 
 
-def test_the_summary_repeats_the_last_step_lines_loss(train_py: ModuleType) -> None:
+def test_the_summary_repeats_the_last_step_lines_loss() -> None:
     """final_loss is the last step line's loss, not a value computed apart (e.g. the
     mean over the run, which transformers logs as train_loss)."""
     history = [
@@ -266,7 +262,7 @@ def test_the_summary_repeats_the_last_step_lines_loss(train_py: ModuleType) -> N
     state = SimpleNamespace(global_step=50, max_steps=50, epoch=1.0, log_history=history)
     trainer = SimpleNamespace(state=state)
     last_step = {"type": "step", "step": 50, "total_steps": 50, "loss": 0.5268}
-    record = train_py._summary_record(trainer, last_step, 12.5)
+    record = ft.metrics.summary_record(trainer, last_step, 12.5)
     assert record == {
         "type": "summary",
         "step": 50,
@@ -277,7 +273,7 @@ def test_the_summary_repeats_the_last_step_lines_loss(train_py: ModuleType) -> N
         "runtime_seconds": 12.5,
     }
     # A resumed run that had no step left to print repeats the restored history's last loss.
-    assert train_py._summary_record(trainer, None, 1.0)["final_loss"] == 0.5268
+    assert ft.metrics.summary_record(trainer, None, 1.0)["final_loss"] == 0.5268
 
 
 # ----------------------------------------------------------------------- CPU proof
@@ -401,12 +397,12 @@ def resumed(
 
 
 def test_the_uninterrupted_run_checkpoints_every_two_steps_with_all_resume_needs(
-    uninterrupted: TrainRun, train_py: ModuleType
+    uninterrupted: TrainRun,
 ) -> None:
     assert [r["step"] for r in uninterrupted.progress] == list(range(1, TOTAL_STEPS + 1))
     names = {p.name for p in uninterrupted.checkpoint_dir.glob("checkpoint-*")}
     # Every ceil(6 / MIN_CHECKPOINTS) = 2 steps, and at each epoch's end (step 3, 6).
-    assert train_py.checkpoint_steps(TOTAL_STEPS, 2) == {2, 3, 4, 6}
+    assert ft.checkpoints.checkpoint_steps(TOTAL_STEPS, 2) == {2, 3, 4, 6}
     assert names == {"checkpoint-2", "checkpoint-3", "checkpoint-4", "checkpoint-6"}
     folder = uninterrupted.checkpoint_dir / "checkpoint-2"
     for name in (

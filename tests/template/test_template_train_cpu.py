@@ -12,6 +12,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import ft.config_io
+import ft.launch
+import ft.model
 import pytest
 from template_helpers import (
     EXAMPLE_RUNTIME_CONFIG,
@@ -150,17 +153,20 @@ def test_text_run_applies_lora_hyperparameters(text_run: TrainRun, tiny_model: P
     assert {"q_proj", "v_proj", "down_proj"} <= adapted  # "all-linear"
 
 
-def test_text_run_steps_follow_epochs_batch_size_and_accumulation(
-    text_run: TrainRun, train_py: Any
-) -> None:
+def test_text_run_steps_follow_epochs_batch_size_and_accumulation(text_run: TrainRun) -> None:
     summary = text_run.summary
     # 24 examples / batch 2 = 12 batches; / accumulation 3 = 4 steps per epoch; x 2 epochs.
     assert summary["global_step"] == 8
-    assert summary["global_step"] == train_py.expected_optimizer_steps(
-        N_EXAMPLES, train_py.Hyperparameters(**TEXT_HP)
+    assert summary["global_step"] == ft.launch.expected_optimizer_steps(
+        N_EXAMPLES, ft.config_io.Hyperparameters(**TEXT_HP)
     )
     assert summary["epochs"] == pytest.approx(TEXT_HP["num_epochs"])
-    assert summary["hyperparameters"] == {**TEXT_HP, "validation_split": 0.0}
+    assert summary["hyperparameters"] == {
+        **TEXT_HP,
+        "validation_split": 0.0,
+        "train_on_inputs": False,
+        "dpo_beta": None,
+    }
     assert summary["dataset_format"] == "text"
 
 
@@ -251,7 +257,6 @@ def test_recipe_shape_gpt_oss_on_multilingual_thinking_rows(
     ],
 )
 def test_model_loading_options(
-    train_py: Any,
     monkeypatch: pytest.MonkeyPatch,
     quantization: Any,
     use_cuda: bool,
@@ -275,7 +280,7 @@ def test_model_loading_options(
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake_model)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
 
-    assert train_py.load_model("openai/gpt-oss-20b", "hf_x", use_cuda, bf16) is model
+    assert ft.model.load_model("openai/gpt-oss-20b", "hf_x", use_cuda, bf16) is model
     assert model.config.use_cache is False
     assert seen["model_id"] == "openai/gpt-oss-20b"
     assert seen["token"] == "hf_x"
@@ -302,8 +307,9 @@ def test_unsupported_dataset_shape_fails_with_one_line_naming_the_columns(
     last_line = run.stderr.strip().splitlines()[-1]
     assert last_line == (
         "train.py: error: unsupported dataset shape: expected a 'messages' column (chat), "
-        "a 'text' column, or 'prompt' and 'completion' columns, found columns: "
-        "'question', 'answer'"
+        "a 'text' column, 'prompt' and 'completion' columns, or preference pairs ('input', "
+        "'preferred_output', 'non_preferred_output', or 'chosen' and 'rejected'), found "
+        "columns: 'question', 'answer'"
     )
     assert "Traceback" not in run.stderr
     assert not run.final_dir.exists()

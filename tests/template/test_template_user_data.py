@@ -18,9 +18,12 @@ import threading
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+import ft.config_io
+import ft.data
+import ft.errors
+import ft.launch
 import pytest
 from template_helpers import EXAMPLE_RUNTIME_CONFIG, RunTrain, sentence, write_jsonl
 
@@ -99,8 +102,8 @@ def file_entry(path: Path, url: str, source: str = "file-abc123", **changes: Any
     }
 
 
-def data_file(train_py: ModuleType, entry: dict[str, Any], field: str = "training_file") -> Any:
-    return train_py.parse_data_file(entry, field)
+def data_file(entry: dict[str, Any], field: str = "training_file") -> Any:
+    return ft.config_io.parse_data_file(entry, field)
 
 
 @pytest.fixture
@@ -112,10 +115,10 @@ def rows_file(tmp_path: Path) -> Path:
 # ----------------------------------------------------------------------- runtime config
 
 
-def test_training_file_replaces_dataset_id(train_py: ModuleType, rows_file: Path) -> None:
+def test_training_file_replaces_dataset_id(rows_file: Path) -> None:
     entry = file_entry(rows_file, rows_file.as_uri())
     raw = {**EXAMPLE_RUNTIME_CONFIG, "dataset_id": None, "training_file": entry}
-    config = train_py.load_runtime_config({"RUNTIME_CONFIG": json.dumps(raw)})
+    config = ft.config_io.load_runtime_config({"RUNTIME_CONFIG": json.dumps(raw)})
     assert config.dataset_id is None
     assert config.training_file.sha256 == entry["sha256"]
     assert config.training_file.examples == 50
@@ -153,12 +156,12 @@ def test_training_file_replaces_dataset_id(train_py: ModuleType, rows_file: Path
     ],
 )
 def test_unusable_data_config_is_a_clear_error(
-    train_py: ModuleType, changes: dict[str, Any], environ: dict[str, str], message: str
+    changes: dict[str, Any], environ: dict[str, str], message: str
 ) -> None:
     entry = {"source": "file-abc", "url": "https://h/x?sig=1", "sha256": "0" * 64}
     raw = {**EXAMPLE_RUNTIME_CONFIG, "dataset_id": None, "training_file": entry, **changes}
-    with pytest.raises(train_py.TemplateError) as caught:
-        train_py.load_runtime_config({"RUNTIME_CONFIG": json.dumps(raw), **environ})
+    with pytest.raises(ft.errors.TemplateError) as caught:
+        ft.config_io.load_runtime_config({"RUNTIME_CONFIG": json.dumps(raw), **environ})
     assert message in str(caught.value)
     assert "sig=1" not in str(caught.value)
 
@@ -167,13 +170,11 @@ def test_unusable_data_config_is_a_clear_error(
 
 
 def test_file_url_is_fetched_and_checked(
-    train_py: ModuleType, rows_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    rows_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="train")
     target = tmp_path / "job" / "user_data"
-    fetched = train_py.fetch_data_file(
-        data_file(train_py, file_entry(rows_file, rows_file.as_uri())), target
-    )
+    fetched = ft.data.fetch_data_file(data_file(file_entry(rows_file, rows_file.as_uri())), target)
     assert fetched == target / "training_file.jsonl"
     assert fetched.read_bytes() == rows_file.read_bytes()
     assert sorted(p.name for p in target.iterdir()) == ["training_file.jsonl"]  # no .part
@@ -181,7 +182,6 @@ def test_file_url_is_fetched_and_checked(
 
 
 def test_http_url_is_streamed_in_chunks_and_its_query_never_logged(
-    train_py: ModuleType,
     rows_file: Path,
     tmp_path: Path,
     http_files: _Server,
@@ -191,11 +191,11 @@ def test_http_url_is_streamed_in_chunks_and_its_query_never_logged(
     caplog.set_level(logging.DEBUG)
     (http_files.root / "upload.jsonl").write_bytes(rows_file.read_bytes())
     # Small chunks: the file arrives in many reads, never as one.
-    monkeypatch.setattr(train_py, "DOWNLOAD_CHUNK_BYTES", 512)
+    monkeypatch.setattr(ft.data, "DOWNLOAD_CHUNK_BYTES", 512)
     http_files.fail_next = [503]  # one transient failure first: retried
-    monkeypatch.setattr(train_py.time, "sleep", lambda _: None)
+    monkeypatch.setattr(ft.data.time, "sleep", lambda _: None)
     entry = file_entry(rows_file, http_files.url("upload.jsonl"), source="gs://bucket/mine.jsonl")
-    fetched = train_py.fetch_data_file(data_file(train_py, entry), tmp_path / "user_data")
+    fetched = ft.data.fetch_data_file(data_file(entry), tmp_path / "user_data")
     assert fetched.read_bytes() == rows_file.read_bytes()
     assert len(rows_file.read_bytes()) > 4 * 512
     assert http_files.requests == [f"/upload.jsonl{QUERY}"] * 2  # the signed URL, as given
@@ -205,7 +205,7 @@ def test_http_url_is_streamed_in_chunks_and_its_query_never_logged(
 
 
 def test_sha256_mismatch_fails_naming_both_digests_and_leaves_nothing(
-    train_py: ModuleType, rows_file: Path, tmp_path: Path, http_files: _Server
+    rows_file: Path, tmp_path: Path, http_files: _Server
 ) -> None:
     entry = file_entry(rows_file, http_files.url("upload.jsonl"))
     # The object was replaced after the check: same size, other bytes.
@@ -213,8 +213,8 @@ def test_sha256_mismatch_fails_naming_both_digests_and_leaves_nothing(
     assert len(changed) == entry["bytes"]
     (http_files.root / "upload.jsonl").write_bytes(changed)
     target = tmp_path / "user_data"
-    with pytest.raises(train_py.TemplateError) as caught:
-        train_py.fetch_data_file(data_file(train_py, entry), target)
+    with pytest.raises(ft.errors.TemplateError) as caught:
+        ft.data.fetch_data_file(data_file(entry), target)
     actual = hashlib.sha256(changed).hexdigest()
     assert str(caught.value) == (
         f"training_file: sha256 mismatch: expected {entry['sha256']}, got {actual} "
@@ -225,12 +225,12 @@ def test_sha256_mismatch_fails_naming_both_digests_and_leaves_nothing(
 
 
 def test_a_longer_file_is_cut_off_at_the_recorded_size(
-    train_py: ModuleType, rows_file: Path, tmp_path: Path, http_files: _Server
+    rows_file: Path, tmp_path: Path, http_files: _Server
 ) -> None:
     entry = file_entry(rows_file, http_files.url("upload.jsonl"))
     (http_files.root / "upload.jsonl").write_bytes(rows_file.read_bytes() * 3)
-    with pytest.raises(train_py.TemplateError, match=r"^training_file: size mismatch: expected"):
-        train_py.fetch_data_file(data_file(train_py, entry), tmp_path / "user_data")
+    with pytest.raises(ft.errors.TemplateError, match=r"^training_file: size mismatch: expected"):
+        ft.data.fetch_data_file(data_file(entry), tmp_path / "user_data")
     assert not (tmp_path / "user_data").exists()
 
 
@@ -246,7 +246,6 @@ def test_a_longer_file_is_cut_off_at_the_recorded_size(
     ],
 )
 def test_a_refused_download_is_a_clear_error_without_the_url(
-    train_py: ModuleType,
     rows_file: Path,
     tmp_path: Path,
     http_files: _Server,
@@ -255,25 +254,24 @@ def test_a_refused_download_is_a_clear_error_without_the_url(
 ) -> None:
     http_files.fail_next = [status]
     entry = file_entry(rows_file, http_files.url("upload.jsonl"))
-    with pytest.raises(train_py.TemplateError) as caught:
-        train_py.fetch_data_file(data_file(train_py, entry), tmp_path / "user_data")
+    with pytest.raises(ft.errors.TemplateError) as caught:
+        ft.data.fetch_data_file(data_file(entry), tmp_path / "user_data")
     assert str(caught.value) == message
     assert len(http_files.requests) == 1  # a 4xx is not retried
     assert not (tmp_path / "user_data").exists()
 
 
 def test_a_body_cut_short_is_retried_then_a_clear_error(
-    train_py: ModuleType,
     rows_file: Path,
     tmp_path: Path,
     http_files: _Server,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(train_py.time, "sleep", lambda _: None)
+    monkeypatch.setattr(ft.data.time, "sleep", lambda _: None)
     http_files.cut_short = True
     entry = file_entry(rows_file, http_files.url("upload.jsonl"))
-    with pytest.raises(train_py.TemplateError) as caught:
-        train_py.fetch_data_file(data_file(train_py, entry), tmp_path / "user_data")
+    with pytest.raises(ft.errors.TemplateError) as caught:
+        ft.data.fetch_data_file(data_file(entry), tmp_path / "user_data")
     # Not a "sha256 mismatch": the file did not change, the connection broke.
     assert str(caught.value) == (
         "training_file: download of file-abc123 failed: the connection closed after 10 of "
@@ -283,38 +281,38 @@ def test_a_body_cut_short_is_retried_then_a_clear_error(
     assert not (tmp_path / "user_data").exists()
 
 
-def test_a_missing_local_file_is_a_clear_error(train_py: ModuleType, tmp_path: Path) -> None:
+def test_a_missing_local_file_is_a_clear_error(tmp_path: Path) -> None:
     entry = {"source": "gs://b/o", "url": (tmp_path / "gone.jsonl").as_uri(), "sha256": "0" * 64}
-    with pytest.raises(train_py.TemplateError, match=r"^training_file: cannot read gs://b/o: "):
-        train_py.fetch_data_file(data_file(train_py, entry), tmp_path / "user_data")
+    with pytest.raises(ft.errors.TemplateError, match=r"^training_file: cannot read gs://b/o: "):
+        ft.data.fetch_data_file(data_file(entry), tmp_path / "user_data")
     assert not (tmp_path / "user_data").exists()
 
 
 def test_a_failed_validation_file_removes_the_training_file_too(
-    train_py: ModuleType, rows_file: Path, tmp_path: Path
+    rows_file: Path, tmp_path: Path
 ) -> None:
     pytest.importorskip("datasets")
     good = file_entry(rows_file, rows_file.as_uri())
     bad = {**good, "source": "file-val", "sha256": "1" * 64}
     raw = {**EXAMPLE_RUNTIME_CONFIG, "dataset_id": None, "training_file": good}
-    config = train_py.load_runtime_config(
+    config = ft.config_io.load_runtime_config(
         {"RUNTIME_CONFIG": json.dumps({**raw, "validation_file": bad})}
     )
     target = tmp_path / "user_data"
-    with pytest.raises(train_py.TemplateError, match=r"^validation_file: sha256 mismatch"):
-        train_py.fetch_user_files(config, target)
+    with pytest.raises(ft.errors.TemplateError, match=r"^validation_file: sha256 mismatch"):
+        ft.data.fetch_user_files(config, target)
     assert not target.exists()
 
-    config = train_py.load_runtime_config({"RUNTIME_CONFIG": json.dumps(raw)})
-    fetched = train_py.fetch_user_files(config, target)
+    config = ft.config_io.load_runtime_config({"RUNTIME_CONFIG": json.dumps(raw)})
+    fetched = ft.data.fetch_user_files(config, target)
     assert fetched == {"training_file": target / "training_file.jsonl"}
-    dataset, fmt, eval_dataset = train_py.load_training_data(config, None, fetched)
+    dataset, fmt, eval_dataset = ft.data.load_training_data(config, None, fetched)
     assert (len(dataset), fmt, eval_dataset) == (50, "text", None)
     assert dataset["text"] == [sentence(i) for i in range(50)]
 
 
 def test_a_validation_file_is_the_eval_set_beside_a_dataset_id_too(
-    train_py: ModuleType, rows_file: Path, tmp_path: Path
+    rows_file: Path, tmp_path: Path
 ) -> None:
     pytest.importorskip("datasets")
     eval_path = write_jsonl(tmp_path / "eval.jsonl", [{"text": sentence(i)} for i in (90, 91)])
@@ -323,36 +321,36 @@ def test_a_validation_file_is_the_eval_set_beside_a_dataset_id_too(
         "dataset_id": str(rows_file),
         "validation_file": file_entry(eval_path, eval_path.as_uri(), source="gs://b/eval"),
     }
-    config = train_py.load_runtime_config({"RUNTIME_CONFIG": json.dumps(raw)})
-    fetched = train_py.fetch_user_files(config, tmp_path / "user_data")
+    config = ft.config_io.load_runtime_config({"RUNTIME_CONFIG": json.dumps(raw)})
+    fetched = ft.data.fetch_user_files(config, tmp_path / "user_data")
     assert list(fetched) == ["validation_file"]
-    dataset, fmt, eval_dataset = train_py.load_training_data(config, None, fetched)
+    dataset, fmt, eval_dataset = ft.data.load_training_data(config, None, fetched)
     assert (len(dataset), fmt) == (50, "text")
     assert eval_dataset["text"] == [sentence(90), sentence(91)]
 
     chat = write_jsonl(tmp_path / "chat.jsonl", chat_rows(0, 2))
     raw["validation_file"] = file_entry(chat, chat.as_uri())
-    config = train_py.load_runtime_config({"RUNTIME_CONFIG": json.dumps(raw)})
-    fetched = train_py.fetch_user_files(config, tmp_path / "other")
+    config = ft.config_io.load_runtime_config({"RUNTIME_CONFIG": json.dumps(raw)})
+    fetched = ft.data.fetch_user_files(config, tmp_path / "other")
     with pytest.raises(
-        train_py.TemplateError,
+        ft.errors.TemplateError,
         match=r"^validation_file: its rows are 'messages' but the training data is 'text'$",
     ):
-        train_py.load_training_data(config, None, fetched)
+        ft.data.load_training_data(config, None, fetched)
 
 
 def test_a_file_whose_rows_differ_from_the_recorded_format_is_refused(
-    train_py: ModuleType, rows_file: Path, tmp_path: Path
+    rows_file: Path, tmp_path: Path
 ) -> None:
     pytest.importorskip("datasets")
     entry = file_entry(rows_file, rows_file.as_uri(), format="chat")
     raw = {**EXAMPLE_RUNTIME_CONFIG, "dataset_id": None, "training_file": entry}
-    config = train_py.load_runtime_config({"RUNTIME_CONFIG": json.dumps(raw)})
-    fetched = train_py.fetch_user_files(config, tmp_path / "user_data")
+    config = ft.config_io.load_runtime_config({"RUNTIME_CONFIG": json.dumps(raw)})
+    fetched = ft.data.fetch_user_files(config, tmp_path / "user_data")
     with pytest.raises(
-        train_py.TemplateError, match=r"^training_file: recorded as 'chat' but its rows are 'text'"
+        ft.errors.TemplateError, match=r"^training_file: recorded as 'chat' but its rows are 'text'"
     ):
-        train_py.load_training_data(config, None, fetched)
+        ft.data.load_training_data(config, None, fetched)
 
 
 # ----------------------------------------------------------------------- CPU runs
@@ -397,7 +395,7 @@ def user_data_config(model: Path, training: dict[str, Any], **extra: Any) -> dic
 
 @pytest.mark.usefixtures("training_stack")
 def test_a_run_trains_on_exactly_the_uploaded_examples_and_evaluates_on_the_validation_file(
-    run_train: RunTrain, tiny_model: Path, tmp_path: Path, http_files: _Server, train_py: ModuleType
+    run_train: RunTrain, tiny_model: Path, tmp_path: Path, http_files: _Server
 ) -> None:
     """Training file over http:// (signed-URL shape), validation file as file://."""
     train_rows, eval_rows = chat_rows(0, 10), chat_rows(100, 3)
@@ -416,7 +414,7 @@ def test_a_run_trains_on_exactly_the_uploaded_examples_and_evaluates_on_the_vali
     assert (
         summary["global_step"]
         == 10
-        == train_py.expected_optimizer_steps(10, train_py.Hyperparameters(**HP))
+        == ft.launch.expected_optimizer_steps(10, ft.config_io.Hyperparameters(**HP))
     )
     assert [r["step"] for r in run.progress] == list(range(1, 11))
     assert summary["dataset_format"] == "messages"
