@@ -43,12 +43,12 @@ QWEN25_TEMPLATE = (
     "    {%- else %}\n        {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful "
     "assistant.' }}\n    {%- endif %}\n"
     '    {{- "\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user '
-    'query.\\n\\nYou are provided with function signatures within <tools></tools> XML tags:\\n'
+    "query.\\n\\nYou are provided with function signatures within <tools></tools> XML tags:\\n"
     '<tools>" }}\n'
     '    {%- for tool in tools %}\n        {{- "\\n" }}\n        {{- tool | tojson }}\n'
     "    {%- endfor %}\n"
     '    {{- "\\n</tools>\\n\\nFor each function call, return a json object with function name '
-    "and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\\"name\\\": "
+    'and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": '
     '<function-name>, \\"arguments\\": <args-json-object>}\\n</tool_call><|im_end|>\\n" }}\n'
     "{%- else %}\n    {%- if messages[0]['role'] == 'system' %}\n"
     "        {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}\n"
@@ -57,14 +57,15 @@ QWEN25_TEMPLATE = (
     "{%- for message in messages %}\n"
     '    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or '
     '(message.role == "assistant" and not message.tool_calls) %}\n'
-    "        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}\n"
-    '    {%- elif message.role == "assistant" %}\n        {{- \'<|im_start|>\' + message.role }}\n'
+    "        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + "
+    "'\\n' }}\n"
+    "    {%- elif message.role == \"assistant\" %}\n        {{- '<|im_start|>' + message.role }}\n"
     "        {%- if message.content %}\n            {{- '\\n' + message.content }}\n"
     "        {%- endif %}\n        {%- for tool_call in message.tool_calls %}\n"
     "            {%- if tool_call.function is defined %}\n"
     "                {%- set tool_call = tool_call.function %}\n            {%- endif %}\n"
-    "            {{- '\\n<tool_call>\\n{\"name\": \"' }}\n            {{- tool_call.name }}\n"
-    "            {{- '\", \"arguments\": ' }}\n            {{- tool_call.arguments | tojson }}\n"
+    '            {{- \'\\n<tool_call>\\n{"name": "\' }}\n            {{- tool_call.name }}\n'
+    '            {{- \'", "arguments": \' }}\n            {{- tool_call.arguments | tojson }}\n'
     "            {{- '}\\n</tool_call>' }}\n        {%- endfor %}\n"
     "        {{- '<|im_end|>\\n' }}\n"
     '    {%- elif message.role == "tool" %}\n'
@@ -128,7 +129,9 @@ def _tokenizer(rows: list[dict[str, Any]]) -> Any:
     texts = [m["content"] or "" for row in rows[:2000] for m in row["messages"]]
     backend.train_from_iterator(texts, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",  # noqa: S106 (a token, not a password)
+        pad_token="<|endoftext|>",  # noqa: S106
     )
     tokenizer.chat_template = QWEN25_TEMPLATE
     return tokenizer
@@ -182,9 +185,7 @@ def run(examples_count: int = 1500, runs: int = 11) -> dict[str, Any]:
             seconds[kind].append(kinds[kind]()[0])
     median = {kind: statistics.median(values) for kind, values in seconds.items()}
     tokens = sum(map(len, reference or []))
-    weighted_turns = sum(
-        1 for row in rows for m in row["messages"] if m["role"] == "assistant"
-    )
+    weighted_turns = sum(1 for row in rows for m in row["messages"] if m["role"] == "assistant")
     return {
         "examples": examples_count,
         "tool_examples": sum(1 for row in rows if "tools" in row),
