@@ -77,6 +77,11 @@ Behaviour:
   --files-retention-days N     uploaded files (and their records) are deleted
                                this many days after upload, 1-3650 (30)
                                                               [FILES_RETENTION_DAYS]
+  --gcs-allowed-buckets LIST   comma list of the buckets whose gs:// objects may be
+                               named as training data (GCS_ALLOWED_BUCKETS on
+                               train_http and train_pubsub; never the state or
+                               files bucket). Unset: every gs:// reference is refused
+                                                               [GCS_ALLOWED_BUCKETS]
   --env KEY=VALUE              extra non-secret env var for all three functions
                                (repeatable), e.g. BASETEN_TEAM_ID=...
   --source DIR                 source to upload (this script's folder)  [SOURCE_DIR]
@@ -113,6 +118,7 @@ SCHEDULER_SA_NAME=${SCHEDULER_SA_NAME:-finetune-scheduler}
 STATE_BUCKET=${STATE_BUCKET:-}
 FILES_BUCKET=${FILES_BUCKET:-}
 FILES_RETENTION_DAYS=${FILES_RETENTION_DAYS:-}
+GCS_ALLOWED_BUCKETS=${GCS_ALLOWED_BUCKETS:-}
 SCHEDULE=${SCHEDULE:-*/5 * * * *}
 TIME_ZONE=${TIME_ZONE:-Etc/UTC}
 SCHEDULER_REGION=${SCHEDULER_REGION:-}
@@ -187,7 +193,7 @@ VALUE_FLAGS=" --project --region --name-prefix --http-function --pubsub-function
  --poll-lookback-seconds --baseten-secret --baseten-secret-version --webhook-url --webhook-secret
  --webhook-secret-version --api-keys-secret --api-keys-secret-version --env --source
  --teams --admin-team --team-limits
- --build-service-account --state-bucket --files-bucket --files-retention-days "
+ --build-service-account --state-bucket --files-bucket --files-retention-days --gcs-allowed-buckets "
 VALUE_FLAGS=${VALUE_FLAGS//$'\n'/ }
 
 need_value() {
@@ -246,6 +252,7 @@ parse_args() {
 		--state-bucket) STATE_BUCKET=$value ;;
 		--files-bucket) FILES_BUCKET=$value ;;
 		--files-retention-days) FILES_RETENTION_DAYS=$value ;;
+		--gcs-allowed-buckets) GCS_ALLOWED_BUCKETS=$value ;;
 		--schedule) SCHEDULE=$value ;;
 		--time-zone) TIME_ZONE=$value ;;
 		--scheduler-region) SCHEDULER_REGION=$value ;;
@@ -392,6 +399,17 @@ validate() {
 		[[ $FILES_RETENTION_DAYS -le 3650 ]] ||
 			die "invalid --files-retention-days '$FILES_RETENTION_DAYS': a number of days from 1 to 3650"
 	fi
+	if [[ -n $GCS_ALLOWED_BUCKETS ]]; then
+		local allowed
+		local -a allowed_list
+		IFS=',' read -r -a allowed_list <<<"$GCS_ALLOWED_BUCKETS"
+		for allowed in "${allowed_list[@]}"; do
+			check_re "--gcs-allowed-buckets entry" "$allowed" '^[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9]$' \
+				"a comma list of bucket names (lowercase letters, digits, - _ .)"
+			[[ $allowed != "$BUCKET" && $allowed != "$FILES" ]] ||
+				die "--gcs-allowed-buckets may not name the service's own bucket '$allowed': callers would read the poll state, other people's files or the job index with the service's identity"
+		done
+	fi
 	if [[ $PUBLIC -eq 1 && -z $API_KEYS_SECRET ]]; then
 		die "--public makes train_http callable by anyone on the internet; it is refused unless --api-keys-secret NAME is given so every call needs an X-Api-Key"
 	fi
@@ -437,6 +455,8 @@ validate() {
 			die "--env $key: set by this script (use its own flag)" ;;
 		FILES_BUCKET | FILES_RETENTION_DAYS)
 			die "--env $key: set by this script (use --files-bucket / --files-retention-days: the bucket's lifecycle rule must match)" ;;
+		GCS_ALLOWED_BUCKETS)
+			die "--env $key: set by this script (use --gcs-allowed-buckets: it refuses the service's own buckets)" ;;
 		BASETEN_API_KEY* | WEBHOOK_SECRET* | API_KEYS*)
 			die "--env $key: secrets go through Secret Manager (--baseten-secret, --webhook-secret, --api-keys-secret), never plain env vars" ;;
 		PORT | K_SERVICE | K_REVISION | K_CONFIGURATION | FUNCTION_TARGET | FUNCTION_SIGNATURE_TYPE)
@@ -809,6 +829,7 @@ deploy() {
 	# both need the bucket; poll_jobs never reads a file.
 	local -a files_env=("FILES_BUCKET=$FILES")
 	if [[ -n $FILES_RETENTION_DAYS ]]; then files_env+=("FILES_RETENTION_DAYS=$FILES_RETENTION_DAYS"); fi
+	if [[ -n $GCS_ALLOWED_BUCKETS ]]; then files_env+=("GCS_ALLOWED_BUCKETS=$GCS_ALLOWED_BUCKETS"); fi
 
 	deploy_function "$PUBSUB_FN" train_pubsub "$PUBSUB_MEMORY" "$PUBSUB_CPU" "$PUBSUB_CONCURRENCY" \
 		"$PUBSUB_TIMEOUT" "$PUBSUB_MAX_INSTANCES" "$common_secrets" \
@@ -821,6 +842,11 @@ deploy() {
 		"$HTTP_TIMEOUT" "$HTTP_MAX_INSTANCES" "$http_secrets" \
 		"$(join_env "${env[@]}" "${files_env[@]}" "THREADS=$HTTP_CONCURRENCY")" -- \
 		--trigger-http "$access"
+	# CPU always allocated on train_http's Cloud Run service: a file check that
+	# outlasts its request (complete answered 202 "validating") runs on after the
+	# answer, which request-based billing would throttle to a crawl. functions
+	# deploy has no flag for it, and may reset it, so it is set after every deploy.
+	mutate run services update "$HTTP_FN" "--region=$REGION" --no-cpu-throttling
 
 	deploy_function "$POLL_FN" poll_jobs "$POLL_MEMORY" "$POLL_CPU" "$POLL_CONCURRENCY" \
 		"$POLL_TIMEOUT" "$POLL_MAX_INSTANCES" "$common_secrets" \

@@ -70,6 +70,7 @@ def build_services(settings: Settings) -> Services:
     from finetune_api.core.secrets import SecretStore
     from finetune_api.core.teams import TeamDirectory
     from finetune_api.insights.job_insights import JobInsights
+    from finetune_api.jobs.file_use import file_users
     from finetune_api.jobs.index import index_from_settings
     from finetune_api.jobs.resume import ResumeService
     from finetune_api.jobs.runtime_config import RuntimeConfigs
@@ -123,6 +124,8 @@ def build_services(settings: Settings) -> Services:
         price=price,
         quota=quota,
     )
+    # DELETE /files/{id} asks which job still needs the File (jobs sit above files).
+    files.users = file_users(index, jobs.read_job)
     # Each job's own request, read back through Baseten; shared by its three readers.
     configs = RuntimeConfigs(client)
     resume = ResumeService(settings, client, jobs, configs)
@@ -268,6 +271,12 @@ def build_files(settings: Settings) -> Any:
         files_store(settings),
         max_line_bytes=settings.max_line_bytes,
         url_ttl_seconds=settings.data_url_ttl_seconds,
+        max_file_bytes=settings.max_file_bytes,
+        allowed_buckets=settings.gcs_allowed_buckets,
+        # Never read for a caller, whatever GCS_ALLOWED_BUCKETS says: the files (and
+        # job index) bucket and the poll's state bucket.
+        own_buckets=[b for b in (settings.files_bucket, settings.poll_state_bucket) if b],
+        check_wait_seconds=settings.file_check_wait_seconds,
     )
 
 
@@ -282,7 +291,10 @@ def build_estimates(settings: Settings, client: Any) -> tuple[Any, Any, Any]:
     from finetune_api.jobs.tokenizer import HubTokenizers
 
     throughput = MeasuredThroughput(client, prefix=settings.project_name_prefix)
-    return HubTokenizers(), throughput, no_published_price
+    tokenizers = HubTokenizers(
+        max_bytes=settings.tokenizer_max_bytes, batch_seconds=settings.tokenizer_batch_seconds
+    )
+    return tokenizers, throughput, no_published_price
 
 
 def build_serving(

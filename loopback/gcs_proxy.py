@@ -24,6 +24,7 @@ class GcsProxy(StartStop):
         self.target = target.rstrip("/")
         self.forbidden_buckets: set[str] = set()
         self.fail_media = False  # every object download answers 503
+        self.paths: list[str] = []  # every request's path, in order (what reached storage)
         self._server: ThreadingHTTPServer | None = None
         self.url = ""
         self.host = ""
@@ -40,6 +41,7 @@ class GcsProxy(StartStop):
             def _relay(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                proxy.paths.append(self.path)
                 refusal = proxy._refusal(self.path)
                 if refusal is not None:
                     payload = b'{"error": {"code": %d, "message": "refused by the proxy"}}' % (

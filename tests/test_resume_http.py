@@ -374,8 +374,13 @@ def test_a_job_on_an_uploaded_file_resumes_on_the_same_checked_bytes(
     assert second["dataset_id"] is None
     assert second["training_file"]["source"] == file["id"]
     assert second["training_file"]["sha256"] == first["training_file"]["sha256"] == file["sha256"]
+    # While the resumed job runs, its File cannot be deleted (409 naming that job).
+    new_job = resumed.json()["training_job_id"]
+    held = requests.delete(f"{train_http.url}/files/{file['id']}", timeout=10)
+    assert held.status_code == 409 and new_job in held.json()["error"]["message"]
+    sandbox.set_status(new_job, FAILED, "preempted")
+    assert requests.delete(f"{train_http.url}/files/{file['id']}", timeout=10).status_code == 200
     # Once the File is gone, a resume is refused like a submit, and creates nothing.
-    requests.delete(f"{train_http.url}/files/{file['id']}", timeout=10)
     gone = resume(train_http, job)
     assert gone.status_code == 400 and "no such File" in gone.json()["error"]["message"]
     assert len(sandbox.jobs()) == 2

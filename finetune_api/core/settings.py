@@ -32,6 +32,7 @@ DEFAULT_ALLOWED_ACCELERATORS = ("H100", "H200", "A100", "A10G", "L4")
 # BASETEN_API_URL says otherwise.
 # The start of a project name (schemas.NAME), one character short of a whole one.
 PROJECT_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]\Z")
 KNOWN_API_URLS = {
     "https://app.baseten.co": "https://api.baseten.co",
     "https://app.staging.baseten.co": "https://api.staging.baseten.co",
@@ -138,6 +139,16 @@ def _commas(value: Any) -> tuple[str, ...]:
     items = tuple(str(part).strip() for part in parts if str(part).strip())
     if not items:
         raise ValueError("must name at least one value")
+    return items
+
+
+def _bucket_list(value: Any) -> tuple[str, ...]:
+    """A comma list of Cloud Storage bucket names; empty is allowed (and means: none)."""
+    parts = value if isinstance(value, list | tuple) else _text(value).split(",")
+    items = tuple(str(part).strip() for part in parts if str(part).strip())
+    for item in items:
+        if not BUCKET_NAME.fullmatch(item):
+            raise ValueError(f"{item!r} is not a Cloud Storage bucket name")
     return items
 
 
@@ -256,6 +267,15 @@ class Settings:
     # (at most 7 days: the limit of a V4 signed URL).
     max_line_bytes: int = _setting(4 * 1024 * 1024, _int(1024, 64 * 1024 * 1024))
     data_url_ttl_seconds: int = _setting(7 * 86400, _int(60, 7 * 86400))
+    # Safety of own data (issue 27): the only buckets a gs:// reference may name
+    # (none by default; the service's own buckets never), the largest File, how long
+    # a complete waits for its check before answering 202 "validating", the largest
+    # tokenizer.json a dry run downloads and how long its count may take per batch.
+    gcs_allowed_buckets: tuple[str, ...] = _setting((), _bucket_list)
+    max_file_bytes: int = _setting(8 * 1024**3, _int(1))
+    file_check_wait_seconds: float = _setting(20.0, _positive_float(3600, allow_zero=True))
+    tokenizer_max_bytes: int = _setting(64 * 1024 * 1024, _int(1024, 1024**3))
+    tokenizer_batch_seconds: float = _setting(20.0, _positive_float(600))
 
     @property
     def resolved_api_url(self) -> str:

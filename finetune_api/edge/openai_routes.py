@@ -222,7 +222,7 @@ def file_content(request: Request, file_id: str) -> Response:
         return Response(_results().content(file_id), status=200, mimetype="text/csv")
 
     files = get_services().files
-    files.get(file_id)  # 404 / 409 before any byte
+    files.readable(file_id)  # 404, or 409 while pending or validating, before any byte
     chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=4)
 
     def pump() -> None:

@@ -225,7 +225,8 @@ def _file_paths(common: dict[str, Any]) -> dict[str, Any]:
                 "MAX_UPLOAD_BYTES: the answer is the File, already checked (processed or "
                 "error). JSON {filename, bytes, purpose}: a File pending_upload with an "
                 "upload_url (a Cloud Storage resumable session): PUT the bytes there, then "
-                "POST /files/{file_id}/complete.",
+                "POST /files/{file_id}/complete. The upload_url is in this answer only (it "
+                "accepts writes): never in a GET. bytes over MAX_FILE_BYTES: 413.",
                 "operationId": "createFile",
                 "security": _API_KEY,
                 "requestBody": {
@@ -280,23 +281,33 @@ def _file_paths(common: dict[str, Any]) -> dict[str, Any]:
             },
             "delete": {
                 "summary": "Delete a File and its bytes",
+                "description": "409 conflict naming the job while a job that has not ended "
+                "was created on the File.",
                 "operationId": "deleteFile",
                 "security": _API_KEY,
                 "parameters": _FILE_ID,
-                "responses": {"200": _json(FileDeleted, "deleted"), **_errors(404), **common},
+                "responses": {
+                    "200": _json(FileDeleted, "deleted"),
+                    **_errors(404, 409),
+                    **common,
+                },
             },
         },
         "/files/{file_id}/complete": {
             "post": {
                 "summary": "Check what was uploaded to upload_url",
                 "description": "409 (the File stays pending_upload) while nothing or not all "
-                "of it arrived; 503 when storage fails during the check (retry).",
+                "of it arrived; 413 (and the File is deleted) when more than MAX_FILE_BYTES "
+                "arrived; 503 when storage fails during the check (retry). 202 with the File "
+                "validating when the check would outlast FILE_CHECK_WAIT_SECONDS: it goes on "
+                "without the caller; poll GET /files/{file_id}.",
                 "operationId": "completeFile",
                 "security": _API_KEY,
                 "parameters": _FILE_ID,
                 "responses": {
                     "200": _json(File, "the checked File"),
-                    **_errors(404, 409),
+                    "202": _json(File, "the File validating: the check goes on"),
+                    **_errors(404, 409, 413),
                     **common,
                 },
             }
@@ -305,10 +316,21 @@ def _file_paths(common: dict[str, Any]) -> dict[str, Any]:
             "put": {
                 "summary": "Upload session of the local store (no FILES_BUCKET): the bytes",
                 "description": "Only the upload_url of a service without FILES_BUCKET points "
-                "here; with a bucket, bytes go to Cloud Storage, never through the function.",
+                "here; with a bucket, bytes go to Cloud Storage, never through the function. "
+                "Needs the session's token (404 without it) and takes the bytes once (409 "
+                "after).",
                 "operationId": "putFileContent",
                 "security": _API_KEY,
-                "parameters": _FILE_ID,
+                "parameters": [
+                    *_FILE_ID,
+                    {
+                        "name": "token",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string"},
+                        "description": "the session's token, from the upload_url",
+                    },
+                ],
                 "requestBody": {
                     "required": True,
                     "content": {"application/octet-stream": {"schema": {"type": "string"}}},

@@ -150,7 +150,7 @@ SCHEMAS: dict[str, Any] = {
             "created_at": _INT,
             "filename": _STR,
             "purpose": {"const": "fine-tune"},
-            "status": {"enum": ["pending_upload", "processed", "error"]},
+            "status": {"enum": ["pending_upload", "validating", "processed", "error"]},
             "sha256": _NULL_STR,
             "validation": {"type": ["object", "null"]},
         },
@@ -387,15 +387,15 @@ def v1_paths() -> dict[str, Any]:
                 parameters=_path("file_id"),
             ),
             "delete": _op(
-                "Delete a file",
+                "Delete a file (409 while a job that has not ended needs it)",
                 "v1DeleteFile",
-                {"200": {"description": "deleted"}, **_errors(404)},
+                {"200": {"description": "deleted"}, **_errors(404, 409)},
                 parameters=_path("file_id"),
             ),
         },
         "/v1/files/{file_id}/content": {
             "get": _op(
-                "The file's bytes",
+                "The file's bytes (409 while pending_upload or validating)",
                 "v1FileContent",
                 {
                     "200": {"description": "bytes", "content": {"application/octet-stream": {}}},
@@ -406,9 +406,9 @@ def v1_paths() -> dict[str, Any]:
         },
         "/v1/uploads": {
             "post": _op(
-                "Start an upload in parts",
+                "Start an upload in parts (bytes at most MAX_FILE_BYTES, else 413)",
                 "v1CreateUpload",
-                {"200": _answer("OpenAIUpload", "upload"), **_errors(400)},
+                {"200": _answer("OpenAIUpload", "upload"), **_errors(400, 413)},
                 requestBody=_json_body(
                     _obj(
                         {
@@ -433,7 +433,8 @@ def v1_paths() -> dict[str, Any]:
         },
         "/v1/uploads/{upload_id}/complete": {
             "post": _op(
-                "Join the parts in order (compose) and check the File",
+                "Join the parts in order (compose) and check the File (at most MAX_PARTS "
+                "parts; the File may come back validating: files.wait_for_processing)",
                 "v1CompleteUpload",
                 {"200": _answer("OpenAIUpload", "upload"), **_errors(400, 404, 409)},
                 parameters=_path("upload_id"),

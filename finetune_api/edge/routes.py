@@ -229,10 +229,13 @@ def create_file(request: Request) -> Response:
             "unknown field(s): " + ", ".join(unknown),
             details=[{"location": name, "reason": "not allowed"} for name in unknown],
         )
-    record = files.start_upload(body.get("filename"), body.get("bytes"), body.get("purpose"))
-    if record.get("upload_url") is None:
-        # The local store: the session is this service's own PUT …/content.
-        record["upload_url"] = f"{request.url_root.rstrip('/')}/files/{record['id']}/content"
+    # With the local store the session is this service's own PUT …/content?token=….
+    record = files.start_upload(
+        body.get("filename"),
+        body.get("bytes"),
+        body.get("purpose"),
+        session_base=f"{request.url_root.rstrip('/')}/files/",
+    )
     return json_response(record, 201)
 
 
@@ -240,12 +243,17 @@ def file_content(request: Request, file_id: str) -> Response:
     """The local store's upload session: the body streams to disk, never held in memory."""
     if request.content_length is None:
         raise InvalidRequestError("send Content-Length with the file's bytes")
-    get_services().files.receive(file_id, request.stream, request.content_length)
+    token = request.args.get("token")
+    get_services().files.receive(file_id, request.stream, request.content_length, token)
     return Response(status=200)
 
 
 def complete_file(request: Request, file_id: str) -> Response:
-    return json_response(get_services().files.complete(file_id))
+    """``200`` with the checked File, or ``202`` while its check goes on without the caller."""
+    from finetune_api.files.service import VALIDATING
+
+    record = get_services().files.complete(file_id)
+    return json_response(record, 202 if record["status"] == VALIDATING else 200)
 
 
 def list_files(request: Request) -> Response:

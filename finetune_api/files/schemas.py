@@ -31,9 +31,10 @@ class File(BaseModel):
     sha256: str | None = Field(description="of the stored bytes; null while pending_upload")
     created_at: int = Field(description="Unix seconds")
     purpose: Literal["fine-tune"] = "fine-tune"
-    status: Literal["pending_upload", "processed", "error"]
+    status: Literal["pending_upload", "validating", "processed", "error"]
     upload_url: str | None = Field(
-        default=None, description="only while pending_upload: PUT the bytes here"
+        default=None,
+        description="only in the POST /files answer that opened the upload: PUT the bytes here",
     )
     validation: Validation | None
     team: str | None = Field(

@@ -8,15 +8,22 @@ and one :class:`~finetune_api.core.errors.ServiceError` per failure.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
+import hmac
 import re
+import secrets
+import threading
 import time
+from collections.abc import Callable, Collection
 from typing import Any, BinaryIO
 
 from finetune_api.core.errors import (
     ConflictError,
     InvalidRequestError,
     NotFoundError,
+    PayloadTooLargeError,
     UpstreamUnavailableError,
 )
 from finetune_api.core.logs import get_logger, log
@@ -35,6 +42,12 @@ _logger = get_logger("files")
 
 PURPOSE = "fine-tune"
 PENDING, PROCESSED, ERROR = "pending_upload", "processed", "error"
+# The check of a completed upload still runs (``complete`` answered 202): see FileService.complete.
+VALIDATING = "validating"
+# How fast a check is assumed to go when its lease is sized (a slower check is taken
+# over by the next reader once the lease runs out; both write the same result).
+_LEASE_BYTES_PER_SECOND = 4 * 1024 * 1024
+_LEASE_MIN_SECONDS = 120
 _GS_URI = re.compile(
     r"gs://(?P<bucket>[a-z0-9][a-z0-9._-]{1,220}[a-z0-9])/(?P<name>[^\r\n]{1,1024})"
 )
@@ -77,11 +90,24 @@ def check_purpose(value: Any) -> str:
 
 
 def public(record: dict[str, Any]) -> dict[str, Any]:
-    """The File object a caller sees (the store's private keys start with ``_``)."""
+    """The File object a caller sees (the store's private keys start with ``_``).
+
+    Never the ``upload_url``: the upload session is a write capability, given only
+    in the answer to the caller who opened it (:meth:`FileService.start_upload`);
+    records written before that rule may still hold one, so it is dropped here.
+    """
     shown = {key: value for key, value in record.items() if not key.startswith("_")}
-    if shown.get("status") != PENDING:
-        shown.pop("upload_url", None)
+    shown.pop("upload_url", None)
     return shown
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+# A File id -> the job (``ftjob-…`` or "project/job") that has not ended and still
+# needs it, or None. Set by the composition root (jobs sit above files).
+FileUsers = Callable[[str], str | None]
 
 
 class FileService:
@@ -91,26 +117,45 @@ class FileService:
         *,
         max_line_bytes: int,
         url_ttl_seconds: int,
+        max_file_bytes: int = 8 * 1024**3,
+        allowed_buckets: Collection[str] = (),
+        own_buckets: Collection[str] = (),
+        check_wait_seconds: float = 20.0,
         team: str | None = None,
         visible: Any = None,
     ) -> None:
         self._store = store
         self._max_line = max_line_bytes
         self._ttl = url_ttl_seconds
+        self.max_file_bytes = max_file_bytes
+        self._own = frozenset(own_buckets)
+        self._allowed = frozenset(allowed_buckets) - self._own
+        self._wait = check_wait_seconds
+        self.users: FileUsers | None = None
+        self._checking: set[str] = set()  # File ids this instance is checking now
+        self._checking_lock = threading.Lock()
         # Teams: the team new Files belong to (None: no teams, no tag) and
         # ``visible(team)``, whether this caller may see a File of ``team`` (None: all).
         self.team = team
         self._visible = visible
 
-    def for_caller(self, team: str | None, visible: Any) -> FileService:
-        """The same store, acting for one team (see :class:`finetune_api.core.teams.Caller`)."""
-        return FileService(
-            self._store,
-            max_line_bytes=self._max_line,
-            url_ttl_seconds=self._ttl,
-            team=team,
-            visible=visible,
+    def _too_large(self, size: int) -> PayloadTooLargeError:
+        return PayloadTooLargeError(
+            f"a File may hold at most {self.max_file_bytes} bytes (MAX_FILE_BYTES); "
+            f"this one holds {size}",
+            details=[{"location": "bytes", "reason": "larger than MAX_FILE_BYTES"}],
         )
+
+    def for_caller(self, team: str | None, visible: Any) -> FileService:
+        """The same service acting for one team (see :class:`finetune_api.core.teams.Caller`).
+
+        A shallow copy: the store, the settings, ``users`` and the set of Files being
+        checked are shared; only the team and what it may see differ.
+        """
+        view = copy.copy(self)
+        view.team = team
+        view._visible = visible
+        return view
 
     def shows(self, record: dict[str, Any]) -> bool:
         """Whether this caller may see ``record`` (another team's is as if unknown)."""
@@ -157,7 +202,10 @@ class FileService:
         check = JsonlCheck(max_line_bytes=self._max_line)
         while chunk := source.read(1024 * 1024):
             check.feed(chunk)
-        record = self._checked(record, check.finish())
+        result = check.finish()
+        if result.bytes > self.max_file_bytes:
+            raise self._too_large(result.bytes)
+        record = self._checked(record, result)
         source.seek(0)
         try:
             self._store.write_data(record["id"], source)
@@ -168,44 +216,91 @@ class FileService:
         self._logged("file uploaded", record)
         return public(record)
 
-    def start_upload(self, filename: Any, size: Any, purpose: Any) -> dict[str, Any]:
+    def start_upload(
+        self, filename: Any, size: Any, purpose: Any, *, session_base: str = ""
+    ) -> dict[str, Any]:
         """The large-file path: a File ``pending_upload`` with a resumable session URL.
 
-        With the local store the session is the service's own ``PUT /files/{id}/content``:
-        ``upload_url`` is then ``None`` here and the route fills in its own URL.
+        The answer is the only place the session URL appears: it is a write
+        capability, kept by nobody (never in the record, never in a GET). With the
+        local store the session is the service's own ``PUT /files/{id}/content``
+        (``session_base`` + ``{id}/content?token=…``): the token is random, only its
+        sha256 is kept, and the PUT is accepted once.
         """
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise _invalid("bytes", "must be a positive integer (the file's size)")
+        if size > self.max_file_bytes:
+            raise self._too_large(size)
         check_purpose(purpose)
         record = self._new_record(check_filename(filename), size)
         try:
-            record["upload_url"] = self._store.upload_session(record["id"], size)
+            url = self._store.upload_session(record["id"], size)
+            if url is None:
+                token = secrets.token_urlsafe(32)
+                record["_session_sha256"] = _digest(token)
+                url = f"{session_base}{record['id']}/content?token={token}"
             self._store.write_meta(record, None)
         except StorageUnavailable as error:
             raise _unavailable(error) from None
         self._logged("file upload started", record)
-        return public(record)
+        return {**public(record), "upload_url": url}
 
-    def receive(self, file_id: str, source: BinaryIO, length: int | None) -> None:
-        """The local store's upload session: stream the body to disk (``PUT …/content``)."""
-        record, _ = self._pending(file_id)
+    def receive(
+        self, file_id: str, source: BinaryIO, length: int | None, token: str | None
+    ) -> None:
+        """The local store's upload session: stream the body to disk (``PUT …/content``).
+
+        Only with the session's token, only while the File is pending, and only
+        once: the bytes that arrived are never replaced.
+        """
+        found = self._store_read(file_id)
+        expected = found[0].get("_session_sha256") if found else None
+        if (
+            found is None
+            or not self.shows(found[0])
+            or not isinstance(expected, str)
+            or not token
+            or not hmac.compare_digest(expected, _digest(token))
+        ):
+            raise NotFoundError("no such upload session")
+        record = found[0]
+        if record["status"] != PENDING:
+            raise ConflictError("this File is no longer pending_upload: its bytes are final")
         if length is not None and length != record["bytes"]:
             reason = f"send exactly the {record['bytes']} bytes announced"
             raise _invalid("body", reason)
         try:
-            self._store.write_data(file_id, source)
+            if self._store.data_size(file_id) is not None:
+                raise ConflictError("the bytes of this File have arrived already")
+            self._store.write_data(file_id, source, replace=False)
+        except FileExistsError:
+            raise ConflictError("the bytes of this File have arrived already") from None
         except StorageUnavailable as error:
             raise _unavailable(error) from None
 
-    def _pending(self, file_id: str) -> tuple[dict[str, Any], str]:
-        found = self._read(file_id)
-        if found[0]["status"] != PENDING:
-            raise ConflictError("this File is no longer pending_upload")
-        return found
+    def _store_read(self, file_id: str) -> tuple[dict[str, Any], str] | None:
+        if not is_file_id(file_id):
+            return None
+        try:
+            return self._store.read_meta(file_id)
+        except StorageUnavailable as error:
+            raise _unavailable(error) from None
 
     def complete(self, file_id: str) -> dict[str, Any]:
-        """Check what arrived; the File stays ``pending_upload`` until all of it has."""
+        """Check what arrived; the File stays ``pending_upload`` until all of it has.
+
+        The check runs on a thread of its own and the File is claimed for it
+        (status ``validating`` with a lease, written over the version read, so one
+        instance checks at a time). If the check ends within ``check_wait_seconds``
+        the answer is the checked File; otherwise the answer is the File
+        ``validating`` (the route makes it a 202) and the check goes on without a
+        caller; a later ``complete`` or ``GET`` takes over a check whose lease ran
+        out (its instance died). On a storage failure the File goes back to
+        ``pending_upload`` and a waiting caller gets a 503.
+        """
         record, token = self._read(file_id)
+        if record["status"] == VALIDATING:
+            return public(self._resume(record, token))
         if record["status"] != PENDING:
             return public(record)  # completing twice answers the same File
         try:
@@ -216,24 +311,90 @@ class FileService:
             raise ConflictError(
                 "no complete upload has arrived yet: send all the bytes to upload_url first"
             )
+        if arrived > self.max_file_bytes:
+            self._forget(file_id)  # it can never become a File: nothing to keep
+            raise self._too_large(arrived)
         if arrived != record["bytes"]:
             raise ConflictError(f"{arrived} of the {record['bytes']} bytes announced arrived")
+        claimed = self._claim(record, token)
+        if claimed is None:
+            return public(self._read(file_id)[0])  # another complete claimed it
+        return public(self._check_in_background(*claimed, wait=self._wait))
+
+    def _claim(self, record: dict[str, Any], token: str) -> tuple[dict[str, Any], str] | None:
+        """Mark the File ``validating`` for this instance (None: someone else did first)."""
+        lease = _LEASE_MIN_SECONDS + int((record["bytes"] or 0) / _LEASE_BYTES_PER_SECOND)
+        claimed = {**record, "status": VALIDATING, "_lease_until": int(time.time()) + lease}
         try:
-            result = self._check_stored(file_id)
-        except (StorageUnavailable, ObjectMissing) as error:
+            return claimed, self._store.write_meta(claimed, token)
+        except Conflict:
+            return None
+        except StorageUnavailable as error:
+            raise _unavailable(error) from None
+
+    def _resume(self, record: dict[str, Any], token: str) -> dict[str, Any]:
+        """A ``validating`` File: take over its check if its lease ran out, never wait."""
+        if record.get("_lease_until", 0) > time.time():
+            return record
+        with self._checking_lock:
+            if record["id"] in self._checking:
+                return record  # still running here, only slower than its lease
+        claimed = self._claim(record, token)
+        if claimed is None:
+            return self._read(record["id"])[0]
+        log(_logger, 30, "file check taken over (its lease ran out)", file_id=record["id"])
+        return self._check_in_background(*claimed, wait=0.0)
+
+    def _check_in_background(
+        self, record: dict[str, Any], token: str, *, wait: float
+    ) -> dict[str, Any]:
+        """Run the check on its own thread; the checked File if it ends within ``wait`` s."""
+        outcome: dict[str, Any] = {}
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome["record"] = self._finish_check(record, token)
+            except BaseException as error:  # noqa: BLE001 - handed to the waiter, if any
+                outcome["error"] = error
+            finally:
+                with self._checking_lock:
+                    self._checking.discard(record["id"])
+                done.set()
+
+        with self._checking_lock:
+            self._checking.add(record["id"])
+        threading.Thread(target=run, daemon=True, name=f"check-{record['id']}").start()
+        finished = done.wait(wait) if wait > 0 else done.is_set()
+        if not finished:
+            self._logged("file check continues after the answer", record)
+            return record
+        error = outcome.get("error")
+        if isinstance(error, StorageUnavailable | ObjectMissing):
             raise UpstreamUnavailableError(
                 f"file storage failed during the check ({type(error).__name__}); "
                 "the File stays pending_upload: call complete again"
             ) from None
-        checked = self._checked(record, result)
+        if error is not None:
+            raise error
+        checked: dict[str, Any] = outcome["record"]
+        return checked
+
+    def _finish_check(self, record: dict[str, Any], token: str) -> dict[str, Any]:
+        base = {key: value for key, value in record.items() if key != "_lease_until"}
+        try:
+            result = self._check_stored(record["id"])
+        except (StorageUnavailable, ObjectMissing):
+            with contextlib.suppress(Conflict, StorageUnavailable):
+                self._store.write_meta({**base, "status": PENDING}, token)
+            raise
+        checked = self._checked(base, result)
         try:
             self._store.write_meta(checked, token)
         except Conflict:
-            return public(self._read(file_id)[0])  # another complete won; same bytes
-        except StorageUnavailable as error:
-            raise _unavailable(error) from None
+            return self._read(record["id"])[0]  # another instance took over; same bytes
         self._logged("file checked", checked)
-        return public(checked)
+        return checked
 
     def _check_stored(self, file_id: str) -> CheckResult:
         check = JsonlCheck(max_line_bytes=self._max_line)
@@ -254,7 +415,10 @@ class FileService:
         return found
 
     def get(self, file_id: str) -> dict[str, Any]:
-        return public(self._read(file_id)[0])
+        record, token = self._read(file_id)
+        if record["status"] == VALIDATING:
+            record = self._resume(record, token)
+        return public(record)
 
     def list(self, limit: int, after: str | None) -> dict[str, Any]:
         if after is not None and not is_file_id(after):
@@ -274,7 +438,14 @@ class FileService:
         return {"data": [public(r) for r in records[:limit]], "has_more": len(records) > limit}
 
     def delete(self, file_id: str) -> dict[str, Any]:
+        """Delete a File: a ``409`` while a job that has not ended still needs it."""
         self._read(file_id)
+        user = self.users(file_id) if self.users is not None else None
+        if user is not None:
+            raise ConflictError(
+                f"the job {user} still needs this File: delete it once the job has ended",
+                details=[{"location": "file_id", "reason": f"in use by {user}"}],
+            )
         self._forget(file_id)
         log(_logger, 20, "file deleted", file_id=file_id)
         return {"id": file_id, "object": "file", "deleted": True}
@@ -287,15 +458,24 @@ class FileService:
 
     def stream(self, file_id: str, sink: Any) -> None:
         """The stored bytes, chunk by chunk (``GET /v1/files/{id}/content``)."""
-        record, _ = self._read(file_id)
-        if record["status"] == PENDING:
-            raise ConflictError("this File is still pending_upload")
+        self.readable(file_id)
         try:
             self._store.stream_data(file_id, sink)
         except (StorageUnavailable, ObjectMissing) as error:
             raise UpstreamUnavailableError(
                 f"file storage failed ({type(error).__name__})"
             ) from None
+
+    def readable(self, file_id: str) -> dict[str, Any]:
+        """The File whose content may be read: a ``409`` while its bytes are not final."""
+        record = self.get(file_id)
+        if record["status"] in (PENDING, VALIDATING):
+            raise ConflictError(
+                f"this File is still {record['status']}: its content can be read once it "
+                "is processed",
+                details=[{"location": "file_id", "reason": record["status"]}],
+            )
+        return record
 
     # -- for a job --------------------------------------------------------------
 
@@ -316,6 +496,8 @@ class FileService:
             raise _invalid(
                 field, "the File is still pending_upload: upload its bytes, then complete it"
             )
+        if record["status"] == VALIDATING:
+            raise _invalid(field, "the File is still being checked: wait until it is processed")
         if record["status"] != PROCESSED:
             raise _invalid(field, "the File failed its check (status error): see GET /files/{id}")
         try:
@@ -329,8 +511,15 @@ class FileService:
         if parsed is None:
             raise _invalid(field, "malformed gs:// URI: use gs://bucket/object")
         bucket, name = parsed
+        self._may_read(field, bucket)
         try:
-            generation = self._store.object_generation(bucket, name)
+            generation, size = self._store.object_generation(bucket, name)
+            if size > self.max_file_bytes:
+                raise _invalid(
+                    field,
+                    f"the Cloud Storage object holds {size} bytes; a file may hold at most "
+                    f"{self.max_file_bytes} (MAX_FILE_BYTES)",
+                )
             key = hashlib.sha256(f"{bucket}/{name}#{generation}".encode()).hexdigest()
             checked = self._store.read_check(key)
             if checked is None:
@@ -368,6 +557,17 @@ class FileService:
             )
         handoff = _handoff(ref, url, checked["sha256"], checked["bytes"], checked["validation"])
         return {**handoff, "generation": generation}
+
+    def _may_read(self, field: str, bucket: str) -> None:
+        """Refuse, before any read, a bucket not in GCS_ALLOWED_BUCKETS or one of our own."""
+        if bucket in self._own:
+            raise _invalid(field, "the service never reads its own buckets on a caller's behalf")
+        if bucket not in self._allowed:
+            raise _invalid(
+                field,
+                f"the bucket {bucket} is not in GCS_ALLOWED_BUCKETS: the service reads gs:// "
+                "objects only from the buckets its operator allowed",
+            )
 
     def each_example(self, handoff: dict[str, Any], visit: Any) -> None:
         """Call ``visit`` with every valid example of a resolved file (see :meth:`resolve`).

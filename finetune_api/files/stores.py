@@ -45,6 +45,8 @@ DATA = "files/data/"
 CHECKS = "files/checks/"
 UPLOADS = "files/uploads/"  # <upload id>.json (the Upload record) and <upload id>/<part id>
 COMPOSE_MAX = 32  # Cloud Storage composes at most 32 sources per call
+# Storage calls an Upload's complete makes at once (part sizes, composes, deletes).
+PARALLEL_CALLS = 32
 CHUNK = 8 * 1024 * 1024
 _ID_SPAN = 2**48  # milliseconds: until the year 10889
 
@@ -78,12 +80,12 @@ class FileStore(Protocol):
     def write_meta(self, record: dict[str, Any], token: str | None) -> str: ...
     def list_meta(self, after: str | None, limit: int) -> list[dict[str, Any]]: ...
     def delete(self, file_id: str) -> None: ...
-    def write_data(self, file_id: str, source: BinaryIO) -> None: ...
+    def write_data(self, file_id: str, source: BinaryIO, *, replace: bool = True) -> None: ...
     def data_size(self, file_id: str) -> int | None: ...
     def stream_data(self, file_id: str, sink: Sink) -> None: ...
     def upload_session(self, file_id: str, size: int) -> str | None: ...
     def data_url(self, file_id: str, ttl_seconds: int) -> str: ...
-    def object_generation(self, bucket: str, name: str) -> str: ...
+    def object_generation(self, bucket: str, name: str) -> tuple[str, int]: ...
     def stream_object(self, bucket: str, name: str, generation: str, sink: Sink) -> None: ...
     def object_url(self, bucket: str, name: str, generation: str, ttl_seconds: int) -> str: ...
     def read_check(self, key: str) -> dict[str, Any] | None: ...
@@ -95,6 +97,8 @@ class FileStore(Protocol):
     def part_sizes(self, upload_id: str, part_ids: list[str]) -> list[int | None]: ...
     def join_parts(self, upload_id: str, part_ids: list[str], file_id: str) -> None: ...
     def delete_parts(self, upload_id: str) -> None: ...
+    def delete_part(self, upload_id: str, part_id: str) -> None: ...
+    def parts_stored(self, upload_id: str) -> tuple[int, int]: ...
 
 
 # --------------------------------------------------------------------------- local
@@ -172,7 +176,9 @@ class LocalFileStore:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
-    def write_data(self, file_id: str, source: BinaryIO) -> None:
+    def write_data(self, file_id: str, source: BinaryIO, *, replace: bool = True) -> None:
+        """Stream to a temporary file, then move it in place (``replace=False``: only
+        if no bytes are there yet, else ``FileExistsError``: the first upload stays)."""
         path = self._data(file_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
@@ -180,7 +186,11 @@ class LocalFileStore:
             with os.fdopen(handle, "wb") as out:
                 while chunk := source.read(CHUNK):
                     out.write(chunk)
-            os.replace(temporary, path)
+            if replace:
+                os.replace(temporary, path)
+            else:
+                os.link(temporary, path)  # atomic, and refuses an existing name
+                os.unlink(temporary)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
@@ -209,7 +219,7 @@ class LocalFileStore:
     def _no_buckets(self) -> StorageUnavailable:
         return StorageUnavailable("gs:// objects need FILES_BUCKET (Cloud Storage)")
 
-    def object_generation(self, bucket: str, name: str) -> str:
+    def object_generation(self, bucket: str, name: str) -> tuple[str, int]:
         raise ObjectForbidden("gs:// objects are read only when FILES_BUCKET is set")
 
     def stream_object(self, bucket: str, name: str, generation: str, sink: Sink) -> None:
@@ -277,6 +287,20 @@ class LocalFileStore:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
             raise
+
+    def delete_part(self, upload_id: str, part_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._part(upload_id, part_id).unlink()
+
+    def parts_stored(self, upload_id: str) -> tuple[int, int]:
+        """How many parts an Upload holds now, and their bytes."""
+        count = total = 0
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.root / UPLOADS / upload_id):
+                with contextlib.suppress(FileNotFoundError):
+                    total += entry.stat().st_size
+                    count += 1
+        return count, total
 
     def delete_parts(self, upload_id: str) -> None:
         folder = self.root / UPLOADS / upload_id
@@ -384,10 +408,18 @@ class GcsFileStore:
             with contextlib.suppress(ObjectMissing), self._calls():
                 self._bucket().blob(name).delete(timeout=self._deadline, retry=self._retry())
 
-    def write_data(self, file_id: str, source: BinaryIO) -> None:
+    def write_data(self, file_id: str, source: BinaryIO, *, replace: bool = True) -> None:
         blob = self._bucket().blob(f"{DATA}{file_id}.jsonl", chunk_size=CHUNK)
-        with self._calls():
-            blob.upload_from_file(source, content_type="application/jsonl", timeout=self._deadline)
+        try:
+            with self._calls():
+                blob.upload_from_file(
+                    source,
+                    content_type="application/jsonl",
+                    timeout=self._deadline,
+                    if_generation_match=None if replace else 0,
+                )
+        except Conflict:
+            raise FileExistsError(file_id) from None
 
     def data_size(self, file_id: str) -> int | None:
         with self._calls():
@@ -428,12 +460,13 @@ class GcsFileStore:
     def data_url(self, file_id: str, ttl_seconds: int) -> str:
         return self._read_url(self._bucket().blob(f"{DATA}{file_id}.jsonl"), ttl_seconds, None)
 
-    def object_generation(self, bucket: str, name: str) -> str:
+    def object_generation(self, bucket: str, name: str) -> tuple[str, int]:
+        """The object's current generation and its size in bytes."""
         with self._calls():
             blob = self._bucket(bucket).get_blob(name, timeout=self._deadline)
         if blob is None:
             raise ObjectMissing(name)
-        return str(blob.generation)
+        return str(blob.generation), int(blob.size or 0)
 
     def stream_object(self, bucket: str, name: str, generation: str, sink: Sink) -> None:
         self._stream(self._bucket(bucket).blob(name, generation=int(generation)), sink)
@@ -469,53 +502,85 @@ class GcsFileStore:
             )
         return counter.count
 
+    def _part_blobs(self, upload_id: str) -> dict[str, Any]:
+        """Every stored part of an Upload by part id: one listing (1,000 names a page)."""
+        prefix = f"{UPLOADS}{upload_id}/"
+        with self._calls():
+            blobs = self._storage().list_blobs(
+                self.bucket_name, prefix=prefix, timeout=self._deadline, retry=self._retry()
+            )
+            return {blob.name[len(prefix) :]: blob for blob in blobs}
+
     def part_sizes(self, upload_id: str, part_ids: list[str]) -> list[int | None]:
-        sizes: list[int | None] = []
-        for part_id in part_ids:
-            with self._calls():
-                blob = self._bucket().get_blob(
-                    f"{UPLOADS}{upload_id}/{part_id}", timeout=self._deadline
-                )
-            sizes.append(None if blob is None else int(blob.size))
-        return sizes
+        stored = self._part_blobs(upload_id)
+        return [
+            None if stored.get(part_id) is None else int(stored[part_id].size)
+            for part_id in part_ids
+        ]
+
+    def parts_stored(self, upload_id: str) -> tuple[int, int]:
+        """How many parts an Upload holds now, and their bytes (one listing)."""
+        sizes = [
+            int(blob.size or 0)
+            for name, blob in self._part_blobs(upload_id).items()
+            if name.startswith("part_")
+        ]
+        return len(sizes), sum(sizes)
+
+    def _each(self, call: Callable[[Any], Any], items: list[Any]) -> None:
+        """``call`` on every item, ``PARALLEL_CALLS`` at a time; the first failure is raised."""
+        if len(items) <= 1:
+            for item in items:
+                call(item)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(PARALLEL_CALLS, len(items))) as pool:
+            for future in [pool.submit(call, item) for item in items]:
+                future.result()
 
     def join_parts(self, upload_id: str, part_ids: list[str], file_id: str) -> None:
         """Cloud Storage compose, in rounds of at most 32 sources, into the File's data.
 
         The bytes never pass through the function: each round composes groups of
-        32 into intermediate objects, until one call can make the final object.
+        32 into intermediate objects (the composes of one round at once, up to
+        ``PARALLEL_CALLS``), until one call can make the final object: 512 parts
+        are 16 composes at once, then one; 1,024 (``MAX_PARTS``) are 32, then one.
         """
         bucket = self._bucket()
         sources = [bucket.blob(f"{UPLOADS}{upload_id}/{part_id}") for part_id in part_ids]
         round_number = 0
-        with self._calls():
-            while len(sources) > COMPOSE_MAX:
-                round_number += 1
-                joined = []
-                for index in range(0, len(sources), COMPOSE_MAX):
-                    target = bucket.blob(f"{UPLOADS}{upload_id}/round-{round_number}-{index}")
-                    target.content_type = "application/octet-stream"
-                    target.compose(
-                        sources[index : index + COMPOSE_MAX],
-                        timeout=self._deadline,
-                        retry=self._retry(),
-                    )
-                    joined.append(target)
-                sources = joined
-            final = bucket.blob(f"{DATA}{file_id}.jsonl")
-            final.content_type = "application/jsonl"
-            final.compose(sources, timeout=self._deadline, retry=self._retry())
+
+        def compose(job: tuple[Any, list[Any]]) -> None:
+            target, group = job
+            with self._calls():
+                target.compose(group, timeout=self._deadline, retry=self._retry())
+
+        while len(sources) > COMPOSE_MAX:
+            round_number += 1
+            jobs = []
+            for index in range(0, len(sources), COMPOSE_MAX):
+                target = bucket.blob(f"{UPLOADS}{upload_id}/round-{round_number}-{index}")
+                target.content_type = "application/octet-stream"
+                jobs.append((target, sources[index : index + COMPOSE_MAX]))
+            self._each(compose, jobs)
+            sources = [target for target, _ in jobs]
+        final = bucket.blob(f"{DATA}{file_id}.jsonl")
+        final.content_type = "application/jsonl"
+        compose((final, sources))
+
+    def delete_part(self, upload_id: str, part_id: str) -> None:
+        with contextlib.suppress(ObjectMissing), self._calls():
+            self._bucket().blob(f"{UPLOADS}{upload_id}/{part_id}").delete(
+                timeout=self._deadline, retry=self._retry()
+            )
 
     def delete_parts(self, upload_id: str) -> None:
-        with self._calls():
-            blobs = list(
-                self._storage().list_blobs(
-                    self.bucket_name, prefix=f"{UPLOADS}{upload_id}/", timeout=self._deadline
-                )
-            )
-        for blob in blobs:
+        def delete(blob: Any) -> None:
             with contextlib.suppress(ObjectMissing), self._calls():
                 blob.delete(timeout=self._deadline)
+
+        self._each(delete, list(self._part_blobs(upload_id).values()))
 
 
 class _CountingReader:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from finetune_api.core.errors import (
     ConflictError,
@@ -36,8 +36,10 @@ from finetune_api.files.stores import (
 _logger = get_logger("uploads")
 
 UPLOAD_TTL_SECONDS = 3600
-MAX_PARTS = 10_000
-MAX_UPLOAD_TOTAL = 8 * 1024**3  # OpenAI's limit for one Upload
+# At most this many parts per Upload (OpenAI allows 10,000 of up to 64 MB; ours are at
+# most 32 MiB, so 8 GiB needs 256 of them). Completing the largest Upload must stay well
+# inside the request timeout: 1,024 parts take 3.6 s on fake-gcs-server (docs/performance.md).
+MAX_PARTS = 1024
 
 
 def new_upload_id() -> str:
@@ -76,6 +78,22 @@ def _unavailable(error: Exception) -> UpstreamUnavailableError:
     return UpstreamUnavailableError(f"file storage is unavailable ({type(error).__name__}); retry")
 
 
+class _Bounded:
+    """A read-only file object that ends after ``limit`` bytes (the rest is never read)."""
+
+    def __init__(self, source: BinaryIO, limit: int) -> None:
+        self._source = source
+        self._left = limit
+
+    def read(self, size: int = -1) -> bytes:
+        if self._left <= 0:
+            return b""
+        want = self._left if size is None or size < 0 else min(size, self._left)
+        data = self._source.read(want)
+        self._left -= len(data)
+        return data
+
+
 def _public(record: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in record.items() if not key.startswith("_")}
 
@@ -102,8 +120,14 @@ class UploadService:
         filename = check_filename(body.get("filename"))
         check_purpose(body.get("purpose"))
         size = body.get("bytes")
-        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_UPLOAD_TOTAL:
-            raise _invalid("bytes", f"must be an integer from 1 to {MAX_UPLOAD_TOTAL}")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise _invalid("bytes", "must be a positive integer (the file's size)")
+        if size > self._files.max_file_bytes:
+            raise PayloadTooLargeError(
+                f"an Upload may hold at most {self._files.max_file_bytes} bytes "
+                f"(MAX_FILE_BYTES); this one announces {size}",
+                details=[{"location": "bytes", "reason": "larger than MAX_FILE_BYTES"}],
+            )
         mime = body.get("mime_type")
         if mime is not None and not isinstance(mime, str):
             raise _invalid("mime_type", "must be a string")
@@ -148,15 +172,39 @@ class UploadService:
         return record, token
 
     def add_part(self, upload_id: str, source: BinaryIO) -> dict[str, Any]:
-        """Store one part (already bounded by the route) as it arrives."""
-        self._pending(upload_id)
+        """Store one part (already bounded by the route) as it arrives.
+
+        A part larger than ``max_part_bytes``, or one that takes the parts stored so
+        far past the Upload's announced ``bytes``, is refused with a 413 and deleted:
+        nothing refused stays stored. At most ``bound + 1`` bytes are ever read.
+        """
+        record, _ = self._pending(upload_id)
         part_id = new_part_id()
+        bound = min(self._max_part, record["bytes"])
         try:
-            size = self._store.write_part(upload_id, part_id, source)
+            size = self._store.write_part(
+                upload_id, part_id, cast(BinaryIO, _Bounded(source, bound + 1))
+            )
         except StorageUnavailable as error:
+            self._drop_part(upload_id, part_id)
             raise _unavailable(error) from None
         if size > self._max_part:
+            self._drop_part(upload_id, part_id)
             raise PayloadTooLargeError(f"a part may hold at most {self._max_part} bytes")
+        try:
+            count, stored = self._store.parts_stored(upload_id)
+        except StorageUnavailable as error:
+            self._drop_part(upload_id, part_id)
+            raise _unavailable(error) from None
+        if count > MAX_PARTS:
+            self._drop_part(upload_id, part_id)
+            raise _invalid("data", f"an Upload holds at most {MAX_PARTS} parts")
+        if stored > record["bytes"]:
+            self._drop_part(upload_id, part_id)
+            raise PayloadTooLargeError(
+                f"this part takes the Upload past the {record['bytes']} bytes it announced",
+                details=[{"location": "data", "reason": "past the Upload's bytes"}],
+            )
         return {
             "id": part_id,
             "object": "upload.part",
@@ -164,13 +212,21 @@ class UploadService:
             "upload_id": upload_id,
         }
 
+    def _drop_part(self, upload_id: str, part_id: str) -> None:
+        try:
+            self._store.delete_part(upload_id, part_id)
+        except StorageUnavailable:
+            log(_logger, 30, "could not delete a refused part", upload_id=upload_id)
+
     def complete(self, upload_id: str, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise InvalidRequestError("request body must be a JSON object")
         part_ids = body.get("part_ids")
+        if isinstance(part_ids, list) and len(part_ids) > MAX_PARTS:
+            raise _invalid("part_ids", f"an Upload holds at most {MAX_PARTS} parts")
         if (
             not isinstance(part_ids, list)
-            or not 1 <= len(part_ids) <= MAX_PARTS
+            or not part_ids
             or not all(is_part_id(p) for p in part_ids)
             or len(set(part_ids)) != len(part_ids)
         ):

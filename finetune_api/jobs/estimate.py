@@ -46,6 +46,10 @@ class TokenCounter(Protocol):
     def count(self, example: dict[str, Any]) -> int: ...
 
 
+class CountFailed(Exception):
+    """The model's tokenizer could not count a batch (it crashed, hung or was refused)."""
+
+
 @dataclass
 class RuleCounter:
     method: str = "estimate"
@@ -134,7 +138,14 @@ class Tally:
             return
         texts, self._texts, self._chars = self._texts, [], 0
         shapes, self._shapes = self._shapes, []
-        counts = self.counter.count_batch(texts)  # type: ignore[attr-defined]
+        try:
+            counts = self.counter.count_batch(texts)  # type: ignore[attr-defined]
+        except CountFailed:
+            # The tokenizer failed: the rule for the whole file, as when out of time.
+            self.examples += len(shapes)
+            self.tokens, self.over = self._rule_tokens, self._rule_over
+            self.counter = RuleCounter()
+            return
         start = 0
         for shape in shapes:
             self._add(*sizes(counts[start : start + shape]))

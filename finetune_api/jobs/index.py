@@ -50,6 +50,10 @@ _logger = get_logger("job_index")
 INDEX = "jobs/index/"
 BY_METADATA = "jobs/metadata/"
 PROJECTS = "teams/projects/"
+# jobs/by-file/<file id>/<ftjob id>: an empty marker per File a job trains or
+# validates on, so DELETE /files/{id} finds the jobs that may still need it.
+BY_FILE = "jobs/by-file/"
+_FILE_ID = re.compile(r"^file-[0-9a-f]{24}\Z")
 _SPAN = 2**48
 JOB_ID = re.compile(
     r"^ftjob-(?P<stamp>[0-9a-f]{12})-(?P<project>[A-Za-z0-9]{1,40})-(?P<job>[A-Za-z0-9]{1,40})\Z"
@@ -255,6 +259,10 @@ class JobIndex:
         for key, value in (record.get("metadata") or {}).items():
             with contextlib.suppress(IndexConflict, IndexUnavailable):
                 self._store.create(f"{BY_METADATA}{metadata_key(key, value)}/{record['id']}", b"")
+        for ref in {record.get("training_file"), record.get("validation_file")}:
+            if isinstance(ref, str) and _FILE_ID.match(ref):
+                with contextlib.suppress(IndexConflict, IndexUnavailable):
+                    self._store.create(f"{BY_FILE}{ref}/{record['id']}", b"")
         return str(record["id"])
 
     def _remember_project(self, project_id: str, team: str) -> None:
@@ -279,6 +287,12 @@ class JobIndex:
             return None
         found = self._store.read(f"{PROJECTS}{project_id}")
         return found[0].decode("utf-8", "replace") if found is not None else None
+
+    def jobs_using(self, file_id: str, limit: int = 1000) -> list[str]:
+        """The ``ftjob-…`` ids of the jobs created on File ``file_id`` (newest first)."""
+        if not _FILE_ID.match(file_id):
+            return []
+        return self._store.names(f"{BY_FILE}{file_id}/", None, limit)
 
     def get(self, job_id: str) -> tuple[dict[str, Any], str] | None:
         found = self._store.read(f"{INDEX}{job_id}.json")

@@ -240,6 +240,7 @@ def test_first_deploy_runs_these_commands_in_this_order(deployed: Deployed) -> N
         ["secrets", "add-iam-policy-binding", "api-keys"],
         ["functions", "deploy", "train-pubsub"],
         ["functions", "deploy", "train-http"],
+        ["run", "services", "update", "train-http"],
         ["functions", "deploy", "poll-jobs"],
         ["functions", "add-invoker-policy-binding", "train-pubsub"],
         ["functions", "add-invoker-policy-binding", "poll-jobs"],
@@ -472,10 +473,12 @@ def test_a_secret_cannot_be_passed_as_a_plain_env_var(env: Env) -> None:
 
 def test_second_deploy_creates_nothing(deployed: Deployed) -> None:
     calls = deployed.second
-    # Only the two "update" paths are re-issued: functions deploy and the job.
+    # Only the "update" paths are re-issued: functions deploy (with train_http's CPU
+    # allocation, which a functions deploy may reset) and the job.
     assert [words(c)[:5] for c in calls.mutations()] == [
         ["functions", "deploy", "train-pubsub"],
         ["functions", "deploy", "train-http"],
+        ["run", "services", "update", "train-http"],
         ["functions", "deploy", "poll-jobs"],
         ["scheduler", "jobs", "update", "http", "poll-training-jobs"],
     ]
@@ -645,6 +648,33 @@ def test_the_files_bucket_reaches_both_submit_paths_not_the_poll(deployed: Deplo
         assert "FILES_RETENTION_DAYS" not in env_vars, fn  # the settings' default, 30
     poll = dict_flag(flags(deployed.first.deploy_of("poll-jobs"))["--set-env-vars"])
     assert "FILES_BUCKET" not in poll and "FILES_RETENTION_DAYS" not in poll
+
+
+def test_train_http_keeps_its_cpu_after_the_answer(deployed: Deployed) -> None:
+    """A file check that answered 202 runs on: CPU always allocated on train_http only."""
+    (update,) = deployed.first.find(lambda c: words(c)[:3] == ["run", "services", "update"])
+    assert words(update)[3] == "train-http" and "--no-cpu-throttling" in flags(update)
+    assert flags(update)["--region"] == REGION
+
+
+def test_gcs_allowed_buckets_reach_both_submit_paths_not_the_poll(env: Env) -> None:
+    plan = env.plan("--gcs-allowed-buckets", "team-a,team.b")
+    for fn in ("train-http", "train-pubsub"):
+        env_vars = dict_flag(flags(plan.deploy_of(fn))["--set-env-vars"])
+        assert env_vars["GCS_ALLOWED_BUCKETS"] == "team-a,team.b", fn
+    poll = dict_flag(flags(plan.deploy_of("poll-jobs"))["--set-env-vars"])
+    assert "GCS_ALLOWED_BUCKETS" not in poll
+    unset = dict_flag(flags(env.plan().deploy_of("train-http"))["--set-env-vars"])
+    assert "GCS_ALLOWED_BUCKETS" not in unset  # unset: every gs:// reference is refused
+
+
+@pytest.mark.parametrize("listed", [BUCKET, FILES_BUCKET, "ok-bucket,Bad_Name", "a"])
+def test_gcs_allowed_buckets_never_name_our_own_or_a_bad_bucket(env: Env, listed: str) -> None:
+    r = env.run(*BASE, "--source", str(env.source), "--gcs-allowed-buckets", listed)
+    assert r.returncode == 1 and "--gcs-allowed-buckets" in r.stderr
+    r = env.run(*BASE, "--source", str(env.source), "--env", "GCS_ALLOWED_BUCKETS=x-y")
+    assert r.returncode == 1 and "--gcs-allowed-buckets" in r.stderr
+    assert env.calls() == []
 
 
 def test_retention_days_set_the_rule_and_the_setting(env: Env) -> None:

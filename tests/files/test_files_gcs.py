@@ -28,6 +28,8 @@ from sandbox import Sandbox
 from tests.conftest import function_env
 
 BUCKET, USERS, PRIVATE = "ft-files", "team-data", "someone-elses"
+# Another team's bucket the service's identity could read, and the poll's own state.
+OTHER, STATE = "other-team", "ft-state"
 MODEL = "Qwen/Qwen3-0.6B"
 CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hey"}]}
 GOOD = (json.dumps(CHAT) + "\n").encode() * 40
@@ -37,8 +39,10 @@ GOOD = (json.dumps(CHAT) + "\n").encode() * 40
 def gcs() -> Iterator[tuple[LocalGcs, GcsProxy]]:
     with LocalGcs() as server, GcsProxy(server.url) as proxy:
         client = server.client()
-        for name in (BUCKET, USERS, PRIVATE):
+        for name in (BUCKET, USERS, PRIVATE, OTHER, STATE):
             client.create_bucket(name)
+        client.bucket(OTHER).blob("secret.jsonl").upload_from_string(GOOD)
+        client.bucket(STATE).blob("poll-state.json").upload_from_string(b'{"jobs": {}}')
         client.bucket(USERS).blob("chats/good.jsonl").upload_from_string(GOOD)
         client.bucket(USERS).blob("chats/bad.jsonl").upload_from_string(b"a,b\n" + GOOD)
         client.bucket(PRIVATE).blob("x.jsonl").upload_from_string(GOOD)
@@ -60,6 +64,9 @@ def server(
         tmp,
         FILES_BUCKET=BUCKET,
         STORAGE_EMULATOR_HOST=gcs[1].host,
+        POLL_STATE_BUCKET=STATE,
+        # The service's own buckets are listed too: they are refused whatever this says.
+        GCS_ALLOWED_BUCKETS=f"{USERS},{PRIVATE},{BUCKET},{STATE}",
     )
     with FunctionServer("train_http", env) as function:
         yield function
@@ -101,6 +108,11 @@ def test_the_resumable_session_path(server: FunctionServer, gcs: tuple[LocalGcs,
     ).json()
     assert opened["status"] == "pending_upload"
     assert opened["upload_url"].startswith(gcs[0].url)  # straight to storage, not the function
+    # The session URL is the opener's alone: never in a GET or a list answer.
+    got = requests.get(f"{server.url}/files/{opened['id']}", timeout=10).json()
+    assert "upload_url" not in got
+    listed = requests.get(f"{server.url}/files", timeout=10).json()["data"]
+    assert all("upload_url" not in item for item in listed)
     complete = f"{server.url}/files/{opened['id']}/complete"
     early = requests.post(complete, timeout=10)
     assert early.status_code == 409
@@ -123,6 +135,10 @@ def test_the_resumable_session_path(server: FunctionServer, gcs: tuple[LocalGcs,
     done = requests.post(complete, timeout=30).json()
     assert done["status"] == "processed" and done["sha256"] == hashlib.sha256(GOOD).hexdigest()
     assert done["validation"]["examples"] == 40
+    # The finished session writes nothing more: the checked bytes stay.
+    requests.put(opened["upload_url"], data=GOOD.replace(b"hey", b"HEY"), timeout=30)
+    blob = gcs[0].client().bucket(BUCKET).blob(f"files/data/{opened['id']}.jsonl")
+    assert blob.download_as_bytes() == GOOD
 
 
 def test_a_gs_object_is_checked_and_handed_to_the_job_pinned(
@@ -164,6 +180,50 @@ def test_bad_gs_objects_are_distinct_clear_400s(
     error = response.json()["error"]
     assert reason in error["message"] and error["details"][0]["location"] == "training_file"
     assert sandbox.jobs() == []
+
+
+@pytest.mark.parametrize(
+    ("ref", "reason"),
+    [
+        (f"gs://{OTHER}/secret.jsonl", "not in GCS_ALLOWED_BUCKETS"),
+        (f"gs://{STATE}/poll-state.json", "never reads its own buckets"),
+        (f"gs://{BUCKET}/files/meta/x.json", "never reads its own buckets"),
+        (f"gs://{BUCKET}/jobs/index/x.json", "never reads its own buckets"),
+    ],
+)
+def test_a_bucket_not_allowed_or_our_own_is_refused_and_read_not_at_all(
+    server: FunctionServer, sandbox: Sandbox, gcs: tuple[LocalGcs, GcsProxy], ref: str, reason: str
+) -> None:
+    bucket = ref.split("/")[2]
+    stored_before = sorted((b.name, b.generation) for b in gcs[0].client().list_blobs(bucket))
+    gcs[1].paths.clear()
+    for body in (
+        {"training_file": ref, "model_id": MODEL},
+        {"training_file": ref, "model_id": MODEL, "dry_run": True},
+        {"dataset_id": "org/data", "validation_file": ref, "model_id": MODEL},
+    ):
+        response = submit(server, body)
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert reason in error["message"] and "sha256" not in response.text
+    # Not one request for that bucket reached storage; nothing created, nothing lost.
+    assert not [path for path in gcs[1].paths if f"/b/{bucket}" in path], gcs[1].paths
+    assert sandbox.jobs() == []
+    after = sorted((b.name, b.generation) for b in gcs[0].client().list_blobs(bucket))
+    assert after == stored_before
+
+
+def test_without_gcs_allowed_buckets_every_gs_reference_is_refused(tmp_path: Path) -> None:
+    from finetune_api.core.errors import InvalidRequestError
+    from finetune_api.core.settings import load_settings
+    from finetune_api.runtime import build_files
+
+    settings = load_settings({}, files_dir=str(tmp_path), gcs_allowed_buckets="")
+    assert settings.gcs_allowed_buckets == ()
+    files = build_files(settings)
+    with pytest.raises(InvalidRequestError, match="not in GCS_ALLOWED_BUCKETS"):
+        files.resolve("training_file", f"gs://{USERS}/chats/good.jsonl")
+    assert list(tmp_path.iterdir()) == []  # nothing read, nothing written
 
 
 def test_signed_url_for_a_real_bucket_is_v4_and_short_lived(tmp_path: Path) -> None:
@@ -222,3 +282,29 @@ def test_a_file_wide_error_reads_as_a_sentence(
     assert "None" not in error["message"] and not any("None" in r for r in reasons)
     assert all(r == sentence or r.startswith("line ") for r in reasons)
     assert sandbox.jobs() == []
+
+
+def test_a_refused_part_is_deleted_from_the_bucket(
+    server: FunctionServer, gcs: tuple[LocalGcs, GcsProxy]
+) -> None:
+    upload = requests.post(
+        f"{server.url}/v1/uploads",
+        json={"filename": "x.jsonl", "bytes": 100, "purpose": "fine-tune"},
+        timeout=10,
+    ).json()
+    prefix = f"files/uploads/{upload['id']}/"
+
+    def part(data: bytes) -> requests.Response:
+        return requests.post(
+            f"{server.url}/v1/uploads/{upload['id']}/parts",
+            files={"data": ("blob", data, "application/octet-stream")},
+            timeout=30,
+        )
+
+    assert part(b"x" * 150).status_code == 413
+    assert objects(gcs, prefix) == []
+    kept = part(b"x" * 60)
+    assert kept.status_code == 200
+    past = part(b"y" * 60)
+    assert past.status_code == 413 and "announced" in past.json()["error"]["message"]
+    assert objects(gcs, prefix) == [prefix + kept.json()["id"]]
