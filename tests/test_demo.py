@@ -41,7 +41,7 @@ def test_make_run_demo_completes_a_job(tmp_path: Path) -> None:
     out = done.stdout
     assert "→ 201" in out and "Done: job completed" in out
     # The bundled file is uploaded and checked, then estimated before any job exists.
-    assert '"status": "processed"' in out and '"examples": 20' in out
+    assert '"status": "processed"' in out and '"examples": 21' in out
     assert '"tokens_method": "tokenizer"' in out and "(nothing created); estimate:" in out
     assert "no throughput measured yet for openai/gpt-oss-20b on 1x H100" in out
     # After the job, the same dry run has GPU hours from the throughput it measured.
