@@ -45,6 +45,7 @@ BENCHMARKS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     # BENCH_FILE_BYTES (env) makes the 1 GiB file smaller for a quick look.
     "file_check": ("bench.file_check", {"runs": 3}, {"size": 64 << 20, "runs": 1}),
     "token_count": ("bench.token_count", {}, {"examples": 5000, "runs": 1}),
+    "eval_memory": ("bench.eval_memory", {"runs": 2}, {"runs": 1, "hidden": 256, "layers": 4}),
 }
 CHILD_TIMEOUT_S = 900
 
@@ -439,6 +440,21 @@ def _token_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _eval_memory_rows(r: dict[str, Any]) -> list[Row]:
+    return [
+        _row(
+            f"template: peak RSS with eval_samples {r['eval_samples']} "
+            f"({r['weights_mb']:.0f} MB model)",
+            f"{r['with_samples_peak_mb']:.0f} MB",
+            f"{r['without_samples_peak_mb']:.0f} MB without samples "
+            f"(a second copy: {r['copy_ratio']:.2f}x)",
+            r["ratio"],
+            f"<= {r['goal_ratio']}x",
+            r["ratio"] <= r["goal_ratio"],
+        )
+    ]
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "cold_start": _cold_rows,
     "first_submit": _first_rows,
@@ -453,6 +469,7 @@ ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "openai_list": _openai_list_rows,
     "file_check": _file_check_rows,
     "token_count": _token_rows,
+    "eval_memory": _eval_memory_rows,
 }
 
 

@@ -145,7 +145,7 @@ def _answer(model: Any, tokenizer: Any, prompt: SamplePrompt) -> str:
     if new_tokens <= 0:
         return ""
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    generation = GenerationConfig(
+    generation = GenerationConfig(  # type: ignore[no-untyped-call]
         max_new_tokens=new_tokens,
         do_sample=False,
         num_beams=1,

@@ -123,6 +123,9 @@ def train(
             eval_dataset, fmt, tokenizer, config, "evaluation data"
         )
         model = load_model(config.model_id, token, use_cuda, bf16)
+    # What the job runs with, in its summary and checkpoint marker: 5 by default with a
+    # validation set, else none.
+    hp = dataclasses.replace(hp, eval_samples=resolve_eval_samples(hp, eval_dataset is not None))
     total = expected_optimizer_steps(len(dataset), hp, state.num_processes)
     log.info(
         "dataset: %d examples, format %r; expecting %d optimizer steps", len(dataset), fmt, total
@@ -177,9 +180,7 @@ def train(
     trainer.save_model(str(final_dir))  # adapter + tokenizer; every rank must call it
     summary: dict[str, Any] = {}
     if state.is_main_process:
-        evaluation.answer_samples(
-            held_out, fmt, tokenizer, resolve_eval_samples(hp, eval_dataset is not None)
-        )
+        evaluation.answer_samples(held_out, fmt, tokenizer, hp.eval_samples or 0)
         losses = finite_losses(trainer.state.log_history)
         record = summary_record(trainer, metrics.last_step, round(time.monotonic() - started, 3))
         record.update(evaluation.summary_fields())
