@@ -45,6 +45,7 @@ BENCHMARKS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     # BENCH_FILE_BYTES (env) makes the 1 GiB file smaller for a quick look.
     "file_check": ("bench.file_check", {"runs": 3}, {"size": 64 << 20, "runs": 1}),
     "token_count": ("bench.token_count", {}, {"examples": 5000, "runs": 1}),
+    "labels": ("bench.labels", {}, {"examples_count": 400, "runs": 3}),
     "eval_memory": ("bench.eval_memory", {"runs": 2}, {"runs": 1, "hidden": 256, "layers": 4}),
 }
 CHILD_TIMEOUT_S = 900
@@ -440,6 +441,26 @@ def _token_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _labels_rows(r: dict[str, Any]) -> list[Row]:
+    what = f"{r['examples']:,} chats, {r['tool_examples']:,} with tool calls"
+    return [
+        _row(
+            f"build labels (what carries loss), {what}, µs/example",
+            f"{r['ours_us_per_example']:,} µs",
+            f"{r['baseline_us_per_example']:,} µs apply_chat_template(tokenize=True)",
+            r["ratio"],
+            "<= 1.30x",
+            r["ratio"] <= 1.3,
+        ),
+        _row(
+            "... the same against one direct render + the Rust tokenizer's encode",
+            f"{r['ours_us_per_example']:,} µs",
+            f"{r['floor_us_per_example']:,} µs",
+            r["ratio_to_floor"],
+        ),
+    ]
+
+
 def _eval_memory_rows(r: dict[str, Any]) -> list[Row]:
     return [
         _row(
@@ -469,6 +490,7 @@ ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "openai_list": _openai_list_rows,
     "file_check": _file_check_rows,
     "token_count": _token_rows,
+    "labels": _labels_rows,
     "eval_memory": _eval_memory_rows,
 }
 

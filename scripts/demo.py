@@ -185,7 +185,8 @@ def demo_tokenizer() -> bytes:
     """A small word-level tokenizer.json built from the bundled chats (for the Hub stand-in)."""
     texts = []
     for line in DATA_FILE.read_text(encoding="utf-8").splitlines():
-        texts += [m["content"] for m in json.loads(line)["messages"]]
+        # An assistant turn that calls a tool may have no content.
+        texts += [m.get("content") or "" for m in json.loads(line)["messages"]]
     return tiny_tokenizer_json([*texts, "system user assistant"])
 
 

@@ -78,6 +78,12 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, training_stack: None) -
 
 
 @pytest.fixture(scope="session")
+def tiny_tools_model(tmp_path_factory: pytest.TempPathFactory, training_stack: None) -> Path:
+    """The tiny Llama with the byte-level tokenizer whose chat template renders tools."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama-tools"), tools=True)
+
+
+@pytest.fixture(scope="session")
 def tiny_model_without_chat_template(
     tmp_path_factory: pytest.TempPathFactory, training_stack: None
 ) -> Path:

@@ -17,9 +17,11 @@ tokenizer's offsets. So any chat template works, without ``{% generation %}`` ma
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 from collections.abc import Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 from ft.errors import TemplateError
@@ -27,6 +29,7 @@ from ft.errors import TemplateError
 log = logging.getLogger("train")
 
 IGNORE_INDEX = -100  # the label of a token that carries no loss
+_first = itemgetter(0)
 # The message keys a chat template sees (others, e.g. ``weight``, are the template's business).
 MESSAGE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id")
 
@@ -149,6 +152,8 @@ class ChatRenderer:
         self.developer_role = "developer" in self.template_text
         self._tools_checked = False
         self._compiled: dict[bool, Any] = {}
+        self._wrapping: tuple[str, str] | None = None
+        self._probed = False
         self._special_tokens = dict(getattr(tokenizer, "special_tokens_map", {}) or {})
 
     def render(
@@ -205,7 +210,9 @@ class ChatRenderer:
             text = self.render(messages, tools)
             if tools and not self._tools_checked:
                 self._check_tools_rendered(messages, tools, text)
-            turns = self._turn_spans(messages, sorted({*weighted, *calling}), tools, text)
+            turns = None if uses_tools else self._found_turns(messages, weighted, text)
+            if turns is None:
+                turns = self._turn_spans(messages, sorted({*weighted, *calling}), tools, text)
             if uses_tools:
                 self._check_tool_calls_rendered(messages, turns, text)
         except TemplateError:
@@ -223,6 +230,57 @@ class ChatRenderer:
         spans = [turns[i] for i in weighted if turns[i][1] > turns[i][0]]
         return tokens_with_labels(self.tokenizer, text, None if train_on_inputs else spans)
 
+    def _found_turns(
+        self, messages: list[dict[str, Any]], weighted: list[int], text: str
+    ) -> dict[int, tuple[int, int]] | None:
+        """The turn spans without rendering again, when the template wraps an assistant
+        message's content the way its generation prompt and a final answer show (the
+        common case: a header, the content verbatim, an end-of-turn): each content is
+        found in order, with exactly that header before it and that ending after it.
+        None when anything differs (then the spans come from rendering up to each turn)."""
+        wrapping = self._assistant_wrapping()
+        if wrapping is None:
+            return None
+        header, ending = wrapping
+        spans: dict[int, tuple[int, int]] = {}
+        cursor = 0
+        for i, message in enumerate(messages):
+            content = message["content"]
+            if message["role"] != "assistant" or i not in weighted:
+                if content:
+                    found = text.find(content, cursor)
+                    if found < 0:
+                        return None
+                    cursor = found + len(content)
+                continue
+            if not content:
+                return None
+            found = text.find(header + content + ending, cursor)
+            if found < 0:
+                return None
+            start = found + len(header)
+            cursor = start + len(content) + len(ending)
+            spans[i] = (start, cursor)
+        return spans
+
+    def _assistant_wrapping(self) -> tuple[str, str] | None:
+        """(header, ending): what the generation prompt adds, and what follows a final
+        assistant message's content; None when the template does not show them plainly."""
+        if not self._probed:
+            self._probed = True
+            user = {"role": "user", "content": "\u27e6probe question\u27e7"}
+            answer = "\u27e6probe answer\u27e7"
+            try:
+                bare = self.render([user])
+                prompted = self.render([user], add_generation_prompt=True)
+                full = self.render([user, {"role": "assistant", "content": answer}])
+            except Exception:  # noqa: BLE001 (a template may refuse the probe)
+                return None
+            header = prompted[len(bare) :]
+            if prompted.startswith(bare) and header and full.startswith(prompted + answer):
+                self._wrapping = (header, full[len(prompted) + len(answer) :])
+        return self._wrapping
+
     def _turn_spans(
         self,
         messages: list[dict[str, Any]],
@@ -236,11 +294,12 @@ class ChatRenderer:
         for i in indices:
             last = i == len(messages) - 1
             end = len(text) if last else self._boundary(messages[: i + 1], tools, text)
-            start = (
-                0
-                if i == 0
-                else self._boundary(messages[:i], tools, text, add_generation_prompt=True)
-            )
+            if i > 0:
+                start = self._boundary(messages[:i], tools, text, add_generation_prompt=True)
+            else:  # nothing before it to render: it starts after the first assistant header
+                wrapping = self._assistant_wrapping()
+                found = text.find(wrapping[0]) if wrapping else -1
+                start = found + len(wrapping[0]) if wrapping and found >= 0 else 0
             spans[i] = (start, max(start, end))
         return spans
 
@@ -312,25 +371,22 @@ def tokens_with_labels(
     if backend is not None:
         # The Rust tokenizer that tokenizer(text) calls, for its ids and offsets at once.
         encoding = backend.encode(text, add_special_tokens=False)
-        ids = list(encoding.ids)
-        starts = [start for start, _ in encoding.offsets]
+        ids = encoding.ids
+        offsets = encoding.offsets
     elif getattr(tokenizer, "is_fast", False):
         encoded = tokenizer(text, add_special_tokens=add_special, return_offsets_mapping=True)
         ids = encoded["input_ids"]
-        starts = [start for start, _ in encoded["offset_mapping"]]
+        offsets = encoded["offset_mapping"]
     else:  # a slow tokenizer: where each span starts and ends, counted in tokens
         ids = tokenizer(text, add_special_tokens=add_special)["input_ids"]
         return {"input_ids": ids, "labels": _labels_by_prefix(tokenizer, text, ids, spans)}
+    # Token starts only grow: each span is the run of tokens that start inside it.
     labels = [IGNORE_INDEX] * len(ids)
-    k = 0
-    for t, start in enumerate(starts):
-        while k < len(spans) and start >= spans[k][1]:
-            k += 1
-        if k == len(spans):
-            break
-        if spans[k][0] <= start:
-            labels[t] = ids[t]
-    return {"input_ids": ids, "labels": labels}
+    for start, end in spans:
+        first = bisect.bisect_left(offsets, start, key=_first)
+        last = bisect.bisect_left(offsets, end, lo=first, key=_first)
+        labels[first:last] = ids[first:last]
+    return {"input_ids": list(ids), "labels": labels}
 
 
 def _labels_by_prefix(
