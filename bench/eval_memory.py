@@ -11,8 +11,8 @@ measures it: the staged template's ``python train.py``, as the job runs it
   (the base and tuned evaluations still run);
 * **ours**: the same run with ``eval_samples: 5``.
 
-The model is a Llama of ``hidden`` x ``layers`` over the test vocabulary (about 85 M
-parameters, 340 MB of float32 weights by default): large enough that a second copy
+The model is a Llama of ``hidden`` x ``layers`` over the test vocabulary (about 42 M
+parameters, 170 MB of float32 weights by default): large enough that a second copy
 would show (``copy_ratio``: what the ratio would be with one). The figure is each
 process's peak resident set (``ru_maxrss`` from ``wait4``: that process alone); the
 ratio is the median peak with samples over the median without (goal <= 1.1).
@@ -127,7 +127,7 @@ def peak_rss_mb(
     return round(usage.ru_maxrss / 1024, 1), printed  # Linux: kilobytes
 
 
-def run(runs: int = 2, examples: int = 8, hidden: int = 768, layers: int = 12) -> dict[str, Any]:
+def run(runs: int = 2, examples: int = 8, hidden: int = 768, layers: int = 6) -> dict[str, Any]:
     peaks: dict[int, list[float]] = {0: [], SAMPLES: []}
     with tempfile.TemporaryDirectory(prefix="bench-eval-memory-") as tmp:
         root = Path(tmp)
