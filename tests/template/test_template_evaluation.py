@@ -30,6 +30,7 @@ from template_helpers import (
     sentence,
     write_jsonl,
 )
+from test_template_metrics import served  # noqa: F401 (a fixture: this module's run, served)
 from test_template_user_data import file_entry
 
 from finetune_api.insights.training_metrics import MARKER
@@ -218,6 +219,30 @@ def test_the_summary_line_and_file_name_base_and_tuned(run: TrainRun) -> None:
     saved = run.summary
     assert {key: saved[key] for key in expected} == expected
     assert saved["samples"] == records(run, "sample")
+
+
+def test_the_evaluation_route_answers_from_the_runs_own_lines(
+    run: TrainRun,
+    served: tuple[str, str],  # noqa: F811 (the fixture imported above)
+) -> None:
+    """The run's stdout as a sandbox job's log: GET .../evaluation reads it back."""
+    import finetune_api
+
+    job_evaluation = getattr(finetune_api, "job_evaluation", None)
+    if job_evaluation is None:
+        pytest.skip("GET /jobs/{p}/{j}/evaluation is built on branch wt-eval-service")
+    answer = job_evaluation(*served)
+    evals = records(run, "eval")
+    names = ("eval_loss", "eval_mean_token_accuracy")
+    assert {k: answer["base"][k] for k in names} == {k: evals[0][k] for k in names}
+    assert {k: answer["tuned"][k] for k in names} == {k: evals[-1][k] for k in names}
+    assert answer["change"]["eval_loss"] == pytest.approx(
+        evals[-1]["eval_loss"] - evals[0]["eval_loss"], abs=1e-6
+    )
+    texts = ("prompt", "reference", "base", "tuned")
+    assert [{k: s[k] for k in texts} for s in answer["samples"]] == [
+        {k: s[k] for k in texts} for s in records(run, "sample")
+    ]
 
 
 def _wandb_records(run_file: Path) -> list[Any]:
