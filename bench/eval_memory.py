@@ -11,8 +11,8 @@ measures it: the staged template's ``python train.py``, as the job runs it
   (the base and tuned evaluations still run);
 * **ours**: the same run with ``eval_samples: 5``.
 
-The model is a Llama of ``hidden`` x ``layers`` over the test vocabulary (about 42 M
-parameters, 170 MB of float32 weights by default): large enough that a second copy
+The model is a Llama of ``hidden`` x ``layers`` over the test vocabulary (about 37 M
+parameters, 149 MB of float32 weights by default): large enough that a second copy
 would show (``copy_ratio``: what the ratio would be with one). The figure is each
 process's peak resident set (``ru_maxrss`` from ``wait4``: that process alone); the
 ratio is the median peak with samples over the median without (goal <= 1.1).
