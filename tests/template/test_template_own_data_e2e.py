@@ -72,8 +72,14 @@ def test_the_job_trains_on_exactly_the_uploaded_examples(
     [artifact] = runtime["artifacts"]
     blob = s3.client().get_object(Bucket=artifact["s3_bucket"], Key=artifact["s3_key"])
     app = tmp_path / "app"
-    with tarfile.open(fileobj=io.BytesIO(blob["Body"].read())) as archive:
+    packed = blob["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(packed)) as archive:
         archive.extractall(app, filter="data")
+    # The template's package travels with train.py, and the upload stays small.
+    archived = {p.relative_to(app).as_posix() for p in app.rglob("*") if p.is_file()}
+    assert {"train.py", "config.py", "ft/__init__.py", "ft/labels.py", "ft/run.py"} <= archived
+    assert not any("__pycache__" in name or name.endswith(".pyc") for name in archived)
+    assert len(packed) < 200_000, len(packed)
     variables = {k: v for k, v in runtime["environment_variables"].items() if isinstance(v, str)}
     assert "DATASET_ID" not in variables
     environ = job_environment(

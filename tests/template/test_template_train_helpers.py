@@ -37,12 +37,15 @@ def env_with(config: Any = EXAMPLE_RUNTIME_CONFIG, **extra: str) -> dict[str, st
 # ----------------------------------------------------------------------- config
 
 
-def test_importing_train_py_loads_no_heavy_library() -> None:
+def test_importing_train_py_and_every_ft_module_loads_no_heavy_library() -> None:
     code = (
         "import importlib.util, sys\n"
         f"spec = importlib.util.spec_from_file_location('t', {str(TEMPLATE_DIR / 'train.py')!r})\n"
         "module = sys.modules['t'] = importlib.util.module_from_spec(spec)\n"
         "spec.loader.exec_module(module)\n"
+        "import importlib, pkgutil, ft\n"
+        "for info in pkgutil.iter_modules(ft.__path__):\n"
+        "    importlib.import_module('ft.' + info.name)\n"
         "heavy = {'torch', 'transformers', 'datasets', 'trl', 'peft'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"
     )
