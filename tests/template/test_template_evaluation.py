@@ -103,6 +103,8 @@ def run(
         WANDB_MODE="offline",
         WANDB_DIR=str(wandb_dir),
         WANDB_API_KEY=None,
+        # wandb leaves its media and artifact staging folders in the temp dir.
+        TMPDIR=str(tmp_path_factory.mktemp("job-tmp")),
     )
     assert done.returncode == 0, done.describe()
     done.wandb_dir = wandb_dir  # type: ignore[attr-defined]
