@@ -53,6 +53,7 @@ BENCHMARKS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "upload_compose": ("bench.upload_compose", {}, {"parts": (512,)}),
     "dpo_memory": ("bench.dpo_memory", {"runs": 2}, {"runs": 1}),
     "labels": ("bench.labels", {}, {"examples_count": 400, "runs": 3}),
+    "eval_memory": ("bench.eval_memory", {"runs": 2}, {"runs": 1, "hidden": 256, "layers": 4}),
     "teams": ("bench.teams_bench", {}, {"requests_per_variant": 6, "runs": 5}),
 }
 # openai_list's baseline (the old scan of 5,000 records) alone takes minutes on a busy machine.
@@ -571,6 +572,21 @@ def _evaluation_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _eval_memory_rows(r: dict[str, Any]) -> list[Row]:
+    return [
+        _row(
+            f"template: peak RSS with eval_samples {r['eval_samples']} "
+            f"({r['weights_mb']:.0f} MB model)",
+            f"{r['with_samples_peak_mb']:.0f} MB",
+            f"{r['without_samples_peak_mb']:.0f} MB without samples "
+            f"(a second copy: {r['copy_ratio']:.2f}x)",
+            r["ratio"],
+            f"<= {r['goal_ratio']}x",
+            r["ratio"] <= r["goal_ratio"],
+        )
+    ]
+
+
 def _teams_rows(r: dict[str, Any]) -> list[Row]:
     check, limit = r["check"], r["limit"]
     rows = [
@@ -617,6 +633,7 @@ ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "upload_compose": _upload_compose_rows,
     "dpo_memory": _dpo_memory_rows,
     "labels": _labels_rows,
+    "eval_memory": _eval_memory_rows,
     "teams": _teams_rows,
 }
 

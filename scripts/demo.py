@@ -9,7 +9,10 @@ tokenizer, served by a local Hugging Face Hub stand-in), then submits a job
 that trains on that file over HTTP, polls until the job finishes, and
 shows every event and checkpoint, a live progress bar (step/total, loss, ETA)
 from the job's own log lines, and writes the loss curve as SVG (``demo-output/``
-in the current folder, or ``DEMO_OUTPUT_DIR``); then deploys the final
+in the current folder, or ``DEMO_OUTPUT_DIR``); the job holds out a tenth of the chats
+(``validation_split``), so it then prints the base model beside the tuned one
+(``GET /jobs/{p}/{j}/evaluation``: eval loss and token accuracy, and one held-out
+prompt answered by each); then deploys the final
 checkpoint as a model, waits for it to go active, asks it one question through
 its OpenAI-style chat-completions endpoint, prints the answer, tells the same
 story through the unmodified ``openai`` SDK (``scripts/openai_demo.py``: chat with
@@ -31,6 +34,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -59,6 +63,8 @@ REQUEST = {
 STEP_SECONDS = 2.0
 QUESTION = "In one sentence: what did you learn from your fine-tuning data?"
 BAR_WIDTH = 30
+# How much of each sample text the demo prints (the route answers up to 2,000 characters).
+SAMPLE_PREVIEW_CHARS = 240
 
 
 def progress_bar(progress: dict[str, Any]) -> str:
@@ -74,6 +80,75 @@ def progress_bar(progress: dict[str, Any]) -> str:
     if eta is not None:
         parts.append(f"ETA {eta:.0f} s")
     return "  ".join(parts)
+
+
+def _number(value: Any) -> float | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return float(value) if ok else None
+
+
+def _cell(value: Any, percent: bool = False, signed: bool = False) -> str:
+    number = _number(value)
+    if number is None:
+        return "—"
+    if percent:
+        return f"{number * 100:+.1f} pts" if signed else f"{number * 100:.1f}%"
+    return f"{number:+.4f}" if signed else f"{number:.4f}"
+
+
+def _preview(text: Any) -> str:
+    if not isinstance(text, str):
+        return "—"
+    flat = " ".join(text.split())
+    return flat if len(flat) <= SAMPLE_PREVIEW_CHARS else flat[: SAMPLE_PREVIEW_CHARS - 1] + "…"
+
+
+def evaluation_report(answer: Any) -> list[str]:
+    """The base-versus-tuned table and the first sample pair of ``GET .../evaluation``'s
+    answer (``{"base", "tuned", "change", "samples"}``); anything missing shows as —."""
+    answer = answer if isinstance(answer, Mapping) else {}
+
+    def member(name: str) -> Mapping[str, Any]:
+        value = answer.get(name)
+        return value if isinstance(value, Mapping) else {}
+
+    base, tuned, change = member("base"), member("tuned"), member("change")
+    lines = [f"  {'':<16}{'base':>10}{'tuned':>10}{'change':>12}"]
+    for key, label, percent in (
+        ("eval_loss", "eval loss", False),
+        ("eval_mean_token_accuracy", "token accuracy", True),
+    ):
+        lines.append(
+            f"  {label:<16}{_cell(base.get(key), percent):>10}{_cell(tuned.get(key), percent):>10}"
+            f"{_cell(change.get(key), percent, signed=True):>12}"
+        )
+    samples = answer.get("samples")
+    samples = [s for s in samples if isinstance(s, Mapping)] if isinstance(samples, list) else []
+    if samples:
+        first = samples[0]
+        lines.append(f"  sample 1 of {len(samples)} (held out, answered greedily by each model):")
+        for key in ("prompt", "reference", "base", "tuned"):
+            lines.append(f"    {key + ':':<11}{_preview(first.get(key))}")
+    else:
+        lines.append("  no samples")
+    return lines
+
+
+def show_evaluation(path: str) -> None:
+    """Did it get better? The job's base-versus-tuned table and one sample pair."""
+    say(f"\n$ curl {path}/evaluation")
+    try:
+        response = requests.get(f"{path}/evaluation", timeout=60)
+        answer = response.json() if response.status_code == 200 else None
+    except (requests.RequestException, ValueError) as exc:
+        say(f"→ the evaluation could not be read: {type(exc).__name__}")
+        return
+    if answer is None:
+        say(f"→ {response.status_code}: this service has no evaluation to show")
+        return
+    say("→ 200: the base model beside the tuned one, on the held-out chats")
+    for line in evaluation_report(answer):
+        say(line)
 
 
 def say(text: str) -> None:
@@ -244,6 +319,7 @@ def main() -> int:
         metrics = requests.get(f"{path}/metrics", params={"points": 20}, timeout=60).json()
         if metrics.get("training"):
             show(f"$ curl {path}/metrics  (summary)", metrics["training"]["summary"])
+        show_evaluation(path)
         chart = requests.get(f"{path}/metrics", params={"format": "svg"}, timeout=60)
         if chart.status_code == 200:
             out_dir = Path(os.environ.get("DEMO_OUTPUT_DIR") or "demo-output")

@@ -32,13 +32,19 @@ BT_LOAD_CHECKPOINT_DIR the run restores all of that and continues at the next st
 
 Progress is reported in machine-readable log lines: the marker ``FT_METRICS`` and one
 JSON object, one line per optimizer step (``type`` "step": step, total_steps, epoch,
-loss, learning_rate, grad_norm, tokens_per_second, tokens_seen; a dpo job adds
-rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies), one per evaluation
-(``type`` "eval": step, total_steps, epoch, eval_loss; with a validation set, at
-each epoch's end) and one at the end (``type`` "summary": step, total_steps, epoch,
-final_loss, best_eval_loss, runtime_seconds; final_loss is the loss of the last
-step line). The service reads these lines from the job's log for GET .../metrics,
-progress and events; a custom script can print the same.
+loss, learning_rate, grad_norm, tokens_per_second, tokens_seen, mean_token_accuracy;
+a dpo job adds rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies),
+one per evaluation (``type`` "eval": step, total_steps, epoch, eval_loss,
+eval_mean_token_accuracy, model; with a validation set, the base model's before the
+first step, ``"model": "base"``, then the tuned one's at each epoch's end), one per
+held-out prompt answered after training by the base and the tuned model (``type``
+"sample": index, prompt, reference, base, tuned; up to ``eval_samples``) and one at the
+end (``type`` "summary": step, total_steps, epoch, final_loss, best_eval_loss,
+runtime_seconds, base_eval_loss, eval_loss, base_eval_mean_token_accuracy,
+eval_mean_token_accuracy; final_loss is the loss of the last step line). See
+ft/evaluation.py. The service reads these lines from the job's log for GET .../metrics,
+.../evaluation, progress and events; a custom script can print the same. With a wandb
+entry in ``integrations`` the same records go to W&B (ft/tracking.py).
 
 Uses bf16 on GPUs that support it, every GPU of every node (it re-launches itself
 under torchrun when there are several), and the CPU when there is no GPU.

@@ -86,7 +86,7 @@ def served(run: TrainRun, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str
 def test_the_run_prints_one_line_per_step_one_per_evaluation_and_a_summary(run: TrainRun) -> None:
     records = run.metrics
     steps = [r for r in records if r["type"] == "step"]
-    evals = [r for r in records if r["type"] == "eval"]
+    [base, *evals] = [r for r in records if r["type"] == "eval"]
     [summary] = [r for r in records if r["type"] == "summary"]
     # 24 examples, 6 held out: 18 / batch 2 = 9 batches / 3 = 3 steps per epoch, 2 epochs.
     assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
@@ -96,10 +96,19 @@ def test_the_run_prints_one_line_per_step_one_per_evaluation_and_a_summary(run: 
         assert math.isfinite(record["loss"]) and record["learning_rate"] >= 0
         assert record["grad_norm"] is not None and record["grad_norm"] > 0
     assert max(r["learning_rate"] for r in steps) == pytest.approx(HP["learning_rate"], rel=0.2)
-    assert [(r["step"], r["epoch"]) for r in evals] == [(3, 1.0), (6, 2.0)]
-    assert all(math.isfinite(r["eval_loss"]) for r in evals)
+    # The base model before the first step, then the tuned one at each epoch's end.
+    assert (base["model"], base["step"], base["epoch"]) == ("base", 0, 0.0)
+    assert [(r["model"], r["step"], r["epoch"]) for r in evals] == [
+        ("tuned", 3, 1.0),
+        ("tuned", 6, 2.0),
+    ]
+    assert all(math.isfinite(r["eval_loss"]) for r in [base, *evals])
     assert summary["step"] == 6 and summary["final_loss"] == steps[-1]["loss"]
     assert summary["best_eval_loss"] == min(r["eval_loss"] for r in evals)
+    assert (summary["base_eval_loss"], summary["eval_loss"]) == (
+        base["eval_loss"],
+        evals[-1]["eval_loss"],
+    )
     assert run.summary["global_step"] == 6
 
 
@@ -109,12 +118,15 @@ def test_the_served_lines_are_the_metrics_answer(run: TrainRun, served: tuple[st
     project_id, job_id = served
     answer = job_metrics(project_id, job_id)
     steps = [r for r in run.metrics if r["type"] == "step"]
-    evals = [r for r in run.metrics if r["type"] == "eval"]
+    evals = [r for r in run.metrics if r["type"] == "eval" and r["model"] == "tuned"]
     training = answer["training"]
     assert [s["step"] for s in training["steps"]] == [r["step"] for r in steps]
     assert [s["loss"] for s in training["steps"]] == [r["loss"] for r in steps]
     assert [s["learning_rate"] for s in training["steps"]] == [r["learning_rate"] for r in steps]
-    assert [e["eval_loss"] for e in training["evaluations"]] == [r["eval_loss"] for r in evals]
+    # The tuned model's evaluations (the base model's, at step 0, is the evaluation
+    # route's business; a service that predates it lists it here too).
+    tuned = [e["eval_loss"] for e in training["evaluations"] if e["step"] > 0]
+    assert tuned == [r["eval_loss"] for r in evals]
     assert training["summary"] == {
         "step": 6,
         "total_steps": 6,
@@ -130,14 +142,19 @@ def test_the_served_lines_are_the_metrics_answer(run: TrainRun, served: tuple[st
 
 
 def test_the_chart_holds_the_run(run: TrainRun, served: tuple[str, str]) -> None:
-    from finetune_api import job_metrics_svg
+    from finetune_api import job_metrics, job_metrics_svg
 
+    evaluations = job_metrics(*served)["training"]["evaluations"]
     svg = job_metrics_svg(*served)
     root = ET.fromstring(svg)  # noqa: S314 - the SVG our own code just drew
     ns = {"svg": "http://www.w3.org/2000/svg"}
     groups = {g.get("id"): g for g in root.iter("{http://www.w3.org/2000/svg}g")}
     steps = [r for r in run.metrics if r["type"] == "step"]
-    for gid, expected in (("loss", len(steps)), ("eval_loss", 2), ("learning_rate", len(steps))):
+    for gid, expected in (
+        ("loss", len(steps)),
+        ("eval_loss", len(evaluations)),
+        ("learning_rate", len(steps)),
+    ):
         path = groups[gid].find("svg:path", ns)
         assert path is not None, gid
         vertices = re.findall(r"[ML]\s*(-?[\d.]+)\s+(-?[\d.]+)", path.get("d", ""))

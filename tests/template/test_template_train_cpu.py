@@ -124,6 +124,20 @@ def test_text_run_logs_finite_decreasing_loss(text_run: TrainRun) -> None:
     assert losses[-1] < losses[0], "a learning rate of 0.01 should lower the loss"
 
 
+def test_text_run_without_validation_has_token_accuracy_and_no_evaluation(
+    text_run: TrainRun,
+) -> None:
+    """No validation set: no base or tuned evaluation, no samples, nulls in the summary;
+    every step line still carries its token accuracy (every token carries loss here)."""
+    assert all(0 <= record["mean_token_accuracy"] <= 1 for record in text_run.progress)
+    assert not [r for r in text_run.metrics if r["type"] == "eval"]
+    assert '"type":"sample"' not in text_run.stdout
+    keys = ("base_eval_loss", "eval_loss", "base_eval_mean_token_accuracy")
+    assert [text_run.summary_line[key] for key in keys] == [None, None, None]
+    assert text_run.summary["eval_mean_token_accuracy"] is None
+    assert text_run.summary["samples"] == []
+
+
 def test_text_run_writes_adapter_and_tokenizer_checkpoints(text_run: TrainRun) -> None:
     for name in (
         "adapter_config.json",
@@ -166,6 +180,7 @@ def test_text_run_steps_follow_epochs_batch_size_and_accumulation(text_run: Trai
         "validation_split": 0.0,
         "train_on_inputs": False,
         "dpo_beta": None,
+        "eval_samples": 0,  # no validation set: none
     }
     assert summary["dataset_format"] == "text"
 

@@ -56,7 +56,12 @@ def test_runtime_config_is_read_with_every_hyperparameter() -> None:
     config = ft.config_io.load_runtime_config(env_with())
     assert config.model_id == "openai/gpt-oss-20b"
     assert config.dataset_id == "HuggingFaceH4/Multilingual-Thinking"
-    assert dataclasses.asdict(config.hyperparameters) == (EXAMPLE_RUNTIME_CONFIG["hyperparameters"])
+    # eval_samples is absent (an older job's config): null, resolved once the job knows
+    # whether it has a validation set.
+    assert dataclasses.asdict(config.hyperparameters) == {
+        **EXAMPLE_RUNTIME_CONFIG["hyperparameters"],
+        "eval_samples": None,
+    }
 
 
 def test_model_and_dataset_env_vars_win_over_runtime_config() -> None:
@@ -77,8 +82,12 @@ def test_missing_hyperparameters_take_the_documented_defaults() -> None:
         defaults.seed,
     )
     # The defaults, resolved for supervised, match the service's example request.
-    resolved = ft.config_io.resolve_method_hyperparameters(defaults, "supervised")
-    assert dataclasses.asdict(resolved) == EXAMPLE_RUNTIME_CONFIG["hyperparameters"]
+    resolved = dataclasses.asdict(
+        ft.config_io.resolve_method_hyperparameters(defaults, "supervised")
+    )
+    # eval_samples: null until the job knows whether it has a validation set.
+    assert resolved.pop("eval_samples") is None
+    assert resolved == EXAMPLE_RUNTIME_CONFIG["hyperparameters"]
 
 
 def test_train_py_honours_exactly_the_hyperparameters_the_service_accepts() -> None:
@@ -92,6 +101,10 @@ def test_train_py_honours_exactly_the_hyperparameters_the_service_accepts() -> N
         assert template_defaults[name] is None
         # null until the service's schema gains the field (HELPERS decision 2)
         assert service_defaults.setdefault(name, None) is None
+    # eval_samples: null (the default: 5 with a validation set) in both, once the
+    # service's schema has it (issue 28).
+    assert template_defaults["eval_samples"] is None
+    assert service_defaults.setdefault("eval_samples", None) is None
     assert service_defaults == template_defaults
 
 

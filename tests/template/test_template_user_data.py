@@ -428,10 +428,19 @@ def test_a_run_trains_on_exactly_the_uploaded_examples_and_evaluates_on_the_vali
     assert summary["first_example"] == (
         f"<|user|> {sentence(0, 5)} </s> <|assistant|> {sentence(7, 6)} </s> "
     )
-    # The evaluation set is the validation file: its 3 examples, at each epoch's end.
+    # The evaluation set is the validation file: its 3 examples, the base model's before
+    # the first step, the tuned model's at each epoch's end.
     assert summary["num_eval_examples"] == 3
     evals = [r for r in run.metrics if r["type"] == "eval"]
-    assert [(r["step"], r["epoch"]) for r in evals] == [(5, 1.0), (10, 2.0)]
+    assert [(r["model"], r["step"], r["epoch"]) for r in evals] == [
+        ("base", 0, 0.0),
+        ("tuned", 5, 1.0),
+        ("tuned", 10, 2.0),
+    ]
+    # eval_samples defaults to 5 with a validation set: all 3 held-out chats answered.
+    assert summary["hyperparameters"]["eval_samples"] == 5
+    assert [s["index"] for s in summary["samples"]] == [0, 1, 2]
+    assert run.stdout.count('"type":"sample"') == 3
     assert "evaluating on the validation_file's 3 examples" in run.stdout
     assert "validation_split is ignored" in run.stdout
     # Fetched once, by the signed URL; logged by source and digest only.

@@ -41,6 +41,10 @@ DEFAULT_TRAIN_ON_INPUTS = False
 DEFAULT_DPO_BETA = 0.1
 MAX_DPO_BETA = 10.0
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
+# hyperparameters.eval_samples: held-out prompts answered by the base and the tuned
+# model after training; absent or null: DEFAULT_EVAL_SAMPLES with a validation set.
+MAX_EVAL_SAMPLES = 50
+DEFAULT_EVAL_SAMPLES = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +64,8 @@ class Hyperparameters:
     # Method-dependent (see resolve_method_hyperparameters): null until resolved.
     train_on_inputs: bool | None = None  # supervised: every token carries loss (default false)
     dpo_beta: float | None = None  # dpo: the KL penalty's strength (default 0.1)
+    # Held-out prompts answered after training (ft.evaluation): null until resolved.
+    eval_samples: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,7 +170,11 @@ def parse_hyperparameters(raw: Any) -> Hyperparameters:
             f"RUNTIME_CONFIG: unknown hyperparameter(s) {', '.join(unknown)}; "
             f"train.py honours {', '.join(fields)}"
         )
-    absent = [name for name in fields if name not in raw and name not in METHOD_HYPERPARAMETERS]
+    absent = [
+        name
+        for name in fields
+        if name not in raw and name not in METHOD_HYPERPARAMETERS and name != "eval_samples"
+    ]
     if absent:
         log.warning("RUNTIME_CONFIG sets no %s; using train.py's defaults", ", ".join(absent))
     defaults = Hyperparameters()
@@ -172,6 +182,8 @@ def parse_hyperparameters(raw: Any) -> Hyperparameters:
     for name, value in raw.items():
         if name in METHOD_HYPERPARAMETERS:
             values[name] = _as_method_value(name, value)
+        elif name == "eval_samples":
+            values[name] = None if value is None else _as_int(name, value)
         elif isinstance(getattr(defaults, name), float):
             values[name] = _as_float(name, value)
         else:
@@ -196,6 +208,8 @@ def parse_hyperparameters(raw: Any) -> Hyperparameters:
         problems.append(f"seed must be in [0, {MAX_SEED}]")
     if not 0 <= hp.validation_split < 0.5:
         problems.append("validation_split must be in [0, 0.5)")
+    if hp.eval_samples is not None and not 0 <= hp.eval_samples <= MAX_EVAL_SAMPLES:
+        problems.append(f"eval_samples must be in [0, {MAX_EVAL_SAMPLES}]")
     if problems:
         raise TemplateError("RUNTIME_CONFIG: " + "; ".join(problems))
     return hp
@@ -351,6 +365,18 @@ def load_runtime_config(environ: Mapping[str, str]) -> RuntimeConfig:
         resume_from=parse_resume_from(raw.get("resume_from")),
         method=method,
     )
+
+
+def resolve_eval_samples(hp: Hyperparameters, has_validation: bool) -> int:
+    """How many held-out prompts the job answers: ``eval_samples``, or its default
+    (DEFAULT_EVAL_SAMPLES with a validation set, else 0); none without a validation set."""
+    if not has_validation:
+        if hp.eval_samples:
+            log.warning(
+                "eval_samples is %d but there is no validation set: no samples", hp.eval_samples
+            )
+        return 0
+    return DEFAULT_EVAL_SAMPLES if hp.eval_samples is None else hp.eval_samples
 
 
 def hf_token(environ: Mapping[str, str]) -> str | None:

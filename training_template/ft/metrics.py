@@ -6,7 +6,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ft.errors import TemplateError
@@ -28,11 +28,26 @@ def metrics_line(record: Mapping[str, Any]) -> str:
     return METRICS_MARKER + json.dumps(record, separators=(",", ":"), allow_nan=False)
 
 
-def metrics_callback(extra_keys: Sequence[str] = ()) -> Any:
+# Where a record goes besides the log line (e.g. ft.tracking's W&B run).
+Sink = Callable[[Mapping[str, Any]], None]
+
+
+def emit(record: Mapping[str, Any], sinks: Sequence[Sink] = ()) -> None:
+    """Print ``record`` as an FT_METRICS line and hand it to each sink."""
+    log.info("%s", metrics_line(record))
+    for sink in sinks:
+        sink(record)
+
+
+def metrics_callback(extra_keys: Sequence[str] = (), sinks: Sequence[Sink] = ()) -> Any:
     """One FT_METRICS line per optimizer step and per evaluation (main process only).
 
     ``extra_keys``: keys of the trainer's logs each step line carries too (numbers or
-    null), e.g. a method's own metrics.
+    null), e.g. a method's own metrics. ``sinks`` receive every record printed.
+    Step lines carry the trainer's ``mean_token_accuracy`` (TRL's SFTTrainer: the share
+    of the tokens that carry loss whose label is the most likely next token; null when
+    the trainer does not compute it); eval lines ``eval_mean_token_accuracy`` and
+    ``model`` ("tuned", or what ``evaluating`` says while ft.evaluation runs the base).
     """
     from transformers import TrainerCallback
 
@@ -43,6 +58,10 @@ def metrics_callback(extra_keys: Sequence[str] = ()) -> Any:
             self._last: tuple[float, int] | None = None
             # The last step line printed: the summary line repeats its loss.
             self.last_step: dict[str, Any] | None = None
+            # The last eval line printed, and what overrides its fields (set by
+            # ft.evaluation while the base model is evaluated: model, step, epoch).
+            self.last_eval: dict[str, Any] | None = None
+            self.evaluating: dict[str, Any] = {}
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
             self._last = (time.monotonic(), state.num_input_tokens_seen)
@@ -56,7 +75,15 @@ def metrics_callback(extra_keys: Sequence[str] = ()) -> Any:
                 "epoch": finite(logs.get("epoch", state.epoch)),
             }
             if "eval_loss" in logs:
-                record = {"type": "eval", **common, "eval_loss": finite(logs["eval_loss"])}
+                record = {
+                    "type": "eval",
+                    **common,
+                    "eval_loss": finite(logs["eval_loss"]),
+                    "eval_mean_token_accuracy": finite(logs.get("eval_mean_token_accuracy")),
+                    "model": "tuned",
+                    **self.evaluating,
+                }
+                self.last_eval = record
             elif "loss" in logs:
                 now, tokens = time.monotonic(), state.num_input_tokens_seen
                 rate = None
@@ -71,12 +98,13 @@ def metrics_callback(extra_keys: Sequence[str] = ()) -> Any:
                     "grad_norm": finite(logs.get("grad_norm")),
                     "tokens_per_second": rate,
                     "tokens_seen": tokens,
+                    "mean_token_accuracy": finite(logs.get("mean_token_accuracy")),
                     **{key: finite(logs.get(key)) for key in extra_keys},
                 }
                 self.last_step = record
             else:
                 return
-            log.info("%s", metrics_line(record))
+            emit(record, sinks)
 
     return MetricsLineCallback()
 

@@ -17,14 +17,16 @@ from ft.checkpoints import (
     checkpoint_schedule_callback,
     resolve_resume,
 )
-from ft.config_io import DataFile, RuntimeConfig, checkpoint_dir, hf_token
+from ft.config_io import DataFile, RuntimeConfig, checkpoint_dir, hf_token, resolve_eval_samples
 from ft.data import fetch_user_files, load_training_data, split_validation
 from ft.errors import TemplateError
+from ft.evaluation import Evaluation, checkpoint_epoch
 from ft.labels import preview_example
 from ft.launch import expected_optimizer_steps
 from ft.methods import method_module
-from ft.metrics import finite_losses, metrics_callback, metrics_line, summary_record
+from ft.metrics import emit, finite_losses, metrics_callback, summary_record
 from ft.model import load_model, load_tokenizer
+from ft.tracking import check_integrations, start_reporting
 
 log = logging.getLogger("train")
 
@@ -46,6 +48,7 @@ def prepare(config: RuntimeConfig, environ: Mapping[str, str]) -> Prepared:
     Either failing stops the job in about a second, before torch is imported.
     """
     resume = resolve_resume(config, environ)
+    check_integrations(config, environ)
     return Prepared(resume=resume, files=fetch_user_files(config))
 
 
@@ -112,6 +115,7 @@ def train(
                 log.info(
                     "holding out %d examples for evaluation at each epoch's end", len(eval_dataset)
                 )
+        held_out = eval_dataset  # as the data has it: the samples' prompts come from it
         # What carries loss, built before the model download: a template that cannot
         # render the data (tool calls, say) stops the job here.
         dataset = method.prepare_dataset(dataset, fmt, tokenizer, config, "training data")
@@ -119,6 +123,9 @@ def train(
             eval_dataset, fmt, tokenizer, config, "evaluation data"
         )
         model = load_model(config.model_id, token, use_cuda, bf16)
+    # What the job runs with, in its summary and checkpoint marker: 5 by default with a
+    # validation set, else none.
+    hp = dataclasses.replace(hp, eval_samples=resolve_eval_samples(hp, eval_dataset is not None))
     total = expected_optimizer_steps(len(dataset), hp, state.num_processes)
     log.info(
         "dataset: %d examples, format %r; expecting %d optimizer steps", len(dataset), fmt, total
@@ -133,7 +140,9 @@ def train(
         log.info("continuing at step %d of %d", resume.global_step + 1, total)
     log.info("first example starts: %s", json.dumps(first_example[:200]))
 
-    metrics = metrics_callback(method.STEP_METRIC_KEYS)
+    reporter = start_reporting(config) if state.is_main_process else None
+    sinks = [reporter] if reporter is not None else []
+    metrics = metrics_callback(method.STEP_METRIC_KEYS, sinks)
     marker = {
         "model_id": config.model_id,
         "method": config.method,
@@ -154,11 +163,24 @@ def train(
         eval_dataset=eval_dataset,
         callbacks=[metrics, checkpoint_schedule_callback(), checkpoint_marker_callback(marker)],
     )
+    # The base model beside the tuned one (ft.evaluation); supervised runs with a
+    # validation set.
+    evaluation = Evaluation(
+        trainer,
+        metrics,
+        enabled=eval_dataset is not None and config.method == "supervised",
+        start_step=resume.global_step if resume else 0,
+        start_epoch=checkpoint_epoch(resume.path if resume else None),
+        sinks=sinks,
+    )
+    evaluation.evaluate_base(total)
     result = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
+    evaluation.evaluate_tuned_at_end()
     final_dir = out_dir / FINAL_DIR
     trainer.save_model(str(final_dir))  # adapter + tokenizer; every rank must call it
     summary: dict[str, Any] = {}
     if state.is_main_process:
+        evaluation.answer_samples(held_out, fmt, tokenizer, hp.eval_samples or 0)
         losses = finite_losses(trainer.state.log_history)
         record = summary_record(
             trainer,
@@ -166,6 +188,7 @@ def train(
             round(time.monotonic() - started, 3),
             method.STEP_METRIC_KEYS,
         )
+        record.update(evaluation.summary_fields())
         summary = {
             "model_id": config.model_id,
             "method": config.method,
@@ -191,8 +214,12 @@ def train(
             "losses": losses,
             "log_history": trainer.state.log_history,
             "runtime_seconds": record["runtime_seconds"],
+            **evaluation.summary_fields(),
+            "samples": evaluation.samples,
         }
-        log.info("%s", metrics_line(record))
+        emit(record, sinks)
+        if reporter is not None:
+            reporter.finish()
         final_dir.mkdir(parents=True, exist_ok=True)
         (final_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
         log.info(
