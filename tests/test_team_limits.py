@@ -271,3 +271,34 @@ def test_the_docs_receiver_routes_events_by_team(monkeypatch: pytest.MonkeyPatch
         "https://platform.example.com/hooks",
     ]
     assert app.post("/hooks", data="{}", headers={"webhook-id": "x"}).status_code == 401
+
+
+def test_the_polls_retry_waits_while_the_team_is_at_its_limit(
+    limited: FunctionServer, sandbox: Sandbox, secret_manager: FakeSecretManager, tmp_path: Path
+) -> None:
+    from loopback.webhook_receiver import unused_url
+    from tests.test_poll_e2e import poll, poller
+
+    flaky = post(limited, ALPHA, json={**BODY, "retry": {"max_attempts": 2}})
+    assert flaky.status_code == 201, flaky.text
+    flaky_id = flaky.json()["training_job_id"]
+    sandbox.add_checkpoint(flaky_id)
+    sandbox.set_status(flaky_id, "TRAINING_JOB_FAILED", "NCCL timeout")
+    other = post(limited, ALPHA, json=BODY)  # alpha is now at max_active_jobs=1
+    assert other.status_code == 201, other.text
+    with poller(
+        sandbox,
+        secret_manager,
+        tmp_path / "poll",
+        unused_url(),
+        TEAMS="alpha,beta",
+        TEAM_LIMITS=LIMITS,
+    ) as server:
+        poll(server, {})
+        assert len(sandbox.jobs()) == 2  # the retry waits: nothing created
+        assert "TEAM_LIMITS; a later poll retries the failed job" in server.output()
+        sandbox.set_status(other.json()["training_job_id"], "TRAINING_JOB_STOPPED")
+        poll(server, {})
+    jobs = sandbox.jobs()
+    assert len(jobs) == 3  # the later poll retried it
+    assert jobs[-1]["project"]["name"].startswith("alpha-")
