@@ -302,3 +302,16 @@ def test_the_polls_retry_waits_while_the_team_is_at_its_limit(
     jobs = sandbox.jobs()
     assert len(jobs) == 3  # the later poll retried it
     assert jobs[-1]["project"]["name"].startswith("alpha-")
+
+
+def test_a_malformed_team_attribute_is_a_bad_message_and_creates_nothing(
+    sandbox: Sandbox, secret_manager: FakeSecretManager, tmp_path: Path
+) -> None:
+    env = function_env(sandbox, secret_manager, tmp_path, TEAMS="alpha,beta")
+    with FunctionServer("train_pubsub", env) as pubsub:
+        for team in ("Alpha", "../beta", "x" * 40):
+            event = message_event(f"msg-{len(team)}", body=BODY, attributes={"team": team})
+            assert deliver(pubsub, event).status_code == 200  # acknowledged, not retried
+        output = pubsub.output()
+    assert sandbox.jobs() == [] and sandbox.stats()["requests"] == 0
+    assert "permanently rejected Pub/Sub message" in output
