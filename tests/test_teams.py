@@ -229,6 +229,21 @@ def test_team_b_with_team_a_ids_gets_the_unknown_answer_on_every_route(
     assert len(states) == 1  # no resume, no retry, nothing made for beta
 
 
+def test_a_team_never_deploys_into_another_teams_model(
+    teams_server: FunctionServer, sandbox_server: Sandbox, alpha: dict[str, Any]
+) -> None:
+    before = len(sandbox_server.jobs())
+    deploy = {"model_name": "chatty", "on_completion": True}
+    body = {"dataset_id": "d", "model_id": MODEL, "deploy": deploy}
+    refused = call(teams_server, BETA, "POST", "/jobs", json=body)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["details"][0]["location"] == "deploy.model_name"
+    assert len(sandbox_server.jobs()) == before
+    # alpha itself may deploy into its own model again.
+    mine = call(teams_server, ALPHA, "POST", "/jobs", json={**body, "dry_run": True})
+    assert mine.status_code == 200, mine.text
+
+
 def test_lists_show_only_the_callers_team_and_the_admin_sees_all(
     teams_server: FunctionServer, alpha: dict[str, Any]
 ) -> None:
