@@ -10,6 +10,8 @@ VENV ?= .venv-$(PYVER)
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): one per core; `make test PYTEST_WORKERS=0` runs serially.
+PYTEST_WORKERS ?= auto
 
 .PHONY: help venv run serve test lint typecheck unit bench clean
 
@@ -52,7 +54,7 @@ typecheck: $(VENV)/.stamp-dev
 	$(BIN)/mypy
 
 unit: $(VENV)/.stamp-train
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 test: lint typecheck unit
 
