@@ -24,8 +24,9 @@ from finetune_api.edge.http_app import TRAIN_ROUTES
 from finetune_api.edge.openai_routes import V1_ROUTES
 from loopback.fake_secret_manager import FakeSecretManager
 from loopback.functions import FunctionServer
+from loopback.servers import LocalS3, start_sandbox
 from sandbox import Sandbox
-from tests.conftest import function_env
+from tests.conftest import API_KEY, function_env
 
 ALPHA = "alpha-key-000000001"
 BETA = "beta-key-0000000002"
@@ -41,15 +42,23 @@ READS = ("GET ", "POST /v1/training_jobs/search")
 
 
 @pytest.fixture(scope="module")
+def teams_sandbox(s3: LocalS3) -> Iterator[Sandbox]:
+    """A sandbox of this module's own: no other test's reset empties it (pytest-xdist
+    may run other modules' tests between these on one worker)."""
+    server = start_sandbox(API_KEY, s3.url)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
 def teams_server(
-    sandbox_server: Sandbox,
+    teams_sandbox: Sandbox,
     secret_manager: FakeSecretManager,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[FunctionServer]:
-    sandbox_server.reset()
     tmp = tmp_path_factory.mktemp("teams-tmp")
     env = function_env(
-        sandbox_server,
+        teams_sandbox,
         secret_manager,
         tmp,
         API_KEYS=KEYS,
@@ -74,9 +83,9 @@ def call(server: FunctionServer, key: str, method: str, path: str, **kw: Any) ->
 
 
 @pytest.fixture(scope="module")
-def alpha(teams_server: FunctionServer, sandbox_server: Sandbox) -> dict[str, Any]:
+def alpha(teams_server: FunctionServer, teams_sandbox: Sandbox) -> dict[str, Any]:
     """Everything team alpha owns: a File, a pending File, an Upload, a job, a model."""
-    server, sandbox = teams_server, sandbox_server
+    server, sandbox = teams_server, teams_sandbox
     client = sdk(server, ALPHA)
     made: dict[str, Any] = {}
     made["file"] = client.files.create(file=("train.jsonl", DATA), purpose="fine-tune").id
@@ -187,9 +196,10 @@ def _writes(before: dict[str, int], after: dict[str, int]) -> list[str]:
 
 
 def test_team_b_with_team_a_ids_gets_the_unknown_answer_on_every_route(
-    teams_server: FunctionServer, sandbox_server: Sandbox, alpha: dict[str, Any]
+    teams_server: FunctionServer, teams_sandbox: Sandbox, alpha: dict[str, Any]
 ) -> None:
-    server, sandbox = teams_server, sandbox_server
+    server, sandbox = teams_server, teams_sandbox
+    jobs_before = len(sandbox.jobs())
     swept = []
     for routes, v1 in ((TRAIN_ROUTES, False), (V1_ROUTES, True)):
         adapter = routes.bind("localhost")
@@ -226,19 +236,19 @@ def test_team_b_with_team_a_ids_gets_the_unknown_answer_on_every_route(
     assert client.fine_tuning.jobs.retrieve(alpha["ftjob"]).status == "succeeded"
     states = {item["job"]["id"]: item["job"]["current_status"] for item in sandbox.jobs()}
     assert states[alpha["job"]] == "TRAINING_JOB_COMPLETED"
-    assert len(states) == 1  # no resume, no retry, nothing made for beta
+    assert len(states) == jobs_before  # no resume, no retry, nothing made for beta
 
 
 def test_a_team_never_deploys_into_another_teams_model(
-    teams_server: FunctionServer, sandbox_server: Sandbox, alpha: dict[str, Any]
+    teams_server: FunctionServer, teams_sandbox: Sandbox, alpha: dict[str, Any]
 ) -> None:
-    before = len(sandbox_server.jobs())
+    before = len(teams_sandbox.jobs())
     deploy = {"model_name": "chatty", "on_completion": True}
     body = {"dataset_id": "d", "model_id": MODEL, "deploy": deploy}
     refused = call(teams_server, BETA, "POST", "/jobs", json=body)
     assert refused.status_code == 400, refused.text
     assert refused.json()["error"]["details"][0]["location"] == "deploy.model_name"
-    assert len(sandbox_server.jobs()) == before
+    assert len(teams_sandbox.jobs()) == before
     # alpha itself may deploy into its own model again.
     mine = call(teams_server, ALPHA, "POST", "/jobs", json={**body, "dry_run": True})
     assert mine.status_code == 200, mine.text
@@ -289,10 +299,10 @@ def test_lists_show_only_the_callers_team_and_the_admin_sees_all(
 
 
 def test_another_teams_file_as_training_file_is_the_unknown_file_answer(
-    teams_server: FunctionServer, sandbox_server: Sandbox, alpha: dict[str, Any]
+    teams_server: FunctionServer, teams_sandbox: Sandbox, alpha: dict[str, Any]
 ) -> None:
     server = teams_server
-    before = len(sandbox_server.jobs())
+    before = len(teams_sandbox.jobs())
     answers = []
     for file_id in (alpha["file"], twin(alpha["file"])):
         body = {"model_id": MODEL, "training_file": file_id}
@@ -302,7 +312,7 @@ def test_another_teams_file_as_training_file_is_the_unknown_file_answer(
         answers.append((raised.value.status_code, raised.value.body))
     assert answers[0] == answers[2] and answers[0][0] == 400, answers
     assert answers[1] == answers[3] and answers[1][0] == 400, answers
-    assert len(sandbox_server.jobs()) == before
+    assert len(teams_sandbox.jobs()) == before
 
 
 @pytest.mark.parametrize(
@@ -317,16 +327,16 @@ def test_another_teams_file_as_training_file_is_the_unknown_file_answer(
     ],
 )
 def test_a_project_name_outside_the_teams_prefix_is_a_400(
-    teams_server: FunctionServer, sandbox_server: Sandbox, key: str, project_name: str
+    teams_server: FunctionServer, teams_sandbox: Sandbox, key: str, project_name: str
 ) -> None:
-    before = sandbox_server.stats()["by_route"]
+    before = teams_sandbox.stats()["by_route"]
     body = {"dataset_id": "d", "model_id": MODEL, "project_name": project_name}
     response = call(teams_server, key, "POST", "/jobs", json=body)
     assert response.status_code == 400, response.text
     [detail] = response.json()["error"]["details"]
     assert detail["location"] == "project_name"
     assert "your team's prefix" in detail["reason"]
-    assert _writes(before, sandbox_server.stats()["by_route"]) == []
+    assert _writes(before, teams_sandbox.stats()["by_route"]) == []
 
 
 def test_dot_dot_in_a_project_name_is_refused(teams_server: FunctionServer) -> None:
