@@ -237,8 +237,14 @@ def build_for_caller(base: Services, caller: Caller) -> Services:
     if not caller.admin:
         team, index_store = caller.team, base.index
 
-        def owns_project(project_id: str) -> bool:
-            return bool(index_store.project_team(project_id) == team)
+        def owns_project(project_id: str) -> bool | None:
+            from finetune_api.jobs.index import IndexUnavailable
+
+            try:
+                recorded = index_store.project_team(project_id)
+            except IndexUnavailable:
+                return None  # storage down: the job decides (one Baseten read)
+            return None if recorded is None else recorded == team
 
         deployments.owns_project = owns_project
     return Services(
