@@ -284,6 +284,9 @@ def test_lists_show_only_the_callers_team_and_the_admin_sees_all(
     assert {alpha["job"], beta_job.json()["training_job_id"]} <= admin["jobs"]
     assert {alpha["file"], beta_file} <= admin["files"]
     assert alpha["model"] in admin["models"] and alpha["ftjob"] in admin["v1_jobs"]
+    # /v1 jobs name their team too (an extra field the SDK keeps in model_extra).
+    v1 = sdk(server, OPS).fine_tuning.jobs.retrieve(alpha["ftjob"])
+    assert v1.model_extra["team"] == "alpha"
     # The admin's lists name each item's team.
     listed = call(server, OPS, "GET", "/jobs", params={"limit": 100}).json()["data"]
     teams = {job["training_job_id"]: job["team"] for job in listed}
