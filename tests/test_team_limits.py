@@ -13,6 +13,7 @@ import json
 import secrets
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,12 @@ import openai
 import pytest
 import requests
 
-from finetune_api.core.buckets import Folder
+from finetune_api.core.buckets import Bucket, Folder
 from finetune_api.core.errors import UpstreamUnavailableError
 from finetune_api.jobs.quota import TeamLease, job_gpus, team_use
 from loopback.fake_secret_manager import FakeSecretManager
 from loopback.functions import FunctionServer
+from loopback.servers import LocalGcs
 from loopback.webhook_receiver import WebhookReceiver
 from sandbox import Sandbox
 from tests.conftest import function_env
@@ -167,11 +169,47 @@ def test_two_instances_racing_at_the_limit_let_one_through(
             sandbox.set_status(job["job"]["id"], "TRAINING_JOB_STOPPED")
 
 
-def test_a_lease_whose_holder_died_is_taken_over(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def gcs() -> Iterator[LocalGcs]:
+    with LocalGcs() as server:
+        yield server
+
+
+@pytest.fixture(params=["folder", "bucket"])
+def leases(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """The two stores of core/buckets.py: a folder, and fake-gcs-server's bucket."""
+    if request.param == "folder":
+        return Folder(tmp_path / "leases")
+    gcs: LocalGcs = request.getfixturevalue("gcs")
+    name = f"leases-{tmp_path.name[-20:].lower().replace('_', '-')}"
+    gcs.client().create_bucket(name)
+    return Bucket(name, emulator_host=gcs.host, deadline_seconds=5.0)
+
+
+def test_one_holder_at_a_time_among_many(leases: Any) -> None:
+    inside, most, lock = [0], [0], threading.Lock()
+
+    def hold(_: int) -> None:
+        with TeamLease(leases, wait=30).held("alpha"):
+            with lock:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            threading.Event().wait(0.02)
+            with lock:
+                inside[0] -= 1
+
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(hold, range(12)))
+    assert most[0] == 1
+    # Another team's lease is its own: both held at once.
+    with TeamLease(leases, wait=0.1).held("beta"), TeamLease(leases, wait=0.1).held("gamma"):
+        pass
+
+
+def test_a_lease_whose_holder_died_is_taken_over(leases: Any) -> None:
     now = [1000.0]
-    store = Folder(tmp_path)
-    dead = TeamLease(store, ttl=60, wait=0.2, clock=lambda: now[0])
-    alive = TeamLease(store, ttl=60, wait=0.2, clock=lambda: now[0])
+    dead = TeamLease(leases, ttl=60, wait=0.2, clock=lambda: now[0])
+    alive = TeamLease(leases, ttl=60, wait=0.2, clock=lambda: now[0])
     held = dead.held("alpha")
     held.__enter__()  # never released: its process "died"
     with pytest.raises(UpstreamUnavailableError), alive.held("alpha"):
