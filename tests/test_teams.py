@@ -276,6 +276,12 @@ def test_lists_show_only_the_callers_team_and_the_admin_sees_all(
         }
 
     beta, admin = ids(BETA), ids(OPS)
+    # One project's list: another team's project answers as one that does not exist.
+    answers = [
+        _answer(call(server, BETA, "GET", "/jobs", params={"project_id": project}))
+        for project in (alpha["project"], twin(alpha["project"]))
+    ]
+    assert answers[0] == answers[1] and answers[0][0] == 404, answers
     assert beta["jobs"] == {beta_job.json()["training_job_id"]}
     assert alpha["file"] not in beta["files"] and beta_file in beta["files"]
     assert alpha["file"] not in beta["v1_files"] and beta_file in beta["v1_files"]

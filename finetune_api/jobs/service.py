@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from finetune_api.core.errors import (
     InvalidRequestError,
+    NotFoundError,
     QuotaExceededError,
     ServiceError,
     UpstreamRejectedError,
@@ -102,6 +103,9 @@ Announcer = Callable[[Job, str | None, str | None], None]
 # labels (metadata, suffix): the job index (see jobs/index.py).
 Indexer = Callable[[Job, TrainingRequest, dict[str, Any] | None], Any]
 
+
+#: The answer for a project Baseten does not know (baseten/client.py's 404 for its job list).
+UNKNOWN_PROJECT = "jobs of a training project not found on Baseten"
 
 #: What an internal key's digest starts from (NUL: never in a caller's key).
 INTERNAL_KEY_DOMAIN = "finetune-api/internal\x00"
@@ -600,9 +604,14 @@ class JobService:
             rows = self._client.stream_project_jobs(project_id)
         newest: list[tuple[tuple[str, str], int, dict[str, Any]]] = []  # a min-heap
         counter = itertools.count()
+        hidden = shown = False  # whether the project held jobs outside / inside the scope
         with rows as jobs:
             for job in jobs:
-                if (wanted and job.get("current_status") not in wanted) or not self.allows(job):
+                if not self.allows(job):
+                    hidden = True
+                    continue
+                shown = True
+                if wanted and job.get("current_status") not in wanted:
                     continue
                 key = _created_order(job)
                 if len(newest) < limit:
@@ -611,6 +620,9 @@ class JobService:
                     heapq.heapreplace(newest, (key, next(counter), job))
                 elif ordered and key[0] < newest[0][0][0]:
                     break  # every later row is older still: stop reading
+        if project_id is not None and hidden and not shown:
+            # Another team's (or outside PROJECT_NAME_PREFIX): as a project that does not exist.
+            raise NotFoundError(UNKNOWN_PROJECT)
         raw = [job for _, _, job in sorted(newest, key=lambda entry: entry[0], reverse=True)]
         return [job_from_baseten(job, self._settings.baseten_remote_url) for job in raw]
 
