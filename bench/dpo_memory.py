@@ -25,51 +25,15 @@ Run alone: ``python -m bench.dpo_memory``.
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from tests.template.template_helpers import build_tokenizer, prepare_job, sentence, write_jsonl
+from bench.train_memory import HYPERPARAMETERS, save_model, train_peak_rss_mb
+from tests.template.template_helpers import sentence, write_jsonl
 
 GOAL_RATIO = 1.15
-HYPERPARAMETERS = {
-    "learning_rate": 0.0001,
-    "num_epochs": 1,
-    "batch_size": 2,
-    "gradient_accumulation_steps": 1,
-    "max_seq_length": 64,
-    "lora_rank": 8,
-    "lora_alpha": 16,
-    "lora_dropout": 0.0,
-    "seed": 3,
-}
-
-
-def save_model(directory: Path, hidden: int, layers: int) -> int:
-    """A Llama of the test vocabulary at ``hidden`` x ``layers``; returns its weight bytes."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tokenizer = build_tokenizer()
-    tokenizer.save_pretrained(directory)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=hidden * 8 // 3,
-        num_hidden_layers=layers,
-        num_attention_heads=max(hidden // 64, 1),
-        num_key_value_heads=max(hidden // 128, 1),
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(directory)
-    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def write_data(directory: Path, examples: int) -> dict[str, Path]:
@@ -104,24 +68,10 @@ def peak_rss_mb(workdir: Path, model: Path, data: Path, method: str) -> float:
         "hyperparameters": {**HYPERPARAMETERS, **({"dpo_beta": 0.1} if method == "dpo" else {})},
         "compute": {"accelerator": None, "gpu_count": None, "node_count": None},
     }
-    app, env, _ = prepare_job(
-        workdir, {"RUNTIME_CONFIG": config, "MODEL_ID": str(model), "DATASET_ID": str(data)}
-    )
-    with (workdir / "out.txt").open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "train.py"], cwd=app, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        tail = (workdir / "out.txt").read_text()[-3000:]
-        raise RuntimeError(f"{method} run failed (exit {proc.returncode}):\n{tail}")
-    steps = [
-        line for line in (workdir / "out.txt").read_text().splitlines() if '"type":"step"' in line
-    ]
-    if not steps:
+    peak, text = train_peak_rss_mb(workdir, model, data, config, method)
+    if not any('"type":"step"' in line for line in text.splitlines()):
         raise RuntimeError(f"{method} run printed no step line")
-    return round(usage.ru_maxrss / 1024, 1)  # Linux: kilobytes
+    return peak
 
 
 def run(runs: int = 2, examples: int = 8, hidden: int = 768, layers: int = 12) -> dict[str, Any]:
@@ -129,7 +79,7 @@ def run(runs: int = 2, examples: int = 8, hidden: int = 768, layers: int = 12) -
     with tempfile.TemporaryDirectory(prefix="bench-dpo-memory-") as tmp:
         root = Path(tmp)
         model = root / "model"
-        weight_bytes = save_model(model, hidden, layers)
+        weight_bytes = save_model(model, hidden, layers, max_positions=256)
         data = write_data(root, examples)
         for i in range(runs):
             for method in ("supervised", "dpo"):

@@ -24,52 +24,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from tests.template.template_helpers import build_tokenizer, prepare_job, sentence, write_jsonl
+from bench.train_memory import HYPERPARAMETERS, save_model, train_peak_rss_mb
+from tests.template.template_helpers import sentence, write_jsonl
 
 GOAL_RATIO = 1.1
 SAMPLES = 5
-HYPERPARAMETERS = {
-    "learning_rate": 0.0001,
-    "num_epochs": 1,
-    "batch_size": 2,
-    "gradient_accumulation_steps": 1,
-    "max_seq_length": 64,
-    "lora_rank": 8,
-    "lora_alpha": 16,
-    "lora_dropout": 0.0,
-    "seed": 3,
-}
-
-
-def save_model(directory: Path, hidden: int, layers: int) -> int:
-    """A Llama of the test vocabulary at ``hidden`` x ``layers``; returns its weight bytes."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tokenizer = build_tokenizer()
-    tokenizer.save_pretrained(directory)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=hidden * 8 // 3,
-        num_hidden_layers=layers,
-        num_attention_heads=max(hidden // 64, 1),
-        num_key_value_heads=max(hidden // 128, 1),
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(directory)
-    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def _chats(directory: Path, name: str, first: int, count: int) -> Path:
@@ -106,25 +70,13 @@ def peak_rss_mb(
         },
         "compute": {"accelerator": None, "gpu_count": None, "node_count": None},
     }
-    app, env, _ = prepare_job(
-        workdir, {"RUNTIME_CONFIG": config, "MODEL_ID": str(model), "DATASET_ID": str(train)}
-    )
-    out_path = workdir / "out.txt"
-    with out_path.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "train.py"], cwd=app, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-        _, status, usage = os.wait4(proc.pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    text = out_path.read_text()
-    if code != 0:
-        raise RuntimeError(f"eval_samples {samples} run failed (exit {code}):\n{text[-3000:]}")
+    peak, text = train_peak_rss_mb(workdir, model, train, config, f"eval_samples {samples}")
     if '"model":"base"' not in text:
         raise RuntimeError(f"eval_samples {samples} run printed no base evaluation")
     printed = text.count('"type":"sample"')
     if printed != samples:
         raise RuntimeError(f"eval_samples {samples} run printed {printed} sample line(s)")
-    return round(usage.ru_maxrss / 1024, 1), printed  # Linux: kilobytes
+    return peak, printed
 
 
 def run(runs: int = 2, examples: int = 8, hidden: int = 768, layers: int = 6) -> dict[str, Any]:
@@ -132,7 +84,7 @@ def run(runs: int = 2, examples: int = 8, hidden: int = 768, layers: int = 6) ->
     with tempfile.TemporaryDirectory(prefix="bench-eval-memory-") as tmp:
         root = Path(tmp)
         model = root / "model"
-        weight_bytes = save_model(model, hidden, layers)
+        weight_bytes = save_model(model, hidden, layers, max_positions=512)
         train = _chats(root, "train.jsonl", 0, examples)
         held_out = _chats(root, "eval.jsonl", 100, SAMPLES)
         for i in range(runs):

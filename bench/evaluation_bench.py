@@ -25,8 +25,8 @@ from typing import Any
 
 import requests
 
-from bench.harness import expect, first_answer, launch, median, ms, workdir
-from bench.metrics_bench import API_KEY, RATE, SANDBOX_RATE_LIMIT, _control
+from bench.harness import expect, median, ms, workdir
+from bench.metrics_bench import API_KEY, _control, long_job, serve_job
 from loopback.functions import FunctionServer
 from loopback.servers import SandboxProcess
 
@@ -45,42 +45,13 @@ def run(*, steps: int = 96_200, latency_ms: float = 20.0, runs: int = 3) -> dict
     function: FunctionServer | None = None
     try:
         url = sandbox.url
-        seeded = _control(
-            url, "POST", "seed", {"status": "TRAINING_JOB_RUNNING", "name_prefix": "long"}
-        )
-        project_id, job_id = seeded["projects"][0]["id"], seeded["job_ids"][0]
-        made = _control(
+        project_id, job_id, made = long_job(
             url,
-            "POST",
-            f"jobs/{job_id}/logs/synthetic",
+            latency_ms,
             {"steps": steps, "seconds": 2 * 86_400, "validation": True, "eval_samples": 5},
         )
-        _control(
-            url,
-            "POST",
-            "config",
-            {
-                "latency_ms": latency_ms,
-                "rate_limit_per_second": SANDBOX_RATE_LIMIT,
-                "check_answers": False,  # as bench.metrics_bench: Baseten has no such cost
-            },
-        )
         with workdir("evaluation") as tmp:
-            env = {
-                "PATH": "/usr/bin:/bin",
-                "HOME": str(tmp),
-                "TMPDIR": str(tmp),
-                "PYTHONUNBUFFERED": "1",
-                "BASETEN_API_KEY": API_KEY,
-                "BASETEN_REMOTE_URL": "https://app.baseten.co",
-                "BASETEN_API_URL": url,
-                "BASETEN_MAX_REQUESTS_PER_SECOND": str(int(RATE)),
-            }
-            function = launch("train_http", env)
-            _, health = first_answer(function, "GET", "/healthz")
-            expect(health, 200, "train_http /healthz")
-            path = f"{function.url}/jobs/{project_id}/{job_id}"
-            expect(requests.get(path, timeout=60), 200, "GET job (warm-up)")
+            function, path = serve_job(tmp, url, project_id, job_id)
             metrics: list[float] = []
             evaluation: list[float] = []
             answer: dict[str, Any] = {}

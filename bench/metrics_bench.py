@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -53,6 +54,57 @@ def _control(url: str, method: str, path: str, body: Any = None) -> Any:
     return response.json()
 
 
+def long_job(url: str, latency_ms: float, logs: dict[str, Any]) -> tuple[str, str, Any]:
+    """(project id, job id, what the sandbox wrote) of a running job seeded in the
+    sandbox at ``url`` with synthetic template logs (``logs``: the sandbox's
+    ``logs/synthetic`` body), then ``latency_ms`` on every request and the
+    server-side rate limit."""
+    seeded = _control(
+        url, "POST", "seed", {"status": "TRAINING_JOB_RUNNING", "name_prefix": "long"}
+    )
+    project_id, job_id = seeded["projects"][0]["id"], seeded["job_ids"][0]
+    made = _control(url, "POST", f"jobs/{job_id}/logs/synthetic", logs)
+    _control(
+        url,
+        "POST",
+        "config",
+        {
+            "latency_ms": latency_ms,
+            "rate_limit_per_second": SANDBOX_RATE_LIMIT,
+            # The sandbox's spec check of its own answers (~0.1 s of its CPU per
+            # page) would be what both sides measure; Baseten has no such cost.
+            "check_answers": False,
+        },
+    )
+    return project_id, job_id, made
+
+
+def serve_job(tmp: Path, url: str, project_id: str, job_id: str) -> tuple[FunctionServer, str]:
+    """``train_http`` under functions-framework on the sandbox at ``url`` (its home in
+    ``tmp``), healthy and warmed up by one ``GET`` of the job; (the server, the
+    job's URL). The caller closes the server; it is closed here if a check fails."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp),
+        "TMPDIR": str(tmp),
+        "PYTHONUNBUFFERED": "1",
+        "BASETEN_API_KEY": API_KEY,
+        "BASETEN_REMOTE_URL": "https://app.baseten.co",
+        "BASETEN_API_URL": url,
+        "BASETEN_MAX_REQUESTS_PER_SECOND": str(int(RATE)),
+    }
+    function = launch("train_http", env)
+    try:
+        _, health = first_answer(function, "GET", "/healthz")
+        expect(health, 200, "train_http /healthz")
+        path = f"{function.url}/jobs/{project_id}/{job_id}"
+        expect(requests.get(path, timeout=60), 200, "GET job (warm-up)")
+    except BaseException:
+        function.close()
+        raise
+    return function, path
+
+
 def _sequential_pages(
     url: str, project_id: str, job_id: str, lo: int, hi: int
 ) -> tuple[float, int, int]:
@@ -77,44 +129,14 @@ def run(*, steps: int = 100_000, latency_ms: float = 20.0, runs: int = 3) -> dic
     function: FunctionServer | None = None
     try:
         url = sandbox.url
-        seeded = _control(
-            url, "POST", "seed", {"status": "TRAINING_JOB_RUNNING", "name_prefix": "long"}
-        )
-        project_id, job_id = seeded["projects"][0]["id"], seeded["job_ids"][0]
-        made = _control(
-            url, "POST", f"jobs/{job_id}/logs/synthetic", {"steps": steps, "seconds": 2 * 86_400}
+        project_id, job_id, made = long_job(
+            url, latency_ms, {"steps": steps, "seconds": 2 * 86_400}
         )
         _control(url, "POST", f"jobs/{job_id}/status", {"status": "TRAINING_JOB_COMPLETED"})
-        _control(
-            url,
-            "POST",
-            "config",
-            {
-                "latency_ms": latency_ms,
-                "rate_limit_per_second": SANDBOX_RATE_LIMIT,
-                # The sandbox's spec check of its own answers (~0.1 s of its CPU per
-                # page) would be what both sides measure; Baseten has no such cost.
-                "check_answers": False,
-            },
-        )
         lo, hi = made["first_ns"], made["last_ns"] + 1_000_000_000
 
         with workdir("metrics") as tmp:
-            env = {
-                "PATH": "/usr/bin:/bin",
-                "HOME": str(tmp),
-                "TMPDIR": str(tmp),
-                "PYTHONUNBUFFERED": "1",
-                "BASETEN_API_KEY": API_KEY,
-                "BASETEN_REMOTE_URL": "https://app.baseten.co",
-                "BASETEN_API_URL": url,
-                "BASETEN_MAX_REQUESTS_PER_SECOND": str(int(RATE)),
-            }
-            function = launch("train_http", env)
-            _, health = first_answer(function, "GET", "/healthz")
-            expect(health, 200, "train_http /healthz")
-            path = f"{function.url}/jobs/{project_id}/{job_id}"
-            expect(requests.get(path, timeout=60), 200, "GET job (warm-up)")
+            function, path = serve_job(tmp, url, project_id, job_id)
             worker = function.worker_pid()
             rss_before_kb = status_kb(worker, "VmRSS")
 

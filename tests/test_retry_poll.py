@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
 from loopback.fake_secret_manager import FakeSecretManager
@@ -36,24 +38,61 @@ def config_of(entry: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def test_failed_job_is_retried_once_per_failure_until_no_attempts_are_left(
+@dataclass(frozen=True)
+class RetryRig:
+    """What every retry test drives: train_http, the sandbox as Baseten, the secret
+    store, the verifying webhook receiver and the test's own folder (poll state)."""
+
+    train_http: FunctionServer
+    sandbox: Sandbox
+    secret_manager: FakeSecretManager
+    receiver: WebhookReceiver
+    tmp_path: Path
+
+    def submit(self, **extra: Any) -> dict[str, Any]:
+        return submit(self.train_http, **extra)
+
+    def failed_job(
+        self, reason: str = "boom", checkpoints: int = 1, **extra: Any
+    ) -> dict[str, Any]:
+        """A job submitted with ``extra``, given ``checkpoints`` checkpoints, then failed."""
+        job = self.submit(**extra)
+        for _ in range(checkpoints):
+            self.sandbox.add_checkpoint(job["training_job_id"])
+        self.sandbox.set_status(job["training_job_id"], FAILED, reason)
+        return job
+
+    def poller(self, state: str = "", **extra: str) -> FunctionServer:
+        """poll_jobs wired to the sandbox and the receiver, its state in ``tmp_path/state``."""
+        return poller(
+            self.sandbox, self.secret_manager, self.tmp_path / state, self.receiver.url, **extra
+        )
+
+
+@pytest.fixture(name="rig")
+def rig_fixture(
     train_http: FunctionServer,
     sandbox: Sandbox,
     secret_manager: FakeSecretManager,
     receiver: WebhookReceiver,  # noqa: F811
     tmp_path: Path,
+) -> RetryRig:
+    return RetryRig(train_http, sandbox, secret_manager, receiver, tmp_path)
+
+
+def test_failed_job_is_retried_once_per_failure_until_no_attempts_are_left(
+    rig: RetryRig,
 ) -> None:
-    first = submit(train_http, job_name="flaky", retry={"max_attempts": 2})
+    first = rig.failed_job(
+        job_name="flaky", retry={"max_attempts": 2}, reason="NCCL timeout", checkpoints=2
+    )
     first_id, project_id = first["training_job_id"], first["training_project_id"]
-    sandbox.add_checkpoint(first_id)
-    sandbox.add_checkpoint(first_id)
-    sandbox.set_status(first_id, FAILED, "NCCL timeout")
-    with poller(sandbox, secret_manager, tmp_path / "a", receiver.url) as server:
+    with rig.poller("a") as server:
         # Two polls at once on one instance: one new job, one retried event id.
         with ThreadPoolExecutor(2) as pool:
             reports = list(pool.map(lambda _: poll(server, {}), range(2)))
         assert all(report["jobs_failed"] == 0 for report in reports), server.output()[-3000:]
-        jobs = sandbox.jobs()
+        jobs = rig.sandbox.jobs()
         assert len(jobs) == 2
         second = jobs[1]
         second_id = second["job"]["id"]
@@ -68,7 +107,7 @@ def test_failed_job_is_retried_once_per_failure_until_no_attempts_are_left(
         assert config_of(second)["attempt"] == 1
         assert config_of(second)["retry"] == {"max_attempts": 2}
 
-        [failed] = of_type(receiver, "training_job.failed")
+        [failed] = of_type(rig.receiver, "training_job.failed")
         assert failed["data"]["training_job_id"] == first_id
         assert failed["data"]["retry"] == {
             "attempts_used": 0,
@@ -76,7 +115,7 @@ def test_failed_job_is_retried_once_per_failure_until_no_attempts_are_left(
             "attempts_left": 2,
             "will_retry": True,
         }
-        [retried] = of_type(receiver, "training_job.retried")
+        [retried] = of_type(rig.receiver, "training_job.retried")
         assert retried["id"] == f"evt_{first_id}_retried"
         data = retried["data"]
         # data.team: every event says whose (no team configured: "default").
@@ -91,12 +130,12 @@ def test_failed_job_is_retried_once_per_failure_until_no_attempts_are_left(
 
         # Polling again changes nothing.
         poll(server, {})
-        assert len(sandbox.jobs()) == 2
+        assert len(rig.sandbox.jobs()) == 2
 
         # The retry fails too, before any checkpoint: it starts again from the start.
-        sandbox.set_status(second_id, FAILED, "NCCL timeout")
+        rig.sandbox.set_status(second_id, FAILED, "NCCL timeout")
         poll(server, {})
-        jobs = sandbox.jobs()
+        jobs = rig.sandbox.jobs()
         assert len(jobs) == 3
         third = jobs[2]
         third_id = third["job"]["id"]
@@ -109,19 +148,19 @@ def test_failed_job_is_retried_once_per_failure_until_no_attempts_are_left(
         }
         assert config_of(third)["attempt"] == 2
         retries = sorted(
-            of_type(receiver, "training_job.retried"), key=lambda e: e["data"]["attempt"]
+            of_type(rig.receiver, "training_job.retried"), key=lambda e: e["data"]["attempt"]
         )
         assert [e["data"]["attempt"] for e in retries] == [1, 2]
         assert retries[1]["data"]["job"]["resumed_from"]["checkpoint_id"] is None
 
         # The last attempt fails: no attempts are left, and nothing new starts.
-        sandbox.set_status(third_id, FAILED, "NCCL timeout")
+        rig.sandbox.set_status(third_id, FAILED, "NCCL timeout")
         poll(server, {})
         poll(server, {})
-        assert len(sandbox.jobs()) == 3
+        assert len(rig.sandbox.jobs()) == 3
         last = [
             e
-            for e in of_type(receiver, "training_job.failed")
+            for e in of_type(rig.receiver, "training_job.failed")
             if e["data"]["training_job_id"] == third_id
         ]
         assert last[0]["data"]["retry"] == {
@@ -130,63 +169,55 @@ def test_failed_job_is_retried_once_per_failure_until_no_attempts_are_left(
             "attempts_left": 0,
             "will_retry": False,
         }
-        ids = set(receiver.unique_events)
+        ids = set(rig.receiver.unique_events)
     # Another instance (a cold start, its own poll state) sees every failure again and
     # starts nothing: each retry is found by its key.
-    with poller(sandbox, secret_manager, tmp_path / "b", receiver.url) as other:
+    with rig.poller("b") as other:
         poll(other, {})
         output = other.output()
-    assert len(sandbox.jobs()) == 3
-    assert set(receiver.unique_events) == ids
+    assert len(rig.sandbox.jobs()) == 3
+    assert set(rig.receiver.unique_events) == ids
     # Nothing was stopped: no duplicate was ever created.
-    assert [e["job"]["current_status"] for e in sandbox.jobs()] == [FAILED] * 3
-    assert receiver.rejections == []
+    assert [e["job"]["current_status"] for e in rig.sandbox.jobs()] == [FAILED] * 3
+    assert rig.receiver.rejections == []
     assert '"severity": "ERROR"' in output  # failed events are logged at ERROR
 
 
 def test_a_stopped_job_or_one_without_retry_is_not_retried(
-    train_http: FunctionServer,
-    sandbox: Sandbox,
-    secret_manager: FakeSecretManager,
-    receiver: WebhookReceiver,  # noqa: F811
-    tmp_path: Path,
+    rig: RetryRig,
 ) -> None:
-    stopped = submit(train_http, retry={"max_attempts": 3})
-    plain = submit(train_http)
-    sandbox.add_checkpoint(stopped["training_job_id"])
-    sandbox.set_status(stopped["training_job_id"], "TRAINING_JOB_STOPPED")
-    sandbox.set_status(plain["training_job_id"], FAILED, "boom")
-    with poller(sandbox, secret_manager, tmp_path, receiver.url) as server:
+    stopped = rig.submit(retry={"max_attempts": 3})
+    plain = rig.submit()
+    rig.sandbox.add_checkpoint(stopped["training_job_id"])
+    rig.sandbox.set_status(stopped["training_job_id"], "TRAINING_JOB_STOPPED")
+    rig.sandbox.set_status(plain["training_job_id"], FAILED, "boom")
+    with rig.poller() as server:
         report = poll(server, {})
     assert report["jobs_failed"] == 0
-    assert len(sandbox.jobs()) == 2
-    assert of_type(receiver, "training_job.retried") == []
-    [failed] = of_type(receiver, "training_job.failed")
+    assert len(rig.sandbox.jobs()) == 2
+    assert of_type(rig.receiver, "training_job.retried") == []
+    [failed] = of_type(rig.receiver, "training_job.failed")
     assert "retry" not in failed["data"]
 
 
 def test_poll_cost_per_failed_job(
-    train_http: FunctionServer,
-    sandbox: Sandbox,
-    secret_manager: FakeSecretManager,
-    receiver: WebhookReceiver,  # noqa: F811
-    tmp_path: Path,
+    rig: RetryRig,
 ) -> None:
     """What docs/resume.md states: the Baseten calls a failed job adds to the poll."""
-    plain = submit(train_http)
-    retried = submit(train_http, retry={"max_attempts": 1})
+    plain = rig.submit()
+    retried = rig.submit(retry={"max_attempts": 1})
     for job in (plain, retried):
-        sandbox.add_checkpoint(job["training_job_id"])
+        rig.sandbox.add_checkpoint(job["training_job_id"])
     # Waiting jobs cost the poll no checkpoint read: the two measured polls differ
     # only by the failed job each one sees.
 
     def cost(server: FunctionServer, job: dict[str, Any]) -> Counter[str]:
-        sandbox.set_status(job["training_job_id"], FAILED, "boom")
-        before = Counter(sandbox.stats()["by_route"])
+        rig.sandbox.set_status(job["training_job_id"], FAILED, "boom")
+        before = Counter(rig.sandbox.stats()["by_route"])
         poll(server, {})
-        return Counter(sandbox.stats()["by_route"]) - before
+        return Counter(rig.sandbox.stats()["by_route"]) - before
 
-    with poller(sandbox, secret_manager, tmp_path, receiver.url) as server:
+    with rig.poller() as server:
         poll(server, {})  # the state knows both now
         without_retry = cost(server, plain)
         with_retry = cost(server, retried)
@@ -219,60 +250,50 @@ def test_poll_cost_per_failed_job(
         }
     )
     assert with_retry == usual + download + retry
-    assert len(sandbox.jobs()) == 3
+    assert len(rig.sandbox.jobs()) == 3
 
 
 def test_two_instances_polling_at_once_leave_one_live_retry(
-    train_http: FunctionServer,
-    sandbox: Sandbox,
-    secret_manager: FakeSecretManager,
-    receiver: WebhookReceiver,  # noqa: F811
-    tmp_path: Path,
+    rig: RetryRig,
 ) -> None:
     """Across instances the key's digest decides, as for submit: a racing duplicate is
     stopped at once and both polls announce the same new job under the same event id."""
-    job = submit(train_http, retry={"max_attempts": 1})
-    sandbox.add_checkpoint(job["training_job_id"])
-    sandbox.set_status(job["training_job_id"], FAILED, "boom")
-    sandbox.configure(create_delay_ms=400)  # both pushes overlap
+    job = rig.failed_job(retry={"max_attempts": 1})
+    rig.sandbox.configure(create_delay_ms=400)  # both pushes overlap
     with (
-        poller(sandbox, secret_manager, tmp_path / "a", receiver.url) as one,
-        poller(sandbox, secret_manager, tmp_path / "b", receiver.url) as two,
+        rig.poller("a") as one,
+        rig.poller("b") as two,
         ThreadPoolExecutor(2) as pool,
     ):
         reports = list(pool.map(lambda server: poll(server, {}), [one, two]))
     assert all(report["jobs_failed"] == 0 for report in reports)
-    created = sandbox.jobs()[1:]
+    created = rig.sandbox.jobs()[1:]
     live = [e for e in created if e["job"]["current_status"] != "TRAINING_JOB_STOPPED"]
     assert len(live) == 1 and 1 <= len(created) <= 2
-    retried = [e for e in receiver.events if e["type"] == "training_job.retried"]
+    retried = [e for e in rig.receiver.events if e["type"] == "training_job.retried"]
     assert {e["id"] for e in retried} == {f"evt_{job['training_job_id']}_retried"}
     assert {e["data"]["job"]["training_job_id"] for e in retried} == {live[0]["job"]["id"]}
 
 
 def test_a_retry_baseten_refuses_for_now_is_made_by_the_next_poll(
-    train_http: FunctionServer,
-    sandbox: Sandbox,
-    secret_manager: FakeSecretManager,
-    receiver: WebhookReceiver,  # noqa: F811
-    tmp_path: Path,
+    rig: RetryRig,
 ) -> None:
-    job = submit(train_http, retry={"max_attempts": 1})
-    sandbox.add_checkpoint(job["training_job_id"])
-    with poller(sandbox, secret_manager, tmp_path, receiver.url) as server:
+    job = rig.submit(retry={"max_attempts": 1})
+    rig.sandbox.add_checkpoint(job["training_job_id"])
+    with rig.poller() as server:
         poll(server, {})
-        sandbox.set_status(job["training_job_id"], FAILED, "boom")
-        sandbox.add_fault(method="POST", path=r"^v1/training_projects/[^/]+/jobs$", status=503)
+        rig.sandbox.set_status(job["training_job_id"], FAILED, "boom")
+        rig.sandbox.add_fault(method="POST", path=r"^v1/training_projects/[^/]+/jobs$", status=503)
         first = poll(server, {})
         assert first["jobs_failed"] == 1
-        assert len(sandbox.jobs()) == 1
-        assert of_type(receiver, "training_job.retried") == []
-        sandbox.clear_faults()
+        assert len(rig.sandbox.jobs()) == 1
+        assert of_type(rig.receiver, "training_job.retried") == []
+        rig.sandbox.clear_faults()
         second = poll(server, {})
         assert second["jobs_failed"] == 0
         third = poll(server, {})
         output = server.output()
-    assert len(sandbox.jobs()) == 2 and third["jobs_failed"] == 0
-    [retried] = of_type(receiver, "training_job.retried")
-    assert retried["data"]["job"]["training_job_id"] == sandbox.jobs()[1]["job"]["id"]
+    assert len(rig.sandbox.jobs()) == 2 and third["jobs_failed"] == 0
+    [retried] = of_type(rig.receiver, "training_job.retried")
+    assert retried["data"]["job"]["training_job_id"] == rig.sandbox.jobs()[1]["job"]["id"]
     assert "could not retry a failed job; the next poll tries again" in output

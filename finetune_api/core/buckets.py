@@ -26,7 +26,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from finetune_api.core.cloud_storage import describe, storage_client
 
@@ -52,6 +52,14 @@ class ObjectForbidden(BucketError):
 
 class PreconditionFailed(BucketError):
     """The object exists already (create-only), or changed since it was read."""
+
+
+class BucketOptions(TypedDict, total=False):
+    """``Bucket``'s client settings, for a class that builds its Bucket from them."""
+
+    emulator_host: str | None
+    project: str | None
+    deadline_seconds: float
 
 
 class Bucket:

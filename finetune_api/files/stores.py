@@ -30,10 +30,11 @@ import urllib.parse
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, Unpack
 
 from finetune_api.core.buckets import (
     Bucket,
+    BucketOptions,
     BucketUnavailable,
     PreconditionFailed,
 )
@@ -344,21 +345,13 @@ class _SinkWriter:
 class GcsFileStore:
     """The bucket ``FILES_BUCKET``, through the real ``google-cloud-storage`` client."""
 
-    def __init__(
-        self,
-        bucket: str,
-        *,
-        emulator_host: str | None = None,
-        project: str | None = None,
-        deadline_seconds: float = 30.0,
-    ) -> None:
-        self.bucket_name = bucket
-        self.description = f"gs://{bucket}"
-        self._emulator_host = emulator_host
-        self._deadline = deadline_seconds
-        self._objects = Bucket(
-            bucket, emulator_host=emulator_host, project=project, deadline_seconds=deadline_seconds
-        )
+    def __init__(self, bucket: str, **options: Unpack[BucketOptions]) -> None:
+        """``options``: the client settings of core.buckets.Bucket, which holds them."""
+        self._objects = Bucket(bucket, **options)
+        self.bucket_name = self._objects.bucket_name
+        self.description = self._objects.description
+        self._emulator_host = self._objects.emulator_host
+        self._deadline = self._objects.deadline
 
     def _storage(self) -> Any:
         return self._objects.client()

@@ -415,16 +415,15 @@ def build_trainer(
     ``model`` is the plain base model and the LoRA config goes in as ``peft_config``
     with no ``ref_model``: TRL wraps the model itself and takes the reference
     log-probabilities with the adapter disabled, so one copy of the weights serves
-    both. Every setting is the supervised run's (ft.sft.training_arguments) plus
+    both. Every setting is the supervised run's (ft.sft.trainer_configs) plus
     ``beta`` (``hp.dpo_beta``); TRL's other DPO settings keep their defaults (sigmoid
     loss; dropout off, so that the policy and the reference agree; the reference
     computed batch by batch).
     """
-    from transformers import PrinterCallback
     from trl import DPOConfig  # type: ignore[attr-defined]
 
     from ft.metrics import metrics_callback
-    from ft.sft import lora_config, training_arguments
+    from ft.sft import lora_trainer, trainer_configs
 
     beta = hp.dpo_beta if hp.dpo_beta is not None else DEFAULT_DPO_BETA
     if hp.lora_dropout > 0:
@@ -433,30 +432,28 @@ def build_trainer(
             "agree); lora_dropout %s is recorded in the adapter config but not applied",
             hp.lora_dropout,
         )
-    args = DPOConfig(
-        **training_arguments(
-            hp,
-            output_dir,
-            use_cuda=use_cuda,
-            bf16=bf16,
-            distributed=distributed,
-            evaluate=eval_dataset is not None,
-        ),
-        max_length=hp.max_seq_length,
+    args, peft_config = trainer_configs(
+        hp,
+        output_dir,
+        use_cuda=use_cuda,
+        bf16=bf16,
+        distributed=distributed,
+        evaluate=eval_dataset is not None,
+        config_class=DPOConfig,
         beta=beta,
     )
-    trainer = dpo_trainer_class()(
-        model=model,
-        ref_model=None,
-        args=args,
-        train_dataset=dataset,
+    trainer = lora_trainer(
+        dpo_trainer_class(),
+        model,
+        tokenizer,
+        dataset,
+        args,
+        peft_config,
         eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        peft_config=lora_config(hp),
         callbacks=list(callbacks) or [metrics_callback(STEP_METRIC_KEYS)],
+        ref_model=None,
     )
     if trainer.ref_model is not None:  # TRL's contract for a PEFT model; a guard, not a path
         raise RuntimeError("DPOTrainer loaded a second copy of the model as its reference")
     log.info("dpo: beta %s; the reference is the base model (the adapter disabled)", beta)
-    trainer.remove_callback(PrinterCallback)  # the FT_METRICS lines replace its prints
     return trainer

@@ -57,7 +57,6 @@ def build_trainer(
 
     ``callbacks`` replace the default FT_METRICS callback (pass it among them).
     """
-    from transformers import PrinterCallback
     from trl import SFTTrainer  # type: ignore[attr-defined]
 
     args, peft_config = trainer_configs(
@@ -68,14 +67,44 @@ def build_trainer(
         distributed=distributed,
         evaluate=eval_dataset is not None,
     )
-    trainer = SFTTrainer(
+    return lora_trainer(
+        SFTTrainer,
+        model,
+        tokenizer,
+        dataset,
+        args,
+        peft_config,
+        eval_dataset=eval_dataset,
+        callbacks=list(callbacks) or [metrics_callback()],
+    )
+
+
+def lora_trainer(
+    trainer_class: Any,
+    model: Any,
+    tokenizer: Any,
+    dataset: Any,
+    args: Any,
+    peft_config: Any,
+    *,
+    eval_dataset: Any,
+    callbacks: Sequence[Any],
+    **method_settings: Any,
+) -> Any:
+    """A TRL ``trainer_class`` (SFTTrainer, DPOTrainer) on a LoRA adapter
+    (``peft_config``) whose callbacks are exactly ``callbacks``; ``method_settings``
+    are the method's own trainer arguments (DPO's ``ref_model``)."""
+    from transformers import PrinterCallback
+
+    trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=list(callbacks) or [metrics_callback()],
+        callbacks=list(callbacks),
+        **method_settings,
     )
     trainer.remove_callback(PrinterCallback)  # the FT_METRICS lines replace its prints
     return trainer
@@ -89,57 +118,48 @@ def trainer_configs(
     bf16: bool,
     distributed: bool,
     evaluate: bool = False,
+    config_class: Any = None,
+    **method_settings: Any,
 ) -> tuple[Any, Any]:
-    """The SFTConfig and LoraConfig that carry every hyperparameter to the trainer.
+    """The method's config and the LoraConfig that carry every hyperparameter to the trainer.
 
-    ``evaluate``: a validation set exists, evaluated at each epoch's end.
+    ``config_class``: the method's TRL config (SFTConfig when ``None``), given the
+    transformers TrainingArguments every method shares, ``max_length`` and
+    ``method_settings`` (DPO's ``beta``). ``evaluate``: a validation set exists,
+    evaluated at each epoch's end.
     """
-    from trl import SFTConfig  # type: ignore[attr-defined]
+    if config_class is None:
+        from trl import SFTConfig  # type: ignore[attr-defined]
 
-    args = SFTConfig(
-        **training_arguments(
-            hp, output_dir, use_cuda=use_cuda, bf16=bf16, distributed=distributed, evaluate=evaluate
-        ),
+        config_class = SFTConfig
+    args = config_class(
+        output_dir=str(output_dir),
+        num_train_epochs=hp.num_epochs,
+        per_device_train_batch_size=hp.batch_size,
+        per_device_eval_batch_size=hp.batch_size,
+        eval_strategy="epoch" if evaluate else "no",
+        include_num_input_tokens_seen="non_padding",
+        gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        learning_rate=hp.learning_rate,
+        seed=hp.seed,
+        data_seed=hp.seed,
+        bf16=bf16,
+        fp16=False,
+        use_cpu=not use_cuda,
+        activation_checkpointing=True,  # a.k.a. gradient checkpointing
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        lr_scheduler_type=LR_SCHEDULER,
+        warmup_steps=WARMUP_RATIO,
+        logging_steps=LOGGING_STEPS,
+        logging_first_step=True,
+        save_strategy="no",  # checkpoint_steps() decides, through a callback
+        report_to="none",
+        disable_tqdm=True,
+        ddp_find_unused_parameters=False if distributed else None,
         max_length=hp.max_seq_length,
+        **method_settings,
     )
     return args, lora_config(hp)
-
-
-def training_arguments(
-    hp: Hyperparameters,
-    output_dir: Path,
-    *,
-    use_cuda: bool,
-    bf16: bool,
-    distributed: bool,
-    evaluate: bool = False,
-) -> dict[str, Any]:
-    """The transformers TrainingArguments every method shares (its config class adds its own)."""
-    return {
-        "output_dir": str(output_dir),
-        "num_train_epochs": hp.num_epochs,
-        "per_device_train_batch_size": hp.batch_size,
-        "per_device_eval_batch_size": hp.batch_size,
-        "eval_strategy": "epoch" if evaluate else "no",
-        "include_num_input_tokens_seen": "non_padding",
-        "gradient_accumulation_steps": hp.gradient_accumulation_steps,
-        "learning_rate": hp.learning_rate,
-        "seed": hp.seed,
-        "data_seed": hp.seed,
-        "bf16": bf16,
-        "fp16": False,
-        "use_cpu": not use_cuda,
-        "activation_checkpointing": True,  # a.k.a. gradient checkpointing
-        "activation_checkpointing_kwargs": {"use_reentrant": False},
-        "lr_scheduler_type": LR_SCHEDULER,
-        "warmup_steps": WARMUP_RATIO,
-        "logging_steps": LOGGING_STEPS,
-        "logging_first_step": True,
-        "save_strategy": "no",  # checkpoint_steps() decides, through a callback
-        "report_to": "none",
-        "disable_tqdm": True,
-        "ddp_find_unused_parameters": False if distributed else None,
-    }
 
 
 def lora_config(hp: Hyperparameters) -> Any:
