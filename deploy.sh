@@ -43,6 +43,13 @@ Secrets (Secret Manager secrets you created beforehand; versions are pinned):
                                                    [API_KEYS_SECRET_NAME]
   --api-keys-secret-version N                      [API_KEYS_SECRET_VERSION]
 
+Teams (docs/deploy.md "Teams"; the keys are team:key entries of --api-keys-secret):
+  --teams LIST                 the team names, comma list (poll_jobs and
+                               train_pubsub hold no keys: this tells them)  [TEAMS]
+  --admin-team NAME            the team whose keys see every team's      [ADMIN_TEAM]
+  --team-limits JSON           {"<team>" or "*": {"max_active_jobs": n,
+                               "max_active_gpus": n}}                   [TEAM_LIMITS]
+
 Names (all but the secrets get --name-prefix in front):
   --name-prefix PREFIX         e.g. "dev-"                             [NAME_PREFIX]
   --http-function NAME         (train-http)                          [HTTP_FUNCTION]
@@ -123,6 +130,9 @@ WEBHOOK_SECRET=${WEBHOOK_SECRET_NAME:-}
 WEBHOOK_SECRET_VERSION=${WEBHOOK_SECRET_VERSION:-}
 API_KEYS_SECRET=${API_KEYS_SECRET_NAME:-}
 API_KEYS_SECRET_VERSION=${API_KEYS_SECRET_VERSION:-}
+TEAMS=${TEAMS:-}
+ADMIN_TEAM=${ADMIN_TEAM:-}
+TEAM_LIMITS=${TEAM_LIMITS:-}
 SOURCE_DIR=${SOURCE_DIR:-$SCRIPT_DIR}
 BUILD_SA=
 DRY_RUN=${DRY_RUN:-0}
@@ -182,6 +192,7 @@ VALUE_FLAGS=" --project --region --name-prefix --http-function --pubsub-function
  --topic --scheduler-job --runtime-sa --scheduler-sa --schedule --time-zone --scheduler-region
  --poll-lookback-seconds --baseten-secret --baseten-secret-version --webhook-url --webhook-secret
  --webhook-secret-version --api-keys-secret --api-keys-secret-version --env --source
+ --teams --admin-team --team-limits
  --build-service-account --state-bucket --files-bucket --files-retention-days --gcs-allowed-buckets "
 VALUE_FLAGS=${VALUE_FLAGS//$'\n'/ }
 
@@ -253,6 +264,9 @@ parse_args() {
 		--webhook-secret-version) WEBHOOK_SECRET_VERSION=$value ;;
 		--api-keys-secret) API_KEYS_SECRET=$value ;;
 		--api-keys-secret-version) API_KEYS_SECRET_VERSION=$value ;;
+		--teams) TEAMS=$value ;;
+		--admin-team) ADMIN_TEAM=$value ;;
+		--team-limits) TEAM_LIMITS=$value ;;
 		--env) EXTRA_ENV+=("$value") ;;
 		--source) SOURCE_DIR=$value ;;
 		--build-service-account) BUILD_SA=$value ;;
@@ -416,13 +430,28 @@ validate() {
 	fi
 	check_re "--time-zone" "$TIME_ZONE" '^[A-Za-z0-9_+/-]+$' "an IANA time zone like Etc/UTC or Europe/Paris"
 
+	local team_re='^[a-z][a-z0-9-]{0,31}$' team_rule="1-32 of a-z 0-9 -, starting with a letter"
+	local team
+	if [[ -n $TEAMS ]]; then
+		IFS=, read -r -a team_list <<<"$TEAMS"
+		for team in "${team_list[@]}"; do check_re "--teams entry" "$team" "$team_re" "$team_rule"; done
+	fi
+	if [[ -n $ADMIN_TEAM ]]; then
+		check_re "--admin-team" "$ADMIN_TEAM" "$team_re" "$team_rule"
+		[[ -n $TEAMS && ",$TEAMS," == *",$ADMIN_TEAM,"* ]] || die "--admin-team $ADMIN_TEAM must be one of --teams"
+	fi
+	if [[ -n $TEAM_LIMITS ]]; then
+		# The service checks it fully at start; here: one JSON object, no line breaks.
+		check_re "--team-limits" "$TEAM_LIMITS" '^\{[][{}":,0-9a-z* _-]*\}$' 'a JSON object like {"*": {"max_active_gpus": 8}}'
+	fi
+
 	local kv key
 	for kv in "${EXTRA_ENV[@]}"; do
 		[[ $kv == *=* ]] || die "invalid --env '$kv': KEY=VALUE expected"
 		key=${kv%%=*}
 		check_re "--env key" "$key" '^[A-Z_][A-Z0-9_]*$' "upper-case letters, digits and underscores"
 		case $key in
-		GOOGLE_CLOUD_PROJECT | WEBHOOK_URL | POLL_LOOKBACK_SECONDS | THREADS | POLL_STATE_BUCKET)
+		GOOGLE_CLOUD_PROJECT | WEBHOOK_URL | POLL_LOOKBACK_SECONDS | THREADS | POLL_STATE_BUCKET | TEAMS | ADMIN_TEAM | TEAM_LIMITS)
 			die "--env $key: set by this script (use its own flag)" ;;
 		FILES_BUCKET | FILES_RETENTION_DAYS)
 			die "--env $key: set by this script (use --files-bucket / --files-retention-days: the bucket's lifecycle rule must match)" ;;
@@ -791,6 +820,10 @@ deploy() {
 
 	local -a env=("GOOGLE_CLOUD_PROJECT=$PROJECT")
 	if [[ -n $WEBHOOK_URL ]]; then env+=("WEBHOOK_URL=$WEBHOOK_URL"); fi
+	# Teams: every function knows them (events say whose; limits hold for retries too).
+	if [[ -n $TEAMS ]]; then env+=("TEAMS=$TEAMS"); fi
+	if [[ -n $ADMIN_TEAM ]]; then env+=("ADMIN_TEAM=$ADMIN_TEAM"); fi
+	if [[ -n $TEAM_LIMITS ]]; then env+=("TEAM_LIMITS=$TEAM_LIMITS"); fi
 	env+=("${EXTRA_ENV[@]}")
 	# Both submit paths resolve training_file (a File id or gs:// object), so
 	# both need the bucket; poll_jobs never reads a file.

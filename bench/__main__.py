@@ -54,6 +54,7 @@ BENCHMARKS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "dpo_memory": ("bench.dpo_memory", {"runs": 2}, {"runs": 1}),
     "labels": ("bench.labels", {}, {"examples_count": 400, "runs": 3}),
     "eval_memory": ("bench.eval_memory", {"runs": 2}, {"runs": 1, "hidden": 256, "layers": 4}),
+    "teams": ("bench.teams_bench", {}, {"requests_per_variant": 6, "runs": 5}),
 }
 # openai_list's baseline (the old scan of 5,000 records) alone takes minutes on a busy machine.
 CHILD_TIMEOUT_S = 1800
@@ -586,6 +587,34 @@ def _eval_memory_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _teams_rows(r: dict[str, Any]) -> list[Row]:
+    check, limit = r["check"], r["limit"]
+    rows = [
+        _row(
+            f"teams: warm {what} with team:key entries vs without teams (p50)",
+            f"{check[f'{key}_teams_p50_ms']:.1f} ms",
+            f"{check[f'{key}_plain_p50_ms']:.1f} ms",
+            check[f"ratio_{key}_p50"],
+            "<= 1.05x",
+            check[f"ratio_{key}_p50"] <= 1.05,
+        )
+        for key, what in (("submit", "POST /jobs"), ("get", "GET /jobs/{p}/{j}"))
+    ]
+    rows.append(
+        _row(
+            f"teams: TEAM_LIMITS check, {limit['active_jobs']} active jobs in 10 teams "
+            f"(+{limit['finished_jobs']} finished)",
+            f"{limit['baseten_requests_per_check']:.0f} search; {limit['own_p50_ms']:.1f} ms ours "
+            f"({limit['check_p50_ms']:.1f} ms in all)",
+            f"{limit['raw_search_p50_ms']:.1f} ms (the search alone)",
+            None,
+            "1 search, <= 50 ms ours",
+            limit["baseten_requests_per_check"] == 1 and limit["own_p50_ms"] <= 50,
+        )
+    )
+    return rows
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "cold_start": _cold_rows,
     "first_submit": _first_rows,
@@ -605,6 +634,7 @@ ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "dpo_memory": _dpo_memory_rows,
     "labels": _labels_rows,
     "eval_memory": _eval_memory_rows,
+    "teams": _teams_rows,
 }
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from finetune_api.runtime import get_services
+from finetune_api.core.errors import InvalidRequestError
+from finetune_api.runtime import acting_for, get_services
 
 if TYPE_CHECKING:
     from finetune_api.core.schemas import TrainingRequest
@@ -29,6 +32,7 @@ def handle_training_request(
     validation_file: str | None = None,
     method: str | None = None,
     integrations: list[dict[str, Any]] | None = None,
+    team: str | None = None,
 ) -> dict[str, Any]:
     """Start a Baseten training job fine-tuning ``model_id`` on ``dataset_id``.
 
@@ -68,12 +72,14 @@ def handle_training_request(
         "integrations": integrations,
     }
     body.update({name: value for name, value in optional.items() if value is not None})
-    return _submit(
-        _validate(body),
-        idempotency_key=idempotency_key,
-        message_id=message_id,
-        template_dir=Path(training_template_dir) if training_template_dir is not None else None,
-    )
+    template_dir = Path(training_template_dir) if training_template_dir is not None else None
+    with _as_team(team):
+        return _submit(
+            _validate(body),
+            idempotency_key=idempotency_key,
+            message_id=message_id,
+            template_dir=template_dir,
+        )
 
 
 def submit_body(
@@ -90,6 +96,26 @@ def submit_body(
         answer: dict[str, Any] = get_services().jobs.dry_run(request)
         return answer
     return _submit(request, idempotency_key=idempotency_key, message_id=message_id)
+
+
+@contextlib.contextmanager
+def _as_team(team: str | None) -> Iterator[None]:
+    """``team=``: act for that team (its scope, its limits); None: as the caller is."""
+    if team is None:
+        yield
+        return
+    from finetune_api.core.teams import Caller, check_team_name
+
+    try:
+        check_team_name(team)
+    except ValueError as error:
+        raise InvalidRequestError(f"team: {error}") from None
+    services = get_services()
+    caller = Caller(team=team, admin=team == services.settings.admin_team)
+    if not services.teams.teams_on():
+        raise InvalidRequestError("team: no team is configured (API_KEYS has no team:key entry)")
+    with acting_for(caller):
+        yield
 
 
 def _validate(body: Any) -> TrainingRequest:
@@ -126,6 +152,7 @@ def resume_job(
     compute: dict[str, Any] | None = None,
     job_name: str | None = None,
     idempotency_key: str | None = None,
+    team: str | None = None,
 ) -> dict[str, Any]:
     """Start a new job that continues a finished one from a checkpoint.
 
@@ -137,14 +164,15 @@ def resume_job(
     ``ConflictError`` (the job is still running or has no checkpoint) and the
     upstream errors of :func:`handle_training_request`.
     """
-    values = {
-        "checkpoint_id": checkpoint_id,
-        "hyperparameters": hyperparameters,
-        "compute": compute,
-        "job_name": job_name,
-    }
-    body = {name: value for name, value in values.items() if value is not None}
-    return resume_body(project_id, job_id, body, idempotency_key=idempotency_key)
+    with _as_team(team):
+        values = {
+            "checkpoint_id": checkpoint_id,
+            "hyperparameters": hyperparameters,
+            "compute": compute,
+            "job_name": job_name,
+        }
+        body = {name: value for name, value in values.items() if value is not None}
+        return resume_body(project_id, job_id, body, idempotency_key=idempotency_key)
 
 
 def resume_body(
@@ -169,6 +197,7 @@ def deploy_checkpoint(
     compute: dict[str, Any] | None = None,
     dry_run: bool = False,
     idempotency_key: str | None = None,
+    team: str | None = None,
 ) -> dict[str, Any]:
     """Serve a checkpoint of a completed training job as a Baseten model.
 
@@ -184,18 +213,19 @@ def deploy_checkpoint(
     :func:`handle_training_request`, plus ``ConflictError`` (the job is not
     completed or has no checkpoint) and ``NotFoundError`` (unknown job or checkpoint).
     """
-    body: dict[str, Any] = {
-        name: value
-        for name, value in {
-            "checkpoint_id": checkpoint_id,
-            "model_name": model_name,
-            "compute": compute,
-        }.items()
-        if value is not None
-    }
-    if dry_run:
-        body["dry_run"] = True
-    return deploy_body(project_id, job_id, body, idempotency_key=idempotency_key)
+    with _as_team(team):
+        body: dict[str, Any] = {
+            name: value
+            for name, value in {
+                "checkpoint_id": checkpoint_id,
+                "model_name": model_name,
+                "compute": compute,
+            }.items()
+            if value is not None
+        }
+        if dry_run:
+            body["dry_run"] = True
+        return deploy_body(project_id, job_id, body, idempotency_key=idempotency_key)
 
 
 def deploy_body(
@@ -213,19 +243,23 @@ def deploy_body(
     return result
 
 
-def get_deployment(model_id: str, deployment_id: str) -> dict[str, Any]:
+def get_deployment(model_id: str, deployment_id: str, *, team: str | None = None) -> dict[str, Any]:
     """The Deployment object of one deployment (raises ``NotFoundError`` if unknown)."""
-    result: dict[str, Any] = (
-        get_services().deployments.get(model_id, deployment_id).model_dump(mode="json")
-    )
-    return result
+    with _as_team(team):
+        result: dict[str, Any] = (
+            get_services().deployments.get(model_id, deployment_id).model_dump(mode="json")
+        )
+        return result
 
 
-def deactivate_deployment(model_id: str, deployment_id: str) -> dict[str, Any]:
+def deactivate_deployment(
+    model_id: str, deployment_id: str, *, team: str | None = None
+) -> dict[str, Any]:
     """Deactivate a deployment (it stops costing money); returns it afterwards."""
-    deployment = get_services().deployments.deactivate(model_id, deployment_id)
-    result: dict[str, Any] = deployment.model_dump(mode="json")
-    return result
+    with _as_team(team):
+        deployment = get_services().deployments.deactivate(model_id, deployment_id)
+        result: dict[str, Any] = deployment.model_dump(mode="json")
+        return result
 
 
 def job_logs(
@@ -238,6 +272,7 @@ def job_logs(
     order: str | None = None,
     level: str | None = None,
     cursor: str | None = None,
+    team: str | None = None,
 ) -> dict[str, Any]:
     """One page of a job's log: ``{"data": [LogLine], "next_cursor", "has_more"}``.
 
@@ -249,19 +284,20 @@ def job_logs(
     :func:`handle_training_request` (``InvalidRequestError`` naming a bad
     argument, ``NotFoundError`` for an unknown job, ``Upstream*Error``).
     """
-    from finetune_api.insights.job_insights import log_query
+    with _as_team(team):
+        from finetune_api.insights.job_insights import log_query
 
-    values = {
-        "since": since,
-        "until": until,
-        "limit": limit,
-        "order": order,
-        "level": level,
-        "cursor": cursor,
-    }
-    query = log_query({k: v for k, v in values.items() if v is not None}, prefix="")
-    result: dict[str, Any] = get_services().insights.logs(project_id, job_id, query)
-    return result
+        values = {
+            "since": since,
+            "until": until,
+            "limit": limit,
+            "order": order,
+            "level": level,
+            "cursor": cursor,
+        }
+        query = log_query({k: v for k, v in values.items() if v is not None}, prefix="")
+        result: dict[str, Any] = get_services().insights.logs(project_id, job_id, query)
+        return result
 
 
 def job_metrics(
@@ -271,24 +307,27 @@ def job_metrics(
     since: str | datetime | None = None,
     until: str | datetime | None = None,
     points: int | str | None = None,
+    team: str | None = None,
 ) -> dict[str, Any]:
     """A job's training and system metrics, as ``GET /jobs/{project_id}/{job_id}/metrics``.
 
     ``{"training": {"steps", "evaluations", "summary"} or None, "system": {"nodes"}}``;
     series cut to at most ``points`` (default 500) keeping their shape.
     """
-    values = {"since": since, "until": until, "points": points}
-    answer, _ = metrics_answer(project_id, job_id, values, prefix="")
-    return answer
+    with _as_team(team):
+        values = {"since": since, "until": until, "points": points}
+        answer, _ = metrics_answer(project_id, job_id, values, prefix="")
+        return answer
 
 
-def job_evaluation(project_id: str, job_id: str) -> dict[str, Any]:
+def job_evaluation(project_id: str, job_id: str, *, team: str | None = None) -> dict[str, Any]:
     """Did it get better: as ``GET /jobs/{project_id}/{job_id}/evaluation``.
 
     ``{"base", "tuned", "change", "samples", "evaluations", "skipped"}`` plus the job's
     ids, name and status (see docs/evaluation.md).
     """
-    answer: dict[str, Any] = get_services().insights.evaluation(project_id, job_id)
+    with _as_team(team):
+        answer: dict[str, Any] = get_services().insights.evaluation(project_id, job_id)
     return answer
 
 
@@ -299,11 +338,13 @@ def checkpoint_files(
     *,
     limit: int | None = None,
     cursor: str | None = None,
+    team: str | None = None,
 ) -> dict[str, Any]:
     """One checkpoint's files as presigned URLs, as ``GET …/checkpoints/{id}/files``."""
     from finetune_api.jobs.checkpoint_files import CheckpointFiles
 
-    services = get_services()
+    with _as_team(team):
+        services = get_services()
     files = CheckpointFiles(services.settings.project_name_prefix, services.client)
     query = {"limit": limit, "cursor": cursor}
     return files.page(project_id, job_id, checkpoint_id, {k: v for k, v in query.items() if v})
@@ -316,12 +357,14 @@ def job_metrics_svg(
     since: str | datetime | None = None,
     until: str | datetime | None = None,
     points: int | str | None = None,
+    team: str | None = None,
 ) -> str:
     """The same metrics drawn as an SVG chart (loss and eval loss; learning rate or GPU)."""
-    values = {"since": since, "until": until, "points": points, "format": "svg"}
-    _, svg = metrics_answer(project_id, job_id, values, prefix="")
-    assert svg is not None
-    return svg
+    with _as_team(team):
+        values = {"since": since, "until": until, "points": points, "format": "svg"}
+        _, svg = metrics_answer(project_id, job_id, values, prefix="")
+        assert svg is not None
+        return svg
 
 
 def metrics_answer(

@@ -6,13 +6,17 @@ these is thread-safe; building them is cheap and imports nothing heavy.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import threading
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from finetune_api.core.logs import get_logger
 from finetune_api.core.settings import Settings, get_settings
+from finetune_api.core.teams import EVERYONE, Caller
 
 
 @dataclass
@@ -32,16 +36,39 @@ class Services:
     index: Any = None
     api_key: Any = None
     openai: Any = None  # built on the first /v1/ request (see openai_services)
+    caller: Caller = EVERYONE  # whom these services act for
+    teams: Any = None  # the configured teams (core/teams.TeamDirectory)
+    configs: Any = None
+    quota: Any = None  # project name -> its team's TeamQuota (None: no limits)
+    push: Any = None
+    announce: Any = None
+    # The base graph's per-team graphs, built on a team's first request.
+    by_caller: dict[Caller, Services] = field(default_factory=dict)
 
 
 _services: Services | None = None
 _lock = threading.Lock()
+# Whom the current request acts for: set by the edge (``acting_for``) right after
+# the key is checked, read by :func:`get_services`. Each request runs in its own
+# context, so one request's team never leaks into another's.
+_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("caller", default=EVERYONE)
+
+
+@contextlib.contextmanager
+def acting_for(caller: Caller) -> Iterator[None]:
+    """Within the block, :func:`get_services` answers ``caller``'s services."""
+    token = _caller.set(caller)
+    try:
+        yield
+    finally:
+        _caller.reset(token)
 
 
 def build_services(settings: Settings) -> Services:
     from finetune_api.baseten.client import BasetenClient
     from finetune_api.baseten.push import push_training_job
     from finetune_api.core.secrets import SecretStore
+    from finetune_api.core.teams import TeamDirectory
     from finetune_api.insights.job_insights import JobInsights
     from finetune_api.jobs.file_use import file_users
     from finetune_api.jobs.index import index_from_settings
@@ -53,6 +80,7 @@ def build_services(settings: Settings) -> Services:
     from finetune_api.polling.stores import claims_from_settings, store_from_settings
 
     secrets = SecretStore(settings)
+    teams = TeamDirectory(secrets, settings.project_name_prefix, settings.teams)
 
     def api_key() -> str:
         value = secrets.get("baseten_api_key")
@@ -63,7 +91,9 @@ def build_services(settings: Settings) -> Services:
         return push_training_job(settings, api_key(), config)
 
     client = BasetenClient(settings, api_key)
-    events = EventSink(settings, secrets)
+    events = EventSink(
+        settings, secrets, team_of=teams.team_of, name_of=project_names(client, teams)
+    )
 
     def announce(job: Any, key: str | None, message_id: str | None) -> None:
         # Logged now, delivered off the request path: a slow receiver never
@@ -75,7 +105,11 @@ def build_services(settings: Settings) -> Services:
 
     insights = JobInsights(settings, client, secrets)
     files = build_files(settings)
-    index = index_from_settings(settings)
+    # Index records carry their job's team once teams are on (never before).
+    index = index_from_settings(
+        settings, team_of=lambda name: teams.team_of(name) if teams.teams_on() else None
+    )
+    quota = build_quota(settings, client, teams, index)
     tokenizer, throughput, price = build_estimates(settings, client)
     jobs = JobService(
         settings,
@@ -88,6 +122,7 @@ def build_services(settings: Settings) -> Services:
         tokenizer=tokenizer,
         throughput=throughput,
         price=price,
+        quota=quota,
     )
     # DELETE /files/{id} asks which job still needs the File (jobs sit above files).
     files.users = file_users(index, jobs.read_job)
@@ -110,6 +145,127 @@ def build_services(settings: Settings) -> Services:
         retry=RetryWatch(resume, configs, claims_from_settings(settings)),
         index=index,
         api_key=api_key,
+        teams=teams,
+        configs=configs,
+        quota=quota,
+        push=push,
+        announce=announce,
+    )
+
+
+def project_names(client: Any, teams: Any) -> Any:
+    """A project id's name for an event that names only the id (one projects read per miss)."""
+    known: dict[str, str] = {}
+
+    def name_of(project_id: str) -> str | None:
+        if not teams.teams_on():
+            return None  # every event is team "default": nothing to read
+        if project_id not in known:
+            for project in client.list_projects():
+                known[str(project.get("id"))] = str(project.get("name"))
+        return known.get(project_id)
+
+    return name_of
+
+
+def build_quota(settings: Settings, client: Any, teams: Any, index: Any) -> Any:
+    """``quota(project_name)``: that project's team's TEAM_LIMITS (None: no limits).
+
+    Only once a ``team:`` entry exists; the lease lives beside the job index.
+    """
+    from finetune_api.jobs.quota import TeamLease, TeamQuota
+
+    if not settings.team_limits:
+        return None
+    lease = TeamLease(index.store)
+    quotas: dict[str, Any] = {}
+
+    def quota(project_name: str) -> Any:
+        if not teams.teams_on():
+            return None
+        team = teams.team_of(project_name)
+        if team is None:
+            return None
+        found = quotas.get(team)
+        if found is None:
+            found = quotas[team] = TeamQuota(
+                settings.team_limits, team, settings.project_name_prefix, client, lease
+            )
+        return found
+
+    return quota
+
+
+def build_for_caller(base: Services, caller: Caller) -> Services:
+    """``caller``'s services: the base graph's clients and stores, seen through its team.
+
+    A team's scope is its projects (``<PROJECT_NAME_PREFIX><team>-``), its Files,
+    Uploads and index records; ``ADMIN_TEAM`` reads every team's (the base scope)
+    but creates in its own prefix. Everything is shared with the base graph but
+    the per-team views, so a team costs no extra connection or cache.
+    """
+    from finetune_api.core.teams import team_prefix
+    from finetune_api.insights.job_insights import JobInsights
+    from finetune_api.jobs.resume import ResumeService
+    from finetune_api.jobs.service import JobService
+
+    assert caller.team is not None
+    settings = base.settings
+    own = team_prefix(settings.project_name_prefix, caller.team)
+    scoped = settings if caller.admin else settings.replace(project_name_prefix=own)
+    visible = caller.owns
+    files = base.files.for_caller(caller.team, None if caller.admin else visible)
+    index = base.index.for_caller(None if caller.admin else visible)
+    insights = JobInsights(scoped, base.client, base.secrets)
+    tokenizer, throughput, price = build_estimates(scoped, base.client)
+    jobs = JobService(
+        scoped,
+        base.client,
+        base.push,
+        base.announce,  # the same sink: every event carries data.team
+        progress=insights.progress,
+        files=files,
+        index=index.record,
+        tokenizer=tokenizer,
+        throughput=throughput,
+        price=price,
+        own_prefix=own,
+        quota=base.quota,
+    )
+    resume = ResumeService(scoped, base.client, jobs, base.configs)
+    deployments, _ = build_serving(scoped, base.client, base.api_key, base.configs)
+    if not caller.admin:
+        team, index_store = caller.team, base.index
+
+        def owns_project(project_id: str) -> bool | None:
+            from finetune_api.jobs.index import IndexUnavailable
+
+            try:
+                recorded = index_store.project_team(project_id)
+            except IndexUnavailable:
+                return None  # storage down: the job decides (one Baseten read)
+            return None if recorded is None else recorded == team
+
+        deployments.owns_project = owns_project
+    return Services(
+        settings=scoped,
+        secrets=base.secrets,
+        client=base.client,
+        jobs=jobs,
+        events=base.events,
+        insights=insights,
+        poll_state=base.poll_state,
+        deployments=deployments,
+        serving=base.serving,
+        files=files,
+        resume=resume,
+        retry=base.retry,
+        index=index,
+        api_key=base.api_key,
+        caller=caller,
+        teams=base.teams,
+        configs=base.configs,
+        quota=base.quota,
     )
 
 
@@ -228,15 +384,28 @@ def openai_services() -> OpenAIServices:
     return built
 
 
-def get_services() -> Services:
-    """The shared services (settings errors surface here as ConfigurationError)."""
+def get_services(caller: Caller | None = None) -> Services:
+    """The services acting for ``caller`` (default: the current request's, see ``acting_for``).
+
+    Settings errors surface here as ConfigurationError.
+    """
     global _services
-    if _services is not None:
-        return _services
-    with _lock:
-        if _services is None:
-            _services = build_services(get_settings())
-        return _services
+    base = _services
+    if base is None:
+        with _lock:
+            if _services is None:
+                _services = build_services(get_settings())
+            base = _services
+    who = caller if caller is not None else _caller.get()
+    if who.team is None:
+        return base
+    found = base.by_caller.get(who)
+    if found is None:
+        with _lock:
+            found = base.by_caller.get(who)
+            if found is None:
+                found = base.by_caller[who] = build_for_caller(base, who)
+    return found
 
 
 def reset() -> None:
@@ -255,6 +424,8 @@ def reset() -> None:
 __all__ = [
     "OpenAIServices",
     "Services",
+    "acting_for",
+    "build_for_caller",
     "build_services",
     "get_services",
     "openai_services",

@@ -51,10 +51,13 @@ def test_jobs_outside_the_prefix_are_invisible_and_unstoppable(
 
     listed = requests.get(f"{scoped.url}/jobs", timeout=30).json()["data"]
     assert [job["training_job_id"] for job in listed] == [own["training_job_id"]]
+    # A project outside the prefix is listed as one that does not exist.
     by_project = requests.get(
         f"{scoped.url}/jobs", params={"project_id": foreign["id"]}, timeout=30
-    ).json()["data"]
-    assert by_project == []
+    )
+    unknown = requests.get(f"{scoped.url}/jobs", params={"project_id": "nosuchproject"}, timeout=30)
+    assert by_project.status_code == unknown.status_code == 404
+    assert by_project.json() == unknown.json()
 
     base = f"{scoped.url}/jobs/{foreign['id']}/{foreign_job}"
     for method, url in [("GET", base), ("GET", f"{base}/checkpoints"), ("POST", f"{base}/stop")]:

@@ -260,3 +260,35 @@ def test_method_dpo_through_the_python_api(
             )
         assert refused.value.body["error"]["details"][0]["location"] == "training_file"
     assert len(configured.jobs()) == 1
+
+
+def test_team_acts_as_that_team(
+    configured: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from finetune_api.core.errors import InvalidRequestError, NotFoundError
+
+    monkeypatch.setenv("TEAMS", "alpha,beta")
+    monkeypatch.setenv("ADMIN_TEAM", "beta")
+    monkeypatch.setenv("FILES_DIR", str(tmp_path / "files"))
+    monkeypatch.setenv("TEAM_LIMITS", '{"alpha": {"max_active_jobs": 1}}')
+    runtime.reset()
+    job = finetune_api.handle_training_request(DATASET, MODEL, team="alpha")
+    assert job["training_project_name"].startswith("alpha-")
+    ids = (job["training_project_id"], job["training_job_id"])
+    # alpha reads its own; nobody else but the admin (beta) does.
+    assert finetune_api.job_logs(*ids, team="alpha")["data"] == []
+    assert finetune_api.job_logs(*ids, team="beta")["data"] == []
+    monkeypatch.setenv("ADMIN_TEAM", "")
+    runtime.reset()
+    with pytest.raises(NotFoundError):
+        finetune_api.job_logs(*ids, team="beta")
+    with pytest.raises(InvalidRequestError):
+        finetune_api.handle_training_request(DATASET, MODEL, project_name="beta-x", team="alpha")
+    from finetune_api.core.errors import QuotaExceededError
+
+    with pytest.raises(QuotaExceededError) as raised:
+        finetune_api.handle_training_request(DATASET, MODEL, team="alpha")
+    assert raised.value.status == 429
+    assert len(configured.jobs()) == 1
+    with pytest.raises(InvalidRequestError):
+        finetune_api.handle_training_request(DATASET, MODEL, team="Not A Team")

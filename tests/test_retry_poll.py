@@ -118,7 +118,9 @@ def test_failed_job_is_retried_once_per_failure_until_no_attempts_are_left(
         [retried] = of_type(rig.receiver, "training_job.retried")
         assert retried["id"] == f"evt_{first_id}_retried"
         data = retried["data"]
-        assert set(data) == {"failed_job", "job", "attempt", "max_attempts"}
+        # data.team: every event says whose (no team configured: "default").
+        assert set(data) == {"failed_job", "job", "attempt", "max_attempts", "team"}
+        assert data["team"] == "default"
         assert data["attempt"] == 1 and data["max_attempts"] == 2
         assert data["failed_job"]["training_job_id"] == first_id
         assert data["failed_job"]["status"] == "failed"

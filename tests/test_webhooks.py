@@ -291,7 +291,10 @@ def test_sink_delivers_with_secret_from_settings(
     event = checkpoint_event(_job(), Checkpoint(checkpoint_id="checkpoint-7"))
     result = sink.emit(event)
     assert result.delivered
-    assert receiver.events == [json.loads(event.body())]
+    # The sink adds data.team (no team configured: "default"), as every event has.
+    expected = json.loads(event.body())
+    expected["data"]["team"] = "default"
+    assert receiver.events == [expected]
     assert WEBHOOK_SECRET not in service_logs.text
 
 

@@ -395,6 +395,8 @@ class FineTuningJobs:
             "training_job_id": baseten_id,
             "baseten_status": baseten_status,
             "dashboard_url": f"{app}/training/{project_id}/logs/{baseten_id}",
+            # Teams: whose job (only once teams exist: the index record carries it).
+            **({"team": record["team"]} if record.get("team") else {}),
         }
 
     def _trained_tokens(self, job_id: str, raw: dict[str, Any]) -> int | None:

@@ -5,7 +5,8 @@ CONTRACT error type), ``logs`` (the JSON log format and redaction), ``secrets`` 
 ``secret_values`` (Secret Manager, API_KEYS), ``schemas`` (request/response models,
 Baseten -> Job), ``timestamps`` (the one time parser), ``decoding`` (untrusted JSON
 bytes), ``query`` (strict query-string numbers), ``cloud_storage`` (the storage
-client) and ``buckets`` (small objects in a bucket or folder, written with preconditions).
+client), ``buckets`` (small objects in a bucket or folder, written with preconditions)
+and ``teams`` (team:key entries, the Caller, TEAM_LIMITS).
 
 May import: nothing else of ``finetune_api`` (the bottom layer).
 """

@@ -131,6 +131,14 @@ class SecretUnavailableError(ServiceError):
         )
 
 
+class QuotaExceededError(ServiceError):
+    """A team's TEAM_LIMITS would be passed; the message names the limit and the use."""
+
+    type = "quota_exceeded"
+    status = 429
+    transient = False
+
+
 class ConfigurationError(ServiceError):
     """A setting is missing or malformed; the message names it."""
 
@@ -151,6 +159,7 @@ __all__ = [
     "MethodNotAllowedError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "QuotaExceededError",
     "SecretUnavailableError",
     "ServiceError",
     "UnauthorizedError",

@@ -17,6 +17,7 @@ from finetune_api.core import secret_values
 from finetune_api.core.errors import ConfigurationError, SecretUnavailableError
 from finetune_api.core.logs import get_logger, log, register_secret
 from finetune_api.core.settings import Settings
+from finetune_api.core.teams import key_table
 
 _logger = get_logger("secrets")
 
@@ -109,6 +110,8 @@ class SecretStore:
             # Each API key is a secret of its own; a log line may quote one alone.
             for part in value.split(",") if setting == "API_KEYS" else (value,):
                 register_secret(part)
+                if setting == "API_KEYS" and ":" in part:
+                    register_secret(part.partition(":")[2])  # a team:key entry's key
             self._cache[name] = _Cached(value, time.monotonic())
             return value
 
@@ -172,7 +175,10 @@ class SecretStore:
         except UnicodeDecodeError:
             raise ConfigurationError(f"{where} holds a value that is not UTF-8 text") from None
         try:
-            return secret_values.check(setting.lower(), text)
+            value = secret_values.check(setting.lower(), text)
+            if setting == "API_KEYS":
+                key_table(value)  # team:key entries: a bad team, an empty key, a key in two teams
+            return value
         except ValueError as error:
             raise ConfigurationError(f"{where}: the secret's value {error}") from None
 

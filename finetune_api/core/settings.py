@@ -77,7 +77,12 @@ def _secret(field_name: str) -> Callable[[Any], Secret]:
         text = value.get_secret_value() if isinstance(value, Secret) else value
         if not isinstance(text, str):
             raise ValueError("must be text")
-        return Secret(secret_values.check(field_name, text))
+        value = secret_values.check(field_name, text)
+        if field_name == "api_keys":
+            from finetune_api.core.teams import key_table
+
+            key_table(value)  # team:key entries: a bad team, an empty key, a key in two teams
+        return Secret(value)
 
     return parse
 
@@ -97,6 +102,27 @@ def _prefix(value: Any) -> str | None:
     if not PROJECT_PREFIX.fullmatch(text):
         raise ValueError("must be 1-63 of A-Z a-z 0-9 . _ -, starting with a letter or digit")
     return text
+
+
+def _team(value: Any) -> str | None:
+    from finetune_api.core.teams import check_team_name
+
+    text = _text(value)
+    return check_team_name(text) if text else None
+
+
+def _team_list(value: Any) -> tuple[str, ...]:
+    from finetune_api.core.teams import check_no_overlap, check_team_name
+
+    names = tuple(check_team_name(part.strip()) for part in _text(value).split(",") if part.strip())
+    check_no_overlap(names)
+    return names
+
+
+def _team_limits(value: Any) -> dict[str, dict[str, int]] | None:
+    from finetune_api.core.teams import parse_limits
+
+    return parse_limits(value)
 
 
 def _url(value: Any) -> str | None:
@@ -198,6 +224,13 @@ class Settings:
     max_body_bytes: int = _setting(65536, _int(1))
     # Opt-in: read, list and stop only projects whose names start with this.
     project_name_prefix: str | None = _setting(None, _prefix)
+    # Teams (issue 29): the team whose keys see every team's objects, and the
+    # per-team ceilings (see core/teams.py and docs/settings.md).
+    admin_team: str | None = _setting(None, _team)
+    # The team names, for the functions that hold no API keys (poll_jobs,
+    # train_pubsub): with API_KEYS the teams are its team:key entries (plus these).
+    teams: tuple[str, ...] = _setting((), _team_list)
+    team_limits: dict[str, dict[str, int]] | None = _setting(None, _team_limits)
 
     # Extras, not in the CONTRACT table (documented in docs/settings.md).
     baseten_timeout_seconds: float = _setting(30.0, _positive_float())
@@ -311,8 +344,9 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
             register_secret(secret.get_secret_value())
     if settings.api_keys is not None:
         # Each key is a secret of its own; a log line may quote one alone.
-        for key in settings.api_keys.get_secret_value().split(","):
-            register_secret(key)
+        for entry in settings.api_keys.get_secret_value().split(","):
+            register_secret(entry)
+            register_secret(entry.partition(":")[2] or entry)
     return settings
 
 

@@ -26,6 +26,8 @@ from finetune_api.core.errors import (
     ServiceError,
     UnsupportedMediaTypeError,
 )
+from finetune_api.core.teams import EVERYONE, Caller
+from finetune_api.runtime import acting_for
 
 _logger = logs.get_logger("http")
 
@@ -174,7 +176,7 @@ def serve(
     handlers: dict[str, Callable[..., Response]],
     *,
     public: frozenset[str] = frozenset({"healthz"}),
-    authorize: Callable[[Request], None] | None = None,
+    authorize: Callable[[Request], Caller | None] | None = None,
     project: str | None = None,
     render: Callable[[ServiceError], Response] = error_response,
 ) -> Response:
@@ -185,9 +187,11 @@ def serve(
         try:
             adapter = routes.bind("localhost", path_info=request.path)
             endpoint, arguments = adapter.match(method=request.method)
+            caller = None
             if endpoint not in public and authorize is not None:
-                authorize(request)
-            response = handlers[endpoint](request, **arguments)
+                caller = authorize(request)  # the team, decided once, from the key
+            with acting_for(caller or EVERYONE):
+                response = handlers[endpoint](request, **arguments)
         except ServiceError as error:
             response = render(error)
         except HTTPException as error:

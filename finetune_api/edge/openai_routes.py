@@ -23,6 +23,7 @@ from finetune_api.core.errors import (
     UpstreamRejectedError,
 )
 from finetune_api.core.query import bounded_int
+from finetune_api.core.teams import Caller
 from finetune_api.edge.auth import HEADER, require_api_key
 from finetune_api.edge.http_app import json_response, read_json_body, serve
 from finetune_api.runtime import get_services, openai_services
@@ -71,6 +72,7 @@ _TYPES = {
     "payload_too_large": ("invalid_request_error", "payload_too_large"),
     "unsupported_media_type": ("invalid_request_error", "unsupported_media_type"),
     "conflict": ("invalid_request_error", "conflict"),
+    "quota_exceeded": ("rate_limit_error", "quota_exceeded"),
     "upstream_rejected": ("invalid_request_error", "upstream_rejected"),
     "upstream_error": ("api_error", "upstream_error"),
     "upstream_unavailable": ("api_error", "upstream_unavailable"),
@@ -96,14 +98,15 @@ def openai_error(error: ServiceError) -> Response:
     return json_response(body, status, error.headers)
 
 
-def _authorize(request: Request) -> None:
+def _authorize(request: Request) -> Caller:
     key = request.headers.get(HEADER)
     header = request.headers.get("Authorization") or ""
     scheme, _, value = header.strip().partition(" ")
     if key is None and scheme.lower() == "bearer" and value.strip():
         key = value.strip()
+    services = get_services()
     try:
-        require_api_key(key, get_services().secrets)
+        return require_api_key(key, services.secrets, services.settings.admin_team)
     except UnauthorizedError:
         raise UnauthorizedError(
             "missing or invalid API key: send Authorization: Bearer <key>"

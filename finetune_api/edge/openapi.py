@@ -372,7 +372,7 @@ def _resume_paths(common: dict[str, Any]) -> dict[str, Any]:
                 "responses": {
                     "201": _json(ResumedJob, "the new job, with resumed_from"),
                     "200": _json(ResumedJob, "idempotent replay: the job created with this key"),
-                    **_errors(400, 404, 409, 413, 415, 422),
+                    **_errors(400, 404, 409, 413, 415, 422, 429),
                     **common,
                 },
             }
@@ -398,6 +398,14 @@ def openapi_document() -> dict[str, Any]:
         [(model, "serialization") for model in _MODELS], ref_template="#/components/schemas/{model}"
     )
     common = _errors(401, 500, 502, 503)
+    # Teams: the Job object names its team once team:key entries exist (no field before).
+    team = {
+        "type": "string",
+        "description": "the team whose job this is (only once API_KEYS has team:key entries)",
+    }
+    for name in ("Job", "JobWithCheckpoints", "ResumedJob"):
+        if name in definitions.get("$defs", {}):
+            definitions["$defs"][name].setdefault("properties", {})["team"] = team
     paths: dict[str, Any] = {
         "/jobs": {
             "post": {
@@ -426,6 +434,8 @@ def openapi_document() -> dict[str, Any]:
                         },
                     },
                     **_errors(400, 413, 415, 422),
+                    # quota_exceeded: the team's TEAM_LIMITS would be passed; nothing created.
+                    **_errors(429),
                     **common,
                 },
             },

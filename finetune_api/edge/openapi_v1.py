@@ -248,6 +248,10 @@ SCHEMAS: dict[str, Any] = {
             "training_job_id": _STR,
             "baseten_status": _STR,
             "dashboard_url": _STR,
+            "team": {
+                "type": "string",
+                "description": "whose job (only once API_KEYS has team:key entries)",
+            },
         },
         ["id", "object", "created_at", "model", "status", "training_project_id"],
     ),

@@ -18,7 +18,8 @@ from finetune_api.api import submit_body
 from finetune_api.core import logs
 from finetune_api.core.decoding import decode_json
 from finetune_api.core.errors import InvalidRequestError, ServiceError
-from finetune_api.runtime import get_services
+from finetune_api.core.teams import DEFAULT_TEAM, EVERYONE, Caller, check_team_name
+from finetune_api.runtime import acting_for, get_services
 
 _logger = logs.get_logger("pubsub")
 
@@ -77,6 +78,25 @@ class PubsubMessage:
             )
         return key or self.message_id or None
 
+    def caller(self, teams_on: bool, admin_team: str | None) -> Caller:
+        """The team the message acts for: attribute ``team`` (default ``default``).
+
+        Pub/Sub publishers are trusted by IAM, so the attribute is taken as given;
+        a malformed one is a bad message. Without teams every message acts for all.
+        """
+        attributes = self.attributes if isinstance(self.attributes, Mapping) else {}
+        team = attributes.get("team") or DEFAULT_TEAM
+        try:
+            check_team_name(team)
+        except ValueError as error:
+            raise InvalidRequestError(
+                f"the team attribute: {error}",
+                details=[{"location": "message.attributes.team", "reason": str(error)}],
+            ) from None
+        if not teams_on:
+            return EVERYONE
+        return Caller(team=team, admin=admin_team is not None and team == admin_team)
+
     def body(self) -> Any:
         if not self.valid_envelope:
             raise InvalidRequestError("event carries no Pub/Sub message")
@@ -106,7 +126,12 @@ def handle_pubsub(event_attributes: Mapping[str, Any], data: Any) -> dict[str, A
                 )
                 return None
             key = message.idempotency_key()
-            return submit_body(message.body(), idempotency_key=key, message_id=message.message_id)
+            services = get_services()
+            caller = message.caller(services.teams.teams_on(), services.settings.admin_team)
+            with acting_for(caller):
+                return submit_body(
+                    message.body(), idempotency_key=key, message_id=message.message_id
+                )
         except ServiceError as error:
             fields = {"error_type": error.type, "reason": error.message}
             if error.details:

@@ -14,6 +14,7 @@ from finetune_api.core.errors import (
     UnsupportedMediaTypeError,
 )
 from finetune_api.core.query import bounded_int
+from finetune_api.core.teams import EVERYONE, Caller
 from finetune_api.edge.auth import HEADER, require_api_key
 from finetune_api.edge.http_app import (
     POLL_ROUTES,
@@ -25,8 +26,11 @@ from finetune_api.edge.http_app import (
 from finetune_api.runtime import get_services
 
 
-def _authorize(request: Request) -> None:
-    require_api_key(request.headers.get(HEADER), get_services().secrets)
+def _authorize(request: Request) -> Caller:
+    services = get_services()
+    return require_api_key(
+        request.headers.get(HEADER), services.secrets, services.settings.admin_team
+    )
 
 
 def _project() -> str | None:
@@ -70,12 +74,20 @@ def list_jobs(request: Request) -> Response:
     limit = bounded_int(args.get("limit"), "limit", 1, 100, default=20)
     statuses = [part for value in args.getlist("status") for part in value.split(",") if part]
     jobs = services.jobs.list(project_id, statuses, limit)
-    return json_response({"data": [job.model_dump(mode="json") for job in jobs]})
+    return json_response({"data": [_with_team(services, job) for job in jobs]})
+
+
+def _with_team(services: Any, job: Any) -> dict[str, Any]:
+    """The Job object; once teams are on, with its ``team`` (the admin sees several)."""
+    shown: dict[str, Any] = job.model_dump(mode="json")
+    if services.caller.teams_on:
+        shown["team"] = services.teams.team_of(shown.get("training_project_name"))
+    return shown
 
 
 def get_job(request: Request, project_id: str, job_id: str) -> Response:
-    job = get_services().jobs.get(project_id, job_id)
-    return json_response(job.model_dump(mode="json"))
+    services = get_services()
+    return json_response(_with_team(services, services.jobs.get(project_id, job_id)))
 
 
 def checkpoints(request: Request, project_id: str, job_id: str) -> Response:
@@ -268,7 +280,8 @@ def poll(request: Request) -> Response:
     from finetune_api.polling.poller import parse_since
     from finetune_api.polling.poller import poll as run_poll
 
-    services = get_services()
+    # One poll across teams, whichever key started it: the base services, every job.
+    services = get_services(EVERYONE)
     body = read_json_body(request, services.settings.max_body_bytes, required=False)
     since = parse_since(body)
     report = run_poll(

@@ -37,6 +37,9 @@ class File(BaseModel):
         description="only in the POST /files answer that opened the upload: PUT the bytes here",
     )
     validation: Validation | None
+    team: str | None = Field(
+        default=None, description="the team it belongs to (only once teams are configured)"
+    )
 
 
 class FileList(BaseModel):

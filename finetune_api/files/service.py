@@ -9,6 +9,7 @@ and one :class:`~finetune_api.core.errors.ServiceError` per failure.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import hmac
 import re
@@ -120,6 +121,8 @@ class FileService:
         allowed_buckets: Collection[str] = (),
         own_buckets: Collection[str] = (),
         check_wait_seconds: float = 20.0,
+        team: str | None = None,
+        visible: Any = None,
     ) -> None:
         self._store = store
         self._max_line = max_line_bytes
@@ -131,6 +134,10 @@ class FileService:
         self.users: FileUsers | None = None
         self._checking: set[str] = set()  # File ids this instance is checking now
         self._checking_lock = threading.Lock()
+        # Teams: the team new Files belong to (None: no teams, no tag) and
+        # ``visible(team)``, whether this caller may see a File of ``team`` (None: all).
+        self.team = team
+        self._visible = visible
 
     def _too_large(self, size: int) -> PayloadTooLargeError:
         return PayloadTooLargeError(
@@ -139,20 +146,41 @@ class FileService:
             details=[{"location": "bytes", "reason": "larger than MAX_FILE_BYTES"}],
         )
 
+    def for_caller(self, team: str | None, visible: Any) -> FileService:
+        """The same service acting for one team (see :class:`finetune_api.core.teams.Caller`).
+
+        A shallow copy: the store, the settings, ``users`` and the set of Files being
+        checked are shared; only the team and what it may see differ.
+        """
+        view = copy.copy(self)
+        view.team = team
+        view._visible = visible
+        return view
+
+    def shows(self, record: dict[str, Any]) -> bool:
+        """Whether this caller may see ``record`` (another team's is as if unknown)."""
+        return self._visible is None or bool(self._visible(record.get("team")))
+
+    def tag(self, record: dict[str, Any]) -> dict[str, Any]:
+        """``record`` with this caller's team (nothing when no team is configured)."""
+        return {**record, "team": self.team} if self.team is not None else record
+
     # -- create -----------------------------------------------------------------
 
     def _new_record(self, filename: str, size: int | None) -> dict[str, Any]:
-        return {
-            "id": new_file_id(),
-            "object": "file",
-            "filename": filename,
-            "bytes": size,
-            "sha256": None,
-            "created_at": int(time.time()),
-            "purpose": PURPOSE,
-            "status": PENDING,
-            "validation": None,
-        }
+        return self.tag(
+            {
+                "id": new_file_id(),
+                "object": "file",
+                "filename": filename,
+                "bytes": size,
+                "sha256": None,
+                "created_at": int(time.time()),
+                "purpose": PURPOSE,
+                "status": PENDING,
+                "validation": None,
+            }
+        )
 
     def _checked(self, record: dict[str, Any], result: CheckResult) -> dict[str, Any]:
         return {
@@ -229,6 +257,7 @@ class FileService:
         expected = found[0].get("_session_sha256") if found else None
         if (
             found is None
+            or not self.shows(found[0])
             or not isinstance(expected, str)
             or not token
             or not hmac.compare_digest(expected, _digest(token))
@@ -381,7 +410,7 @@ class FileService:
             found = self._store.read_meta(file_id)
         except StorageUnavailable as error:
             raise _unavailable(error) from None
-        if found is None:
+        if found is None or not self.shows(found[0]):
             raise NotFoundError("no such file")
         return found
 
@@ -394,10 +423,18 @@ class FileService:
     def list(self, limit: int, after: str | None) -> dict[str, Any]:
         if after is not None and not is_file_id(after):
             raise _invalid("after", "must be a File id")
-        try:
-            records = self._store.list_meta(after, limit + 1)
-        except StorageUnavailable as error:
-            raise _unavailable(error) from None
+        records: list[dict[str, Any]] = []
+        cursor = after
+        while len(records) <= limit:
+            want = limit + 1 - len(records)
+            try:
+                batch = self._store.list_meta(cursor, want)
+            except StorageUnavailable as error:
+                raise _unavailable(error) from None
+            records.extend(r for r in batch if self.shows(r))
+            if len(batch) < want or self._visible is None:
+                break
+            cursor = batch[-1]["id"]  # other teams' Files skipped: read on
         return {"data": [public(r) for r in records[:limit]], "has_more": len(records) > limit}
 
     def delete(self, file_id: str) -> dict[str, Any]:
@@ -452,7 +489,7 @@ class FileService:
             found = self._store.read_meta(ref)
         except StorageUnavailable as error:
             raise _unavailable(error) from None
-        if found is None:
+        if found is None or not self.shows(found[0]):
             raise _invalid(field, "no such File")
         record = found[0]
         if record["status"] == PENDING:

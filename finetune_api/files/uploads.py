@@ -102,6 +102,7 @@ class UploadService:
     def __init__(
         self, store: FileStore, files: FileService, *, max_part_bytes: int, clock: Any = time.time
     ) -> None:
+        """``files`` acts for the caller: new Uploads carry its team, others' are unknown."""
         self._store = store
         self._files = files
         self._max_part = max_part_bytes
@@ -143,6 +144,7 @@ class UploadService:
             "file": None,
             "_parts": {},
         }
+        record = self._files.tag(record)
         try:
             self._store.write_upload(record, None)
         except StorageUnavailable as error:
@@ -157,7 +159,7 @@ class UploadService:
             found = self._store.read_upload(upload_id)
         except StorageUnavailable as error:
             raise _unavailable(error) from None
-        if found is None:
+        if found is None or not self._files.shows(found[0]):
             raise NotFoundError("no such upload")
         return found
 
@@ -258,6 +260,7 @@ class UploadService:
             "status": PENDING,
             "validation": None,
         }
+        file_record = self._files.tag(file_record)
         try:
             self._store.join_parts(upload_id, part_ids, file_id)
             self._store.write_meta(file_record, None)

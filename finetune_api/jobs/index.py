@@ -49,6 +49,7 @@ _logger = get_logger("job_index")
 
 INDEX = "jobs/index/"
 BY_METADATA = "jobs/metadata/"
+PROJECTS = "teams/projects/"
 # jobs/by-file/<file id>/<ftjob id>: an empty marker per File a job trains or
 # validates on, so DELETE /files/{id} finds the jobs that may still need it.
 BY_FILE = "jobs/by-file/"
@@ -202,13 +203,38 @@ LocalObjects = Folder
 class JobIndex:
     """Records of the jobs this service created, newest first. Thread-safe."""
 
-    def __init__(self, store: ObjectStore, *, workers: int = 8) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        *,
+        workers: int = 8,
+        team_of: Any = None,
+        visible: Any = None,
+    ) -> None:
+        self.store = store
         self._store = store
         self._workers = workers
+        # Teams: ``team_of(project_name)`` tags each record with its job's team;
+        # ``visible(team)`` says whether this caller may list a record (None: all).
+        self._team_of = team_of
+        self._visible = visible
+        self._projects_known: set[str] = set()  # project records written by this process
+
+    def for_caller(self, visible: Any) -> JobIndex:
+        """The same index, listing only the records ``visible(team)`` allows."""
+        return JobIndex(self._store, workers=self._workers, team_of=self._team_of, visible=visible)
+
+    def shows(self, record: dict[str, Any]) -> bool:
+        return self._visible is None or bool(self._visible(record.get("team")))
 
     def record(self, job: Any, request: Any, labels: dict[str, Any] | None = None) -> str | None:
         """Index a job just created (or replayed); never raises: the job exists either way."""
         record = index_record(job, request, labels)
+        team = self._team_of(request.project_name) if self._team_of is not None else None
+        if team is not None:
+            self._remember_project(job.training_project_id, team)
+        if record is not None and team is not None:
+            record["team"] = team
         if record is None:
             log(
                 _logger,
@@ -238,6 +264,29 @@ class JobIndex:
                 with contextlib.suppress(IndexConflict, IndexUnavailable):
                     self._store.create(f"{BY_FILE}{ref}/{record['id']}", b"")
         return str(record["id"])
+
+    def _remember_project(self, project_id: str, team: str) -> None:
+        """Which team a Baseten project is (create-only; a project never changes team)."""
+        if not _BASETEN_ID.match(str(project_id)) or project_id in self._projects_known:
+            return
+        try:
+            self._store.create(f"{PROJECTS}{project_id}", team.encode())
+        except IndexConflict:
+            pass  # written before (by any instance)
+        except IndexUnavailable:
+            return  # tried again on the next submit
+        self._projects_known.add(project_id)
+
+    def project_team(self, project_id: str) -> str | None:
+        """The team that made ``project_id``'s jobs (None: unknown), read from storage only.
+
+        Lets a team's deployment read decide ownership without a Baseten call that
+        only another team's id would cause (see docs/security.md).
+        """
+        if not _BASETEN_ID.match(str(project_id)):
+            return None
+        found = self._store.read(f"{PROJECTS}{project_id}")
+        return found[0].decode("utf-8", "replace") if found is not None else None
 
     def jobs_using(self, file_id: str, limit: int = 1000) -> list[str]:
         """The ``ftjob-…`` ids of the jobs created on File ``file_id`` (newest first)."""
@@ -295,7 +344,7 @@ class JobIndex:
         batch = self._store.names(prefix, f"{after}{suffix}" if after else None, limit + 1)
         ids = [name.removesuffix(".json") for name in batch[:limit]]
         records = [item for item in self._read_all(ids) if item is not None]
-        records = [item for item in records if _carries(item[0], wanted)]
+        records = [item for item in records if _carries(item[0], wanted) and self.shows(item[0])]
         more = len(batch) == limit + 1
         return IndexPage(records, more, ids[-1] if ids else None)
 
@@ -326,7 +375,7 @@ class JobIndex:
         page = matches[:limit]
         more = more or len(matches) > limit
         records = [item for item in self._read_all(page) if item is not None]
-        records = [item for item in records if _carries(item[0], wanted)]
+        records = [item for item in records if _carries(item[0], wanted) and self.shows(item[0])]
         cursor = page[-1] if page else (settled if more else None)
         return IndexPage(records, more, cursor)
 
@@ -345,7 +394,7 @@ def _carries(record: dict[str, Any], wanted: dict[str, str]) -> bool:
     return all(meta.get(k) == v for k, v in wanted.items())
 
 
-def index_from_settings(settings: Any) -> JobIndex:
+def index_from_settings(settings: Any, team_of: Any = None) -> JobIndex:
     """Beside the files: their bucket, or their local folder."""
     if settings.files_bucket:
         return JobIndex(
@@ -353,10 +402,11 @@ def index_from_settings(settings: Any) -> JobIndex:
                 settings.files_bucket,
                 emulator_host=settings.storage_emulator_host,
                 project=settings.google_cloud_project,
-            )
+            ),
+            team_of=team_of,
         )
     root = settings.files_dir or Path.home() / ".cache" / "finetune-api" / "files"
-    return JobIndex(LocalObjects(Path(root)))
+    return JobIndex(LocalObjects(Path(root)), team_of=team_of)
 
 
 __all__ = [

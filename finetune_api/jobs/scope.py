@@ -70,9 +70,10 @@ class JobScope:
 
         A model whose name starts with the prefix, or that does not exist yet (the
         deploy creates it), is in scope; an existing one only when each of its
-        deployments carries this service's marker. Costs nothing without a
-        prefix or for a prefixed name, else 1 models read + 1 deployments read
-        per same-named model.
+        deployments carries this service's marker and is of a job inside the
+        scope (so a team never deploys into another team's model). Costs nothing
+        without a prefix or for a prefixed name, else 1 models read + 1
+        deployments read per same-named model + 1 job read per deployment.
         """
         if self._prefix is None or model_name.startswith(self._prefix):
             return
@@ -80,7 +81,7 @@ class JobScope:
             if model.get("name") != model_name:
                 continue
             deployments = models.list_deployments(str(model.get("id") or ""))
-            if not deployments or any(parse_marker(d.get("name")) is None for d in deployments):
+            if not deployments or not all(self._ours(d.get("name")) for d in deployments):
                 reason = (
                     "names a model this service did not create; use a name starting with "
                     f"{self._prefix} (PROJECT_NAME_PREFIX)"
@@ -89,6 +90,17 @@ class JobScope:
                     f"model_name {reason}",
                     details=[{"location": location, "reason": reason}],
                 )
+
+    def _ours(self, name: Any) -> bool:
+        """A deployment of a job inside this scope (so not another team's): one job read."""
+        marker = parse_marker(name)
+        if marker is None:
+            return False
+        try:
+            self.read_job(marker[0], marker[1])
+        except NotFoundError:
+            return False
+        return True
 
     def allows(self, raw_job: dict[str, Any]) -> bool:
         """Whether PROJECT_NAME_PREFIX (when set) lets callers see this Baseten job."""

@@ -30,7 +30,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from finetune_api.core.errors import InvalidRequestError, ServiceError, UpstreamRejectedError
+from finetune_api.core.errors import (
+    InvalidRequestError,
+    NotFoundError,
+    QuotaExceededError,
+    ServiceError,
+    UpstreamRejectedError,
+)
 from finetune_api.core.logs import get_logger, log
 from finetune_api.core.schemas import (
     TERMINAL_STATUSES,
@@ -68,6 +74,7 @@ class BasetenReads(Protocol):
         newest_first: bool = True,
     ) -> list[dict[str, Any]]: ...
     def list_project_jobs(self, project_id: str) -> list[dict[str, Any]]: ...
+    def list_projects(self) -> list[dict[str, Any]]: ...
     def list_models(self, name: str | None = None) -> list[dict[str, Any]]: ...
     def list_deployments(self, model_id: str, name: str | None = None) -> list[dict[str, Any]]: ...
     def stream_search_jobs(
@@ -96,6 +103,9 @@ Announcer = Callable[[Job, str | None, str | None], None]
 # labels (metadata, suffix): the job index (see jobs/index.py).
 Indexer = Callable[[Job, TrainingRequest, dict[str, Any] | None], Any]
 
+
+#: The answer for a project Baseten does not know (baseten/client.py's 404 for its job list).
+UNKNOWN_PROJECT = "jobs of a training project not found on Baseten"
 
 #: What an internal key's digest starts from (NUL: never in a caller's key).
 INTERNAL_KEY_DOMAIN = "finetune-api/internal\x00"
@@ -185,8 +195,16 @@ class JobService:
         throughput: Any = None,
         price: Any = None,
         index: Indexer | None = None,
+        own_prefix: str | None = None,
+        quota: Callable[[str], Any] | None = None,
     ) -> None:
         self._settings = settings
+        # Where this caller's new projects go (a team's ``<prefix><team>-``; the
+        # admin reads every team's but creates in its own); default: the scope.
+        self._own_prefix = own_prefix or settings.project_name_prefix
+        self._teamless = own_prefix is None
+        # TEAM_LIMITS: the project name's team's quota (None: no limits).
+        self._quota = quota
         self._index = index
         self._files = files
         # Dry-run estimates (see jobs/estimate.py): each optional.
@@ -306,7 +324,7 @@ class JobService:
     def resolve(self, request: TrainingRequest) -> TrainingRequest:
         """Fill the name defaults (documented in docs/api.md)."""
         updates: dict[str, str] = {}
-        prefix = self._settings.project_name_prefix
+        prefix = self._own_prefix
         if request.project_name is None:
             name = default_project_name(request.model_id)
             if prefix and not name.startswith(prefix):
@@ -314,7 +332,8 @@ class JobService:
             updates["project_name"] = name
         elif prefix and not request.project_name.startswith(prefix):
             # A job this service could not read or stop afterwards is refused up front.
-            reason = f"must start with {prefix} (PROJECT_NAME_PREFIX)"
+            whose = "PROJECT_NAME_PREFIX" if self._teamless else "your team's prefix"
+            reason = f"must start with {prefix} ({whose})"
             raise InvalidRequestError(
                 f"project_name {reason}",
                 details=[{"location": "project_name", "reason": reason}],
@@ -382,7 +401,8 @@ class JobService:
             digest = None if key is None else key_digest(key)
         if digest is None:
             name = baseten_job_name(str(request.job_name), request.method)
-            job = self._create(request, name, template, extra)
+            with self._admitted(request):
+                job = self._create(request, name, template, extra)
         else:
             job = self._submit_idempotent(request, digest, template, extra)
         if resumed_from is not None:
@@ -436,25 +456,67 @@ class JobService:
         project_name = str(request.project_name)
         # Same-instance duplicates wait here and become cheap replays.
         with self._key_locks.hold(f"{project_name}/{digest}"):
-            project_id = self._project_id(project_name)
-            existing = self._jobs_with_digest(project_id, digest)
-            if existing:
-                return self._as_replay(existing[0], project_id)
-            name = baseten_job_name(str(request.job_name), request.method, digest)
-            created = self._create(request, name, template, extra)
-            # The pushed job names the project authoritatively (a cached id may be stale).
-            project_id = created.training_project_id
-            self._project_ids[project_name] = project_id
-            # Other instances may have raced us: the earliest job wins.
-            matching = self._jobs_with_digest(project_id, digest)
-            if not matching:
-                return created
-            kept = matching[0]
-            for duplicate in matching[1:]:
-                self._stop_duplicate(project_id, duplicate)
-            if str(kept.get("id")) == created.training_job_id:
-                return created
-            return self._as_replay(kept, project_id)
+            try:
+                with self._admitted(request):
+                    return self._submit_once(request, project_name, digest, template, extra)
+            except QuotaExceededError:
+                # At the limit a replay still answers its job (found without creating).
+                replay = self._find_replay(project_name, digest)
+                if replay is None:
+                    raise
+                return replay
+
+    @contextlib.contextmanager
+    def _admitted(self, request: TrainingRequest) -> Iterator[None]:
+        """TEAM_LIMITS: checked (and the team's lease held) until the job exists."""
+        quota = self._quota(str(request.project_name)) if self._quota is not None else None
+        if quota is None or not quota.limited:
+            yield
+            return
+        compute = request.compute
+        with quota.admit((compute.gpu_count or 1) * (compute.node_count or 1)):
+            yield
+
+    def _find_replay(self, project_name: str, digest: str) -> Job | None:
+        """The job an idempotency key already made, read without creating a project."""
+        project_id = self._project_ids.get(project_name)
+        if project_id is None:
+            for project in self._client.list_projects():
+                if project.get("name") == project_name:
+                    project_id = str(project.get("id"))
+                    break
+        if project_id is None:
+            return None
+        existing = self._jobs_with_digest(project_id, digest)
+        return self._as_replay(existing[0], project_id) if existing else None
+
+    def _submit_once(
+        self,
+        request: TrainingRequest,
+        project_name: str,
+        digest: str,
+        template: Path,
+        extra: Mapping[str, Any] | None,
+    ) -> Job:
+        project_id = self._project_id(project_name)
+        existing = self._jobs_with_digest(project_id, digest)
+        if existing:
+            return self._as_replay(existing[0], project_id)
+        name = baseten_job_name(str(request.job_name), request.method, digest)
+        created = self._create(request, name, template, extra)
+        # The pushed job names the project authoritatively (a cached id may be stale).
+        project_id = created.training_project_id
+        self._project_ids[project_name] = project_id
+        # Other instances may have raced us: the earliest job wins.
+        matching = self._jobs_with_digest(project_id, digest)
+        if not matching:
+            return created
+        kept = matching[0]
+        for duplicate in matching[1:]:
+            self._stop_duplicate(project_id, duplicate)
+        if str(kept.get("id")) == created.training_job_id:
+            return created
+        return self._as_replay(kept, project_id)
 
     def _as_replay(self, raw: dict[str, Any], project_id: str) -> Job:
         raw = {**raw, "training_project_id": raw.get("training_project_id") or project_id}
@@ -542,9 +604,14 @@ class JobService:
             rows = self._client.stream_project_jobs(project_id)
         newest: list[tuple[tuple[str, str], int, dict[str, Any]]] = []  # a min-heap
         counter = itertools.count()
+        hidden = shown = False  # whether the project held jobs outside / inside the scope
         with rows as jobs:
             for job in jobs:
-                if (wanted and job.get("current_status") not in wanted) or not self.allows(job):
+                if not self.allows(job):
+                    hidden = True
+                    continue
+                shown = True
+                if wanted and job.get("current_status") not in wanted:
                     continue
                 key = _created_order(job)
                 if len(newest) < limit:
@@ -553,6 +620,9 @@ class JobService:
                     heapq.heapreplace(newest, (key, next(counter), job))
                 elif ordered and key[0] < newest[0][0][0]:
                     break  # every later row is older still: stop reading
+        if project_id is not None and hidden and not shown:
+            # Another team's (or outside PROJECT_NAME_PREFIX): as a project that does not exist.
+            raise NotFoundError(UNKNOWN_PROJECT)
         raw = [job for _, _, job in sorted(newest, key=lambda entry: entry[0], reverse=True)]
         return [job_from_baseten(job, self._settings.baseten_remote_url) for job in raw]
 

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -25,6 +25,7 @@ from finetune_api.core.errors import ConfigurationError
 from finetune_api.core.logs import get_logger, log
 from finetune_api.core.schemas import Checkpoint, Deployment, Job
 from finetune_api.core.settings import Settings
+from finetune_api.core.teams import DEFAULT_TEAM
 from finetune_api.notify.webhooks import DeliveryResult, WebhookSender
 
 _logger = get_logger("events")
@@ -225,10 +226,16 @@ class EventSink:
         secrets: SecretSource | None,
         *,
         sender: WebhookSender | None = None,
+        team_of: Callable[[Any], str | None] | None = None,
+        name_of: Callable[[str], str | None] | None = None,
     ) -> None:
         self._settings = settings
         self._secrets = secrets
         self._sender = sender
+        # data.team of every event: the team of the job's project (see with_team).
+        self._team_of = team_of
+        self._name_of = name_of  # a project id's name, when no event told it yet
+        self._project_names: dict[str, str] = {}
         self._lock = threading.Lock()
         self._background: Any = None
 
@@ -252,8 +259,40 @@ class EventSink:
             raise ConfigurationError("WEBHOOK_SECRET is empty")
         return str(value)
 
+    def with_team(self, event: Event) -> Event:
+        """``event`` with ``data.team``: whose job (or deployment) it is.
+
+        From the project name in the event; a deployment event names only the
+        project id, looked up among the projects seen in earlier events of this
+        process, else asked of Baseten once (``name_of``); ``null`` when no
+        configured team owns the project (a job made before teams: the admin's).
+        """
+        if "team" in event.data:
+            return event
+        name = event._field("training_project_name")
+        project_id = event.project_id
+        if name is not None and project_id is not None:
+            with self._lock:
+                self._project_names[project_id] = name
+                while len(self._project_names) > 10000:
+                    self._project_names.pop(next(iter(self._project_names)))
+        elif name is None and project_id is not None:
+            with self._lock:
+                name = self._project_names.get(project_id)
+            if name is None and self._name_of is not None and self._team_of is not None:
+                try:
+                    name = self._name_of(project_id)
+                except Exception:  # noqa: BLE001 - the event goes out either way
+                    name = None
+        if self._team_of is None:
+            team: str | None = DEFAULT_TEAM
+        else:
+            team = self._team_of(name)
+        return event.model_copy(update={"data": {**event.data, "team": team}})
+
     def emit(self, event: Event) -> DeliveryResult:
         """Log ``event`` (one line) and deliver it if a webhook is configured."""
+        event = self.with_team(event)
         self._log(event)
         sender = self._get_sender()
         if sender is None:
@@ -266,6 +305,7 @@ class EventSink:
         Never blocks and never raises for the webhook: the caller's latency does
         not depend on the receiver.
         """
+        event = self.with_team(event)
         self._log(event)
         if not self.webhooks_enabled:
             return

@@ -50,6 +50,7 @@ from finetune_api.core.decoding import decode_json
 from finetune_api.core.errors import (
     InvalidRequestError,
     NotFoundError,
+    QuotaExceededError,
     ServiceError,
     UpstreamUnavailableError,
 )
@@ -665,10 +666,13 @@ class _PollRun:
                 )
                 outcome.failed = True
                 return None, False
+            quota = isinstance(error, QuotaExceededError)  # TEAM_LIMITS: wait, never pass
             log(
                 _logger,
-                logging.ERROR,
-                "could not retry a failed job; the next poll tries again",
+                logging.WARNING if quota else logging.ERROR,
+                "the team is at its TEAM_LIMITS; a later poll retries the failed job"
+                if quota
+                else "could not retry a failed job; the next poll tries again",
                 reason=reason,
                 attempt=plan.next_attempt,
                 max_attempts=plan.max_attempts,

@@ -115,6 +115,9 @@ class DeploymentService:
         self._locks = KeyedLocks()
         self._clock = clock
         self._types_lock = threading.Lock()
+        # Teams: ``owns_project(project_id)`` (set per team by the composition root).
+        # True/False: the project's team is/is not the caller's; None: no record.
+        self.owns_project: Callable[[str], bool | None] | None = None
         self._types: tuple[float, list[Any]] | None = None
 
     @property
@@ -413,7 +416,17 @@ class DeploymentService:
         raw = self._client.get_deployment(model_id, deployment_id)
         if ours_only and parse_marker(raw.get("name")) is None:
             raise NotFoundError("deployment not found on Baseten")
-        if self._scope.limited:
+        owned = None
+        if self.owns_project is not None:
+            # A team: its projects' team is recorded beside the job index, so another
+            # team's deployment costs exactly what an unknown one does (one read).
+            source = parse_marker(raw.get("name"))
+            owned = self.owns_project(source[0]) if source is not None else False
+            if owned is False:
+                raise NotFoundError("deployment not found on Baseten")
+        if owned is None and self._scope.limited:
+            # No record of the project's team (a job made before teams, or whose
+            # record could not be written): the job itself decides (one read).
             source = parse_marker(raw.get("name"))
             try:
                 if source is None:

@@ -1215,3 +1215,43 @@ def test_gcloudignore_uploads_only_what_the_functions_need(tmp_path: Path) -> No
         "training_template/config.py",
         "training_template/data/sample.json",
     }
+
+
+def test_teams_reach_every_function(env: Env) -> None:
+    limits = '{"*": {"max_active_gpus": 8}, "alpha": {"max_active_jobs": 2}}'
+    plan = env.plan(
+        "--api-keys-secret",
+        "api-keys",
+        "--teams",
+        "alpha,beta,ops",
+        "--admin-team",
+        "ops",
+        "--team-limits",
+        limits,
+    )
+    for fn in ("train-pubsub", "train-http", "poll-jobs"):
+        values = dict_flag(flags(plan.deploy_of(fn))["--set-env-vars"])
+        assert values["TEAMS"] == "alpha,beta,ops"
+        assert values["ADMIN_TEAM"] == "ops"
+        assert json.loads(values["TEAM_LIMITS"]) == json.loads(limits)
+    # The keys themselves stay in Secret Manager, and only train_http holds them.
+    assert "API_KEYS" in dict_flag(flags(plan.deploy_of("train-http"))["--set-secrets"])
+    assert "API_KEYS" not in dict_flag(flags(plan.deploy_of("poll-jobs"))["--set-secrets"])
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("--teams", "alpha,Beta"), "--teams entry"),
+        (("--teams", "alpha", "--admin-team", "ops"), "--admin-team"),
+        (("--team-limits", '{"*": 1}; rm -rf /'), "--team-limits"),
+        (("--env", "TEAMS=a"), "--env TEAMS"),
+    ],
+)
+def test_bad_team_flags_are_refused_before_anything_runs(
+    env: Env, args: tuple[str, ...], named: str
+) -> None:
+    r = env.run(*BASE, "--source", str(env.source), *args)
+    assert r.returncode != 0
+    assert named in r.stderr
+    assert env.calls() == []
