@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import secrets
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -136,3 +137,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         f"({counts['unexpected_rejections']} not marked as probes), "
         f"{counts['bad_answers']} answers outside the spec"
     )
+
+
+@pytest.fixture
+def wandb_tempdir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Import wandb under this: it makes temporary folders when imported (``wandb-media``,
+    ``wandb-artifacts``) and removes them only at a clean interpreter exit, which an xdist
+    worker never has. Here they go to pytest's own temporary area, never loose in /tmp."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("wandb-tmp")))

@@ -18,6 +18,7 @@ import pytest
 from loopback.functions import FunctionServer
 from sandbox import Sandbox
 from tests.test_openai_sdk import MODEL, client, world  # noqa: F401 - the module's world
+from tests.wandb_runs import offline_records
 
 LINE = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hey"}]}
 DATA = ("\n".join(json.dumps(LINE) for _ in range(20)) + "\n").encode()
@@ -209,6 +210,7 @@ def test_wandbs_own_openai_integration_logs_our_job_offline(
     succeeded: dict[str, Any],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    wandb_tempdir: None,
 ) -> None:
     server, _ = world
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -273,30 +275,3 @@ def test_wandbs_own_openai_integration_logs_our_job_offline(
 
 def key(item: Any) -> str:
     return str(item.key or "/".join(item.nested_key))
-
-
-def offline_records(path: Path) -> list[Any]:
-    """The records of an offline W&B run file: W&B's protobuf ``Record``s, framed as a
-    LevelDB log (a 7-byte file header, then 32 KiB blocks of checksummed chunks)."""
-    import struct
-
-    from wandb.proto import wandb_internal_pb2
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B"
-    block, pos, pending, out = 32768, 7, b"", []
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:
-            pos += block - pos % block
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        chunk = data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind == 0:
-            break
-        pending = chunk if kind in (1, 2) else pending + chunk
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            out.append(record)
-    return out

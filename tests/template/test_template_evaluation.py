@@ -10,7 +10,6 @@ model and of the saved adapter. The W&B run's own files are read back.
 from __future__ import annotations
 
 import json
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +33,7 @@ from test_template_metrics import served  # noqa: F401 (a fixture: this module's
 from test_template_user_data import file_entry
 
 from finetune_api.insights.training_metrics import MARKER
+from tests.wandb_runs import offline_records
 
 REFERENCE = "the quick brown fox jumps over"
 HP = {
@@ -247,32 +247,11 @@ def test_the_evaluation_route_answers_from_the_runs_own_lines(
     ]
 
 
-def _wandb_records(run_file: Path) -> list[Any]:
-    """The records of a W&B run file (its LevelDB-style log: 32 KiB blocks of chunks)."""
-    from wandb.proto import wandb_internal_pb2
-
-    data = run_file.read_bytes()
-    assert data[:4] == b":W&B"
-    block, pos, pending, found = 32768, 7, b"", []
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        if left < 7 or (kind == 0 and length == 0):
-            pos += left
-            continue
-        pending += data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 4):  # a full record, or the last chunk of one
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            found.append(record)
-            pending = b""
-    return found
-
-
-def test_the_run_reports_every_step_and_evaluation_to_wandb_offline(run: TrainRun) -> None:
+def test_the_run_reports_every_step_and_evaluation_to_wandb_offline(
+    run: TrainRun, wandb_tempdir: None
+) -> None:
     [run_file] = Path(run.wandb_dir).glob("wandb/offline-run-*/run-*.wandb")  # type: ignore[attr-defined]
-    found = _wandb_records(run_file)
+    found = offline_records(run_file)
     [started] = [r.run for r in found if r.WhichOneof("record_type") == "run"]
     assert (started.project, started.display_name, list(started.tags)) == (
         "tuning",
