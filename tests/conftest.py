@@ -9,8 +9,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
-import tempfile
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -139,11 +140,21 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     )
 
 
-@pytest.fixture
-def wandb_tempdir(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Import wandb under this: it makes temporary folders when imported (``wandb-media``,
-    ``wandb-artifacts``) and removes them only at a clean interpreter exit, which an xdist
-    worker never has. Here they go to pytest's own temporary area, never loose in /tmp."""
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("wandb-tmp")))
+@pytest.fixture(scope="session", autouse=True)
+def wandb_temporary_folders() -> Iterator[None]:
+    """wandb makes two temporary folders when it is imported (``wandb-media``,
+    ``wandb-artifacts``; trl imports it whenever it is installed, as it is for these
+    tests) and removes them only at a clean interpreter exit, which an xdist worker never
+    has: they are removed here, at the end of the worker's session, so /tmp is left as
+    it was found."""
+    yield
+    media = sys.modules.get("wandb.sdk.data_types._private")
+    artifact = sys.modules.get("wandb.sdk.artifacts.artifact")
+    folders = [
+        getattr(media, "MEDIA_TMP", None),
+        getattr(getattr(artifact, "Artifact", None), "_TMP_DIR", None),
+    ]
+    for folder in folders:
+        if folder is not None:
+            with contextlib.suppress(OSError):
+                folder.cleanup()

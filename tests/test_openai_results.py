@@ -210,7 +210,6 @@ def test_wandbs_own_openai_integration_logs_our_job_offline(
     succeeded: dict[str, Any],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    wandb_tempdir: None,
 ) -> None:
     server, _ = world
     monkeypatch.setenv("WANDB_MODE", "offline")

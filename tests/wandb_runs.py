@@ -9,10 +9,7 @@ from typing import Any
 
 def offline_records(path: Path) -> list[Any]:
     """The records of an offline W&B run file: W&B's protobuf ``Record``s, framed as a
-    LevelDB log (a 7-byte file header, then 32 KiB blocks of checksummed chunks).
-
-    Import wandb only under the ``wandb_tempdir`` fixture (tests/conftest.py).
-    """
+    LevelDB log (a 7-byte file header, then 32 KiB blocks of checksummed chunks)."""
     from wandb.proto import wandb_internal_pb2
 
     data = path.read_bytes()

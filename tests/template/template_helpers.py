@@ -298,6 +298,12 @@ def job_environment(hf_home: Path, overrides: dict[str, str | None]) -> dict[str
     # A tiny model trains fastest on one thread, and it keeps parallel test workers
     # from oversubscribing the cores.
     env.setdefault("OMP_NUM_THREADS", "1")
+    # A job's container has a /tmp of its own: what the job leaves there (wandb's import-time
+    # folders, which trl makes it import; a run killed on purpose cleans nothing) stays
+    # beside the test's files, never in this machine's /tmp.
+    job_tmp = hf_home.parent / f"{hf_home.name}-tmp"
+    job_tmp.mkdir(exist_ok=True)
+    env["TMPDIR"] = str(job_tmp)
     for key, value in overrides.items():
         if value is None:
             env.pop(key, None)

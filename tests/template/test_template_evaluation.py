@@ -103,8 +103,6 @@ def run(
         WANDB_MODE="offline",
         WANDB_DIR=str(wandb_dir),
         WANDB_API_KEY=None,
-        # wandb leaves its media and artifact staging folders in the temp dir.
-        TMPDIR=str(tmp_path_factory.mktemp("job-tmp")),
     )
     assert done.returncode == 0, done.describe()
     done.wandb_dir = wandb_dir  # type: ignore[attr-defined]
@@ -247,9 +245,7 @@ def test_the_evaluation_route_answers_from_the_runs_own_lines(
     ]
 
 
-def test_the_run_reports_every_step_and_evaluation_to_wandb_offline(
-    run: TrainRun, wandb_tempdir: None
-) -> None:
+def test_the_run_reports_every_step_and_evaluation_to_wandb_offline(run: TrainRun) -> None:
     [run_file] = Path(run.wandb_dir).glob("wandb/offline-run-*/run-*.wandb")  # type: ignore[attr-defined]
     found = offline_records(run_file)
     [started] = [r.run for r in found if r.WhichOneof("record_type") == "run"]
