@@ -583,7 +583,7 @@ class FineTuningJobs:
         for item in items:
             created = parse_time(item.created_at)
             step = _step_at(steps, created, item.checkpoint_id)
-            at_step = _point_at(steps, step)
+            at_step = _newest_at(steps, step)
             found.append(
                 {
                     "id": f"ftckpt-{baseten_id}-{item.checkpoint_id}",
@@ -631,19 +631,11 @@ def _event(
     }
 
 
-def _eval_at(evaluations: list[dict[str, Any]], step: int) -> dict[str, Any] | None:
-    """The newest (tuned) evaluation at or before ``step``."""
+def _newest_at(items: list[dict[str, Any]], step: int) -> dict[str, Any] | None:
+    """The newest item (a step point, a tuned evaluation) at or before ``step``: the step's
+    own when there is one (the series may be thinned)."""
     best = None
-    for item in evaluations:
-        if item["step"] <= step:
-            best = item
-    return best
-
-
-def _point_at(steps: list[dict[str, Any]], step: int) -> dict[str, Any] | None:
-    """The step point of ``step``, else the newest before it (the series may be thinned)."""
-    best = None
-    for item in steps:
+    for item in items:
         if item["step"] <= step:
             best = item
     return best
@@ -656,7 +648,7 @@ def openai_metrics(
     evaluations, which run on the whole validation set (so ``full_valid_*`` is the
     evaluation made at exactly that step, ``valid_*`` the newest one at or before it)."""
     point = point or {}
-    newest = _eval_at(evaluations, step)
+    newest = _newest_at(evaluations, step)
     exact = newest if newest is not None and newest["step"] == step else None
     return {
         "train_loss": point.get("loss"),

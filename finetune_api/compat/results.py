@@ -54,13 +54,13 @@ class ResultFiles:
         return project_id, job_id, raw
 
     def content(self, file_id: str) -> bytes:
-        project_id, job_id, _ = self._finished(file_id)
-        data: bytes = self._insights.results_csv(project_id, job_id)
+        project_id, job_id, raw = self._finished(file_id)
+        data: bytes = self._insights.results_csv(project_id, job_id, raw)
         return data
 
     def retrieve(self, file_id: str) -> dict[str, Any]:
         project_id, job_id, raw = self._finished(file_id)
-        data: bytes = self._insights.results_csv(project_id, job_id)
+        data: bytes = self._insights.results_csv(project_id, job_id, raw)
         moment = parse_time(raw.get("updated_at"))
         return {
             "id": file_id,

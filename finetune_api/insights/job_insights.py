@@ -384,14 +384,10 @@ class JobInsights:
         status = str(raw_job.get("current_status") or "")
         finished = status in TERMINAL_STATUSES
         key = (project_id, job_id, query.since_ns, query.until_ns, query.points, status)
-        if finished:
-            with self._cache_lock:
-                cached = self._cache.get(key)
-                if cached is not None:
-                    self._cache.move_to_end(key)
-            if cached is not None:
-                answer: dict[str, Any] = json.loads(cached)
-                return answer
+        cached = self._cached(key, status)
+        if cached is not None:
+            answer: dict[str, Any] = json.loads(cached)
+            return answer
         now = self._clock()
         # The range is clamped to the job's life: nothing is logged before it
         # started, after it ended, or in the future.
@@ -455,9 +451,15 @@ class JobInsights:
             self._keep(key, json.dumps(answer, separators=(",", ":")).encode())
         return answer
 
-    def results_csv(self, project_id: str, job_id: str) -> bytes:
-        """OpenAI's results file of a job: one CSV row per step (see :func:`results_csv`)."""
-        raw_job = self._scope.read_job(project_id, job_id)
+    def results_csv(
+        self, project_id: str, job_id: str, raw_job: Mapping[str, Any] | None = None
+    ) -> bytes:
+        """OpenAI's results file of a job: one CSV row per step (see :func:`results_csv`).
+
+        ``raw_job``: the job as the caller just read it (within the scope), else read here.
+        """
+        if raw_job is None:
+            raw_job = self._scope.read_job(project_id, job_id)
         status = str(raw_job.get("current_status") or "")
         key = ("results.csv", project_id, job_id, status)
         cached = self._cached(key, status)
