@@ -111,7 +111,7 @@ def _as_team(team: str | None) -> Iterator[None]:
     except ValueError as error:
         raise InvalidRequestError(f"team: {error}") from None
     services = get_services()
-    caller = Caller(team=team, admin=team == services.settings.admin_team)
+    caller = Caller.of(team, services.settings.admin_team)
     if not services.teams.teams_on():
         raise InvalidRequestError("team: no team is configured (API_KEYS has no team:key entry)")
     with acting_for(caller):

@@ -52,9 +52,10 @@ class Caller:
     def sees_all(self) -> bool:
         return self.team is None or self.admin
 
-    @property
-    def event_team(self) -> str:
-        return self.team or DEFAULT_TEAM
+    @classmethod
+    def of(cls, team: str | None, admin_team: str | None) -> Caller:
+        """The caller acting for ``team``: an admin when it is ``ADMIN_TEAM``."""
+        return cls(team=team, admin=admin_team is not None and team == admin_team)
 
     def owns(self, team: Any) -> bool:
         """Whether a record tagged ``team`` is this caller's to see (admin: all)."""
@@ -70,10 +71,6 @@ class KeyTable:
 
     entries: tuple[tuple[str, str], ...]  # (team, key)
     teams_on: bool
-
-    @property
-    def keys(self) -> tuple[str, ...]:
-        return tuple(key for _, key in self.entries)
 
     @property
     def teams(self) -> frozenset[str]:
@@ -211,25 +208,17 @@ __all__ = [
 class TeamDirectory:
     """The configured teams, read through the secret store (so a rotation is picked up).
 
-    Thread-safe: the parsed table is cached by the text it came from.
+    Thread-safe: :func:`key_table` remembers the parsed table by the text it came from.
     """
 
     def __init__(self, secrets: Any, base_prefix: str | None, named: tuple[str, ...] = ()) -> None:
         self._secrets = secrets
         self._base = base_prefix
         self._named = frozenset(named)  # TEAMS: for functions without API_KEYS
-        self._parsed: tuple[str, KeyTable] | None = None
 
     def table(self) -> KeyTable | None:
         text = self._secrets.get("api_keys", required=False) if self._secrets else None
-        if text is None:
-            return None
-        parsed = self._parsed
-        if parsed is not None and parsed[0] == text:
-            return parsed[1]
-        table = key_table(text)
-        self._parsed = (text, table)
-        return table
+        return None if text is None else key_table(text)  # parsed once per text
 
     def names(self) -> frozenset[str]:
         """Every configured team (empty: no teams, everything as before teams)."""

@@ -37,7 +37,7 @@ def require_api_key(provided: str | None, secrets: Any, admin_team: str | None =
         raise UnauthorizedError(f"invalid {HEADER}")
     if not table.teams_on:
         return EVERYONE  # no team: entry anywhere: everything as before teams
-    return Caller(team=team, admin=admin_team is not None and team == admin_team)
+    return Caller.of(team, admin_team)
 
 
 def match_key(table: KeyTable, provided: str) -> str | None:

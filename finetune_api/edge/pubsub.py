@@ -95,7 +95,7 @@ class PubsubMessage:
             ) from None
         if not teams_on:
             return EVERYONE
-        return Caller(team=team, admin=admin_team is not None and team == admin_team)
+        return Caller.of(team, admin_team)
 
     def body(self) -> Any:
         if not self.valid_envelope:

@@ -404,12 +404,7 @@ class FileService:
     # -- read -------------------------------------------------------------------
 
     def _read(self, file_id: str) -> tuple[dict[str, Any], str]:
-        if not is_file_id(file_id):
-            raise NotFoundError("no such file")
-        try:
-            found = self._store.read_meta(file_id)
-        except StorageUnavailable as error:
-            raise _unavailable(error) from None
+        found = self._store_read(file_id)
         if found is None or not self.shows(found[0]):
             raise NotFoundError("no such file")
         return found

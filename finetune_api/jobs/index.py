@@ -167,7 +167,7 @@ class _Names:
     """One metadata pair's marker names, read forward in batches, able to jump ahead."""
 
     def __init__(self, store: ObjectStore, prefix: str, budget: list[int]) -> None:
-        self._store = store
+        self.store = store
         self._prefix = prefix
         self._budget = budget
         self._buffer: deque[str] = deque()
@@ -189,7 +189,7 @@ class _Names:
         if self._budget[0] <= 0:
             raise _Spent
         self._budget[0] -= 1
-        batch = self._store.names(self._prefix, bound, LIST_BATCH, inclusive=inclusive)
+        batch = self.store.names(self._prefix, bound, LIST_BATCH, inclusive=inclusive)
         self._ended = len(batch) < LIST_BATCH
         self._last = batch[-1] if batch else bound
         self._buffer = deque(batch)
@@ -212,7 +212,6 @@ class JobIndex:
         visible: Any = None,
     ) -> None:
         self.store = store
-        self._store = store
         self._workers = workers
         # Teams: ``team_of(project_name)`` tags each record with its job's team;
         # ``visible(team)`` says whether this caller may list a record (None: all).
@@ -222,7 +221,7 @@ class JobIndex:
 
     def for_caller(self, visible: Any) -> JobIndex:
         """The same index, listing only the records ``visible(team)`` allows."""
-        return JobIndex(self._store, workers=self._workers, team_of=self._team_of, visible=visible)
+        return JobIndex(self.store, workers=self._workers, team_of=self._team_of, visible=visible)
 
     def shows(self, record: dict[str, Any]) -> bool:
         return self._visible is None or bool(self._visible(record.get("team")))
@@ -244,7 +243,7 @@ class JobIndex:
             )
             return None
         try:
-            self._store.create(f"{INDEX}{record['id']}.json", json.dumps(record).encode())
+            self.store.create(f"{INDEX}{record['id']}.json", json.dumps(record).encode())
         except IndexConflict:
             return str(record["id"])  # a replay: already indexed
         except IndexUnavailable as error:
@@ -258,11 +257,11 @@ class JobIndex:
             return str(record["id"])
         for key, value in (record.get("metadata") or {}).items():
             with contextlib.suppress(IndexConflict, IndexUnavailable):
-                self._store.create(f"{BY_METADATA}{metadata_key(key, value)}/{record['id']}", b"")
+                self.store.create(f"{BY_METADATA}{metadata_key(key, value)}/{record['id']}", b"")
         for ref in {record.get("training_file"), record.get("validation_file")}:
             if isinstance(ref, str) and _FILE_ID.match(ref):
                 with contextlib.suppress(IndexConflict, IndexUnavailable):
-                    self._store.create(f"{BY_FILE}{ref}/{record['id']}", b"")
+                    self.store.create(f"{BY_FILE}{ref}/{record['id']}", b"")
         return str(record["id"])
 
     def _remember_project(self, project_id: str, team: str) -> None:
@@ -270,7 +269,7 @@ class JobIndex:
         if not _BASETEN_ID.match(str(project_id)) or project_id in self._projects_known:
             return
         try:
-            self._store.create(f"{PROJECTS}{project_id}", team.encode())
+            self.store.create(f"{PROJECTS}{project_id}", team.encode())
         except IndexConflict:
             pass  # written before (by any instance)
         except IndexUnavailable:
@@ -285,17 +284,17 @@ class JobIndex:
         """
         if not _BASETEN_ID.match(str(project_id)):
             return None
-        found = self._store.read(f"{PROJECTS}{project_id}")
+        found = self.store.read(f"{PROJECTS}{project_id}")
         return found[0].decode("utf-8", "replace") if found is not None else None
 
     def jobs_using(self, file_id: str, limit: int = 1000) -> list[str]:
         """The ``ftjob-…`` ids of the jobs created on File ``file_id`` (newest first)."""
         if not _FILE_ID.match(file_id):
             return []
-        return self._store.names(f"{BY_FILE}{file_id}/", None, limit)
+        return self.store.names(f"{BY_FILE}{file_id}/", None, limit)
 
     def get(self, job_id: str) -> tuple[dict[str, Any], str] | None:
-        found = self._store.read(f"{INDEX}{job_id}.json")
+        found = self.store.read(f"{INDEX}{job_id}.json")
         if found is None:
             return None
         return json.loads(found[0]), found[1]
@@ -316,7 +315,7 @@ class JobIndex:
             "trained_tokens": trained_tokens,
         }
         with contextlib.suppress(IndexConflict, IndexUnavailable):
-            self._store.replace(f"{INDEX}{record['id']}.json", json.dumps(updated).encode(), token)
+            self.store.replace(f"{INDEX}{record['id']}.json", json.dumps(updated).encode(), token)
 
     def page(
         self, after: str | None, limit: int, metadata: dict[str, str] | None = None
@@ -341,7 +340,7 @@ class JobIndex:
         if wanted:
             first_key, first_value = next(iter(wanted.items()))
             prefix, suffix = f"{BY_METADATA}{metadata_key(first_key, first_value)}/", ""
-        batch = self._store.names(prefix, f"{after}{suffix}" if after else None, limit + 1)
+        batch = self.store.names(prefix, f"{after}{suffix}" if after else None, limit + 1)
         ids = [name.removesuffix(".json") for name in batch[:limit]]
         records = [item for item in self._read_all(ids) if item is not None]
         records = [item for item in records if _carries(item[0], wanted) and self.shows(item[0])]
@@ -351,7 +350,7 @@ class JobIndex:
     def _joined(self, after: str | None, limit: int, wanted: dict[str, str]) -> IndexPage:
         budget = [MAX_LISTINGS]
         streams = [
-            _Names(self._store, f"{BY_METADATA}{metadata_key(k, v)}/", budget)
+            _Names(self.store, f"{BY_METADATA}{metadata_key(k, v)}/", budget)
             for k, v in wanted.items()
         ]
         matches: list[str] = []

@@ -92,7 +92,7 @@ class TeamLease:
         deadline = time.monotonic() + self._wait
         pause = 0.02
         try:
-            while not self._take(name, holder, PreconditionFailed):
+            while not self._take(name, holder):
                 if time.monotonic() >= deadline:
                     raise UpstreamUnavailableError(
                         "another submission of this team is still being checked against "
@@ -108,15 +108,15 @@ class TeamLease:
         try:
             yield
         finally:
-            self._give_back(name, holder, PreconditionFailed, BucketUnavailable)
+            self._give_back(name, holder)
 
-    def _take(self, name: str, holder: str, conflict: type[Exception]) -> bool:
+    def _take(self, name: str, holder: str) -> bool:
         now = self._clock()
         body = json.dumps({"holder": holder, "expires": now + self._ttl}).encode()
         try:
             self._store.create(name, body)
             return True
-        except conflict:
+        except PreconditionFailed:
             pass
         found = self._store.read(name)
         if found is None:
@@ -132,12 +132,10 @@ class TeamLease:
         try:
             self._store.replace(name, body, token)
             return True
-        except conflict:
+        except PreconditionFailed:
             return False  # someone else took it first
 
-    def _give_back(
-        self, name: str, holder: str, conflict: type[Exception], unavailable: type[Exception]
-    ) -> None:
+    def _give_back(self, name: str, holder: str) -> None:
         try:
             found = self._store.read(name)
             if found is None:
@@ -146,7 +144,7 @@ class TeamLease:
             if json.loads(data).get("holder") != holder:
                 return  # taken over after our TTL: not ours to free
             self._store.replace(name, json.dumps({"holder": None, "expires": 0}).encode(), token)
-        except (conflict, unavailable, ValueError):
+        except (PreconditionFailed, BucketUnavailable, ValueError):
             # It frees itself after LEASE_TTL_SECONDS.
             log(_logger, 30, "could not release a team's submit lease")
 
