@@ -639,6 +639,17 @@ TERMINAL_STATUSES = frozenset(
     }
 )
 
+NOT_STARTED_STATUSES = frozenset(
+    {
+        "TRAINING_JOB_PENDING",
+        "TRAINING_JOB_CREATED",
+        "TRAINING_JOB_QUEUED",
+        "TRAINING_JOB_DEPLOYING",
+    }
+)
+#: Every known status that is not final: what a status search for live jobs asks for.
+ACTIVE_STATUSES = (*sorted(NOT_STARTED_STATUSES), "TRAINING_JOB_RUNNING")
+
 
 def short_status(baseten_status: str) -> str:
     """``TRAINING_JOB_RUNNING`` → ``running``; unknown statuses pass through the same way."""

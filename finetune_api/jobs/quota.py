@@ -28,18 +28,13 @@ from typing import Any
 from finetune_api.core.buckets import BucketUnavailable, PreconditionFailed
 from finetune_api.core.errors import QuotaExceededError, UpstreamUnavailableError
 from finetune_api.core.logs import get_logger, log
+from finetune_api.core.schemas import ACTIVE_STATUSES as LIVE_STATUSES
 from finetune_api.core.teams import limits_for, team_prefix
 
 _logger = get_logger("quota")
 
-ACTIVE_STATUSES = (
-    "TRAINING_JOB_PENDING",
-    "TRAINING_JOB_CREATED",
-    "TRAINING_JOB_QUEUED",
-    "TRAINING_JOB_DEPLOYING",
-    "TRAINING_JOB_RUNNING",
-    "TRAINING_JOB_PREEMPTED",
-)
+#: The live statuses the poll searches for, and a preempted job (it comes back).
+ACTIVE_STATUSES = (*LIVE_STATUSES, "TRAINING_JOB_PREEMPTED")
 LEASE_TTL_SECONDS = 300.0
 LEASE_WAIT_SECONDS = 60.0
 LEASES = "teams/leases/"

@@ -56,6 +56,8 @@ from finetune_api.core.errors import (
 )
 from finetune_api.core.logs import context, get_logger, log
 from finetune_api.core.schemas import (
+    ACTIVE_STATUSES,
+    NOT_STARTED_STATUSES,
     TERMINAL_STATUSES,
     Job,
     PollReport,
@@ -82,17 +84,7 @@ from finetune_api.polling.state import StateStore, TrackedJob
 
 _logger = get_logger("poller")
 
-NOT_STARTED_STATUSES = frozenset(
-    {
-        "TRAINING_JOB_PENDING",
-        "TRAINING_JOB_CREATED",
-        "TRAINING_JOB_QUEUED",
-        "TRAINING_JOB_DEPLOYING",
-    }
-)
 COMPLETED = "TRAINING_JOB_COMPLETED"
-#: Every known status that is not final; the poll's status search asks for these.
-ACTIVE_STATUSES = (*sorted(NOT_STARTED_STATUSES), "TRAINING_JOB_RUNNING")
 #: Jobs created this long before the last poll are read again (clock skew, slow indexing).
 NEW_JOB_OVERLAP = timedelta(minutes=10)
 # ASCII digits only (``\d`` would take any script's digits).
