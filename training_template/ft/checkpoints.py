@@ -41,6 +41,7 @@ class Checkpoint:
     global_step: int
     max_steps: int | None
     base_model: str
+    epoch: float | None = None
 
 
 def load_checkpoint_root(environ: Mapping[str, str]) -> Path | None:
@@ -217,6 +218,7 @@ def check_checkpoint(
         global_step=step,
         max_steps=max_steps if isinstance(max_steps, int) else None,
         base_model=str(base),
+        epoch=finite(state.get("epoch")),
     )
 
 

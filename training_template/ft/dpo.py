@@ -42,7 +42,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ft.config_io import DEFAULT_DPO_BETA, Hyperparameters, RuntimeConfig
+from ft.config_io import Hyperparameters, RuntimeConfig
 from ft.errors import TemplateError
 
 log = logging.getLogger("train")
@@ -206,11 +206,9 @@ def pairs_from_rows(
 
 
 def pairs_from_dataset(dataset: Any, name: str = "training split") -> list[PreferencePair]:
-    """The pairs of a hub or local dataset (``dataset_id``)."""
-    shape = preference_shape(dataset.column_names)
-    columns = preference_columns(dataset.column_names)
-    rows = (_drop_nulls(row) for row in dataset.select_columns(columns))
-    pairs = pairs_from_rows(rows, shape, name)
+    """The pairs of a hub or local dataset (``dataset_id``), its columns already
+    selected by ft.data.format_dataset."""
+    pairs = pairs_from_dataset_rows(dataset, name)
     if not pairs:
         raise TemplateError(f"the dataset's {name} has no preference pairs")
     return pairs
@@ -259,12 +257,11 @@ def _rendered_ids(
         for answer in (chosen, rejected):
             messages = [*prompt, *answer]
             text = renderer.render(messages, tools)
-            if tools and not renderer._tools_checked:
-                renderer._check_tools_rendered(messages, tools, text)
+            renderer.check_tools(messages, tools, text)
             if any("tool_calls" in m or m["role"] == "tool" for m in messages):
                 # the answer's calls must show in what it adds after the prompt
                 answer_span = {len(prompt): (min(len(prompt_text), len(text)), len(text))}
-                renderer._check_tool_calls_rendered(messages, answer_span, text)
+                renderer.check_tool_calls(messages, answer_span, text)
             texts.append(text)
     except TemplateError as exc:
         raise TemplateError(f"{where}: {exc}") from None
@@ -425,7 +422,7 @@ def build_trainer(
     from ft.metrics import metrics_callback
     from ft.sft import lora_trainer, trainer_configs
 
-    beta = hp.dpo_beta if hp.dpo_beta is not None else DEFAULT_DPO_BETA
+    beta = hp.dpo_beta  # resolved by ft.config_io for dpo (default 0.1)
     if hp.lora_dropout > 0:
         log.info(
             "dpo: dropout is off (TRL's disable_dropout, so the policy and its reference "

@@ -25,7 +25,6 @@ import dataclasses
 import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from ft.labels import ChatRenderer, _loaded, chat_messages, chat_tools
@@ -261,14 +260,3 @@ class Evaluation:
                 finite(tuned.get("eval_mean_token_accuracy")) if tuned else None
             ),
         }
-
-
-def checkpoint_epoch(path: Path | None) -> float | None:
-    """The epoch a checkpoint's trainer_state.json records (0.0 for a fresh run)."""
-    if path is None:
-        return 0.0
-    try:
-        state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return finite(state.get("epoch")) if isinstance(state, dict) else None

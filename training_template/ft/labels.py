@@ -30,8 +30,6 @@ log = logging.getLogger("train")
 
 IGNORE_INDEX = -100  # the label of a token that carries no loss
 _first = itemgetter(0)
-# The message keys a chat template sees (others, e.g. ``weight``, are the template's business).
-MESSAGE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id")
 
 
 # --------------------------------------------------------------------------- messages
@@ -208,13 +206,12 @@ class ChatRenderer:
         calling = [i for i, m in enumerate(messages) if "tool_calls" in m]
         try:
             text = self.render(messages, tools)
-            if tools and not self._tools_checked:
-                self._check_tools_rendered(messages, tools, text)
+            self.check_tools(messages, tools, text)
             turns = None if uses_tools else self._found_turns(messages, weighted, text)
             if turns is None:
                 turns = self._turn_spans(messages, sorted({*weighted, *calling}), tools, text)
             if uses_tools:
-                self._check_tool_calls_rendered(messages, turns, text)
+                self.check_tool_calls(messages, turns, text)
         except TemplateError:
             raise
         except Exception as exc:  # noqa: BLE001 (jinja and templates raise anything)
@@ -324,10 +321,13 @@ class ChatRenderer:
             shared += 1
         return shared
 
-    def _check_tools_rendered(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], text: str
+    def check_tools(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, text: str
     ) -> None:
-        """The template shows the tools to the model (checked once per job)."""
+        """The template shows the tools to the model (checked once per job, when there
+        are tools)."""
+        if not tools or self._tools_checked:
+            return
         if self.render(messages, None) == text:
             raise TemplateError(
                 "the model's chat template cannot render tools: the data has 'tools', and the "
@@ -336,7 +336,7 @@ class ChatRenderer:
             )
         self._tools_checked = True
 
-    def _check_tool_calls_rendered(
+    def check_tool_calls(
         self, messages: list[dict[str, Any]], turns: Mapping[int, tuple[int, int]], text: str
     ) -> None:
         """Each tool call's function name appears in its own turn, each tool result in

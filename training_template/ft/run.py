@@ -20,7 +20,7 @@ from ft.checkpoints import (
 from ft.config_io import DataFile, RuntimeConfig, checkpoint_dir, hf_token, resolve_eval_samples
 from ft.data import fetch_user_files, load_training_data, split_validation
 from ft.errors import TemplateError
-from ft.evaluation import Evaluation, checkpoint_epoch
+from ft.evaluation import Evaluation
 from ft.labels import preview_example
 from ft.launch import expected_optimizer_steps
 from ft.methods import method_module
@@ -170,7 +170,7 @@ def train(
         metrics,
         enabled=eval_dataset is not None and config.method == "supervised",
         start_step=resume.global_step if resume else 0,
-        start_epoch=checkpoint_epoch(resume.path if resume else None),
+        start_epoch=resume.epoch if resume else 0.0,
         sinks=sinks,
     )
     evaluation.evaluate_base(total)
@@ -188,7 +188,8 @@ def train(
             round(time.monotonic() - started, 3),
             method.STEP_METRIC_KEYS,
         )
-        record.update(evaluation.summary_fields())
+        eval_fields = evaluation.summary_fields()
+        record.update(eval_fields)
         summary = {
             "model_id": config.model_id,
             "method": config.method,
@@ -214,7 +215,7 @@ def train(
             "losses": losses,
             "log_history": trainer.state.log_history,
             "runtime_seconds": record["runtime_seconds"],
-            **evaluation.summary_fields(),
+            **eval_fields,
             "samples": evaluation.samples,
         }
         emit(record, sinks)
